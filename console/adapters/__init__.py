@@ -1,0 +1,1 @@
+"""Wrappers of outside systems (the TPU API, ssh, SQLite) that speak our models."""

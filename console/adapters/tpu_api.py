@@ -1,0 +1,339 @@
+"""The Cloud TPU v2 API through google-cloud-tpu's `TpuAsyncClient`, turned into our models.
+
+Every call carries a deadline and a retry on UNAVAILABLE (and DEADLINE_EXCEEDED for reads), and
+every failure leaves here as a `FleetError` saying what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.api_core.retry import if_exception_type
+from google.api_core.retry_async import AsyncRetry
+from google.cloud import tpu_v2
+from google.cloud.tpu_v2.services.tpu.transports import TpuGrpcAsyncIOTransport
+
+from console.models import AcceleratorTypeInfo, FleetError, Node, Worker
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """Deadline per attempt and the retry budget; the API client has neither by default."""
+
+    timeout_s: float = 15.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 3.0
+    retry_total_s: float = 30.0
+
+
+def _retry(policy: CallPolicy, *, read: bool) -> AsyncRetry:
+    transient = (
+        (gexc.ServiceUnavailable, gexc.DeadlineExceeded) if read else (gexc.ServiceUnavailable,)
+    )
+    return AsyncRetry(
+        predicate=if_exception_type(*transient),
+        initial=policy.retry_initial_s,
+        maximum=policy.retry_max_s,
+        multiplier=2.0,
+        timeout=policy.retry_total_s,
+    )
+
+
+def _remedy(exc: gexc.GoogleAPICallError, project: str) -> str:
+    if isinstance(exc, gexc.PermissionDenied):
+        return (
+            f"Check that project {project!r} is right and that your account may use the TPU "
+            "API there (roles/tpu.viewer), and that the API is enabled."
+        )
+    if isinstance(exc, gexc.Unauthenticated):
+        return "Run `gcloud auth application-default login` and try again."
+    if isinstance(exc, (gexc.ServiceUnavailable, gexc.DeadlineExceeded)):
+        return "The API did not answer after retries; check your network and press r to retry."
+    if isinstance(exc, gexc.ResourceExhausted):
+        return "Use on-demand capacity, another zone, or ask for more quota."
+    if isinstance(exc, gexc.NotFound):
+        return "It may have been deleted; refresh the fleet."
+    return ""
+
+
+def fleet_error(exc: BaseException, project: str, what: str) -> FleetError:
+    """Turn the client's exceptions into the console's one error type."""
+    if isinstance(exc, gexc.RetryError):
+        cause = exc.cause if isinstance(exc.cause, gexc.GoogleAPICallError) else None
+        reason = f"{what}: gave up after retries ({exc.cause or exc})."
+        return FleetError(
+            reason,
+            _remedy(cause, project) if cause else "Check your network and try again.",
+            code="RETRY",
+        )
+    if isinstance(exc, gexc.GoogleAPICallError):
+        code = exc.grpc_status_code.name if exc.grpc_status_code else str(exc.code)
+        return FleetError(f"{what}: {exc.message}", _remedy(exc, project), code=code)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return FleetError(
+            f"{what}: timed out.", "Check your network and try again.", code="DEADLINE_EXCEEDED"
+        )
+    return FleetError(f"{what}: {exc}", code=type(exc).__name__)
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def node_from_message(msg: tpu_v2.Node) -> Node:
+    """Our Node from the API's; zone and project come from the resource name."""
+    parts = msg.name.split("/")
+    project, zone = (parts[1], parts[3]) if len(parts) >= 6 else ("", "")
+    workers = tuple(
+        Worker(
+            index=i,
+            internal_ip=ep.ip_address,
+            external_ip=ep.access_config.external_ip if ep.access_config else "",
+            port=ep.port or 22,
+        )
+        for i, ep in enumerate(msg.network_endpoints)
+    )
+    create_time = msg.create_time if msg.create_time and msg.create_time.year > 1970 else None
+    health = msg.health.name if msg.health else ""
+    return Node(
+        name=_short(msg.name),
+        zone=zone,
+        project=project,
+        accelerator_type=msg.accelerator_type,
+        state=msg.state.name if msg.state else "STATE_UNSPECIFIED",
+        health="" if health == "HEALTH_UNSPECIFIED" else health,
+        spot=bool(msg.scheduling_config and msg.scheduling_config.spot),
+        preemptible=bool(msg.scheduling_config and msg.scheduling_config.preemptible),
+        runtime_version=msg.runtime_version,
+        workers=workers,
+        labels=dict(msg.labels),
+        create_time=create_time,
+        symptoms=tuple(s.details or s.symptom_type.name for s in msg.symptoms),
+        node_id=msg.id,
+        description=msg.description,
+        health_description=msg.health_description,
+        topology=msg.accelerator_config.topology if msg.accelerator_config else "",
+    )
+
+
+class TpuApi:
+    """One project's TPU VMs. Build with `for_sandbox` or `for_google`; close with `close()`."""
+
+    def __init__(
+        self, client: tpu_v2.TpuAsyncClient, project: str, policy: CallPolicy | None = None
+    ) -> None:
+        self.client = client
+        self.project = project
+        self.policy = policy or CallPolicy()
+        self._read = _retry(self.policy, read=True)
+        self._write = _retry(self.policy, read=False)
+
+    @classmethod
+    def for_sandbox(cls, address: str, project: str, policy: CallPolicy | None = None) -> TpuApi:
+        """The same client as for Google Cloud, over an insecure loopback channel."""
+        from google.auth.credentials import AnonymousCredentials
+
+        channel = grpc.aio.insecure_channel(address)
+        transport = TpuGrpcAsyncIOTransport(channel=channel, credentials=AnonymousCredentials())
+        return cls(tpu_v2.TpuAsyncClient(transport=transport), project, policy)
+
+    @classmethod
+    def for_google(
+        cls, project: str, *, endpoint: str = "", policy: CallPolicy | None = None
+    ) -> TpuApi:
+        """Application Default Credentials, as gcloud's `auth application-default login` sets."""
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+
+        try:
+            credentials, _ = google.auth.default(
+                scopes=["https://www.googleapis.com/auth/cloud-platform"]
+            )
+        except DefaultCredentialsError as exc:
+            raise FleetError(
+                f"No Google Cloud credentials found ({exc}).",
+                "Run `gcloud auth application-default login`, or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.",
+                code="UNAUTHENTICATED",
+            ) from None
+        options: dict[str, Any] = {"api_endpoint": endpoint} if endpoint else {}
+        client = tpu_v2.TpuAsyncClient(credentials=credentials, client_options=options or None)
+        return cls(client, project, policy)
+
+    async def close(self) -> None:
+        await self.client.transport.close()
+
+    def _parent(self, zone: str) -> str:
+        return f"projects/{self.project}/locations/{zone}"
+
+    def _node_name(self, zone: str, name: str) -> str:
+        return f"{self._parent(zone)}/nodes/{name}"
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except (gexc.GoogleAPICallError, gexc.RetryError, TimeoutError) as exc:
+            raise fleet_error(exc, self.project, what) from exc
+
+    # ----- reads -------------------------------------------------------------------------------
+    async def list_zones(self) -> list[str]:
+        async def go() -> list[str]:
+            resp = await self.client.list_locations(
+                request={"name": f"projects/{self.project}"},
+                retry=self._read,
+                timeout=self.policy.timeout_s,
+            )
+            return sorted(loc.location_id for loc in resp.locations)
+
+        return await self._call("Listing TPU locations", go)
+
+    async def list_nodes(self, zone: str, page_size: int = 0) -> list[Node]:
+        async def go() -> list[Node]:
+            request = tpu_v2.ListNodesRequest(parent=self._parent(zone), page_size=page_size)
+            pager = await self.client.list_nodes(
+                request=request, retry=self._read, timeout=self.policy.timeout_s
+            )
+            return [node_from_message(msg) async for msg in pager]
+
+        return await self._call(f"Listing nodes in {zone}", go)
+
+    async def get_node(self, zone: str, name: str) -> Node:
+        async def go() -> Node:
+            msg = await self.client.get_node(
+                name=self._node_name(zone, name), retry=self._read, timeout=self.policy.timeout_s
+            )
+            return node_from_message(msg)
+
+        return await self._call(f"Getting node {name} in {zone}", go)
+
+    async def guest_attributes(
+        self, zone: str, name: str, query_path: str = ""
+    ) -> list[dict[tuple[str, str], str]]:
+        """One mapping (namespace, key) -> value per worker, in worker order."""
+
+        async def go() -> list[dict[tuple[str, str], str]]:
+            resp = await self.client.get_guest_attributes(
+                request=tpu_v2.GetGuestAttributesRequest(
+                    name=self._node_name(zone, name), query_path=query_path
+                ),
+                retry=self._read,
+                timeout=self.policy.timeout_s,
+            )
+            return [
+                {(e.namespace, e.key): e.value for e in ga.query_value.items}
+                for ga in resp.guest_attributes
+            ]
+
+        return await self._call(f"Reading guest attributes of {name}", go)
+
+    async def host_keys(self, zone: str, name: str) -> list[dict[str, str]]:
+        """Each worker's ssh host keys as the VM published them (namespace `hostkeys`)."""
+        attrs = await self.guest_attributes(zone, name, "hostkeys/")
+        return [{k: v for (ns, k), v in worker.items() if ns == "hostkeys"} for worker in attrs]
+
+    async def accelerator_types(self, zone: str) -> list[AcceleratorTypeInfo]:
+        async def go() -> list[AcceleratorTypeInfo]:
+            pager = await self.client.list_accelerator_types(
+                parent=self._parent(zone), retry=self._read, timeout=self.policy.timeout_s
+            )
+            return [AcceleratorTypeInfo(a.type_) async for a in pager]
+
+        return await self._call(f"Listing accelerator types in {zone}", go)
+
+    async def runtime_versions(self, zone: str) -> list[str]:
+        async def go() -> list[str]:
+            pager = await self.client.list_runtime_versions(
+                parent=self._parent(zone), retry=self._read, timeout=self.policy.timeout_s
+            )
+            return [v.version async for v in pager]
+
+        return await self._call(f"Listing runtime versions in {zone}", go)
+
+    # ----- long-running changes ----------------------------------------------------------------
+    async def create_node(
+        self,
+        zone: str,
+        name: str,
+        accelerator_type: str,
+        runtime_version: str,
+        *,
+        spot: bool = False,
+        labels: dict[str, str] | None = None,
+        description: str = "",
+    ) -> Any:
+        node = tpu_v2.Node(
+            accelerator_type=accelerator_type,
+            runtime_version=runtime_version,
+            scheduling_config=tpu_v2.SchedulingConfig(spot=spot),
+            labels=labels or {},
+            description=description,
+        )
+
+        async def go() -> Any:
+            return await self.client.create_node(
+                parent=self._parent(zone),
+                node_id=name,
+                node=node,
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        return await self._call(f"Creating node {name} in {zone}", go)
+
+    async def _verb(self, verb: str, zone: str, name: str) -> Any:
+        method = getattr(self.client, f"{verb}_node")
+
+        async def go() -> Any:
+            if verb == "delete":
+                return await method(
+                    name=self._node_name(zone, name),
+                    retry=self._write,
+                    timeout=self.policy.timeout_s,
+                )
+            return await method(
+                request={"name": self._node_name(zone, name)},
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        return await self._call(f"{verb.capitalize()} node {name} in {zone}", go)
+
+    async def delete_node(self, zone: str, name: str) -> Any:
+        return await self._verb("delete", zone, name)
+
+    async def stop_node(self, zone: str, name: str) -> Any:
+        return await self._verb("stop", zone, name)
+
+    async def start_node(self, zone: str, name: str) -> Any:
+        return await self._verb("start", zone, name)
+
+    async def wait_operation(
+        self, operation: Any, *, timeout_s: float = 900.0, poll_s: float = 1.0
+    ) -> Any:
+        """Poll an operation to its end at our own pace (the client's default backs off to 60 s).
+
+        Returns the operation's result (a Node, or Empty for delete); raises FleetError.
+        """
+        deadline = time.monotonic() + timeout_s
+        what = f"Operation {operation.operation.name.rsplit('/', 1)[-1]}"
+        while True:
+            try:
+                if await operation.done(retry=self._read):
+                    return await operation.result()
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                raise fleet_error(exc, self.project, what) from exc
+            if time.monotonic() >= deadline:
+                raise FleetError(
+                    f"{what}: still running after {timeout_s:.0f} s.",
+                    "It goes on in Google Cloud; refresh to follow the node.",
+                    code="DEADLINE_EXCEEDED",
+                )
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,192 @@
+"""`tpuconsole`: the TUI by default, plus headless subcommands for scripts and quick looks.
+
+Exit codes: 0 all well, 1 the command ran but something failed (an unreachable zone), 2 it
+could not run (bad flags, bad configuration, no credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from console.models import FleetError
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Common flags work before or after the subcommand, as gcloud's do."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--project",
+        default=default(""),
+        help="Google Cloud project (default: gcloud's configuration)",
+    )
+    parser.add_argument(
+        "--zone",
+        action="append",
+        default=default([]),
+        help="zone to list; repeat for more (default: configured or all)",
+    )
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        default=default(False),
+        help="use the embedded sandbox fleet even when a project is configured",
+    )
+    parser.add_argument(
+        "--home",
+        default=default(""),
+        help="data directory (default: $TPUCONSOLE_HOME or the user data dir)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tpuconsole",
+        description="A keyboard-driven console for Cloud TPU VMs. "
+        "With no project configured it opens on the embedded sandbox fleet.",
+    )
+    _add_common(parser, top=True)
+    parser.add_argument(
+        "--refresh",
+        type=float,
+        default=None,
+        help="seconds between automatic refreshes of the fleet table",
+    )
+    sub = parser.add_subparsers(dest="command")
+    ls = sub.add_parser("ls", help="list TPU VMs across zones")
+    _add_common(ls, top=False)
+    ls.add_argument("--json", action="store_true", help="print JSON objects, one per node")
+    sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
+    _add_common(sandbox, top=False)
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    sandbox_sub.add_parser("reset", help="start the sandbox afresh with the default fleet")
+    sandbox_sub.add_parser("serve", help="serve the sandbox in the foreground for other tools")
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    from console.services.settings import resolve_settings
+
+    return resolve_settings(
+        project=args.project, zones=args.zone, sandbox=args.sandbox, home=args.home
+    )
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"tpuconsole: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from console.fleet_source import open_fleet_source
+    from console.services.fleet_columns import node_as_json, render_table
+
+    settings = _settings(args)
+    source = open_fleet_source(settings)
+
+    async def go():
+        try:
+            return await source.fleet.list_nodes()
+        finally:
+            await source.fleet.close()
+
+    try:
+        snapshot = asyncio.run(go())
+    finally:
+        source.close()
+    now = datetime.now(UTC)
+    if args.json:
+        for node in snapshot.nodes:
+            print(json.dumps(node_as_json(node, now)))
+    else:
+        if source.is_sandbox:
+            print("SANDBOX fleet (no Google Cloud project configured; see README)")
+        print(render_table(snapshot, now))
+    for failure in snapshot.unreachable:
+        print(
+            f"tpuconsole: zone {failure.zone} unreachable: {failure.reason} {failure.remedy}",
+            file=sys.stderr,
+        )
+    return 1 if snapshot.unreachable else 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
+
+    settings = _settings(args)
+    if args.sandbox_command == "reset":
+        try:
+            reset_sandbox(settings.home)
+        except SandboxBusy as busy:
+            return _fail(f"{busy}. Stop that process first (Ctrl-C in its terminal).")
+        print(f"sandbox reset: default fleet restored under {settings.home / 'sandbox'}")
+        return 0
+    try:
+        sandbox = Sandbox.start(settings.home)
+    except SandboxBusy as busy:
+        return _fail(f"{busy}; use it as it is, or stop it first.")
+    try:
+        print(f"TPU API (gRPC, insecure): {sandbox.api_address}")
+        print(f"project: {sandbox.project}")
+        print(f"ssh key: {sandbox.user_key_path}")
+        for node in sorted(sandbox.fleet.nodes.values(), key=lambda n: n.key):
+            for w in range(node.hosts):
+                port = sandbox.worker_port(node.zone, node.name, w)
+                where = (
+                    f"ssh -i {sandbox.user_key_path} -p {port} 127.0.0.1"
+                    if port
+                    else f"(no ssh: {node.state})"
+                )
+                print(f"  {node.zone}/{node.name} w{w}: {where}")
+        print("serving; Ctrl-C to stop", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    finally:
+        sandbox.stop()
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from console.fleet_source import open_fleet_source
+    from console.ui.app import TpuConsoleApp
+
+    settings = _settings(args)
+    source = open_fleet_source(settings)
+    try:
+        app = TpuConsoleApp(
+            source.fleet, mode=source.label, refresh_s=args.refresh or settings.refresh_s
+        )
+        app.run()
+    finally:
+        source.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "ls":
+            return cmd_ls(args)
+        if args.command == "sandbox":
+            return cmd_sandbox(args)
+        return cmd_tui(args)
+    except FleetError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Plain values that cross the console's layers: nodes, workers, fleet snapshots and errors.
+
+Nothing here does I/O or imports another module of ours, so every layer can share these types.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+# States a user must notice at a glance; the UI colours them.
+ALARM_STATES = frozenset({"PREEMPTED", "DELETING", "TERMINATED", "REPAIRING", "UNKNOWN"})
+TRANSIENT_STATES = frozenset(
+    {"CREATING", "STARTING", "STOPPING", "RESTARTING", "REIMAGING", "HIDING", "UNHIDING"}
+)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One host of a TPU VM slice, addressed as gcloud's `--worker=<index>`."""
+
+    index: int
+    internal_ip: str
+    external_ip: str = ""
+    port: int = 22
+
+    def address(self, internal: bool = False) -> str:
+        """The address ssh dials: external unless asked for internal or none exists."""
+        if internal or not self.external_ip:
+            return self.internal_ip
+        return self.external_ip
+
+
+@dataclass(frozen=True)
+class AcceleratorShape:
+    """What an accelerator type name implies: the TPU generation, chips and hosts."""
+
+    version: str
+    chips: int
+    hosts: int
+    device_kind: str  # "accel" for /dev/accel<N> (v2-v4), "vfio" for /dev/vfio/<N> (v5e and later)
+
+    @property
+    def chips_per_host(self) -> int:
+        return max(1, self.chips // self.hosts)
+
+
+_TYPE_RE = re.compile(r"^(v\d+[a-z]*?)(?:litepod|lite)?-(\d+)$")
+
+
+def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
+    """Decode "v4-16" style names.
+
+    Why by rule: the API gives the type as a string; v2-v5p count TensorCores (two per chip, four
+    chips per host), v5e and v6e count chips (up to eight on one host, four per host beyond).
+    """
+    match = _TYPE_RE.match(accelerator_type.strip().lower())
+    if not match:
+        return AcceleratorShape(version="?", chips=0, hosts=1, device_kind="accel")
+    family, count = match.group(1), int(match.group(2))
+    if accelerator_type.startswith("v5litepod") or family in {"v5e", "v6e"}:
+        version = "v5e" if family.startswith("v5") else family
+        hosts = 1 if count <= 8 else count // 4
+        return AcceleratorShape(version=version, chips=count, hosts=hosts, device_kind="vfio")
+    chips = max(1, count // 2)
+    hosts = max(1, chips // 4)
+    device_kind = "vfio" if family == "v5p" else "accel"
+    return AcceleratorShape(version=family, chips=chips, hosts=hosts, device_kind=device_kind)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A TPU VM (a slice of one or more workers) as the console shows it."""
+
+    name: str
+    zone: str
+    project: str
+    accelerator_type: str
+    state: str
+    health: str = ""
+    spot: bool = False
+    preemptible: bool = False
+    runtime_version: str = ""
+    workers: tuple[Worker, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    create_time: datetime | None = None
+    symptoms: tuple[str, ...] = ()
+    node_id: int = 0
+    description: str = ""
+    health_description: str = ""
+    topology: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable identity across refreshes: zone and name together are unique in a project."""
+        return f"{self.zone}/{self.name}"
+
+    @property
+    def accelerator_version(self) -> str:
+        return accelerator_shape(self.accelerator_type).version
+
+    @property
+    def shape(self) -> AcceleratorShape:
+        return accelerator_shape(self.accelerator_type)
+
+    @property
+    def provisioning(self) -> str:
+        if self.spot:
+            return "spot"
+        if self.preemptible:
+            return "preemptible"
+        return "on-demand"
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.state in ALARM_STATES or self.health.startswith("UNHEALTHY")
+
+    def age_seconds(self, now: datetime) -> float | None:
+        if self.create_time is None:
+            return None
+        return max(0.0, (now - self.create_time).total_seconds())
+
+
+@dataclass(frozen=True)
+class ZoneFailure:
+    """A zone whose listing failed: shown as unreachable, never as an empty zone."""
+
+    zone: str
+    reason: str
+    remedy: str = ""
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Every node the console could see at one moment, and the zones it could not reach."""
+
+    nodes: tuple[Node, ...]
+    unreachable: tuple[ZoneFailure, ...] = ()
+    zones: tuple[str, ...] = ()
+    taken_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AcceleratorTypeInfo:
+    name: str
+    topology: str = ""
+
+
+class FleetError(Exception):
+    """A failure the user can act on: what happened and what to do about it."""
+
+    def __init__(self, reason: str, remedy: str = "", *, code: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.remedy = remedy
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.remedy}".strip() if self.remedy else self.reason
+
+
+def format_age(seconds: float | None) -> str:
+    """Ages as k9s shows them: the two largest units, no more."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    days, rem = divmod(s, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"

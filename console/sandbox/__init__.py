@@ -1,0 +1,1 @@
+"""The embedded default fleet: a TPU API emulator and loopback ssh workers."""

@@ -1,0 +1,283 @@
+"""The running sandbox: the TPU API emulator and the workers' ssh servers on their own thread.
+
+A thread of its own keeps the "cloud" off the console's event loop, as a real API would be.
+Only one process serves a given sandbox home at a time; others connect to it (serve.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxFleet, SandboxNode, SandboxTiming
+from console.sandbox.tpu_emulator import TpuEmulator
+
+T = TypeVar("T")
+TICK_S = 0.1  # how often states advance and ssh servers follow them
+
+
+@dataclass(frozen=True)
+class SandboxEndpoint:
+    """What a client needs to use a sandbox: the API address, the project and the ssh key."""
+
+    api_address: str
+    project: str
+    user_key: str
+    home: str
+    pid: int
+
+
+class SandboxBusy(Exception):
+    """Another process serves this sandbox home; use its endpoint instead."""
+
+    def __init__(self, endpoint: SandboxEndpoint) -> None:
+        super().__init__(f"sandbox already served by pid {endpoint.pid} at {endpoint.api_address}")
+        self.endpoint = endpoint
+
+
+def sandbox_dir(home: Path) -> Path:
+    return home / "sandbox"
+
+
+def read_served_endpoint(home: Path) -> SandboxEndpoint | None:
+    """The endpoint of a sandbox another live process serves for this home, if any."""
+    lock_path = sandbox_dir(home) / "serve.lock"
+    info = sandbox_dir(home) / "serve.json"
+    if not lock_path.exists() or not info.exists():
+        return None
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return SandboxEndpoint(**json.loads(info.read_text()))
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+def reset_sandbox(home: Path) -> None:
+    """Start afresh: the default fleet, new worker directories; keys are kept."""
+    if read_served_endpoint(home) is not None:
+        raise SandboxBusy(read_served_endpoint(home))  # type: ignore[arg-type]
+    base = sandbox_dir(home)
+    for name in ("state.json",):
+        with contextlib.suppress(FileNotFoundError):
+            (base / name).unlink()
+    workers = base / "workers"
+    if workers.exists():
+        import shutil
+
+        shutil.rmtree(workers)
+
+
+class Sandbox:
+    """Start with `Sandbox.start(home)`; `stop()` shuts everything down and releases the home."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        ssh: bool = True,
+        timing: SandboxTiming | None = None,
+        fleet: SandboxFleet | None = None,
+        now: float | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.dir = sandbox_dir(self.home)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.with_ssh = ssh
+        if fleet is None:
+            state = self.dir / "state.json"
+            kw: dict[str, Any] = {"timing": timing} if timing else {}
+            fleet = (
+                SandboxFleet.default(state, now=now, **kw)
+                if not state.exists()
+                else SandboxFleet.load_or_default(state, **kw)
+            )
+        self.fleet = fleet
+        self.emulator = TpuEmulator(fleet, worker_port=self._port_of, host_keys=self._host_keys_of)
+        self.faults = self.emulator.faults
+        self.user_key_path = self.dir / "keys" / "user_ed25519"
+        self._servers: dict[tuple[int, int], Any] = {}
+        self._ports: dict[tuple[int, int], int] = {}
+        self._held_down: set[tuple[int, int]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._lock_fh: Any = None
+        self.api_address = ""
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def start(cls, home: Path, **kw: Any) -> Sandbox:
+        sandbox = cls(home, **kw)
+        sandbox._claim_home()
+        sandbox._thread = threading.Thread(target=sandbox._main, name="sandbox", daemon=True)
+        sandbox._thread.start()
+        sandbox._ready.wait()
+        if sandbox._error is not None:
+            sandbox._release_home()
+            raise sandbox._error
+        sandbox._publish()
+        return sandbox
+
+    @property
+    def project(self) -> str:
+        return SANDBOX_PROJECT
+
+    @property
+    def endpoint(self) -> SandboxEndpoint:
+        return SandboxEndpoint(
+            self.api_address, SANDBOX_PROJECT, str(self.user_key_path), str(self.home), os.getpid()
+        )
+
+    def _claim_home(self) -> None:
+        self._lock_fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            endpoint = read_served_endpoint(self.home)
+            if endpoint is None:
+                raise RuntimeError("sandbox home is locked but publishes no endpoint") from None
+            raise SandboxBusy(endpoint) from None
+
+    def _publish(self) -> None:
+        info = self.dir / "serve.json"
+        info.write_text(json.dumps(asdict(self.endpoint)))
+
+    def _release_home(self) -> None:
+        if self._lock_fh is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "serve.json").unlink()
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+        self._thread = None
+        self.fleet.save()
+        self._release_home()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            self.api_address = await self.emulator.start()
+            if self.with_ssh:
+                await self._reconcile()
+        except BaseException as exc:  # reported to the thread that called start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TICK_S)
+            self.fleet.advance()
+            if self.with_ssh:
+                await self._reconcile()
+        for server in list(self._servers.values()):
+            await server.stop()
+        self._servers.clear()
+        await self.emulator.stop()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the sandbox's own loop from any other thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # ----- ssh workers -------------------------------------------------------------------------
+    def _worker_key(self, node: SandboxNode, worker: int) -> tuple[int, int]:
+        return (node.node_id, worker)
+
+    def _port_of(self, node: SandboxNode, worker: int) -> int:
+        return self._ports.get(self._worker_key(node, worker), 0)
+
+    def host_key_path(self, node: SandboxNode, worker: int) -> Path:
+        return self.dir / "keys" / f"host-{node.node_id}-w{worker}"
+
+    def _host_keys_of(self, node: SandboxNode, worker: int) -> dict[str, str]:
+        server = self._servers.get(self._worker_key(node, worker))
+        if server is None:
+            return {}
+        public = server.host_key.export_public_key("openssh").decode().strip()
+        algorithm = public.split()[0]
+        return {algorithm: " ".join(public.split()[:2])}
+
+    def worker_place(self, node: SandboxNode, worker: int):
+        from console.sandbox.ssh_workers import WorkerPlace
+
+        return WorkerPlace.for_worker(self.dir / "workers", node, worker)
+
+    async def _reconcile(self) -> None:
+        """Make the running ssh servers match the nodes that are READY now."""
+        import asyncssh
+
+        from console.sandbox.ssh_workers import WorkerServer, load_or_create_key
+
+        wanted: dict[tuple[int, int], tuple[SandboxNode, int]] = {}
+        with self.fleet._lock:
+            for node in self.fleet.nodes.values():
+                if node.state == "READY":
+                    for w in range(node.hosts):
+                        wanted[self._worker_key(node, w)] = (node, w)
+        for key in list(self._servers):
+            if key not in wanted or key in self._held_down:
+                await self._servers.pop(key).stop()
+        if not wanted.keys() - self._servers.keys():
+            return
+        user_key = load_or_create_key(self.user_key_path)
+        authorized = asyncssh.import_authorized_keys(user_key.export_public_key("openssh").decode())
+        for key, (node, w) in wanted.items():
+            if key in self._servers or key in self._held_down:
+                continue
+            server = WorkerServer(
+                self.worker_place(node, w),
+                load_or_create_key(self.host_key_path(node, w)),
+                authorized,
+            )
+            try:
+                port = await server.start(self._ports.get(key, 0))
+            except OSError:
+                port = await server.start(0)
+            self._ports[key] = port
+            self._servers[key] = server
+
+    def set_worker_down(self, zone: str, name: str, worker: int, down: bool) -> None:
+        """Stop (or bring back) one worker's ssh server, cutting its connections (fault tests)."""
+        node = self.fleet.get(zone, name)
+        key = self._worker_key(node, worker)
+        if down:
+            self._held_down.add(key)
+        else:
+            self._held_down.discard(key)
+        self.call(self._reconcile())
+
+    def worker_port(self, zone: str, name: str, worker: int) -> int:
+        return self._port_of(self.fleet.get(zone, name), worker)

@@ -1,0 +1,156 @@
+"""One asyncssh server per sandbox worker, running commands as real local processes.
+
+Each worker has its own directory (its HOME), its own host key and stand-ins for the TPU lockfile
+and chip devices, so probes, kills and jobs exercise real processes, files and locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from console.models import accelerator_shape
+from console.sandbox.fleet_state import SandboxNode
+
+# Variables of the operator's own shell that must not leak into a "remote" worker.
+_SCRUBBED_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "TPUCONSOLE_HOME", "OLDPWD", "PWD")
+
+
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where a sandbox worker lives on this machine and what it pretends to have."""
+
+    root: Path
+    lockfile: Path
+    devices_glob: str
+    devices: tuple[Path, ...]
+
+    @classmethod
+    def for_worker(cls, workers_dir: Path, node: SandboxNode, worker: int) -> WorkerPlace:
+        root = workers_dir / str(node.node_id) / f"w{worker}"
+        shape = accelerator_shape(node.accelerator_type)
+        if shape.device_kind == "vfio":
+            devices = tuple(root / "dev" / "vfio" / str(i) for i in range(shape.chips_per_host))
+            glob = str(root / "dev" / "vfio" / "*")
+        else:
+            devices = tuple(root / "dev" / f"accel{i}" for i in range(shape.chips_per_host))
+            glob = str(root / "dev" / "accel*")
+        return cls(root, root / "tmp" / "libtpu_lockfile", glob, devices)
+
+    def materialise(self) -> None:
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        for device in self.devices:
+            device.parent.mkdir(parents=True, exist_ok=True)
+            device.touch(exist_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env.update(
+            HOME=str(self.root),
+            TMPDIR=str(self.root / "tmp"),
+            TPUCONSOLE_LOCKFILE=str(self.lockfile),
+            TPUCONSOLE_DEVICES=self.devices_glob,
+            TPUCONSOLE_SANDBOX="1",
+        )
+        return env
+
+
+def load_or_create_key(path: Path) -> asyncssh.SSHKey:
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(path))
+    key.write_public_key(str(path) + ".pub")
+    os.chmod(path, 0o600)
+    return key
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter) -> None:
+    while chunk := await reader.read(65536):
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def _feed(reader: asyncssh.SSHReader, proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdin is not None
+    try:
+        while chunk := await reader.read(65536):
+            proc.stdin.write(chunk)
+            await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, asyncssh.Error):
+        pass
+    finally:
+        proc.stdin.close()
+
+
+class WorkerServer:
+    """A sandbox worker's sshd: public-key auth with the sandbox user key, `bash -c` per command."""
+
+    def __init__(
+        self, place: WorkerPlace, host_key: asyncssh.SSHKey, authorized: asyncssh.SSHAuthorizedKeys
+    ) -> None:
+        self.place = place
+        self.host_key = host_key
+        self.authorized = authorized
+        self.port = 0
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+
+    async def start(self, port: int = 0) -> int:
+        self.place.materialise()
+        self._acceptor = await asyncssh.create_server(
+            None,
+            "127.0.0.1",
+            port,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=self.authorized,
+            process_factory=self._run,
+            encoding=None,
+            keepalive_interval=0,
+        )
+        self.port = self._acceptor.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Drop the server and every open connection, as when a VM goes away."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+
+    async def _run(self, process: asyncssh.SSHServerProcess) -> None:
+        command = process.command or "exec bash"
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            command,
+            cwd=self.place.root,
+            env=self.place.environment(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        feeder = asyncio.create_task(_feed(process.stdin, proc))
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            await asyncio.gather(
+                _pump(proc.stdout, process.stdout), _pump(proc.stderr, process.stderr)
+            )
+            rc = await proc.wait()
+        except (asyncssh.Error, ConnectionError, BrokenPipeError):
+            # The client went away: like sshd, close the pipes and let the command find out.
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.feed_eof()
+            feeder.cancel()
+            return
+        feeder.cancel()
+        if rc < 0:
+            process.exit_with_signal(signal.Signals(-rc).name.removeprefix("SIG"))
+        else:
+            process.exit(rc)

@@ -1,0 +1,451 @@
+"""A gRPC emulator of the Cloud TPU v2 API and its long-running operations, on loopback.
+
+The console's real `TpuAsyncClient` talks to it unchanged, so every call the console makes in the
+sandbox goes through the same client, serialisation and retry code as against Google Cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+from google.cloud.location import locations_pb2
+from google.cloud.tpu_v2.types import cloud_tpu
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+
+from console.sandbox.fleet_state import (
+    DEFAULT_RUNTIME_VERSIONS,
+    SANDBOX_PROJECT,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    QuotaExceeded,
+    SandboxFleet,
+    SandboxNode,
+    SandboxOperation,
+)
+
+DEFAULT_PAGE_SIZE = 50
+HostKeys = Callable[[SandboxNode, int], dict[str, str]]
+WorkerPort = Callable[[SandboxNode, int], int]
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Fault:
+    method: str
+    code: grpc.StatusCode
+    zone: str = ""
+    times: int | None = 1  # None: until cleared
+    message: str = "injected by the sandbox"
+
+
+@dataclass
+class FaultPlan:
+    """Errors to return instead of answering, so tests see the client's retries and our banners."""
+
+    faults: list[Fault] = field(default_factory=list)
+    latency_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inject(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        *,
+        zone: str = "",
+        times: int | None = 1,
+        message: str = "injected by the sandbox",
+    ) -> None:
+        with self._lock:
+            self.faults.append(Fault(method, code, zone, times, message))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def take(self, method: str, zone: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and fault.zone in ("", zone):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
+
+def _parse(name: str, *, expect: str) -> tuple[str, str]:
+    """Split `projects/P/locations/Z[/nodes/N]` into (zone, node or "")."""
+    parts = name.split("/")
+    if len(parts) < 4 or parts[0] != "projects" or parts[2] != "locations":
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed resource name {name!r}.")
+    if parts[1] != SANDBOX_PROJECT:
+        raise _Abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"Permission denied on project {parts[1]!r} (the sandbox serves {SANDBOX_PROJECT}).",
+        )
+    rest = parts[4:]
+    if expect == "node":
+        if len(rest) != 2 or rest[0] != "nodes":
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Expected a node name, got {name!r}.")
+        return parts[3], rest[1]
+    return parts[3], ""
+
+
+def _timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(datetime.fromtimestamp(epoch, tz=UTC))
+    return ts
+
+
+class TpuEmulator:
+    """Serves `google.cloud.tpu.v2.Tpu`, `google.longrunning.Operations` and Locations."""
+
+    def __init__(
+        self,
+        fleet: SandboxFleet,
+        *,
+        worker_port: WorkerPort | None = None,
+        host_keys: HostKeys | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.faults = FaultPlan()
+        self.worker_port = worker_port or (lambda node, w: 0)
+        self.host_keys = host_keys or (lambda node, w: {})
+        self.calls: dict[str, int] = {}
+        self._server: grpc.aio.Server | None = None
+        self.address = ""
+
+    # ----- conversions -------------------------------------------------------------------------
+    def node_message(self, node: SandboxNode) -> cloud_tpu.Node:
+        reachable = node.state in {"READY", "CREATING", "STARTING", "STOPPING"}
+        endpoints = [
+            cloud_tpu.NetworkEndpoint(
+                ip_address=node.internal_ip(w),
+                port=self.worker_port(node, w) if reachable else 0,
+                access_config=cloud_tpu.AccessConfig(external_ip="127.0.0.1" if reachable else ""),
+            )
+            for w in range(node.hosts)
+        ]
+        msg = cloud_tpu.Node(
+            name=f"projects/{SANDBOX_PROJECT}/locations/{node.zone}/nodes/{node.name}",
+            description=node.description,
+            accelerator_type=node.accelerator_type,
+            state=cloud_tpu.Node.State[node.state],
+            runtime_version=node.runtime_version,
+            scheduling_config=cloud_tpu.SchedulingConfig(
+                spot=node.spot, preemptible=node.preemptible
+            ),
+            network_endpoints=endpoints,
+            labels=node.labels,
+            id=node.node_id,
+            symptoms=[
+                cloud_tpu.Symptom(
+                    symptom_type=cloud_tpu.Symptom.SymptomType.LOW_MEMORY
+                    if "memory" in s.lower()
+                    else 0,
+                    details=s,
+                )
+                for s in node.symptoms
+            ],
+        )
+        if node.health:
+            msg.health = cloud_tpu.Node.Health[node.health]
+        msg.create_time = datetime.fromtimestamp(node.create_time, tz=UTC)
+        return msg
+
+    def operation_message(self, op: SandboxOperation) -> operations_pb2.Operation:
+        meta = cloud_tpu.OperationMetadata(
+            target=f"projects/{SANDBOX_PROJECT}/locations/{op.zone}/nodes/{op.node_name}",
+            verb=op.verb,
+            api_version="v2",
+        )
+        meta_pb = cloud_tpu.OperationMetadata.pb(meta)
+        meta_pb.create_time.CopyFrom(_timestamp(op.create_time))
+        if op.end_time:
+            meta_pb.end_time.CopyFrom(_timestamp(op.end_time))
+        result = operations_pb2.Operation(name=op.name, done=bool(op.end_time))
+        result.metadata.Pack(meta_pb)
+        if op.error:
+            result.error.CopyFrom(status_pb2.Status(code=code_pb2.ABORTED, message=op.error))
+        elif op.end_time:
+            payload = any_pb2.Any()
+            if op.verb == "delete":
+                payload.Pack(empty_pb2.Empty())
+            else:
+                node = self.fleet.nodes.get(f"{op.zone}/{op.node_name}")
+                if node is not None:
+                    payload.Pack(cloud_tpu.Node.pb(self.node_message(node)))
+            result.response.CopyFrom(payload)
+        return result
+
+    # ----- the Tpu service ---------------------------------------------------------------------
+    def list_nodes(self, req: cloud_tpu.ListNodesRequest) -> cloud_tpu.ListNodesResponse:
+        zone, _ = _parse(req.parent, expect="parent")
+        nodes = self.fleet.list(zone)
+        start = int(req.page_token or 0)
+        size = req.page_size or DEFAULT_PAGE_SIZE
+        page = nodes[start : start + size]
+        token = str(start + size) if start + size < len(nodes) else ""
+        return cloud_tpu.ListNodesResponse(
+            nodes=[self.node_message(n) for n in page], next_page_token=token
+        )
+
+    def get_node(self, req: cloud_tpu.GetNodeRequest) -> cloud_tpu.Node:
+        zone, name = _parse(req.name, expect="node")
+        return self.node_message(self.fleet.get(zone, name))
+
+    def create_node(self, req: cloud_tpu.CreateNodeRequest) -> operations_pb2.Operation:
+        zone, _ = _parse(req.parent, expect="parent")
+        if not req.node_id:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required.")
+        sched = req.node.scheduling_config
+        op = self.fleet.create(
+            zone,
+            req.node_id,
+            req.node.accelerator_type,
+            req.node.runtime_version or "tpu-ubuntu2204-base",
+            spot=sched.spot,
+            preemptible=sched.preemptible,
+            labels=dict(req.node.labels),
+            description=req.node.description,
+        )
+        return self.operation_message(op)
+
+    def _node_verb(self, verb: str, name: str) -> operations_pb2.Operation:
+        zone, node = _parse(name, expect="node")
+        op = getattr(self.fleet, verb)(zone, node)
+        return self.operation_message(op)
+
+    def get_guest_attributes(
+        self, req: cloud_tpu.GetGuestAttributesRequest
+    ) -> cloud_tpu.GetGuestAttributesResponse:
+        zone, name = _parse(req.name, expect="node")
+        node = self.fleet.get(zone, name)
+        if node.state != "READY":
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Node {name} is {node.state}; guest attributes need a running VM.",
+            )
+        wanted = {int(w) for w in req.worker_ids} or set(range(node.hosts))
+        out = []
+        for w in sorted(wanted):
+            items = [
+                cloud_tpu.GuestAttributesEntry(namespace="hostkeys", key=k, value=v)
+                for k, v in self.host_keys(node, w).items()
+                if not req.query_path or req.query_path.startswith("hostkeys")
+            ]
+            out.append(
+                cloud_tpu.GuestAttributes(
+                    query_path=req.query_path or "",
+                    query_value=cloud_tpu.GuestAttributesValue(items=items),
+                )
+            )
+        return cloud_tpu.GetGuestAttributesResponse(guest_attributes=out)
+
+    def list_accelerator_types(
+        self, req: cloud_tpu.ListAcceleratorTypesRequest
+    ) -> cloud_tpu.ListAcceleratorTypesResponse:
+        zone, _ = _parse(req.parent, expect="parent")
+        return cloud_tpu.ListAcceleratorTypesResponse(
+            accelerator_types=[
+                cloud_tpu.AcceleratorType(name=f"{req.parent}/acceleratorTypes/{t}", type_=t)
+                for t in self.fleet.accelerator_types(zone)
+            ]
+        )
+
+    def list_runtime_versions(
+        self, req: cloud_tpu.ListRuntimeVersionsRequest
+    ) -> cloud_tpu.ListRuntimeVersionsResponse:
+        _parse(req.parent, expect="parent")
+        return cloud_tpu.ListRuntimeVersionsResponse(
+            runtime_versions=[
+                cloud_tpu.RuntimeVersion(name=f"{req.parent}/runtimeVersions/{v}", version=v)
+                for v in DEFAULT_RUNTIME_VERSIONS
+            ]
+        )
+
+    # ----- operations and locations ------------------------------------------------------------
+    def _op_id(self, name: str) -> int:
+        try:
+            return int(name.rsplit("operation-", 1)[1])
+        except (IndexError, ValueError):
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"Operation {name!r} not found.") from None
+
+    def get_operation(self, req: operations_pb2.GetOperationRequest) -> operations_pb2.Operation:
+        return self.operation_message(self.fleet.operation(self._op_id(req.name)))
+
+    def list_operations(
+        self, req: operations_pb2.ListOperationsRequest
+    ) -> operations_pb2.ListOperationsResponse:
+        zone, _ = _parse(req.name, expect="parent")
+        self.fleet.advance()
+        ops = [self.operation_message(o) for o in self.fleet.operations.values() if o.zone == zone]
+        return operations_pb2.ListOperationsResponse(operations=ops)
+
+    def list_locations(
+        self, req: locations_pb2.ListLocationsRequest
+    ) -> locations_pb2.ListLocationsResponse:
+        return locations_pb2.ListLocationsResponse(
+            locations=[
+                locations_pb2.Location(name=f"{req.name}/locations/{z}", location_id=z)
+                for z in self.fleet.zones
+            ]
+        )
+
+    # ----- serving -----------------------------------------------------------------------------
+    def _handler(self, method: str, fn: Callable, zone_of: Callable[[object], str]):
+        async def handle(request, context: grpc.aio.ServicerContext):
+            self.calls[method] = self.calls.get(method, 0) + 1
+            if self.faults.latency_s:
+                await asyncio.sleep(self.faults.latency_s)
+            try:
+                zone = zone_of(request)
+            except Exception:
+                zone = ""
+            fault = self.faults.take(method, zone)
+            if fault is not None:
+                await context.abort(fault.code, fault.message)
+            try:
+                return fn(request)
+            except _Abort as exc:
+                await context.abort(exc.code, exc.message)
+            except NotFound as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except AlreadyExists as exc:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            except FailedPrecondition as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except QuotaExceeded as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+        return handle
+
+    def _service(self, service: str, methods: dict[str, tuple]) -> grpc.GenericRpcHandler:
+        handlers = {}
+        for method, (fn, req_type, resp_serializer, zone_of) in methods.items():
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                self._handler(method, fn, zone_of),
+                request_deserializer=req_type,
+                response_serializer=resp_serializer,
+            )
+        return grpc.method_handlers_generic_handler(service, handlers)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def proto_plus(cls):
+            return cls.deserialize
+
+        def zone_of(field_name: str):
+            return lambda req: getattr(req, field_name).split("/")[3]
+
+        op_ser = operations_pb2.Operation.SerializeToString
+        tpu = {
+            "ListNodes": (
+                self.list_nodes,
+                proto_plus(cloud_tpu.ListNodesRequest),
+                cloud_tpu.ListNodesResponse.serialize,
+                zone_of("parent"),
+            ),
+            "GetNode": (
+                self.get_node,
+                proto_plus(cloud_tpu.GetNodeRequest),
+                cloud_tpu.Node.serialize,
+                zone_of("name"),
+            ),
+            "CreateNode": (
+                self.create_node,
+                proto_plus(cloud_tpu.CreateNodeRequest),
+                op_ser,
+                zone_of("parent"),
+            ),
+            "DeleteNode": (
+                lambda r: self._node_verb("delete", r.name),
+                proto_plus(cloud_tpu.DeleteNodeRequest),
+                op_ser,
+                zone_of("name"),
+            ),
+            "StopNode": (
+                lambda r: self._node_verb("stop", r.name),
+                proto_plus(cloud_tpu.StopNodeRequest),
+                op_ser,
+                zone_of("name"),
+            ),
+            "StartNode": (
+                lambda r: self._node_verb("start", r.name),
+                proto_plus(cloud_tpu.StartNodeRequest),
+                op_ser,
+                zone_of("name"),
+            ),
+            "GetGuestAttributes": (
+                self.get_guest_attributes,
+                proto_plus(cloud_tpu.GetGuestAttributesRequest),
+                cloud_tpu.GetGuestAttributesResponse.serialize,
+                zone_of("name"),
+            ),
+            "ListAcceleratorTypes": (
+                self.list_accelerator_types,
+                proto_plus(cloud_tpu.ListAcceleratorTypesRequest),
+                cloud_tpu.ListAcceleratorTypesResponse.serialize,
+                zone_of("parent"),
+            ),
+            "ListRuntimeVersions": (
+                self.list_runtime_versions,
+                proto_plus(cloud_tpu.ListRuntimeVersionsRequest),
+                cloud_tpu.ListRuntimeVersionsResponse.serialize,
+                zone_of("parent"),
+            ),
+        }
+        ops = {
+            "GetOperation": (
+                self.get_operation,
+                operations_pb2.GetOperationRequest.FromString,
+                op_ser,
+                zone_of("name"),
+            ),
+            "ListOperations": (
+                self.list_operations,
+                operations_pb2.ListOperationsRequest.FromString,
+                operations_pb2.ListOperationsResponse.SerializeToString,
+                zone_of("name"),
+            ),
+        }
+        locations = {
+            "ListLocations": (
+                self.list_locations,
+                locations_pb2.ListLocationsRequest.FromString,
+                locations_pb2.ListLocationsResponse.SerializeToString,
+                lambda r: "",
+            ),
+        }
+        return [
+            self._service("google.cloud.tpu.v2.Tpu", tpu),
+            self._service("google.longrunning.Operations", ops),
+            self._service("google.cloud.location.Locations", locations),
+        ]
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers(self.handlers())
+        bound = self._server.add_insecure_port(f"{host}:{port}")
+        await self._server.start()
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=0.2)
+            self._server = None

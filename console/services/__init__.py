@@ -1,0 +1,1 @@
+"""Plain-asyncio services the UI and the CLI share; no widgets here."""

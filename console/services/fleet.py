@@ -1,0 +1,87 @@
+"""The fleet across zones: every zone listed at once, a failing zone reported, never hidden.
+
+The UI and the headless `ls` both read the fleet through `FleetService.list_nodes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from console.adapters.tpu_api import TpuApi
+from console.models import FleetError, FleetSnapshot, Node, ZoneFailure
+
+# Enough to overlap every zone of a large project without a burst the API would throttle.
+MAX_ZONES_IN_FLIGHT = 32
+
+
+class FleetService:
+    """Built from a factory so the gRPC channel is opened inside the loop that uses it."""
+
+    def __init__(
+        self, api_factory: Callable[[], TpuApi], zones: Sequence[str] = (), *, label: str = ""
+    ) -> None:
+        self._api_factory = api_factory
+        self._api: TpuApi | None = None
+        self._configured_zones = tuple(zones)
+        self._zones: tuple[str, ...] = tuple(zones)
+        self.label = label
+
+    @property
+    def api(self) -> TpuApi:
+        if self._api is None:
+            self._api = self._api_factory()
+        return self._api
+
+    @property
+    def project(self) -> str:
+        return self.api.project
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    async def zones(self) -> tuple[str, ...]:
+        """The configured zones, or every location the project can see (asked once)."""
+        if not self._zones:
+            self._zones = tuple(await self.api.list_zones())
+        return self._zones
+
+    async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
+        """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
+        wanted = tuple(zones) if zones else await self.zones()
+        gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
+
+        async def one(zone: str) -> list[Node] | ZoneFailure:
+            async with gate:
+                try:
+                    return await self.api.list_nodes(zone)
+                except FleetError as exc:
+                    return ZoneFailure(zone, exc.reason, exc.remedy)
+
+        results = await asyncio.gather(*(one(z) for z in wanted))
+        nodes: list[Node] = []
+        failures: list[ZoneFailure] = []
+        for result in results:
+            if isinstance(result, ZoneFailure):
+                failures.append(result)
+            else:
+                nodes.extend(result)
+        nodes.sort(key=lambda n: (n.zone, n.name))
+        return FleetSnapshot(tuple(nodes), tuple(failures), wanted, datetime.now(UTC))
+
+    async def list_nodes_zone_by_zone(self, zones: Sequence[str]) -> FleetSnapshot:
+        """The baseline the benchmark compares against: one zone after another."""
+        nodes: list[Node] = []
+        failures: list[ZoneFailure] = []
+        for zone in zones:
+            try:
+                nodes.extend(await self.api.list_nodes(zone))
+            except FleetError as exc:
+                failures.append(ZoneFailure(zone, exc.reason, exc.remedy))
+        return FleetSnapshot(tuple(nodes), tuple(failures), tuple(zones), datetime.now(UTC))
+
+    async def get_node(self, zone: str, name: str) -> Node:
+        return await self.api.get_node(zone, name)

@@ -1,0 +1,140 @@
+"""What each fleet column says about a node, shared by the TUI table and `tpuconsole ls`.
+
+Plain text only; the UI adds colour. Sort keys and the filter live here so both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from console.models import FleetSnapshot, Node, format_age
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    text: Callable[[Node, datetime], str]
+    sort_key: Callable[[Node, datetime], Any]
+    sort_hotkey: str = ""
+
+
+def _ips(node: Node) -> str:
+    ips = [w.external_ip or w.internal_ip for w in node.workers]
+    if len(ips) > 2:
+        return f"{ips[0]} +{len(ips) - 1}"
+    return ",".join(ips) or "-"
+
+
+def _age_key(node: Node, now: datetime) -> float:
+    age = node.age_seconds(now)
+    return -1.0 if age is None else age
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "NAME", lambda n, _: n.name, lambda n, _: n.name, "N"),
+    Column("zone", "ZONE", lambda n, _: n.zone, lambda n, _: (n.zone, n.name), "Z"),
+    Column(
+        "type",
+        "TYPE",
+        lambda n, _: n.accelerator_type,
+        lambda n, _: (n.accelerator_type, n.name),
+        "T",
+    ),
+    Column("state", "STATE", lambda n, _: n.state, lambda n, _: (n.state, n.name), "S"),
+    Column("health", "HEALTH", lambda n, _: n.health or "-", lambda n, _: (n.health, n.name)),
+    Column(
+        "provisioning",
+        "PROV",
+        lambda n, _: n.provisioning,
+        lambda n, _: (n.provisioning, n.name),
+        "P",
+    ),
+    Column(
+        "workers",
+        "WORKERS",
+        lambda n, _: str(len(n.workers)),
+        lambda n, _: (len(n.workers), n.name),
+        "W",
+    ),
+    Column("ips", "EXTERNAL IP", lambda n, _: _ips(n), lambda n, _: (_ips(n), n.name)),
+    Column("age", "AGE", lambda n, now: format_age(n.age_seconds(now)), _age_key, "A"),
+    # Filled by the probe and job issues; reserved now so the layout does not jump later.
+    Column("lock", "TPU LOCK", lambda n, _: "-", lambda n, _: n.name),
+    Column("job", "JOB", lambda n, _: "-", lambda n, _: n.name),
+)
+
+COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
+
+
+def row_texts(node: Node, now: datetime) -> list[str]:
+    return [c.text(node, now) for c in COLUMNS]
+
+
+def matches(node: Node, query: str) -> bool:
+    """Every whitespace-separated term must appear in some field (case-insensitive)."""
+    if not query.strip():
+        return True
+    haystack = " ".join(
+        [
+            node.name,
+            node.zone,
+            node.accelerator_type,
+            node.state,
+            node.health,
+            node.provisioning,
+            node.runtime_version,
+        ]
+        + [f"{k}={v}" for k, v in node.labels.items()]
+    ).lower()
+    return all(term in haystack for term in query.lower().split())
+
+
+def sort_nodes(nodes: list[Node], column: str, reverse: bool, now: datetime) -> list[Node]:
+    col = COLUMN_BY_KEY[column]
+    return sorted(nodes, key=lambda n: col.sort_key(n, now), reverse=reverse)
+
+
+def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "zone": node.zone,
+        "project": node.project,
+        "accelerator_type": node.accelerator_type,
+        "accelerator_version": node.accelerator_version,
+        "state": node.state,
+        "health": node.health,
+        "spot": node.spot,
+        "preemptible": node.preemptible,
+        "provisioning": node.provisioning,
+        "runtime_version": node.runtime_version,
+        "workers": [
+            {
+                "index": w.index,
+                "internal_ip": w.internal_ip,
+                "external_ip": w.external_ip,
+                "port": w.port,
+            }
+            for w in node.workers
+        ],
+        "labels": dict(node.labels),
+        "create_time": node.create_time.isoformat() if node.create_time else None,
+        "age_seconds": node.age_seconds(now),
+        "symptoms": list(node.symptoms),
+        "node_id": node.node_id,
+    }
+
+
+def render_table(snapshot: FleetSnapshot, now: datetime) -> str:
+    """The `ls` table: the TUI's columns, aligned for a terminal."""
+    header = [c.title for c in COLUMNS]
+    rows = [row_texts(n, now) for n in snapshot.nodes]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    return "\n".join(lines)

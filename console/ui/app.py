@@ -1,0 +1,51 @@
+"""The Textual application: holds the services, opens on the fleet screen.
+
+Screens reach services through the app (`self.app.fleet`), so tests can hand it any fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from textual.app import App
+from textual.binding import Binding
+
+from console.services.fleet import FleetService
+from console.ui.fleet_screen import FleetScreen
+from console.ui.help_screen import HelpScreen
+
+
+class TpuConsoleApp(App):
+    TITLE = "tpuconsole"
+    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False)]
+
+    def __init__(
+        self,
+        fleet: FleetService,
+        *,
+        mode: str = "",
+        refresh_s: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.mode = mode
+        self.refresh_s = refresh_s
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.sub_title = mode
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def on_mount(self) -> None:
+        self.push_screen(FleetScreen())
+
+    async def on_unmount(self) -> None:
+        await self.fleet.close()
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+            return
+        self.push_screen(HelpScreen(self.screen))

@@ -1,0 +1,266 @@
+"""The fleet screen: every TPU VM across zones in one live table, k9s-style.
+
+Rows are updated by node key, so refreshes never move the cursor or the scroll position.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from console.models import FleetError, FleetSnapshot, Node
+from console.services.fleet_columns import COLUMNS, matches, row_texts, sort_nodes
+from console.ui.styling import health_text, provisioning_text, state_text
+
+SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
+
+
+def styled_cells(node: Node, now: datetime) -> list[Text | str]:
+    cells: list[Text | str] = list(row_texts(node, now))
+    keys = [c.key for c in COLUMNS]
+    cells[keys.index("name")] = Text(node.name, style="bold" if node.needs_attention else "")
+    cells[keys.index("state")] = state_text(node.state)
+    cells[keys.index("health")] = health_text(node.health)
+    cells[keys.index("provisioning")] = provisioning_text(node.provisioning)
+    cells[keys.index("lock")] = Text("-", style="dim")
+    cells[keys.index("job")] = Text("-", style="dim")
+    return cells
+
+
+def _plain(cell: object) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def _same(old: object, new: object) -> bool:
+    """Text equality that also sees a change of colour (Rich compares only text and spans)."""
+
+    def look(cell: object) -> tuple[str, str]:
+        return (_plain(cell), str(cell.style) if isinstance(cell, Text) else "")
+
+    return look(old) == look(new)
+
+
+class FleetScreen(Screen):
+    BINDINGS = [
+        Binding("r", "refresh", "Refresh"),
+        Binding("slash", "filter", "Filter"),
+        Binding("enter", "details", "Details", priority=False),
+        Binding("o", "cycle_sort", "Sort"),
+        Binding("O", "reverse_sort", "Reverse", show=False),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("question_mark", "app.help", "Help"),
+        Binding("q", "app.quit", "Quit"),
+        *[
+            Binding(c.sort_hotkey, f"sort('{c.key}')", f"Sort by {c.title.lower()}", show=False)
+            for c in COLUMNS
+            if c.sort_hotkey
+        ],
+    ]
+
+    DEFAULT_CSS = """
+    FleetScreen #banner { display: none; background: $error 30%; color: $text; padding: 0 1; }
+    FleetScreen #banner.shown { display: block; }
+    FleetScreen #status { height: 1; padding: 0 1; color: $text-muted; }
+    FleetScreen #filter { display: none; dock: bottom; margin-bottom: 1; }
+    FleetScreen #filter.shown { display: block; }
+    FleetScreen DataTable { height: 1fr; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot: FleetSnapshot | None = None
+        self.filter_text = ""
+        self.sort_column = "zone"
+        self.sort_reverse = False
+        self.refreshing = False
+        self.last_error: FleetError | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            yield Static("", id="banner")
+            yield Static("loading fleet…", id="status")
+            table: DataTable = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+            for column in COLUMNS:
+                table.add_column(column.title, key=column.key)
+            yield table
+        yield Input(placeholder="filter: name, zone, type, state, label=value …", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_refresh()
+        self.set_interval(self.app.refresh_s, self._auto_refresh)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#fleet", DataTable)
+
+    # ----- refresh -----------------------------------------------------------------------------
+    def _auto_refresh(self) -> None:
+        if not self.refreshing:
+            self.action_refresh()
+
+    def action_refresh(self) -> None:
+        self.refreshing = True
+        self.query_one("#status", Static).update(self._status_text(loading=True))
+        self._load()
+
+    @work(exclusive=True, group="fleet-refresh")
+    async def _load(self) -> None:
+        try:
+            snapshot = await self.app.fleet.list_nodes()
+        except FleetError as exc:
+            self.last_error = exc
+            self._show_banner([f"[b]{exc.reason}[/b] {exc.remedy}"])
+        else:
+            self.last_error = None
+            self.snapshot = snapshot
+            self._show_banner(
+                [
+                    f"[b]Zone {f.zone} unreachable:[/b] {f.reason} {f.remedy}"
+                    for f in snapshot.unreachable
+                ]
+            )
+            self._render_rows()
+        finally:
+            self.refreshing = False
+            self.query_one("#status", Static).update(self._status_text())
+
+    def _show_banner(self, lines: list[str]) -> None:
+        banner = self.query_one("#banner", Static)
+        banner.update("\n".join(lines))
+        banner.set_class(bool(lines), "shown")
+
+    def _status_text(self, loading: bool = False) -> str:
+        parts = []
+        if self.snapshot is not None:
+            shown = self.table.row_count
+            total = len(self.snapshot.nodes)
+            zones = len(self.snapshot.zones)
+            parts.append(f"{shown} of {total} nodes" if self.filter_text else f"{total} nodes")
+            parts.append(f"{zones} zones")
+            if self.snapshot.unreachable:
+                parts.append(f"{len(self.snapshot.unreachable)} unreachable")
+            if self.snapshot.taken_at:
+                parts.append(f"as of {self.snapshot.taken_at.astimezone():%H:%M:%S}")
+        if self.filter_text:
+            parts.append(f"filter: {self.filter_text!r}")
+        arrow = "↓" if self.sort_reverse else "↑"
+        parts.append(f"sort: {self.sort_column}{arrow}")
+        if loading:
+            parts.append("refreshing…")
+        return " · ".join(parts)
+
+    def _render_rows(self) -> None:
+        """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
+        if self.snapshot is None:
+            return
+        now = self.app.now()
+        table = self.table
+        nodes = [n for n in self.snapshot.nodes if matches(n, self.filter_text)]
+        nodes = sort_nodes(nodes, self.sort_column, self.sort_reverse, now)
+        wanted = {n.key: n for n in nodes}
+        cursor_key = self.cursor_node_key()
+        for row_key in list(table.rows):
+            if row_key.value not in wanted:
+                table.remove_row(row_key)
+        for node in nodes:
+            cells = styled_cells(node, now)
+            if node.key in table.rows:
+                current = table.get_row(node.key)
+                for column, old, new in zip(COLUMNS, current, cells, strict=True):
+                    if not _same(old, new):
+                        table.update_cell(node.key, column.key, new)
+            else:
+                table.add_row(*cells, key=node.key)
+        order = {n.key: i for i, n in enumerate(nodes)}
+        if [r.key.value for r in table.ordered_rows] != list(order):
+            table.sort(
+                "zone", "name", key=lambda vals: order[f"{_plain(vals[0])}/{_plain(vals[1])}"]
+            )
+        if cursor_key in wanted:
+            index = table.get_row_index(cursor_key)
+            if index != table.cursor_row:
+                table.move_cursor(row=index, scroll=False)
+        self.query_one("#status", Static).update(self._status_text(loading=self.refreshing))
+
+    def cursor_node_key(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
+
+    def cursor_node(self) -> Node | None:
+        key = self.cursor_node_key()
+        if key is None or self.snapshot is None:
+            return None
+        return next((n for n in self.snapshot.nodes if n.key == key), None)
+
+    # ----- filter and sort ---------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._render_rows()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value:
+            box.remove_class("shown")
+        self.table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("shown")
+        self.filter_text = ""
+        self._render_rows()
+        self.table.focus()
+
+    def action_sort(self, column: str) -> None:
+        if column == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = column, False
+        self._render_rows()
+
+    def action_cycle_sort(self) -> None:
+        index = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else -1
+        self.sort_column, self.sort_reverse = SORTABLE[(index + 1) % len(SORTABLE)], False
+        self._render_rows()
+
+    def action_reverse_sort(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._render_rows()
+
+    @on(DataTable.HeaderSelected)
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        if event.column_key.value in {c.key for c in COLUMNS}:
+            self.action_sort(event.column_key.value)
+
+    # ----- detail ------------------------------------------------------------------------------
+    @on(DataTable.RowSelected, "#fleet")
+    def _row_selected(self) -> None:
+        self.action_details()
+
+    def action_details(self) -> None:
+        from console.ui.node_detail import NodeDetailScreen
+
+        node = self.cursor_node()
+        if node is None:
+            self.notify("No node selected.", severity="warning")
+            return
+        self.app.push_screen(NodeDetailScreen(node))

@@ -1,0 +1,45 @@
+"""`?`: every key of the screen underneath, including the ones the footer has no room for."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Static
+
+_KEY_NAMES = {"slash": "/", "question_mark": "?", "enter": "⏎", "escape": "esc"}
+
+
+def key_table(screen: Screen) -> Table:
+    table = Table(box=None, padding=(0, 2), show_header=False)
+    table.add_column(style="bold yellow", justify="right")
+    table.add_column()
+    for binding in screen.BINDINGS:
+        if isinstance(binding, Binding):
+            key = _KEY_NAMES.get(binding.key, binding.key)
+            table.add_row(key, binding.description)
+    return table
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "Close")]
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 64; height: auto; max-height: 80%; border: round $accent; padding: 1 2;
+        background: $panel;
+    }
+    """
+
+    def __init__(self, under: Screen) -> None:
+        super().__init__()
+        self.under = under
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(f"[b]Keys[/b] — {type(self.under).__name__.removesuffix('Screen')}\n")
+            yield Static(key_table(self.under))
+            yield Static("\n[dim]esc or ? closes this help[/dim]")

@@ -1,0 +1,129 @@
+"""One node in full: workers and their addresses, labels, symptoms, runtime and provisioning.
+
+It re-reads the node on `r` and on the app's refresh interval, so a preemption shows here too.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from console.models import FleetError, Node, format_age
+from console.ui.styling import health_text, provisioning_text, state_text
+
+
+def summary_table(node: Node, now) -> Table:
+    shape = node.shape
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan", justify="right")
+    grid.add_column()
+    created = node.create_time.astimezone().strftime("%Y-%m-%d %H:%M") if node.create_time else "-"
+    rows: list[tuple[str, Text | str]] = [
+        ("name", Text(node.name, style="bold")),
+        ("zone", node.zone),
+        ("project", node.project),
+        ("state", state_text(node.state)),
+        ("health", health_text(node.health)),
+        ("provisioning", provisioning_text(node.provisioning)),
+        (
+            "type",
+            f"{node.accelerator_type}  (TPU {shape.version}, {shape.chips} chips, "
+            f"{shape.hosts} host{'s' if shape.hosts != 1 else ''}, "
+            f"/dev/{shape.device_kind})",
+        ),
+        ("runtime", node.runtime_version or "-"),
+        ("created", f"{created}  ({format_age(node.age_seconds(now))} ago)"),
+        ("node id", str(node.node_id)),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "-"),
+    ]
+    if node.health_description:
+        rows.append(("health note", node.health_description))
+    if node.description:
+        rows.append(("description", node.description))
+    for label, value in rows:
+        grid.add_row(label, value)
+    for i, symptom in enumerate(node.symptoms):
+        grid.add_row("symptom" if i == 0 else "", Text(symptom, style="bold red"))
+    if node.state == "PREEMPTED":
+        grid.add_row(
+            "",
+            Text(
+                "Preempted spot VMs do not come back: delete it and create again "
+                "(on-demand if spot capacity is short).",
+                style="yellow",
+            ),
+        )
+    return grid
+
+
+class NodeDetailScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("q", "app.pop_screen", "Back", show=False),
+        Binding("r", "refresh", "Refresh"),
+        Binding("question_mark", "app.help", "Help"),
+    ]
+
+    DEFAULT_CSS = """
+    NodeDetailScreen #summary { padding: 1 2; height: auto; }
+    NodeDetailScreen #workers { height: auto; max-height: 20; margin: 0 2; }
+    NodeDetailScreen #detail-banner { display: none; background: $error 30%; padding: 0 1; }
+    NodeDetailScreen #detail-banner.shown { display: block; }
+    NodeDetailScreen .section { padding: 0 2; text-style: bold; color: $accent; }
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="detail-banner")
+        with VerticalScroll():
+            yield Static(id="summary")
+            yield Static("Workers", classes="section")
+            table: DataTable = DataTable(id="workers", cursor_type="row")
+            for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "SSH PORT"):
+                table.add_column(title, key=title.lower())
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.app.mode} · {self.node.zone}/{self.node.name}"
+        self._show(self.node)
+        self.set_interval(self.app.refresh_s, self.action_refresh)
+
+    def _show(self, node: Node) -> None:
+        self.node = node
+        self.query_one("#summary", Static).update(summary_table(node, self.app.now()))
+        table = self.query_one("#workers", DataTable)
+        table.clear()
+        for w in node.workers:
+            table.add_row(
+                f"w{w.index}",
+                w.internal_ip or "-",
+                w.external_ip or "-",
+                str(w.port) if w.external_ip else "-",
+                key=str(w.index),
+            )
+
+    def action_refresh(self) -> None:
+        self._reload()
+
+    @work(exclusive=True, group="node-detail")
+    async def _reload(self) -> None:
+        banner = self.query_one("#detail-banner", Static)
+        try:
+            node = await self.app.fleet.get_node(self.node.zone, self.node.name)
+        except FleetError as exc:
+            banner.update(f"[b]{exc.reason}[/b] {exc.remedy}")
+            banner.add_class("shown")
+            return
+        banner.remove_class("shown")
+        self._show(node)

@@ -1,0 +1,54 @@
+"""Fixtures that start the real sandbox: the TPU API emulator on gRPC and loopback ssh workers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from console.adapters.tpu_api import CallPolicy, TpuApi
+from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxTiming
+from console.sandbox.runtime import Sandbox
+from console.services.fleet import FleetService
+
+# Transitions fast enough for tests, slow enough that CREATING is observable before READY.
+FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3)
+# Retries short enough that a test of "gave up" ends quickly.
+QUICK_POLICY = CallPolicy(timeout_s=5, retry_initial_s=0.01, retry_max_s=0.05, retry_total_s=1.0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may read the developer's gcloud or tpuconsole configuration, nor write $HOME."""
+    monkeypatch.setenv("TPUCONSOLE_HOME", str(tmp_path / "tpuconsole-home"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for name in ("CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_ZONE", "CLOUDSDK_ACTIVE_CONFIG_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    sb = Sandbox.start(tmp_path / "sandbox-home", timing=FAST)
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
+@pytest.fixture
+async def api(sandbox: Sandbox) -> AsyncIterator[TpuApi]:
+    client = TpuApi.for_sandbox(sandbox.api_address, SANDBOX_PROJECT, QUICK_POLICY)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def fleet_for(sandbox: Sandbox, zones: tuple[str, ...] = ()) -> FleetService:
+    return FleetService(
+        lambda: TpuApi.for_sandbox(sandbox.api_address, SANDBOX_PROJECT, QUICK_POLICY),
+        zones,
+        label="SANDBOX",
+    )
