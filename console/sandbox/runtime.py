@@ -114,6 +114,7 @@ class Sandbox:
         self._error: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self._lock_fh: Any = None
+        self._reconciling: asyncio.Lock | None = None
         self.api_address = ""
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -237,6 +238,12 @@ class Sandbox:
 
     async def _reconcile(self) -> None:
         """Make the running ssh servers match the nodes that are READY now."""
+        if self._reconciling is None:
+            self._reconciling = asyncio.Lock()
+        async with self._reconciling:
+            await self._reconcile_unlocked()
+
+    async def _reconcile_unlocked(self) -> None:
         import asyncssh
 
         from console.sandbox.ssh_workers import WorkerServer, load_or_create_key

@@ -51,13 +51,14 @@ class FleetService:
 
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
         """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
+        api = self.api  # missing credentials fail the whole listing, not each zone
         wanted = tuple(zones) if zones else await self.zones()
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
 
         async def one(zone: str) -> list[Node] | ZoneFailure:
             async with gate:
                 try:
-                    return await self.api.list_nodes(zone)
+                    return await api.list_nodes(zone)
                 except FleetError as exc:
                     return ZoneFailure(zone, exc.reason, exc.remedy)
 

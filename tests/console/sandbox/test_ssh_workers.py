@@ -1,0 +1,107 @@
+"""Sandbox workers are real ssh servers running real processes in their own directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from console.adapters.tpu_api import TpuApi
+from console.sandbox.runtime import Sandbox
+
+ZONE = "us-central2-b"
+
+
+async def _connect(sandbox: Sandbox, api: TpuApi, zone: str, name: str, worker: int,
+                   key: str | None = None) -> asyncssh.SSHClientConnection:
+    node = await api.get_node(zone, name)
+    keys = (await api.host_keys(zone, name))[worker]
+    port = node.workers[worker].port
+    known = asyncssh.import_known_hosts(
+        "".join(f"[127.0.0.1]:{port} {v}\n" for v in keys.values())
+    )
+    return await asyncssh.connect("127.0.0.1", port, known_hosts=known, username="tester",
+                                  client_keys=[key or str(sandbox.user_key_path)])
+
+
+async def test_each_worker_runs_commands_in_its_own_home_with_lock_and_devices(
+    sandbox: Sandbox, api: TpuApi
+) -> None:
+    homes = []
+    for worker in (0, 1):
+        async with await _connect(sandbox, api, ZONE, "demo-v4-16", worker) as conn:
+            result = await conn.run(
+                'pwd; echo "$HOME"; echo "$TPUCONSOLE_LOCKFILE"; ls $TPUCONSOLE_DEVICES', check=True
+            )
+            pwd, home, lockfile, *devices = result.stdout.split()
+            assert pwd == home
+            assert lockfile == f"{home}/tmp/libtpu_lockfile"
+            assert [Path(d).name for d in devices] == ["accel0", "accel1", "accel2", "accel3"]
+            homes.append(home)
+    assert homes[0] != homes[1]
+
+
+async def test_v5e_worker_has_eight_vfio_devices(sandbox: Sandbox, api: TpuApi) -> None:
+    async with await _connect(sandbox, api, "europe-west4-a", "demo-v5e-8", 0) as conn:
+        result = await conn.run("ls $TPUCONSOLE_DEVICES", check=True)
+    assert [Path(p).parent.name for p in result.stdout.split()] == ["vfio"] * 8
+
+
+async def test_exit_codes_stderr_and_stdin_pass_through(sandbox: Sandbox, api: TpuApi) -> None:
+    async with await _connect(sandbox, api, ZONE, "demo-v4-8", 0) as conn:
+        failed = await conn.run("echo out; echo err >&2; exit 3")
+        assert (failed.exit_status, failed.stdout, failed.stderr) == (3, "out\n", "err\n")
+        echoed = await conn.run("tr a-z A-Z", input="hello\n")
+        assert echoed.stdout == "HELLO\n"
+        killed = await conn.run("kill -TERM $$")
+        assert killed.exit_signal is not None and killed.exit_signal[0] == "TERM"
+
+
+async def test_a_key_the_sandbox_does_not_know_is_refused(
+    sandbox: Sandbox, api: TpuApi, tmp_path: Path
+) -> None:
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    stranger.write_private_key(str(tmp_path / "stranger"))
+    with pytest.raises(asyncssh.PermissionDenied):
+        await _connect(sandbox, api, ZONE, "demo-v4-8", 0, key=str(tmp_path / "stranger"))
+
+
+async def test_a_stopped_node_no_longer_answers_ssh(sandbox: Sandbox, api: TpuApi) -> None:
+    port = (await api.get_node(ZONE, "demo-v4-8")).workers[0].port
+    await api.wait_operation(await api.stop_node(ZONE, "demo-v4-8"), poll_s=0.05)
+    node = await api.get_node(ZONE, "demo-v4-8")
+    assert node.state == "STOPPED" and node.workers[0].external_ip == ""
+    sandbox.call(sandbox._reconcile())  # the servers follow the state on the next tick at latest
+    with pytest.raises(OSError):
+        await asyncssh.connect("127.0.0.1", port, known_hosts=None,
+                               client_keys=[str(sandbox.user_key_path)], connect_timeout=2)
+
+
+def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Path) -> None:
+    from console.sandbox.runtime import reset_sandbox
+
+    home = tmp_path / "h"
+    with Sandbox.start(home) as first:
+        first.fleet.preempt("us-central2-b", "demo-spot-v4-8")
+        first.fleet.create("us-central1-a", "kept", "v3-8", "tpu-ubuntu2204-base")
+    with Sandbox.start(home) as second:
+        assert "us-central1-a/kept" in second.fleet.nodes
+    reset_sandbox(home)
+    with Sandbox.start(home) as third:
+        assert "us-central1-a/kept" not in third.fleet.nodes
+        assert len(third.fleet.nodes) == 5
+
+
+def test_a_second_process_joins_the_served_sandbox_instead_of_starting_one(
+    tmp_path: Path,
+) -> None:
+    from console.sandbox.runtime import SandboxBusy, read_served_endpoint
+
+    home = tmp_path / "h"
+    with Sandbox.start(home, ssh=False) as served:
+        endpoint = read_served_endpoint(home)
+        assert endpoint is not None and endpoint.api_address == served.api_address
+        with pytest.raises(SandboxBusy):
+            Sandbox.start(home)
+    assert read_served_endpoint(home) is None

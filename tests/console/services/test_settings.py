@@ -1,0 +1,71 @@
+"""Project and zones come from flags, CLOUDSDK_*, gcloud's active configuration, then ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from console.models import FleetError
+from console.services.settings import resolve_settings
+
+
+def _gcloud(tmp_path: Path, name: str, project: str, zone: str, active: bool = True) -> dict:
+    base = tmp_path / "gcloud"
+    (base / "configurations").mkdir(parents=True, exist_ok=True)
+    (base / "configurations" / f"config_{name}").write_text(
+        f"[core]\nproject = {project}\n\n[compute]\nzone = {zone}\n"
+    )
+    if active:
+        (base / "active_config").write_text(name)
+    return {"CLOUDSDK_CONFIG": str(base)}
+
+
+def _ours(tmp_path: Path, text: str) -> dict:
+    path = tmp_path / "xdg" / "tpuconsole" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+def test_no_project_anywhere_means_the_sandbox(tmp_path: Path) -> None:
+    s = resolve_settings(env={"TPUCONSOLE_HOME": str(tmp_path / "h")}, user_home=tmp_path)
+    assert s.sandbox and s.project == ""
+    assert s.home == tmp_path / "h"
+
+
+def test_active_gcloud_configuration_supplies_project_and_zone(tmp_path: Path) -> None:
+    _gcloud(tmp_path, "default", "other", "us-east1-d", active=False)
+    env = _gcloud(tmp_path, "tpu", "my-proj", "us-central2-b")
+    s = resolve_settings(env=env, user_home=tmp_path)
+    assert (s.project, s.zones, s.sandbox) == ("my-proj", ("us-central2-b",), False)
+    assert s.project_source == "gcloud configuration 'tpu'"
+
+
+def test_environment_beats_gcloud_and_flags_beat_environment(tmp_path: Path) -> None:
+    env = _gcloud(tmp_path, "default", "from-gcloud", "zone-g")
+    env |= {"CLOUDSDK_CORE_PROJECT": "from-env", "CLOUDSDK_COMPUTE_ZONE": "zone-e"}
+    s = resolve_settings(env=env, user_home=tmp_path)
+    assert (s.project, s.zones) == ("from-env", ("zone-e",))
+    s = resolve_settings(project="from-flag", zones=["z1", "z2"], env=env, user_home=tmp_path)
+    assert (s.project, s.zones, s.project_source) == ("from-flag", ("z1", "z2"), "--project")
+
+
+def test_our_config_file_is_the_last_resort_and_sets_the_refresh(tmp_path: Path) -> None:
+    env = _ours(tmp_path, 'project = "toml-proj"\nzones = ["a-1", "b-2"]\nrefresh_interval = 3\n')
+    s = resolve_settings(env=env, user_home=tmp_path)
+    assert (s.project, s.zones, s.refresh_s) == ("toml-proj", ("a-1", "b-2"), 3.0)
+    env |= _gcloud(tmp_path, "default", "gcloud-proj", "")
+    assert resolve_settings(env=env, user_home=tmp_path).project == "gcloud-proj"
+
+
+def test_sandbox_flag_wins_over_a_configured_project(tmp_path: Path) -> None:
+    s = resolve_settings(sandbox=True, env={"CLOUDSDK_CORE_PROJECT": "p"}, user_home=tmp_path)
+    assert s.sandbox
+
+
+def test_a_broken_config_file_says_which_file_and_what_to_do(tmp_path: Path) -> None:
+    env = _ours(tmp_path, "project = \n")
+    with pytest.raises(FleetError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "config.toml" in err.value.reason and "TOML" in err.value.remedy

@@ -1,0 +1,98 @@
+"""`tpuconsole ls` and `tpuconsole sandbox` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from console.cli import main
+from console.sandbox.runtime import Sandbox
+
+
+def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ls", "--json"]) == 0
+    nodes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {n["name"]: n for n in nodes}
+    assert set(by_name) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8",
+                            "demo-v5e-8"}
+    spot = by_name["demo-spot-v4-8"]
+    assert (spot["state"], spot["spot"], spot["provisioning"]) == ("PREEMPTED", True, "spot")
+    v416 = by_name["demo-v4-16"]
+    assert [w["index"] for w in v416["workers"]] == [0, 1]
+    assert all(w["port"] > 0 and w["external_ip"] == "127.0.0.1" for w in v416["workers"])
+    assert v416["zone"] == "us-central2-b" and v416["accelerator_version"] == "v4"
+    assert v416["age_seconds"] > 0 and v416["runtime_version"] == "tpu-ubuntu2204-base"
+
+
+def test_ls_table_marks_the_sandbox_and_shows_states(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ls", "--zone", "us-central2-b"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("SANDBOX")
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[:4] == ["NAME", "ZONE", "TYPE", "STATE"]
+    assert len(rows) == 4
+    assert any(r.split()[0] == "demo-spot-v4-8" and "PREEMPTED" in r.split() for r in rows)
+
+
+def test_ls_exits_non_zero_and_names_an_unreachable_zone(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with Sandbox.start(Path(os.environ["TPUCONSOLE_HOME"]), ssh=False) as served:
+        served.faults.inject("ListNodes", grpc.StatusCode.PERMISSION_DENIED,
+                             zone="europe-west4-a", times=None, message="API not enabled")
+        assert main(["ls", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 4
+    assert "zone europe-west4-a unreachable" in captured.err
+    assert "API not enabled" in captured.err
+
+
+def test_ls_without_credentials_says_how_to_log_in(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    assert main(["ls", "--project", "my-project", "--zone", "us-central2-b"]) == 2
+    err = capsys.readouterr().err
+    assert "No Google Cloud credentials" in err
+    assert "gcloud auth application-default login" in err
+
+
+def test_sandbox_reset_refuses_while_another_process_serves_it(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with Sandbox.start(Path(os.environ["TPUCONSOLE_HOME"]), ssh=False):
+        assert main(["sandbox", "reset"]) == 2
+    assert "already served" in capsys.readouterr().err
+    assert main(["sandbox", "reset"]) == 0
+
+
+def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "sandbox", "serve"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        lines = []
+        assert serve.stdout is not None
+        for line in serve.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("serving"):
+                break
+        assert lines[0].startswith("TPU API (gRPC, insecure): 127.0.0.1:")
+        assert any("demo-v4-16 w1: ssh -i" in line for line in lines)
+        assert any("demo-spot-v4-8 w0: (no ssh: PREEMPTED)" in line for line in lines)
+        ls = subprocess.run([sys.executable, "-m", "console.cli", "ls", "--json"],
+                            capture_output=True, text=True, env=env, timeout=60)
+        assert ls.returncode == 0, ls.stderr
+        assert len(ls.stdout.splitlines()) == 5
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
