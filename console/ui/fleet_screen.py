@@ -5,8 +5,10 @@ Rows are updated by node key, so refreshes never move the cursor or the scroll p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -47,6 +49,12 @@ def _same(old: object, new: object) -> bool:
     return look(old) == look(new)
 
 
+class FleetTable(DataTable):
+    """The fleet's DataTable, with `enter` shown in the footer as the way into a node."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Details")]
+
+
 class FleetScreen(Screen):
     BINDINGS = [
         Binding("r", "refresh", "Refresh"),
@@ -81,13 +89,15 @@ class FleetScreen(Screen):
         self.sort_reverse = False
         self.refreshing = False
         self.last_error: FleetError | None = None
+        self.loaded_at: datetime | None = None
+        self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical():
             yield Static("", id="banner")
             yield Static("loading fleet…", id="status")
-            table: DataTable = DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+            table = FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
             for column in COLUMNS:
                 table.add_column(column.title, key=column.key)
             yield table
@@ -118,13 +128,15 @@ class FleetScreen(Screen):
             snapshot = await self.app.fleet.list_nodes()
         except FleetError as exc:
             self.last_error = exc
-            self._show_banner([f"[b]{exc.reason}[/b] {exc.remedy}"])
+            self._show_banner([f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}"])
         else:
             self.last_error = None
-            self.snapshot = snapshot
+            self.snapshot = self._keep_last_known(snapshot)
+            self.loaded_at = self.app.now()
             self._show_banner(
                 [
-                    f"[b]Zone {f.zone} unreachable:[/b] {f.reason} {f.remedy}"
+                    f"[b]Zone {f.zone} unreachable:[/b] {escape(f.reason)} {escape(f.remedy)}"
+                    + (" (showing its last known nodes)" if f.zone in self._carried_zones else "")
                     for f in snapshot.unreachable
                 ]
             )
@@ -133,12 +145,23 @@ class FleetScreen(Screen):
             self.refreshing = False
             self.query_one("#status", Static).update(self._status_text())
 
+    def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
+        """An unreachable zone keeps its last known rows: a failed listing is not an empty zone."""
+        failed = {f.zone for f in snapshot.unreachable}
+        carried = [n for n in (self.snapshot.nodes if self.snapshot else ()) if n.zone in failed]
+        self._carried_zones = {n.zone for n in carried}
+        if not carried:
+            return snapshot
+        nodes = tuple(sorted((*snapshot.nodes, *carried), key=lambda n: (n.zone, n.name)))
+        return replace(snapshot, nodes=nodes)
+
     def _show_banner(self, lines: list[str]) -> None:
         banner = self.query_one("#banner", Static)
         banner.update("\n".join(lines))
         banner.set_class(bool(lines), "shown")
 
     def _status_text(self, loading: bool = False) -> str:
+        badge = "[b reverse yellow] SANDBOX [/] " if self.app.mode == "SANDBOX" else ""
         parts = []
         if self.snapshot is not None:
             shown = self.table.row_count
@@ -148,15 +171,15 @@ class FleetScreen(Screen):
             parts.append(f"{zones} zones")
             if self.snapshot.unreachable:
                 parts.append(f"{len(self.snapshot.unreachable)} unreachable")
-            if self.snapshot.taken_at:
-                parts.append(f"as of {self.snapshot.taken_at.astimezone():%H:%M:%S}")
+            if self.loaded_at:
+                parts.append(f"as of {self.loaded_at.astimezone():%H:%M:%S}")
         if self.filter_text:
-            parts.append(f"filter: {self.filter_text!r}")
+            parts.append(f"filter: {escape(repr(self.filter_text))}")
         arrow = "↓" if self.sort_reverse else "↑"
         parts.append(f"sort: {self.sort_column}{arrow}")
         if loading:
             parts.append("refreshing…")
-        return " · ".join(parts)
+        return badge + " · ".join(parts)
 
     def _render_rows(self) -> None:
         """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""

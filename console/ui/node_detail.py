@@ -5,6 +5,7 @@ It re-reads the node on `r` and on the app's refresh interval, so a preemption s
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -122,7 +123,7 @@ class NodeDetailScreen(Screen):
         try:
             node = await self.app.fleet.get_node(self.node.zone, self.node.name)
         except FleetError as exc:
-            banner.update(f"[b]{exc.reason}[/b] {exc.remedy}")
+            banner.update(f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}")
             banner.add_class("shown")
             return
         banner.remove_class("shown")

@@ -20,8 +20,7 @@ def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixtur
     assert main(["ls", "--json"]) == 0
     nodes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_name = {n["name"]: n for n in nodes}
-    assert set(by_name) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8",
-                            "demo-v5e-8"}
+    assert set(by_name) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8", "demo-v5e-8"}
     spot = by_name["demo-spot-v4-8"]
     assert (spot["state"], spot["spot"], spot["provisioning"]) == ("PREEMPTED", True, "spot")
     v416 = by_name["demo-v4-16"]
@@ -45,8 +44,13 @@ def test_ls_exits_non_zero_and_names_an_unreachable_zone(
     capsys: pytest.CaptureFixture,
 ) -> None:
     with Sandbox.start(Path(os.environ["TPUCONSOLE_HOME"]), ssh=False) as served:
-        served.faults.inject("ListNodes", grpc.StatusCode.PERMISSION_DENIED,
-                             zone="europe-west4-a", times=None, message="API not enabled")
+        served.faults.inject(
+            "ListNodes",
+            grpc.StatusCode.PERMISSION_DENIED,
+            zone="europe-west4-a",
+            times=None,
+            message="API not enabled",
+        )
         assert main(["ls", "--json"]) == 1
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 4
@@ -77,7 +81,9 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
     env = dict(os.environ)
     serve = subprocess.Popen(
         [sys.executable, "-m", "console.cli", "sandbox", "serve"],
-        stdout=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         lines = []
@@ -89,8 +95,13 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
         assert lines[0].startswith("TPU API (gRPC, insecure): 127.0.0.1:")
         assert any("demo-v4-16 w1: ssh -i" in line for line in lines)
         assert any("demo-spot-v4-8 w0: (no ssh: PREEMPTED)" in line for line in lines)
-        ls = subprocess.run([sys.executable, "-m", "console.cli", "ls", "--json"],
-                            capture_output=True, text=True, env=env, timeout=60)
+        ls = subprocess.run(
+            [sys.executable, "-m", "console.cli", "ls", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert ls.returncode == 0, ls.stderr
         assert len(ls.stdout.splitlines()) == 5
     finally:

@@ -25,14 +25,25 @@ async def test_default_fleet_lists_with_states_and_provisioning(api: TpuApi) -> 
     assert nodes["demo-v4-16"].create_time is not None
     v5e = (await api.list_nodes("europe-west4-a"))[0]
     assert (v5e.name, v5e.accelerator_version, v5e.shape.device_kind) == (
-        "demo-v5e-8", "v5e", "vfio")
+        "demo-v5e-8",
+        "v5e",
+        "vfio",
+    )
 
 
 async def test_listing_follows_pages_to_the_last_node(sandbox: Sandbox, api: TpuApi) -> None:
     for i in range(23):
-        sandbox.fleet.add_node(SandboxNode(f"bulk-{i:02d}", "us-central1-a", "v3-8",
-                                           "tpu-vm-tf-2.16.1-pjrt", "READY",
-                                           sandbox.fleet.new_node_id(), 0.0))
+        sandbox.fleet.add_node(
+            SandboxNode(
+                f"bulk-{i:02d}",
+                "us-central1-a",
+                "v3-8",
+                "tpu-vm-tf-2.16.1-pjrt",
+                "READY",
+                sandbox.fleet.new_node_id(),
+                0.0,
+            )
+        )
     before = sandbox.emulator.calls.get("ListNodes", 0)
     nodes = await api.list_nodes("us-central1-a", page_size=5)
     assert [n.name for n in nodes] == [f"bulk-{i:02d}" for i in range(23)]
@@ -67,8 +78,9 @@ async def test_spot_create_beyond_quota_names_the_exhausted_quota(api: TpuApi) -
 
 
 async def test_a_spot_node_can_be_preempted(sandbox: Sandbox, api: TpuApi) -> None:
-    op = await api.create_node("europe-west4-a", "spot-v5e", "v5litepod-8",
-                               "v2-alpha-tpuv5-lite", spot=True)
+    op = await api.create_node(
+        "europe-west4-a", "spot-v5e", "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True
+    )
     await api.wait_operation(op, poll_s=0.05, timeout_s=10)
     sandbox.fleet.preempt("europe-west4-a", "spot-v5e")
     node = await api.get_node("europe-west4-a", "spot-v5e")
@@ -128,7 +140,10 @@ async def test_published_host_keys_are_the_keys_the_workers_present(
             "".join(f"[127.0.0.1]:{worker.port} {v}\n" for v in keys.values())
         )
         async with asyncssh.connect(
-            "127.0.0.1", worker.port, known_hosts=known, username="tester",
+            "127.0.0.1",
+            worker.port,
+            known_hosts=known,
+            username="tester",
             client_keys=[str(sandbox.user_key_path)],
         ) as conn:
             result = await conn.run("echo ok", check=True)

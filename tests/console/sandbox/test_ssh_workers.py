@@ -13,16 +13,20 @@ from console.sandbox.runtime import Sandbox
 ZONE = "us-central2-b"
 
 
-async def _connect(sandbox: Sandbox, api: TpuApi, zone: str, name: str, worker: int,
-                   key: str | None = None) -> asyncssh.SSHClientConnection:
+async def _connect(
+    sandbox: Sandbox, api: TpuApi, zone: str, name: str, worker: int, key: str | None = None
+) -> asyncssh.SSHClientConnection:
     node = await api.get_node(zone, name)
     keys = (await api.host_keys(zone, name))[worker]
     port = node.workers[worker].port
-    known = asyncssh.import_known_hosts(
-        "".join(f"[127.0.0.1]:{port} {v}\n" for v in keys.values())
+    known = asyncssh.import_known_hosts("".join(f"[127.0.0.1]:{port} {v}\n" for v in keys.values()))
+    return await asyncssh.connect(
+        "127.0.0.1",
+        port,
+        known_hosts=known,
+        username="tester",
+        client_keys=[key or str(sandbox.user_key_path)],
     )
-    return await asyncssh.connect("127.0.0.1", port, known_hosts=known, username="tester",
-                                  client_keys=[key or str(sandbox.user_key_path)])
 
 
 async def test_each_worker_runs_commands_in_its_own_home_with_lock_and_devices(
@@ -74,8 +78,13 @@ async def test_a_stopped_node_no_longer_answers_ssh(sandbox: Sandbox, api: TpuAp
     assert node.state == "STOPPED" and node.workers[0].external_ip == ""
     sandbox.call(sandbox._reconcile())  # the servers follow the state on the next tick at latest
     with pytest.raises(OSError):
-        await asyncssh.connect("127.0.0.1", port, known_hosts=None,
-                               client_keys=[str(sandbox.user_key_path)], connect_timeout=2)
+        await asyncssh.connect(
+            "127.0.0.1",
+            port,
+            known_hosts=None,
+            client_keys=[str(sandbox.user_key_path)],
+            connect_timeout=2,
+        )
 
 
 def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Path) -> None:

@@ -28,8 +28,13 @@ async def test_all_zones_are_listed_and_sorted(sandbox: Sandbox) -> None:
 async def test_a_failing_zone_is_unreachable_while_the_others_still_list(
     sandbox: Sandbox,
 ) -> None:
-    sandbox.faults.inject("ListNodes", grpc.StatusCode.PERMISSION_DENIED,
-                          zone="europe-west4-a", times=None, message="TPU API disabled")
+    sandbox.faults.inject(
+        "ListNodes",
+        grpc.StatusCode.PERMISSION_DENIED,
+        zone="europe-west4-a",
+        times=None,
+        message="TPU API disabled",
+    )
     fleet = fleet_for(sandbox)
     try:
         snap = await fleet.list_nodes()
