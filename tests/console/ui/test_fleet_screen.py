@@ -141,8 +141,13 @@ async def test_unreachable_zone_shows_a_banner_and_keeps_its_last_rows(
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        sandbox.faults.inject("ListNodes", grpc.StatusCode.UNAVAILABLE,
-                              zone="europe-west4-a", times=None, message="zone is down")
+        sandbox.faults.inject(
+            "ListNodes",
+            grpc.StatusCode.UNAVAILABLE,
+            zone="europe-west4-a",
+            times=None,
+            message="zone is down",
+        )
         await pilot.press("r")
         await settled(pilot)
         text = text_of(banner(app))
@@ -158,8 +163,9 @@ async def test_unreachable_zone_shows_a_banner_and_keeps_its_last_rows(
 
 async def test_missing_credentials_show_the_remedy_and_the_app_keeps_running() -> None:
     def no_credentials():
-        raise FleetError("No Google Cloud credentials found.",
-                         "Run `gcloud auth application-default login`.")
+        raise FleetError(
+            "No Google Cloud credentials found.", "Run `gcloud auth application-default login`."
+        )
 
     app = TpuConsoleApp(FleetService(no_credentials, ("us-central2-b",)), mode="project p")
     async with app.run_test(size=SIZE) as pilot:
