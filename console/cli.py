@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     sandbox_sub.add_parser("reset", help="start the sandbox afresh with the default fleet")
     sandbox_sub.add_parser("serve", help="serve the sandbox in the foreground for other tools")
+    preempt = sandbox_sub.add_parser("preempt", help="preempt a sandbox spot node, as GCE would")
+    preempt.add_argument("node", help="node name, e.g. one you created with --spot")
     return parser
 
 
@@ -131,6 +133,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             return _fail(f"{busy}. Stop that process first (Ctrl-C in its terminal).")
         print(f"sandbox reset: default fleet restored under {settings.home / 'sandbox'}")
         return 0
+    if args.sandbox_command == "preempt":
+        return _preempt(settings, args.node)
     try:
         sandbox = Sandbox.start(settings.home)
     except SandboxBusy as busy:
@@ -155,6 +159,25 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             stop.wait()
     finally:
         sandbox.stop()
+    return 0
+
+
+def _preempt(settings, name: str) -> int:
+    """Edit the stored sandbox state; a serving process would overwrite it, so refuse then."""
+    from console.sandbox.fleet_state import FailedPrecondition, NotFound
+    from console.sandbox.runtime import Sandbox, SandboxBusy
+
+    try:
+        with Sandbox.start(settings.home, ssh=False) as sandbox:
+            matches = [n for n in sandbox.fleet.nodes.values() if n.name == name]
+            if not matches:
+                return _fail(f"no sandbox node named {name!r}; `tpuconsole ls` lists them.")
+            sandbox.fleet.preempt(matches[0].zone, name)
+    except SandboxBusy as busy:
+        return _fail(f"{busy}; preempt from that process, or stop it first.")
+    except (FailedPrecondition, NotFound) as exc:
+        return _fail(str(exc))
+    print(f"{name}: PREEMPTED")
     return 0
 
 

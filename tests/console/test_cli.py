@@ -107,3 +107,21 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
     finally:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
+
+
+def test_sandbox_preempt_turns_a_spot_node_preempted_and_refuses_on_demand(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, ssh=False) as sandbox:
+        sandbox.fleet.create(
+            "europe-west4-a", "my-spot", "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True
+        )
+    assert main(["sandbox", "preempt", "my-spot"]) == 0
+    assert main(["sandbox", "preempt", "demo-v4-8"]) == 2
+    assert "only spot VMs are preempted" in capsys.readouterr().err
+    assert main(["ls", "--json", "--zone", "europe-west4-a"]) == 0
+    states = {
+        json.loads(x)["name"]: json.loads(x)["state"] for x in capsys.readouterr().out.splitlines()
+    }
+    assert states["my-spot"] == "PREEMPTED"
