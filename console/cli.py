@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list TPU VMs across zones")
     _add_common(ls, top=False)
     ls.add_argument("--json", action="store_true", help="print JSON objects, one per node")
+    ex = sub.add_parser("exec", help="run a command on a node's workers, like ssh --worker=all")
+    _add_common(ex, top=False)
+    ex.add_argument("node", help="node name")
+    ex.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    ex.add_argument("--internal-ip", action="store_true", help="dial workers' internal IPs")
+    ex.epilog = "The command follows --; a single argument is run as shell text, as ssh does."
     sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
     _add_common(sandbox, top=False)
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -120,6 +126,43 @@ def cmd_ls(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if snapshot.unreachable else 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from console.fleet_source import open_fleet_source
+    from console.services.remote import RemoteService, command_from_argv
+
+    argv = args.remote_argv
+    if not argv:
+        return _fail("exec needs a command after --, e.g. tpuconsole exec NODE -- hostname")
+    settings = _settings(args)
+    source = open_fleet_source(settings)
+
+    def show(line) -> None:
+        stream = sys.stdout if line.stream == "out" else sys.stderr
+        print(f"[w{line.worker}] {line.text}", file=stream, flush=True)
+
+    async def go():
+        remote = RemoteService(
+            source.fleet, source.ssh_options(), internal_ip=args.internal_ip or settings.internal_ip
+        )
+        try:
+            zone = args.zone[0] if args.zone else ""
+            node = await source.fleet.find_node(args.node, zone)
+            return await remote.run(node, args.worker, command_from_argv(argv), show)
+        finally:
+            await remote.close()
+            await source.fleet.close()
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        source.close()
+    for outcome in result.failed:
+        print(f"tpuconsole: w{outcome.worker}: {outcome.describe()}", file=sys.stderr)
+        if outcome.error is not None and outcome.error.remedy:
+            print(f"tpuconsole:   {outcome.error.remedy}", file=sys.stderr)
+    return result.worst_status
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -198,10 +241,19 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the remote command, untouched by our own flags.
+    remote_argv: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, remote_argv = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    args.remote_argv = remote_argv
     try:
         if args.command == "ls":
             return cmd_ls(args)
+        if args.command == "exec":
+            return cmd_exec(args)
         if args.command == "sandbox":
             return cmd_sandbox(args)
         return cmd_tui(args)

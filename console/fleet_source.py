@@ -5,20 +5,38 @@ The one place that may start the sandbox; everything after it sees only a FleetS
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass
+from pathlib import Path
 
+from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
 from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, read_served_endpoint
 from console.services.fleet import FleetService
 from console.services.settings import Settings
+
+DEFAULT_KEY = "~/.ssh/google_compute_engine"  # the key gcloud creates and installs
 
 
 @dataclass
 class FleetSource:
     fleet: FleetService
     label: str
+    settings: Settings
     sandbox: Sandbox | None = None
     endpoint: SandboxEndpoint | None = None
+
+    def ssh_options(self) -> SshOptions:
+        """gcloud's choices (local login name, its key) unless configured; the sandbox's key."""
+        s = self.settings
+        key = s.ssh_key or (self.endpoint.user_key if self.endpoint else DEFAULT_KEY)
+        return SshOptions(
+            user=s.ssh_user or getpass.getuser(),
+            key_path=str(Path(key).expanduser()),
+            known_hosts_path=s.home / "known_hosts",
+            jump_host=s.ssh_jump_host,
+            proxy_command=s.ssh_proxy_command,
+        )
 
     @property
     def is_sandbox(self) -> bool:
@@ -50,10 +68,10 @@ def open_fleet_source(settings: Settings) -> FleetSource:
             settings.zones,
             label="SANDBOX",
         )
-        return FleetSource(fleet, "SANDBOX", sandbox, endpoint)
+        return FleetSource(fleet, "SANDBOX", settings, sandbox, endpoint)
     fleet = FleetService(
         lambda: TpuApi.for_google(settings.project, endpoint=settings.api_endpoint),
         settings.zones,
         label=f"project {settings.project}",
     )
-    return FleetSource(fleet, f"project {settings.project}")
+    return FleetSource(fleet, f"project {settings.project}", settings)

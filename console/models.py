@@ -175,3 +175,72 @@ def format_age(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m{secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+class SshError(FleetError):
+    """An ssh failure on one worker, with its kind so summaries can group them.
+
+    kinds: auth, host_key, timeout, refused, lost, key, config
+    """
+
+    def __init__(self, reason: str, remedy: str = "", *, kind: str = "lost") -> None:
+        super().__init__(reason, remedy, code=kind)
+        self.kind = kind
+
+
+def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
+    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason."""
+    text = (selection or "all").strip().lower()
+    if text == "all":
+        return tuple(range(count))
+    chosen: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                chosen.update(range(lo, hi + 1))
+            else:
+                chosen.add(int(part))
+        except ValueError:
+            raise ValueError(
+                f"Bad worker selection {selection!r}: use all, 0, 1,3 or 0-2."
+            ) from None
+    outside = sorted(w for w in chosen if not 0 <= w < count)
+    if outside:
+        raise ValueError(
+            f"Worker {outside[0]} does not exist: the node has {count} worker"
+            f"{'s' if count != 1 else ''} (0-{count - 1})."
+        )
+    return tuple(sorted(chosen))
+
+
+@dataclass(frozen=True)
+class JobWorker:
+    """One worker's part of a job: where its process is and how far its log was read."""
+
+    worker: int
+    pid: int = 0
+    rc: int | None = None
+    log_offset: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A detached run on one or more workers, as recorded in the history before output arrives."""
+
+    job_id: str
+    node: str
+    zone: str
+    command: str
+    started_at: datetime
+    kind: str = "custom"
+    workers: tuple[JobWorker, ...] = ()
+    status: str = "starting"  # starting | running | done | failed | lost
+
+    @property
+    def node_key(self) -> str:
+        return f"{self.zone}/{self.node}"

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import CallPolicy, TpuApi
 from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxTiming
 from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
+from console.services.remote import RemoteService
 
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
 FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3)
@@ -52,3 +54,25 @@ def fleet_for(sandbox: Sandbox, zones: tuple[str, ...] = ()) -> FleetService:
         zones,
         label="SANDBOX",
     )
+
+
+def ssh_options_for(sandbox: Sandbox, tmp_path: Path, **overrides) -> SshOptions:
+    fields = {
+        "user": "tester",
+        "key_path": str(sandbox.user_key_path),
+        "known_hosts_path": tmp_path / "known_hosts",
+        "connect_timeout_s": 5,
+        "connect_attempts": 2,
+        "retry_base_s": 0.05,
+    } | overrides
+    return SshOptions(**fields)
+
+
+@pytest.fixture
+async def remote(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RemoteService]:
+    service = RemoteService(fleet_for(sandbox), ssh_options_for(sandbox, tmp_path))
+    try:
+        yield service
+    finally:
+        await service.close()
+        await service.fleet.close()

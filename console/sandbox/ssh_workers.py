@@ -89,6 +89,21 @@ async def _feed(reader: asyncssh.SSHReader, proc: asyncio.subprocess.Process) ->
         proc.stdin.close()
 
 
+class _TrackedServer(asyncssh.SSHServer):
+    """Remembers its connection so the worker can cut it, as a vanished VM would."""
+
+    def __init__(self, live: set[asyncssh.SSHServerConnection]) -> None:
+        self._live = live
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._live.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.discard(self._conn)  # type: ignore[arg-type]
+
+
 class WorkerServer:
     """A sandbox worker's sshd: public-key auth with the sandbox user key, `bash -c` per command."""
 
@@ -100,11 +115,12 @@ class WorkerServer:
         self.authorized = authorized
         self.port = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._live: set[asyncssh.SSHServerConnection] = set()
 
     async def start(self, port: int = 0) -> int:
         self.place.materialise()
         self._acceptor = await asyncssh.create_server(
-            None,
+            lambda: _TrackedServer(self._live),
             "127.0.0.1",
             port,
             server_host_keys=[self.host_key],
@@ -122,6 +138,9 @@ class WorkerServer:
             self._acceptor.close()
             await self._acceptor.wait_closed()
             self._acceptor = None
+        for conn in list(self._live):
+            conn.abort()
+        self._live.clear()
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or "exec bash"

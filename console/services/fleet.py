@@ -86,3 +86,25 @@ class FleetService:
 
     async def get_node(self, zone: str, name: str) -> Node:
         return await self.api.get_node(zone, name)
+
+    async def find_node(self, name: str, zone: str = "") -> Node:
+        """A node by name alone, as users type it; ambiguous or missing names say so."""
+        if zone:
+            return await self.api.get_node(zone, name)
+        snapshot = await self.list_nodes()
+        found = [n for n in snapshot.nodes if n.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            zones = ", ".join(n.zone for n in found)
+            raise FleetError(
+                f"Node {name} exists in several zones ({zones}).", "Say which with --zone."
+            )
+        unreachable = ", ".join(f.zone for f in snapshot.unreachable)
+        raise FleetError(
+            f"No node named {name} in {len(snapshot.zones)} zones"
+            + (f" (unreachable: {unreachable})" if unreachable else "")
+            + ".",
+            "`tpuconsole ls` lists the nodes.",
+            code="NOT_FOUND",
+        )

@@ -35,6 +35,8 @@ class Settings:
     ssh_user: str = ""
     ssh_key: str = ""
     internal_ip: bool = False
+    ssh_jump_host: str = ""
+    ssh_proxy_command: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -141,4 +143,6 @@ def resolve_settings(
         ssh_user=str(ssh.get("user", "")),
         ssh_key=str(ssh.get("key", "")),
         internal_ip=bool(ssh.get("internal_ip", False)),
+        ssh_jump_host=str(ssh.get("jump_host", "")),
+        ssh_proxy_command=str(ssh.get("proxy_command", "")),
     )

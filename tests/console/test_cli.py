@@ -125,3 +125,19 @@ def test_sandbox_preempt_turns_a_spot_node_preempted_and_refuses_on_demand(
         json.loads(x)["name"]: json.loads(x)["state"] for x in capsys.readouterr().out.splitlines()
     }
     assert states["my-spot"] == "PREEMPTED"
+
+
+def test_exec_prefixes_lines_by_worker_and_exits_with_the_worst_status(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    code = main(["exec", "demo-v4-16", "--", 'w=$(basename "$HOME"); echo "hi from $w"; '
+                 'exit $(( ${w#w} * 5 ))'])
+    captured = capsys.readouterr()
+    assert code == 5
+    assert sorted(captured.out.splitlines()) == ["[w0] hi from w0", "[w1] hi from w1"]
+    assert "w1: exit 5" in captured.err
+
+
+def test_exec_with_several_words_quotes_each(capsys: pytest.CaptureFixture) -> None:
+    assert main(["exec", "demo-v4-8", "--worker", "0", "--", "printf", "%s|", "a b", "$HOME"]) == 0
+    assert capsys.readouterr().out.strip() == "[w0] a b|$HOME|"

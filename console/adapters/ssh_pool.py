@@ -1,0 +1,350 @@
+"""Pooled asyncssh connections to TPU VM workers, verified the way gcloud verifies them.
+
+One connection per worker, at most `max_sessions` channels on it (OpenSSH allows 10), a bounded
+number of connects in flight, retries with backoff, and host keys checked under `tpu.<id>-<w>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from console.models import SshError
+
+Chunk = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """One worker to dial: its address, the known-hosts alias and the keys its VM published."""
+
+    alias: str
+    host: str
+    port: int
+    worker: int
+    label: str
+    host_keys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA…"; empty: trust on first use
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    user: str
+    key_path: str
+    known_hosts_path: Path
+    connect_timeout_s: float = 10.0
+    keepalive_s: float = 30.0
+    jump_host: str = ""
+    proxy_command: str = ""
+    max_sessions: int = 8
+    max_connects: int = 32
+    connect_attempts: int = 3
+    retry_base_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_status: int | None
+    exit_signal: str | None
+
+
+class KnownHosts:
+    """Our own known-hosts file, one `alias keytype base64` line per key, like gcloud's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def keys_for(self, alias: str) -> list[str]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == alias:
+                out.append(f"{parts[1]} {parts[2]}")
+        return out
+
+    def record(self, alias: str, keys: list[str]) -> None:
+        """Replace the alias's lines with `keys`."""
+        lines = []
+        if self.path.exists():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.split()[:1] != [alias]]
+        lines += [f"{alias} {' '.join(k.split()[:2])}" for k in keys]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+
+
+class _Client(asyncssh.SSHClient):
+    """Tells the pool when a connection dies and, for trust on first use, what key it saw."""
+
+    def __init__(self, on_lost: Callable[[], None], accept_any: bool) -> None:
+        self._on_lost = on_lost
+        self._accept_any = accept_any
+        self.seen_key: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.seen_key = key
+        return self._accept_any
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
+
+
+@dataclass
+class _Pooled:
+    conn: asyncssh.SSHClientConnection
+    sessions: asyncio.Semaphore
+
+
+def _key_text(key: asyncssh.SSHKey) -> str:
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+@dataclass
+class SshPool:
+    options: SshOptions
+    _pool: dict[str, _Pooled] = field(default_factory=dict)
+    _connecting: dict[str, asyncio.Future] = field(default_factory=dict)
+    _gate: asyncio.Semaphore | None = None
+    _client_keys: list | None = None
+    connects: int = 0  # how many connections were opened, for tests and benchmarks
+
+    def __post_init__(self) -> None:
+        self.known_hosts = KnownHosts(self.options.known_hosts_path)
+
+    # ----- keys --------------------------------------------------------------------------------
+    def _load_client_keys(self) -> list | None:
+        """The user's key, or None to let the agent offer it; a clear SshError otherwise."""
+        if self._client_keys is not None:
+            return self._client_keys
+        path = Path(self.options.key_path).expanduser()
+        if not path.exists():
+            raise SshError(
+                f"No ssh key at {path}.",
+                "Run `gcloud compute tpus tpu-vm ssh NODE --zone ZONE` once to create it, or set "
+                "ssh.key in ~/.config/tpuconsole/config.toml.",
+                kind="key",
+            )
+        try:
+            self._client_keys = [asyncssh.read_private_key(str(path))]
+        except asyncssh.KeyEncryptionError:
+            if not os.environ.get("SSH_AUTH_SOCK"):
+                raise SshError(
+                    f"The ssh key {path} needs a passphrase and no ssh-agent is running.",
+                    f"Run `eval $(ssh-agent)` and `ssh-add {path}`, then try again.",
+                    kind="key",
+                ) from None
+            return None  # the agent holds it, or authentication will say it does not
+        except (asyncssh.KeyImportError, OSError) as exc:
+            raise SshError(
+                f"Cannot read the ssh key {path}: {exc}.",
+                "Point ssh.key at an OpenSSH private key.",
+                kind="key",
+            ) from None
+        return self._client_keys
+
+    # ----- connections -------------------------------------------------------------------------
+    async def connection(self, target: SshTarget) -> _Pooled:
+        pooled = self._pool.get(target.alias)
+        if pooled is not None:
+            return pooled
+        pending = self._connecting.get(target.alias)
+        if pending is not None:  # someone is already dialling this worker: share the result
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._connecting[target.alias] = future
+        try:
+            pooled = await self._connect_with_retries(target)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved; waiters re-raise it
+            raise
+        finally:
+            self._connecting.pop(target.alias, None)
+        self._pool[target.alias] = pooled
+        future.set_result(pooled)
+        return pooled
+
+    async def _connect_with_retries(self, target: SshTarget) -> _Pooled:
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.options.max_connects)
+        delay = self.options.retry_base_s
+        for attempt in range(1, self.options.connect_attempts + 1):
+            try:
+                async with self._gate:
+                    return await self._connect(target)
+            except SshError as exc:
+                if exc.kind in {"auth", "host_key", "key", "config"} or (
+                    attempt == self.options.connect_attempts
+                ):
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    async def _connect(self, target: SshTarget) -> _Pooled:
+        client_keys = self._load_client_keys()
+        trusted = list(target.host_keys) or self.known_hosts.keys_for(target.alias)
+        tofu = not trusted
+        if trusted:
+            known = asyncssh.import_known_hosts("".join(f"{target.alias} {k}\n" for k in trusted))
+        else:
+            known = ([], [], [])  # nothing trusted yet: the client callback sees the key
+        holder: dict[str, _Client] = {}
+
+        def factory() -> _Client:
+            holder["client"] = _Client(lambda: self._forget(target.alias, holder), tofu)
+            return holder["client"]
+
+        kwargs: dict = {}
+        if self.options.jump_host:
+            kwargs["tunnel"] = self.options.jump_host
+        if self.options.proxy_command:
+            kwargs["proxy_command"] = self.options.proxy_command
+        try:
+            conn, _ = await asyncssh.create_connection(
+                factory,
+                target.host,
+                target.port,
+                username=self.options.user,
+                client_keys=client_keys,
+                known_hosts=known,
+                host_key_alias=target.alias,
+                connect_timeout=self.options.connect_timeout_s,
+                keepalive_interval=self.options.keepalive_s,
+                keepalive_count_max=3,
+                **kwargs,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise self._host_key_error(target) from None
+        except asyncssh.PermissionDenied:
+            raise SshError(
+                f"{target.label}: the VM refused the key for user {self.options.user!r}.",
+                "gcloud adds ~/.ssh/google_compute_engine.pub to the VM's metadata on the first "
+                "`gcloud compute tpus tpu-vm ssh`; with OS Login, grant roles/compute.osLogin. "
+                "Keys can take a minute to reach a new VM.",
+                kind="auth",
+            ) from None
+        except TimeoutError:
+            raise SshError(
+                f"{target.label}: no answer from {target.host}:{target.port} within "
+                f"{self.options.connect_timeout_s:.0f} s.",
+                "Is the VM READY and reachable (firewall, --internal-ip, IAP)?",
+                kind="timeout",
+            ) from None
+        except ConnectionRefusedError:
+            raise SshError(
+                f"{target.label}: connection refused by {target.host}:{target.port}.",
+                "The VM may be booting, stopped or preempted; refresh its state.",
+                kind="refused",
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise SshError(
+                f"{target.label}: {exc}.", "Check the VM's state and the network.", kind="lost"
+            ) from None
+        self.connects += 1
+        if tofu and holder["client"].seen_key is not None:
+            self.known_hosts.record(target.alias, [_key_text(holder["client"].seen_key)])
+        elif target.host_keys:
+            self.known_hosts.record(target.alias, list(target.host_keys))
+        holder["pooled"] = _Pooled(conn, asyncio.Semaphore(self.options.max_sessions))
+        return holder["pooled"]
+
+    def _host_key_error(self, target: SshTarget) -> SshError:
+        where = (
+            "the keys the VM published in its guest attributes"
+            if target.host_keys
+            else f"the key recorded in {self.known_hosts.path}"
+        )
+        return SshError(
+            f"{target.label}: the host key differs from {where} (alias {target.alias}).",
+            "A recreated VM has a new node id and so a new alias; a changed key on the same VM "
+            "may be an attack. If you trust the change, remove the lines for "
+            f"{target.alias} from {self.known_hosts.path}.",
+            kind="host_key",
+        )
+
+    def _forget(self, alias: str, holder: dict) -> None:
+        """A dead connection leaves the pool, unless a newer one already replaced it."""
+        if alias in self._pool and self._pool[alias] is holder.get("pooled"):
+            del self._pool[alias]
+
+    def drop(self, target: SshTarget) -> None:
+        pooled = self._pool.pop(target.alias, None)
+        if pooled is not None:
+            pooled.conn.close()
+
+    async def close(self) -> None:
+        pooled = list(self._pool.values())
+        self._pool.clear()
+        for p in pooled:
+            p.conn.close()
+        for p in pooled:
+            with contextlib.suppress(Exception):
+                await p.conn.wait_closed()
+
+    # ----- sessions ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def session(self, target: SshTarget) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        pooled = await self.connection(target)
+        async with pooled.sessions:
+            yield pooled.conn
+
+    async def run(
+        self,
+        target: SshTarget,
+        command: str,
+        *,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        stdin: bytes | None = None,
+    ) -> RunResult:
+        """Run one shell command, streaming raw output chunks; SshError if the link fails."""
+        try:
+            async with self.session(target) as conn:
+                process = await conn.create_process(
+                    command,
+                    encoding=None,
+                    stdin=asyncssh.DEVNULL if stdin is None else asyncssh.PIPE,
+                )
+                async with process:
+                    if stdin is not None:
+                        process.stdin.write(stdin)
+                        process.stdin.write_eof()
+                    await asyncio.gather(
+                        _drain(process.stdout, on_stdout), _drain(process.stderr, on_stderr)
+                    )
+                    await process.wait()
+                if process.exit_status is None and process.exit_signal is None:
+                    self.drop(target)
+                    raise SshError(
+                        f"{target.label}: the connection closed mid-command.",
+                        "It will be retried from where it stopped.",
+                        kind="lost",
+                    )
+                signal = process.exit_signal[0] if process.exit_signal else None
+                return RunResult(process.exit_status if signal is None else None, signal)
+        except SshError:
+            raise
+        except (asyncssh.Error, OSError) as exc:
+            self.drop(target)
+            raise SshError(
+                f"{target.label}: connection lost ({exc}).",
+                "Check the VM's state; the console reconnects on the next try.",
+                kind="lost",
+            ) from None
+
+
+async def _drain(reader: asyncssh.SSHReader, sink: Chunk | None) -> None:
+    while chunk := await reader.read(65536):
+        if sink is not None:
+            sink(chunk)

@@ -1,0 +1,33 @@
+"""Bytes to complete lines: output arrives in arbitrary chunks, users read lines.
+
+Only complete lines leave here, so a byte offset counted from them always points at a line start.
+"""
+
+from __future__ import annotations
+
+
+class LineSplitter:
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Complete lines in `chunk` (with what was left over before), newline stripped."""
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        return lines
+
+    @property
+    def pending(self) -> bytes:
+        return self._partial
+
+    def flush(self) -> bytes | None:
+        """The unterminated tail, for when the stream has truly ended."""
+        tail, self._partial = self._partial, b""
+        return tail or None
+
+    def reset(self) -> None:
+        self._partial = b""
+
+
+def decode(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r")

@@ -1,0 +1,171 @@
+"""Commands on one, some or all workers of a node, at once, as `gcloud … ssh --worker=` does.
+
+Each worker's failure is its own: the others finish, and the result says who failed and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal as signals
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from console.adapters.ssh_pool import SshOptions, SshPool, SshTarget
+from console.models import FleetError, Node, SshError, parse_worker_selection
+from console.services.fleet import FleetService
+from console.services.lines import LineSplitter, decode
+
+SSH_FAILURE_STATUS = 255  # what ssh itself exits with when it cannot run the command
+
+
+@dataclass(frozen=True)
+class WorkerLine:
+    worker: int
+    stream: str  # "out" or "err"
+    text: str
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    worker: int
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    error: SshError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def status(self) -> int:
+        """A shell-style status: the exit code, 128+signal, or 255 for ssh failures."""
+        if self.error is not None:
+            return SSH_FAILURE_STATUS
+        if self.exit_signal is not None:
+            try:
+                return 128 + signals.Signals[f"SIG{self.exit_signal}"].value
+            except KeyError:
+                return SSH_FAILURE_STATUS
+        return self.exit_status or 0
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"{self.error.kind}: {self.error}"
+        if self.exit_signal is not None:
+            return f"killed by SIG{self.exit_signal}"
+        return f"exit {self.exit_status}"
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    node: str
+    outcomes: tuple[WorkerOutcome, ...]
+
+    @property
+    def worst_status(self) -> int:
+        return max((o.status for o in self.outcomes), default=0)
+
+    @property
+    def failed(self) -> tuple[WorkerOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+    def summary(self) -> str:
+        ok = len(self.outcomes) - len(self.failed)
+        parts = [f"{self.node}: {ok}/{len(self.outcomes)} workers ok"]
+        parts += [f"w{o.worker} {o.describe()}" for o in self.failed]
+        return "; ".join(parts)
+
+
+LineSink = Callable[[WorkerLine], None]
+
+
+def command_from_argv(argv: Sequence[str]) -> str:
+    """One argument is shell text (as ssh takes it); several are quoted word by word."""
+    if len(argv) == 1:
+        return argv[0]
+    return shlex.join(argv)
+
+
+class RemoteService:
+    def __init__(
+        self, fleet: FleetService, options: SshOptions, *, internal_ip: bool = False
+    ) -> None:
+        self.fleet = fleet
+        self.pool = SshPool(options)
+        self.internal_ip = internal_ip
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def targets(self, node: Node, selection: str = "all") -> list[SshTarget]:
+        if node.state != "READY":
+            remedy = (
+                "Preempted spot VMs do not come back: delete it and create it again."
+                if node.state == "PREEMPTED"
+                else "Wait for READY, or start the node."
+            )
+            raise FleetError(f"{node.name} is {node.state}; ssh needs a READY node.", remedy)
+        try:
+            chosen = parse_worker_selection(selection, len(node.workers))
+        except ValueError as exc:
+            raise FleetError(str(exc)) from None
+        try:
+            published = await self.fleet.api.host_keys(node.zone, node.name)
+        except FleetError:
+            published = []  # no guest attributes: trust on first use, then pin
+        targets = []
+        for w in chosen:
+            worker = node.workers[w]
+            keys = tuple(published[w].values()) if w < len(published) else ()
+            targets.append(
+                SshTarget(
+                    alias=f"tpu.{node.node_id}-{w}",
+                    host=worker.address(self.internal_ip),
+                    port=worker.port,
+                    worker=w,
+                    label=f"{node.name} w{w}",
+                    host_keys=keys,
+                )
+            )
+        return targets
+
+    async def run_on_targets(
+        self,
+        node_name: str,
+        targets: Sequence[SshTarget],
+        command: str,
+        on_line: LineSink | None = None,
+    ) -> FanoutResult:
+        async def one(target: SshTarget) -> WorkerOutcome:
+            splitters = {"out": LineSplitter(), "err": LineSplitter()}
+
+            def sink(stream: str) -> Callable[[bytes], None]:
+                def take(chunk: bytes) -> None:
+                    for line in splitters[stream].feed(chunk):
+                        if on_line is not None:
+                            on_line(WorkerLine(target.worker, stream, decode(line)))
+
+                return take
+
+            try:
+                result = await self.pool.run(
+                    target, command, on_stdout=sink("out"), on_stderr=sink("err")
+                )
+            except SshError as exc:
+                return WorkerOutcome(target.worker, error=exc)
+            for stream, splitter in splitters.items():
+                tail = splitter.flush()
+                if tail is not None and on_line is not None:
+                    on_line(WorkerLine(target.worker, stream, decode(tail)))
+            return WorkerOutcome(target.worker, result.exit_status, result.exit_signal)
+
+        outcomes = await asyncio.gather(*(one(t) for t in targets))
+        return FanoutResult(node_name, tuple(outcomes))
+
+    async def run(
+        self, node: Node, selection: str, command: str, on_line: LineSink | None = None
+    ) -> FanoutResult:
+        return await self.run_on_targets(
+            node.name, await self.targets(node, selection), command, on_line
+        )
