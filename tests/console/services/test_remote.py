@@ -24,7 +24,7 @@ async def test_fan_out_tags_every_line_and_collects_each_exit_code(
     node = await remote.fleet.find_node("demo-v4-16")
     lines: list[WorkerLine] = []
     result = await remote.run(node, "all", WHO, lines.append)
-    assert sorted((l.worker, l.stream, l.text) for l in lines) == [
+    assert sorted((ln.worker, ln.stream, ln.text) for ln in lines) == [
         (0, "err", "err from w0"),
         (0, "out", "out from w0"),
         (1, "err", "err from w1"),
@@ -40,7 +40,7 @@ async def test_a_worker_that_is_down_fails_alone(sandbox: Sandbox, remote: Remot
     sandbox.set_worker_down(ZONE, "demo-v4-16", 1, True)
     lines: list[WorkerLine] = []
     result = await remote.run(node, "all", "echo alive", lines.append)
-    assert [(l.worker, l.text) for l in lines] == [(0, "alive")]
+    assert [(ln.worker, ln.text) for ln in lines] == [(0, "alive")]
     w0, w1 = result.outcomes
     assert w0.ok and not w1.ok
     assert w1.error is not None and w1.error.kind == "refused"
