@@ -130,8 +130,14 @@ def test_sandbox_preempt_turns_a_spot_node_preempted_and_refuses_on_demand(
 def test_exec_prefixes_lines_by_worker_and_exits_with_the_worst_status(
     capsys: pytest.CaptureFixture,
 ) -> None:
-    code = main(["exec", "demo-v4-16", "--", 'w=$(basename "$HOME"); echo "hi from $w"; '
-                 'exit $(( ${w#w} * 5 ))'])
+    code = main(
+        [
+            "exec",
+            "demo-v4-16",
+            "--",
+            'w=$(basename "$HOME"); echo "hi from $w"; exit $(( ${w#w} * 5 ))',
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 5
     assert sorted(captured.out.splitlines()) == ["[w0] hi from w0", "[w1] hi from w1"]
