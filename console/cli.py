@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     ex.add_argument("--internal-ip", action="store_true", help="dial workers' internal IPs")
     ex.epilog = "The command follows --; a single argument is run as shell text, as ssh does."
+    launch = sub.add_parser("launch", help="start a detached job on a node's workers")
+    _add_common(launch, top=False)
+    launch.add_argument("node", help="node name")
+    launch.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    launch.add_argument("--follow", "-f", action="store_true", help="stream its logs until done")
+    launch.epilog = "The command follows --; a single argument is run as shell text."
+    logs = sub.add_parser("logs", help="print a job's logs, [wN]-prefixed; -f follows them")
+    _add_common(logs, top=False)
+    logs.add_argument("job", help="job id, or its leading number")
+    logs.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    logs.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
+    jobs = sub.add_parser("jobs", help="recent jobs from the history")
+    _add_common(jobs, top=False)
     sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
     _add_common(sandbox, top=False)
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -165,6 +178,102 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.worst_status
 
 
+def _print_line(worker: int, text: str) -> None:
+    print(f"[w{worker}] {text}", flush=True)
+
+
+async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
+    """Local copy first (what was already fetched), then whatever the workers have beyond it."""
+    from console.models import parse_worker_selection
+
+    chosen = {w.worker for w in job.workers}
+    if selection != "all":
+        chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+    for w in sorted(chosen):
+        path = jobs_service.log_path(job.job_id, w)
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                _print_line(w, line)
+    try:
+        node = await source.fleet.get_node(job.zone, job.node)
+        rcs = await jobs_service.follow(job, node, _print_line, selection=selection, follow=follow)
+    except FleetError as exc:
+        print(
+            f"tpuconsole: cannot reach {job.node}: {exc}; shown: the local copy.", file=sys.stderr
+        )
+        return 1
+    if not follow:
+        return 0
+    worst = max((rc if rc is not None else 255 for rc in rcs.values()), default=0)
+    for w, rc in sorted(rcs.items()):
+        print(
+            f"tpuconsole: w{w} {'ended without an exit status' if rc is None else f'rc={rc}'}",
+            file=sys.stderr,
+        )
+    return worst
+
+
+def _job_services(source, settings):
+    from console.adapters.history_db import HistoryStore
+    from console.services.jobs import JobService
+    from console.services.remote import RemoteService
+
+    remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+    return JobService(remote, HistoryStore(settings.home / "history.db"), settings.home)
+
+
+def cmd_jobs_family(args: argparse.Namespace) -> int:
+    from console.fleet_source import open_fleet_source
+    from console.services.remote import command_from_argv
+
+    settings = _settings(args)
+    if args.command == "launch" and not args.remote_argv:
+        return _fail("launch needs a command after --, e.g. tpuconsole launch NODE -- python x.py")
+    source = open_fleet_source(settings)
+    jobs_service = _job_services(source, settings)
+
+    async def go() -> int:
+        try:
+            if args.command == "jobs":
+                for job in jobs_service.history.recent():
+                    pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)
+                    print(
+                        f"{job.job_id:<12} {job.status:<8} {job.started_at:%Y-%m-%d %H:%M} "
+                        f"{job.zone}/{job.node}  {pids}  {job.command.splitlines()[-1][:60]}"
+                    )
+                return 0
+            if args.command == "launch":
+                zone = args.zone[0] if args.zone else ""
+                node = await source.fleet.find_node(args.node, zone)
+                job = await jobs_service.launch(
+                    node, args.worker, command_from_argv(args.remote_argv)
+                )
+                print(
+                    f"job {job.job_id} {job.status} on {node.name}: "
+                    + " ".join(
+                        f"w{w.worker}:pid {w.pid}" if w.pid else f"w{w.worker}:{w.error}"
+                        for w in job.workers
+                    ),
+                    flush=True,
+                )
+                if job.status == "failed":
+                    return 1
+                if not args.follow:
+                    return 0
+                return await _stream_job(source, jobs_service, job, "all", True)
+            job = jobs_service.get(args.job)
+            return await _stream_job(source, jobs_service, job, args.worker, args.follow)
+        finally:
+            await jobs_service.remote.close()
+            await source.fleet.close()
+            jobs_service.history.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        source.close()
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
 
@@ -254,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "exec":
             return cmd_exec(args)
+        if args.command in {"launch", "logs", "jobs"}:
+            return cmd_jobs_family(args)
         if args.command == "sandbox":
             return cmd_sandbox(args)
         return cmd_tui(args)

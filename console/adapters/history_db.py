@@ -1,0 +1,139 @@
+"""The job history in one SQLite file: every launch is written before its first output arrives.
+
+So a console that crashes, or a VM that vanishes, never loses the record of what ran where.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from console.models import Job, JobWorker
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT UNIQUE NOT NULL,
+    node TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    command TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS job_workers (
+    job_id TEXT NOT NULL REFERENCES jobs(job_id),
+    worker INTEGER NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    rc INTEGER,
+    log_offset INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, worker)
+);
+"""
+
+
+class HistoryStore:
+    """Small synchronous writes (WAL, one row at a time); callers run them between awaits."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def next_seq(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()
+        return int(row[0])
+
+    def record_launch(self, job: Job) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id,
+                    job.node,
+                    job.zone,
+                    job.kind,
+                    job.command,
+                    job.started_at.isoformat(),
+                    job.status,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO job_workers (job_id, worker) VALUES (?, ?)",
+                [(job.job_id, w.worker) for w in job.workers],
+            )
+
+    def set_worker(
+        self,
+        job_id: str,
+        worker: int,
+        *,
+        pid: int | None = None,
+        rc: int | None = None,
+        log_offset: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        fields = {"pid": pid, "rc": rc, "log_offset": log_offset, "error": error}
+        sets = [(k, v) for k, v in fields.items() if v is not None]
+        if not sets:
+            return
+        self._db.execute(
+            f"UPDATE job_workers SET {', '.join(f'{k} = ?' for k, _ in sets)}"
+            " WHERE job_id = ? AND worker = ?",
+            [v for _, v in sets] + [job_id, worker],
+        )
+
+    def set_status(self, job_id: str, status: str, note: str = "") -> None:
+        self._db.execute(
+            "UPDATE jobs SET status = ?, note = ? WHERE job_id = ?", (status, note, job_id)
+        )
+
+    def _job(self, row: tuple) -> Job:
+        job_id = row[0]
+        workers = tuple(
+            JobWorker(worker=w, pid=pid, rc=rc, log_offset=off, error=err)
+            for w, pid, rc, off, err in self._db.execute(
+                "SELECT worker, pid, rc, log_offset, error FROM job_workers"
+                " WHERE job_id = ? ORDER BY worker",
+                (job_id,),
+            )
+        )
+        started = datetime.fromisoformat(row[5])
+        return Job(
+            job_id=job_id,
+            node=row[1],
+            zone=row[2],
+            kind=row[3],
+            command=row[4],
+            started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
+            status=row[6],
+            workers=workers,
+        )
+
+    _COLUMNS = "job_id, node, zone, kind, command, started_at, status"
+
+    def get(self, job_ref: str) -> Job | None:
+        """By full id or by its leading number (`17` for `17-3fa2c1`)."""
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ? OR job_id LIKE ? || '-%'"
+            " ORDER BY seq DESC LIMIT 1",
+            (job_ref, job_ref),
+        ).fetchone()
+        return self._job(row) if row else None
+
+    def recent(self, limit: int = 50) -> list[Job]:
+        rows = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self._job(r) for r in rows]

@@ -1,0 +1,170 @@
+"""Detached jobs: launched on every chosen worker in one fan-out, recorded first, tailed after.
+
+A job survives the console and the connection: it runs under setsid/nohup with its own folder
+(`~/.tpuconsole/jobs/<id>/` holding cmd, pid, log, rc) and is followed by byte offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from console.adapters.history_db import HistoryStore
+from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
+from console.services.log_stream import LineSink, LogStream, job_dir
+from console.services.remote import RemoteService
+
+EndSink = Callable[[int, int | None], None]
+# Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
+_WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
+
+
+def job_script(command: str, env: Mapping[str, str] | None = None) -> str:
+    """The `cmd` file: exports first, each value quoted, then the command as given."""
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    return "\n".join([*exports, command]) + "\n"
+
+
+def launch_command(job_id: str, script: str) -> str:
+    """Shell text that writes the job folder and starts the job detached; prints its pid."""
+    d = job_dir(job_id)
+    return "\n".join(
+        [
+            "set -e",
+            f'd="{d}"',
+            'mkdir -p "$d"',
+            f'printf %s {shlex.quote(script)} > "$d/cmd"',
+            'cd "$HOME"',
+            f'setsid nohup bash -c {shlex.quote(_WRAPPER)} tpuconsole-job "$d"'
+            ' </dev/null >"$d/log" 2>&1 &',
+            'echo $! > "$d/pid"',
+            "echo $!",
+        ]
+    )
+
+
+class JobService:
+    def __init__(self, remote: RemoteService, history: HistoryStore, home: Path) -> None:
+        self.remote = remote
+        self.history = history
+        self.home = home
+
+    def log_path(self, job_id: str, worker: int) -> Path:
+        return self.home / "logs" / job_id / f"w{worker}.log"
+
+    async def launch(
+        self,
+        node: Node,
+        selection: str,
+        command: str,
+        *,
+        kind: str = "custom",
+        env: Mapping[str, str] | None = None,
+    ) -> Job:
+        targets = await self.remote.targets(node, selection)
+        job = Job(
+            job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
+            node=node.name,
+            zone=node.zone,
+            command=command,
+            kind=kind,
+            started_at=datetime.now(UTC),
+            workers=tuple(JobWorker(t.worker) for t in targets),
+        )
+        self.history.record_launch(job)  # before anything runs: the record is never lost
+        pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
+        result = await self.remote.run_on_targets(
+            node.name,
+            targets,
+            launch_command(job.job_id, job_script(command, env)),
+            on_line=lambda line: (
+                pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
+            ),
+        )
+        workers = []
+        for outcome in result.outcomes:
+            text = b"".join(pids[outcome.worker]).strip()
+            if outcome.ok and text.isdigit():
+                workers.append(JobWorker(outcome.worker, pid=int(text)))
+                self.history.set_worker(job.job_id, outcome.worker, pid=int(text))
+            else:
+                reason = outcome.describe()
+                workers.append(JobWorker(outcome.worker, error=reason))
+                self.history.set_worker(job.job_id, outcome.worker, error=reason)
+        started = [w for w in workers if w.pid]
+        status = "running" if started else "failed"
+        note = "" if len(started) == len(workers) else result.summary()
+        self.history.set_status(job.job_id, status, note)
+        return replace(job, workers=tuple(workers), status=status)
+
+    def get(self, job_ref: str) -> Job:
+        job = self.history.get(job_ref)
+        if job is None:
+            raise FleetError(
+                f"No job {job_ref!r} in the history.", "`tpuconsole jobs` lists recent jobs."
+            )
+        return job
+
+    async def streams(self, job: Job, node: Node, selection: str = "all") -> list[LogStream]:
+        targets = {t.worker: t for t in await self.remote.targets(node, "all")}
+        wanted = {w.worker for w in job.workers}
+        if selection != "all":
+            try:
+                wanted &= set(parse_worker_selection(selection, len(node.workers)))
+            except ValueError as exc:
+                raise FleetError(str(exc)) from None
+        return [
+            LogStream(
+                self.remote.pool,
+                targets[w.worker],
+                job.job_id,
+                w.pid,
+                self.log_path(job.job_id, w.worker),
+            )
+            for w in job.workers
+            if w.worker in wanted and w.pid and w.worker in targets
+        ]
+
+    async def follow(
+        self,
+        job: Job,
+        node: Node,
+        on_line: LineSink,
+        *,
+        selection: str = "all",
+        follow: bool = True,
+        on_end: Callable[[int, int | None], None] | None = None,
+    ) -> dict[int, int | None]:
+        """Stream every chosen worker's log at once; record each rc and the job's end."""
+        streams = await self.streams(job, node, selection)
+
+        async def one(stream: LogStream) -> int | None:
+            try:
+                rc = await stream.follow(on_line, follow=follow)
+            finally:
+                self.history.set_worker(job.job_id, stream.worker, log_offset=stream.offset)
+            if rc is not None:
+                self.history.set_worker(job.job_id, stream.worker, rc=rc)
+            if on_end is not None and follow:
+                on_end(stream.worker, rc)
+            return rc
+
+        results = await asyncio.gather(*(one(s) for s in streams), return_exceptions=True)
+        rcs: dict[int, int | None] = {}
+        for stream, result in zip(streams, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            rcs[stream.worker] = result
+        if follow and len(rcs) == len(job.workers):
+            worst = max((rc if rc is not None else 255) for rc in rcs.values())
+            self.history.set_status(
+                job.job_id,
+                "done" if worst == 0 else "failed",
+                ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
+            )
+        return rcs

@@ -1,0 +1,138 @@
+"""Detached jobs on sandbox workers: recorded first, surviving drops, logs resumed by offset."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from console.adapters.history_db import HistoryStore
+from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
+from console.services.remote import RemoteService
+
+ZONE = "us-central2-b"
+
+
+@pytest.fixture
+def jobs(remote: RemoteService, tmp_path: Path):
+    history = HistoryStore(tmp_path / "history.db")
+    try:
+        yield JobService(remote, history, tmp_path / "home")
+    finally:
+        history.close()
+
+
+async def _remote_text(remote: RemoteService, node, command: str, worker: int = 0) -> str:
+    out: list[str] = []
+    await remote.run(node, str(worker), command, lambda line: out.append(line.text))
+    return "\n".join(out)
+
+
+async def test_launch_records_the_job_and_runs_it_detached_on_every_worker(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    job = await jobs.launch(
+        node,
+        "all",
+        'echo "hello from $(basename $HOME)"',
+        kind="custom",
+        env={"GREETING": "it's me"},
+    )
+    assert job.status == "running"
+    assert [w.worker for w in job.workers] == [0, 1] and all(w.pid > 0 for w in job.workers)
+    stored = HistoryStore(tmp_path / "history.db").get(job.job_id.split("-")[0])
+    assert stored is not None and stored.job_id == job.job_id
+    assert [w.pid for w in stored.workers] == [w.pid for w in job.workers]
+    cmd = await _remote_text(jobs.remote, node, f"cat .tpuconsole/jobs/{job.job_id}/cmd")
+    assert cmd.splitlines() == [
+        "export GREETING='it'\"'\"'s me'",
+        'echo "hello from $(basename $HOME)"',
+    ]
+    lines: list[tuple[int, str]] = []
+    rcs = await jobs.follow(job, node, lambda w, text: lines.append((w, text)))
+    assert rcs == {0: 0, 1: 0}
+    assert sorted(lines) == [(0, "hello from w0"), (1, "hello from w1")]
+    assert jobs.log_path(job.job_id, 1).read_text() == "hello from w1\n"
+    assert jobs.get(job.job_id).status == "done"
+
+
+async def test_exit_codes_and_signals_are_recorded_per_worker(jobs: JobService) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    job = await jobs.launch(
+        node, "all", 'if [ "$(basename $HOME)" = w0 ]; then exit 3; else kill -TERM $$; fi'
+    )
+    rcs = await jobs.follow(job, node, lambda w, t: None)
+    assert rcs == {0: 3, 1: 143}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "failed" and [w.rc for w in stored.workers] == [3, 143]
+
+
+async def test_a_job_outlives_the_console_connection(jobs: JobService, sandbox: Sandbox) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 30")
+    await jobs.remote.pool.close()  # the console goes away
+    sandbox.set_worker_down(ZONE, "demo-v4-8", 0, True)
+    sandbox.set_worker_down(ZONE, "demo-v4-8", 0, False)
+    pid = job.workers[0].pid
+    alive = await _remote_text(jobs.remote, node, f"kill -0 {pid} && echo alive; kill {pid}")
+    assert alive == "alive"
+
+
+async def test_twenty_thousand_lines_survive_repeated_cuts_exactly_once(
+    jobs: JobService, sandbox: Sandbox
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    # Paced so the stream is still running when it is cut: a pause every 1000 lines.
+    job = await jobs.launch(
+        node,
+        "all",
+        'for i in $(seq 1 20000); do echo "line $i"; '
+        "if [ $((i % 1000)) = 0 ]; then sleep 0.1; fi; done",
+    )
+    received: list[str] = []
+    cut_at = [2500, 7000, 12500, 16000]
+    cut_due = asyncio.Event()
+
+    def on_line(worker: int, text: str) -> None:
+        received.append(text)
+        if cut_at and len(received) >= cut_at[0]:
+            cut_at.pop(0)
+            cut_due.set()
+
+    async def cutter() -> int:
+        cuts = 0
+        while True:
+            await cut_due.wait()
+            cut_due.clear()
+            await asyncio.to_thread(sandbox.set_worker_down, ZONE, "demo-v4-8", 0, True)
+            await asyncio.to_thread(sandbox.set_worker_down, ZONE, "demo-v4-8", 0, False)
+            cuts += 1
+
+    cutting = asyncio.create_task(cutter())
+    streams = await jobs.streams(job, node)
+    try:
+        rc = await streams[0].follow(on_line)
+    finally:
+        cutting.cancel()
+    assert rc == 0
+    local = streams[0].local_path.read_text().splitlines()
+    assert local == [f"line {i}" for i in range(1, 20001)]
+    assert received == local
+    assert streams[0].reconnects >= 3
+
+
+async def test_logs_resume_from_the_local_copy_after_a_console_restart(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "seq 1 50")
+    await jobs.follow(job, node, lambda w, t: None)
+    path = jobs.log_path(job.job_id, 0)
+    path.write_text("".join(f"{i}\n" for i in range(1, 21)))  # only 20 lines made it last time
+    seen: list[str] = []
+    await jobs.follow(jobs.get(job.job_id), node, lambda w, t: seen.append(t), follow=False)
+    assert seen == [str(i) for i in range(21, 51)]
+    assert path.read_text().split() == [str(i) for i in range(1, 51)]
