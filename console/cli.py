@@ -340,10 +340,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
     settings = _settings(args)
     source = open_fleet_source(settings)
     try:
+        jobs = _job_services(source, settings)
         app = TpuConsoleApp(
-            source.fleet, mode=source.label, refresh_s=args.refresh or settings.refresh_s
+            source.fleet, jobs=jobs, mode=source.label, refresh_s=args.refresh or settings.refresh_s
         )
         app.run()
+        jobs.history.close()
     finally:
         source.close()
     return 0

@@ -12,6 +12,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from console.services.fleet import FleetService
+from console.services.jobs import JobService
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
 
@@ -24,12 +25,14 @@ class TpuConsoleApp(App):
         self,
         fleet: FleetService,
         *,
+        jobs: JobService | None = None,
         mode: str = "",
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
         self.fleet = fleet
+        self.jobs = jobs
         self.mode = mode
         self.refresh_s = refresh_s
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -42,6 +45,8 @@ class TpuConsoleApp(App):
         self.push_screen(FleetScreen())
 
     async def on_unmount(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.remote.close()
         await self.fleet.close()
 
     def action_help(self) -> None:

@@ -60,6 +60,8 @@ class FleetScreen(Screen):
         Binding("r", "refresh", "Refresh"),
         Binding("slash", "filter", "Filter"),
         Binding("enter", "details", "Details", priority=False),
+        Binding("l", "logs", "Logs"),
+        Binding("j", "jobs", "Jobs"),
         Binding("o", "cycle_sort", "Sort"),
         Binding("O", "reverse_sort", "Reverse", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -287,3 +289,27 @@ class FleetScreen(Screen):
             self.notify("No node selected.", severity="warning")
             return
         self.app.push_screen(NodeDetailScreen(node))
+
+    # ----- jobs --------------------------------------------------------------------------------
+    def action_jobs(self) -> None:
+        from console.ui.jobs_screen import JobsScreen
+
+        if self.app.jobs is None:
+            self.notify("Jobs are not available in this session.", severity="warning")
+            return
+        self.app.push_screen(JobsScreen())
+
+    def action_logs(self) -> None:
+        """The latest job on the node under the cursor."""
+        from console.ui.log_screen import LogScreen
+
+        node = self.cursor_node()
+        if node is None or self.app.jobs is None:
+            return
+        latest = next(
+            (j for j in self.app.jobs.history.recent(500) if j.node_key == node.key), None
+        )
+        if latest is None:
+            self.notify(f"No jobs on {node.name} yet.", severity="information")
+            return
+        self.app.push_screen(LogScreen(latest))

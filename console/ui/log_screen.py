@@ -1,0 +1,217 @@
+"""A job's logs, every worker merged with a coloured `wN` prefix, followed live.
+
+The screen follows the job in a Textual worker; the LogStreams write the local copies and a
+20 Hz tick indexes whatever arrived, so a fast producer costs one redraw per tick, not per line.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Static
+
+from console.models import FleetError, Job
+from console.services.log_index import LogIndex
+from console.ui.log_view import LogView
+
+TICK_S = 0.05
+
+
+class LogScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("slash", "search", "Search"),
+        Binding("n", "next_match", "Next", show=False),
+        Binding("N", "previous_match", "Previous", show=False),
+        Binding("ampersand", "filter", "Filter"),
+        Binding("a", "show_worker('all')", "All workers"),
+        *[
+            Binding(str(k), f"show_worker('{k - 1}')", f"Worker {k - 1}", show=False)
+            for k in range(1, 10)
+        ],
+        Binding("s", "save", "Save"),
+        Binding("question_mark", "app.help", "Help"),
+    ]
+
+    DEFAULT_CSS = """
+    LogScreen #log-status { height: 1; padding: 0 1; background: $boost; }
+    LogScreen #log-banner { display: none; background: $error 30%; padding: 0 1; }
+    LogScreen #log-banner.shown { display: block; }
+    LogScreen #log-input { display: none; dock: bottom; margin-bottom: 1; }
+    LogScreen #log-input.shown { display: block; }
+    """
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.job = job
+        self.index: LogIndex
+        self.ended: dict[int, str] = {w.worker: "" for w in job.workers}
+        self.input_mode = ""  # "search" or "filter" while the input is open
+
+    def compose(self) -> ComposeResult:
+        paths = {
+            w.worker: self.app.jobs.log_path(self.job.job_id, w.worker) for w in self.job.workers
+        }
+        self.index = LogIndex(paths)
+        yield Header()
+        yield Static("", id="log-banner")
+        yield Static("", id="log-status")
+        yield LogView(self.index, id="log")
+        yield Input(id="log-input")
+        yield Footer()
+
+    @property
+    def view(self) -> LogView:
+        return self.query_one("#log", LogView)
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.app.mode} · job {self.job.job_id} on {self.job.node}"
+        self.index.scan()
+        self.view.refresh_rows()
+        self.set_interval(TICK_S, self._tick)
+        self._follow_job()
+        self.view.focus()
+        self.watch(self.view, "follow", lambda _: self._update_status(), init=False)
+        self._update_status()
+
+    def on_unmount(self) -> None:
+        self.index.close()
+
+    def _tick(self) -> None:
+        if self.index.scan():
+            self.view.refresh_rows()
+            self._update_status()
+
+    @work(exclusive=True, group="job-logs")
+    async def _follow_job(self) -> None:
+        jobs = self.app.jobs
+        try:
+            node = await self.app.fleet.get_node(self.job.zone, self.job.node)
+            await jobs.follow(self.job, node, None, on_end=self._worker_ended)
+        except FleetError as exc:
+            banner = self.query_one("#log-banner", Static)
+            banner.update(
+                f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
+            )
+            banner.add_class("shown")
+        self._tick()
+        self._update_status()
+
+    def _worker_ended(self, worker: int, rc: int | None) -> None:
+        self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+        self._tick()
+        self._update_status()
+
+    def _update_status(self) -> None:
+        shown = (
+            "all"
+            if self.index.shown_workers == frozenset(self.ended)
+            else ",".join(f"w{w}" for w in sorted(self.index.shown_workers))
+        )
+        states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
+        follow = "[b green]FOLLOW[/]" if self.view.follow else "[b yellow]PAUSED[/]"
+        parts = [
+            follow,
+            f"{len(self.index.visible)}/{len(self.index)} lines",
+            f"workers: {shown}",
+            states,
+        ]
+        if self.index.filter_text:
+            parts.append(f"filter: {escape(repr(self.index.filter_text))}")
+        if self.view.search_text:
+            parts.append(f"search: {escape(repr(self.view.search_text))}")
+        self.query_one("#log-status", Static).update(" · ".join(parts))
+
+    # ----- keys --------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        box = self.query_one("#log-input", Input)
+        if box.has_class("shown"):
+            self._close_input()
+            return
+        self.app.pop_screen()
+
+    def action_toggle_follow(self) -> None:
+        self.view.follow = not self.view.follow
+        self.view.current_row = None
+        self._update_status()
+
+    def action_show_worker(self, which: str) -> None:
+        workers = set(self.ended)
+        if which != "all":
+            if int(which) not in workers:
+                self.notify(f"This job has no worker {which}.", severity="warning")
+                return
+            workers = {int(which)}
+        self.index.set_view(workers=workers)
+        self.view.refresh_rows()
+        self._update_status()
+
+    def _open_input(self, mode: str, placeholder: str, value: str) -> None:
+        self.input_mode = mode
+        box = self.query_one("#log-input", Input)
+        box.placeholder = placeholder
+        box.value = value
+        box.add_class("shown")
+        box.focus()
+
+    def _close_input(self) -> None:
+        self.query_one("#log-input", Input).remove_class("shown")
+        self.input_mode = ""
+        self.view.focus()
+
+    def action_search(self) -> None:
+        self._open_input(
+            "search",
+            "search (enter: first match after the view; n/N: next/prev)",
+            self.view.search_text,
+        )
+
+    def action_filter(self) -> None:
+        self._open_input(
+            "filter", "keep only lines containing… (empty: all lines)", self.index.filter_text
+        )
+
+    @on(Input.Submitted, "#log-input")
+    def _input_done(self, event: Input.Submitted) -> None:
+        mode = self.input_mode
+        self._close_input()
+        if mode == "filter":
+            self.index.set_view(filter_text=event.value)
+            self.view.current_row = None
+            self.view.refresh_rows()
+        elif mode == "search":
+            self.view.search_text = event.value
+            start = int(self.view.scroll_offset.y) - 1
+            self._jump(self.index.find(event.value, start, forward=True))
+        self._update_status()
+
+    def _jump(self, row: int | None) -> None:
+        if row is None:
+            self.notify(f"No line contains {self.view.search_text!r}.", severity="warning")
+            return
+        self.view.show_row(row)
+        self._update_status()
+
+    def action_next_match(self) -> None:
+        start = self.view.current_row if self.view.current_row is not None else -1
+        self._jump(self.index.find(self.view.search_text, start, forward=True))
+
+    def action_previous_match(self) -> None:
+        start = self.view.current_row if self.view.current_row is not None else 0
+        self._jump(self.index.find(self.view.search_text, start, forward=False))
+
+    def action_save(self) -> None:
+        folder = self.app.jobs.home / "saved"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.job.job_id}-{datetime.now():%Y%m%d-%H%M%S}.log"
+        with open(path, "w") as fh:
+            for row in range(len(self.index.visible)):
+                worker, text = self.index.visible_line(row)
+                fh.write(f"[w{worker}] {text}\n")
+        self.notify(f"Saved {len(self.index.visible)} lines to {path}")

@@ -1,0 +1,115 @@
+"""A scrolling log widget that renders only the rows on screen, reading them from the LogIndex.
+
+Memory stays flat however long the job runs: the widget holds no text, only a scroll position.
+"""
+
+from __future__ import annotations
+
+from rich.segment import Segment
+from rich.style import Style
+from textual.geometry import Size
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from console.services.known_errors import looks_like_error
+from console.services.log_index import LogIndex
+
+WORKER_COLOURS = (
+    "cyan",
+    "magenta",
+    "green",
+    "yellow",
+    "blue",
+    "bright_red",
+    "bright_cyan",
+    "bright_magenta",
+)
+ERROR_STYLE = Style(color="bright_white", bgcolor="dark_red")
+MATCH_STYLE = Style(bgcolor="grey35")
+CURSOR_STYLE = Style(reverse=True)
+
+
+class LogView(ScrollView, can_focus=True):
+    """`follow` keeps the newest line in view; scrolling up turns it off, as `less +F` does."""
+
+    follow: reactive[bool] = reactive(True)
+
+    DEFAULT_CSS = "LogView { height: 1fr; }"
+
+    def __init__(self, index: LogIndex, **kw) -> None:
+        super().__init__(**kw)
+        self.index = index
+        self.search_text = ""
+        self.current_row: int | None = None  # the search hit being shown
+        self._width = 0
+
+    def refresh_rows(self) -> None:
+        """Call after the index changed: resize, and stay at the bottom when following."""
+        rows = len(self.index.visible)
+        self.virtual_size = Size(max(self._width, self.size.width), rows)
+        if self.follow:
+            # Scrollbars are laid out on the next refresh; only then may the view move.
+            self.call_after_refresh(self._stick_to_bottom)
+        self.refresh()
+
+    def _stick_to_bottom(self) -> None:
+        if self.follow:
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+
+    def render_line(self, y: int) -> Strip:
+        row = int(self.scroll_offset.y) + y
+        if row >= len(self.index.visible):
+            return Strip.blank(self.size.width, self.rich_style)
+        worker, text = self.index.visible_line(row)
+        prefix = f"w{worker} │ "
+        self._width = max(self._width, len(prefix) + len(text))
+        colour = WORKER_COLOURS[worker % len(WORKER_COLOURS)]
+        line_style = ERROR_STYLE if looks_like_error(text) else None
+        if row == self.current_row:
+            line_style = CURSOR_STYLE
+        elif self.search_text and self.search_text.lower() in text.lower():
+            line_style = line_style or MATCH_STYLE
+        segments = [Segment(prefix, Style(color=colour, bold=True)), Segment(text, line_style)]
+        strip = Strip(segments).crop(
+            int(self.scroll_offset.x), int(self.scroll_offset.x) + self.size.width
+        )
+        return strip.extend_cell_length(self.size.width)
+
+    def on_resize(self) -> None:
+        self.refresh_rows()  # the first layout, or a terminal resize, while following
+
+    def watch_follow(self, follow: bool) -> None:
+        if follow:
+            self.refresh_rows()
+
+    def _user_scrolled_up(self) -> None:
+        if self.follow:
+            self.follow = False
+
+    def action_scroll_up(self) -> None:
+        self._user_scrolled_up()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        self._user_scrolled_up()
+        super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        self._user_scrolled_up()
+        super().action_scroll_home()
+
+    def action_scroll_end(self) -> None:
+        self.follow = True
+        super().action_scroll_end()
+
+    def _on_mouse_scroll_up(self, event) -> None:
+        self._user_scrolled_up()
+        super()._on_mouse_scroll_up(event)
+
+    def show_row(self, row: int) -> None:
+        """Put a search hit in the middle of the view, pausing follow."""
+        self.follow = False
+        self.current_row = row
+        self.scroll_to(y=max(0, row - self.size.height // 2), animate=False, immediate=True)
+        self.refresh()

@@ -1,0 +1,106 @@
+"""The log view by key presses: two workers' lines, follow and pause, search, worker switching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from console.adapters.history_db import HistoryStore
+from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
+from console.services.remote import RemoteService
+from console.ui.app import TpuConsoleApp
+from console.ui.jobs_screen import JobsScreen
+from console.ui.log_screen import LogScreen
+from tests.conftest import fleet_for, ssh_options_for
+
+ZONE = "us-central2-b"
+# Forty lines and an error per worker, then it waits for the test to let it finish.
+SCRIPT = (
+    'w=$(basename "$HOME"); for i in $(seq 1 40); do echo "$w line $i"; done; '
+    'echo "ValueError: boom on $w"; while [ ! -f "$HOME/release" ]; do sleep 0.05; done; '
+    'echo "$w done"'
+)
+
+
+async def until(pilot: Pilot, condition: Callable[[], bool], limit: int = 400) -> None:
+    """Let the app run until `condition` holds (each turn yields to the event loop)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+async def app_with_job(sandbox: Sandbox, tmp_path: Path):
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    node = await fleet.find_node("demo-v4-16")
+    job = await jobs.launch(node, "all", SCRIPT)
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    release = [
+        sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), w).root / "release"
+        for w in (0, 1)
+    ]
+    yield app, job, release
+    for path in release:
+        path.touch()
+    history.close()
+
+
+def shown(screen: LogScreen) -> list[tuple[int, str]]:
+    return [screen.index.visible_line(r) for r in range(len(screen.index.visible))]
+
+
+async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_job) -> None:
+    app, job, release = app_with_job
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("j")
+        assert isinstance(app.screen, JobsScreen)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, LogScreen)
+        await until(pilot, lambda: len(screen.index) == 82)
+        assert {w for w, _ in shown(screen)} == {0, 1}
+        view = screen.view
+        assert view.follow and view.scroll_offset.y == view.max_scroll_y > 0
+
+        await pilot.press("up")
+        assert not view.follow
+        assert "PAUSED" in str(screen.query_one("#log-status").content)
+        await pilot.press("f")
+        assert view.follow
+
+        await pilot.press("slash", *"boom", "enter")
+        first = view.current_row
+        assert first is not None and "boom" in screen.index.visible_line(first)[1]
+        assert not view.follow
+        await pilot.press("n")
+        second = view.current_row
+        assert second != first and "boom" in screen.index.visible_line(second)[1]
+
+        await pilot.press("2")
+        assert {w for w, _ in shown(screen)} == {1} and len(shown(screen)) == 41
+        await pilot.press("a", "ampersand", *"line 4", "enter")
+        assert sorted(t for _, t in shown(screen)) == [
+            "w0 line 4",
+            "w0 line 40",
+            "w1 line 4",
+            "w1 line 40",
+        ]
+
+        for path in release:
+            path.touch()
+        await until(pilot, lambda: all(s == "rc=0" for s in screen.ended.values()))
+        await pilot.press("ampersand", "ctrl+u", "enter")  # empty filter: everything again
+        assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 84
+
+        await pilot.press("s")
+        saved = list((app.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
+        assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 84
