@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(BIN)/tpuconsole $(ARGS)
 
 test: $(STAMP)
+	@scripts/install-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from console.models import FleetError
 
@@ -72,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     ex.add_argument("--internal-ip", action="store_true", help="dial workers' internal IPs")
     ex.epilog = "The command follows --; a single argument is run as shell text, as ssh does."
+    sync = sub.add_parser("sync", help="upload a folder to a node's workers (changed files only)")
+    _add_common(sync, top=False)
+    sync.add_argument("node", help="node name")
+    sync.add_argument("local", help="local folder")
+    sync.add_argument(
+        "remote",
+        nargs="?",
+        default="",
+        help="folder on the workers (default: the same path, under ~ if it is "
+        "under your home here)",
+    )
+    sync.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    sync.add_argument("--sftp", action="store_true", help="use SFTP instead of tar")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
     launch.add_argument("node", help="node name")
@@ -274,6 +288,51 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
         source.close()
 
 
+def default_remote_dir(local: Path) -> str:
+    """The same place under the worker's home: ~/x for ~/x here, else ~/<folder name>.
+
+    Never an absolute path by default: on a VM that would need root, and in the sandbox it
+    would be this machine's own folder.
+    """
+    local = local.resolve()
+    try:
+        return "~/" + local.relative_to(Path.home().resolve()).as_posix()
+    except ValueError:
+        return "~/" + local.name
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from console.fleet_source import open_fleet_source
+    from console.services.remote import RemoteService
+    from console.services.shipping import Shipper
+
+    settings = _settings(args)
+    local = Path(args.local).expanduser()
+    remote_dir = args.remote or default_remote_dir(local)
+    source = open_fleet_source(settings)
+
+    async def go():
+        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        try:
+            zone = args.zone[0] if args.zone else ""
+            node = await source.fleet.find_node(args.node, zone)
+            return await Shipper(remote).upload(
+                node, args.worker, local, remote_dir, method="sftp" if args.sftp else "auto"
+            )
+        finally:
+            await remote.close()
+            await source.fleet.close()
+
+    try:
+        outcomes = asyncio.run(go())
+    finally:
+        source.close()
+    print(f"{local} -> {remote_dir}")
+    for outcome in outcomes:
+        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
+    return 1 if any(o.error for o in outcomes) else 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
 
@@ -365,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "exec":
             return cmd_exec(args)
+        if args.command == "sync":
+            return cmd_sync(args)
         if args.command in {"launch", "logs", "jobs"}:
             return cmd_jobs_family(args)
         if args.command == "sandbox":

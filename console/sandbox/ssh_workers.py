@@ -126,11 +126,16 @@ class WorkerServer:
             server_host_keys=[self.host_key],
             authorized_client_keys=self.authorized,
             process_factory=self._run,
+            sftp_factory=self._sftp,
             encoding=None,
             keepalive_interval=0,
         )
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self.port
+
+    def _sftp(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
+        # Relative paths land in the worker's HOME, as on a VM; the chroot keeps them there.
+        return asyncssh.SFTPServer(chan, chroot=str(self.place.root).encode())
 
     async def stop(self) -> None:
         """Drop the server and every open connection, as when a VM goes away."""
