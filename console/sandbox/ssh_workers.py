@@ -16,6 +16,16 @@ import asyncssh
 
 from console.models import accelerator_shape
 from console.sandbox.fleet_state import SandboxNode
+from console.sandbox.local_process import LocalProcess
+
+# AES-GCM runs in hardware through `cryptography`; chacha20-poly1305 costs more CPU per packet.
+FAST_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
 
 # Variables of the operator's own shell that must not leak into a "remote" worker.
 _SCRUBBED_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "TPUCONSOLE_HOME", "OLDPWD", "PWD")
@@ -77,7 +87,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter) -> Non
         await writer.drain()
 
 
-async def _feed(reader: asyncssh.SSHReader, proc: asyncio.subprocess.Process) -> None:
+async def _feed(reader: asyncssh.SSHReader, proc: LocalProcess) -> None:
     assert proc.stdin is not None
     try:
         while chunk := await reader.read(65536):
@@ -129,6 +139,7 @@ class WorkerServer:
             sftp_factory=self._sftp,
             encoding=None,
             keepalive_interval=0,
+            encryption_algs=FAST_CIPHERS,
         )
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self.port
@@ -149,15 +160,8 @@ class WorkerServer:
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or "exec bash"
-        proc = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            command,
-            cwd=self.place.root,
-            env=self.place.environment(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        proc = await LocalProcess.spawn(
+            ["bash", "-c", command], cwd=self.place.root, env=self.place.environment()
         )
         feeder = asyncio.create_task(_feed(process.stdin, proc))
         try:
