@@ -38,10 +38,12 @@ def write_fleet(home: Path, nodes: int, accelerator_type: str) -> None:
 
 
 @contextmanager
-def served_sandbox(home: Path, nodes: int, accelerator_type: str):
+def served_sandbox(home: Path, nodes: int, accelerator_type: str, *, nice: int = 0):
+    """`nice` lowers the sandbox and its jobs: on real VMs they do not share the console's CPU."""
     write_fleet(home, nodes, accelerator_type)
+    prefix = ["nice", "-n", str(nice)] if nice else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "--home", str(home), "sandbox", "serve"],
+        [*prefix, sys.executable, "-m", "console.cli", "--home", str(home), "sandbox", "serve"],
         stdout=subprocess.PIPE,
         text=True,
     )

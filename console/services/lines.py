@@ -20,6 +20,10 @@ class LineSplitter:
     def pending(self) -> bytes:
         return self._partial
 
+    def keep(self, partial: bytes) -> None:
+        """Set the unterminated tail directly, for callers that split bulk data themselves."""
+        self._partial = partial
+
     def flush(self) -> bytes | None:
         """The unterminated tail, for when the stream has truly ended."""
         tail, self._partial = self._partial, b""

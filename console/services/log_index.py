@@ -10,11 +10,14 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import accumulate, repeat
+from operator import add
 from pathlib import Path
 
 from console.services.lines import decode
 
 CACHE_LINES = 4096
+SCAN_BUDGET_BYTES = 2 << 20  # per scan, across workers: a few ms of work at most
 
 
 class LogIndex:
@@ -39,40 +42,61 @@ class LogIndex:
         self._handles.clear()
 
     # ----- growing -----------------------------------------------------------------------------
-    def scan(self) -> int:
-        """Index the complete lines written since the last scan; returns how many are new."""
+    def scan(self, budget_bytes: int = SCAN_BUDGET_BYTES) -> int:
+        """Index complete lines written since the last scan, at most `budget_bytes` of them.
+
+        The budget keeps one call short however far behind the view is; the rest waits for
+        the next call. Returns how many lines were added.
+        """
         added = 0
+        share = max(1 << 16, budget_bytes // max(1, len(self.paths)))
         for worker, path in self.paths.items():
-            if not path.exists():
-                continue
             start = self._positions[worker]
-            size = path.stat().st_size
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
             if size <= start:
                 continue
             with open(path, "rb") as fh:
                 fh.seek(start)
-                data = fh.read(size - start)
+                data = fh.read(min(size - start, share))
             end = data.rfind(b"\n")
             if end < 0:
                 continue
-            offset = start
+            lengths = map(len, data[:end].split(b"\n"))
             first_new = len(self._offsets)
-            for line in data[: end + 1].split(b"\n")[:-1]:
-                self._workers.append(worker)
-                self._offsets.append(offset)
-                offset += len(line) + 1
-            self._positions[worker] = offset
-            added += len(self._offsets) - first_new
+            # Offsets of each line start, computed in C: start, start+len0+1, ...
+            self._offsets.extend(accumulate(map(add, lengths, repeat(1)), initial=start))
+            self._offsets.pop()  # the last sum is the end of the last line, not a line start
+            count = len(self._offsets) - first_new
+            self._workers.extend(repeat(worker, count))
+            self._positions[worker] = start + end + 1
+            added += count
             self._extend_visible(range(first_new, len(self._offsets)))
         return added
+
+    @property
+    def behind(self) -> bool:
+        """Whether a file holds more than the index has read (the budget stopped it)."""
+        for worker, path in self.paths.items():
+            try:
+                if path.stat().st_size > self._positions[worker]:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def _passes(self, entry: int) -> bool:
         if self._workers[entry] not in self.shown_workers:
             return False
         return self._filter_re is None or self._filter_re.search(self.text(entry)) is not None
 
-    def _extend_visible(self, entries: Iterable[int]) -> None:
-        self.visible.extend(e for e in entries if self._passes(e))
+    def _extend_visible(self, entries: range) -> None:
+        if self._filter_re is None and self.shown_workers.issuperset(self.paths):
+            self.visible.extend(entries)  # everything shows: no per-line test
+        else:
+            self.visible.extend(e for e in entries if self._passes(e))
 
     def set_view(
         self, workers: Iterable[int] | None = None, filter_text: str | None = None

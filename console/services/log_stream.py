@@ -73,15 +73,19 @@ class LogStream:
         with open(self.local_path, "ab") as local:
 
             def take(chunk: bytes) -> None:
-                lines = splitter.feed(chunk)
-                if not lines:
+                data = splitter.pending + chunk
+                end = data.rfind(b"\n")
+                if end < 0:
+                    splitter.keep(data)
                     return
-                local.write(b"".join(line + b"\n" for line in lines))
+                complete, rest = data[: end + 1], data[end + 1 :]
+                splitter.keep(rest)
+                local.write(complete)  # whole lines only: local size == remote offset
                 local.flush()
+                self.offset += len(complete)
                 self._outage_started = None  # data flows again: a later drop is a new outage
-                for line in lines:
-                    self.offset += len(line) + 1
-                    if on_line is not None:
+                if on_line is not None:
+                    for line in complete[:-1].split(b"\n"):
                         on_line(self.worker, decode(line))
 
             while True:

@@ -5,6 +5,7 @@ Screens reach services through the app (`self.app.fleet`), so tests can hand it 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -15,6 +16,8 @@ from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
+
+TERMINAL_CHECK_S = 2.0
 
 
 class TpuConsoleApp(App):
@@ -43,6 +46,19 @@ class TpuConsoleApp(App):
 
     def on_mount(self) -> None:
         self.push_screen(FleetScreen())
+        if not self.is_headless:
+            self.set_interval(TERMINAL_CHECK_S, self._exit_if_terminal_gone)
+
+    def _exit_if_terminal_gone(self) -> None:
+        """Quit when the terminal hangs up (a dropped ssh session, a killed tmux).
+
+        Textual's input thread reads EOF from a hung-up tty in a tight loop and the app would
+        otherwise spin at full CPU, orphaned, holding its ssh connections open.
+        """
+        try:
+            os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+        except OSError:
+            self.exit(return_code=129)
 
     async def on_unmount(self) -> None:
         if self.jobs is not None:

@@ -6,20 +6,35 @@ The screen follows the job in a Textual worker; the LogStreams write the local c
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.reactive import reactive
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
 from console.models import FleetError, Job
 from console.services.log_index import LogIndex
 from console.ui.log_view import LogView
 
-TICK_S = 0.05
+TICK_S = 0.05  # how often to look for new lines when caught up
+REDRAW_S = 0.1  # how often the view redraws while lines pour in
+SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
+
+
+class StatusLine(Widget):
+    """One line of markup that redraws itself alone: a Static would relayout the screen."""
+
+    text: reactive[str] = reactive("", layout=False)
+
+    def render(self) -> Text:
+        return Text.from_markup(self.text)
 
 
 class LogScreen(Screen):
@@ -53,6 +68,7 @@ class LogScreen(Screen):
         self.index: LogIndex
         self.ended: dict[int, str] = {w.worker: "" for w in job.workers}
         self.input_mode = ""  # "search" or "filter" while the input is open
+        self._changed = False
 
     def compose(self) -> ComposeResult:
         paths = {
@@ -61,7 +77,7 @@ class LogScreen(Screen):
         self.index = LogIndex(paths)
         yield Header()
         yield Static("", id="log-banner")
-        yield Static("", id="log-status")
+        yield StatusLine(id="log-status")
         yield LogView(self.index, id="log")
         yield Input(id="log-input")
         yield Footer()
@@ -74,17 +90,31 @@ class LogScreen(Screen):
         self.sub_title = f"{self.app.mode} · job {self.job.job_id} on {self.job.node}"
         self.index.scan()
         self.view.refresh_rows()
-        self.set_interval(TICK_S, self._tick)
+        self.set_interval(REDRAW_S, self._redraw)
+        self._indexer = asyncio.get_running_loop().create_task(self._index_forever())
         self._follow_job()
         self.view.focus()
         self.watch(self.view, "follow", lambda _: self._update_status(), init=False)
         self._update_status()
 
     def on_unmount(self) -> None:
+        self._indexer.cancel()
         self.index.close()
 
-    def _tick(self) -> None:
-        if self.index.scan():
+    async def _index_forever(self) -> None:
+        """Index what the streams wrote, in short slices, yielding between them.
+
+        However far behind (a fast producer, or catching up on a big log), no slice holds
+        the event loop for more than a few milliseconds.
+        """
+        while True:
+            if self.index.scan(budget_bytes=SLICE_BYTES):
+                self._changed = True
+            await asyncio.sleep(0 if self.index.behind else TICK_S)
+
+    def _redraw(self) -> None:
+        if self._changed:
+            self._changed = False
             self.view.refresh_rows()
             self._update_status()
 
@@ -100,13 +130,11 @@ class LogScreen(Screen):
                 f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
             )
             banner.add_class("shown")
-        self._tick()
-        self._update_status()
+        self._changed = True
 
     def _worker_ended(self, worker: int, rc: int | None) -> None:
         self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
-        self._tick()
-        self._update_status()
+        self._changed = True  # the indexer catches up in slices; no long catch-up here
 
     def _update_status(self) -> None:
         shown = (
@@ -126,7 +154,7 @@ class LogScreen(Screen):
             parts.append(f"filter: {escape(repr(self.index.filter_text))}")
         if self.view.search_text:
             parts.append(f"search: {escape(repr(self.view.search_text))}")
-        self.query_one("#log-status", Static).update(" · ".join(parts))
+        self.query_one("#log-status", StatusLine).text = " · ".join(parts)
 
     # ----- keys --------------------------------------------------------------------------------
     def action_back(self) -> None:

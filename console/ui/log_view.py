@@ -47,15 +47,12 @@ class LogView(ScrollView, can_focus=True):
     def refresh_rows(self) -> None:
         """Call after the index changed: resize, and stay at the bottom when following."""
         rows = len(self.index.visible)
-        self.virtual_size = Size(max(self._width, self.size.width), rows)
+        # As wide as the longest line seen, no wider: a horizontal bar only when one is needed.
+        self.virtual_size = Size(self._width, rows)
         if self.follow:
-            # Scrollbars are laid out on the next refresh; only then may the view move.
-            self.call_after_refresh(self._stick_to_bottom)
+            # Forced: the scrollbars that permit scrolling are only laid out on the next refresh.
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
         self.refresh()
-
-    def _stick_to_bottom(self) -> None:
-        if self.follow:
-            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
 
     def render_line(self, y: int) -> Strip:
         row = int(self.scroll_offset.y) + y

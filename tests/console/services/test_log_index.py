@@ -51,8 +51,11 @@ def test_memory_holds_offsets_not_text(tmp_path: Path) -> None:
     path = tmp_path / "w0.log"
     path.write_text("".join(f"line {i} " + "x" * 200 + "\n" for i in range(20_000)))
     index = LogIndex({0: path})
-    index.scan()
-    assert len(index) == 20_000
+    assert 0 < index.scan(budget_bytes=1 << 20) < 20_000  # one call does a bounded share
+    assert index.behind
+    while index.scan(budget_bytes=1 << 20):
+        pass
+    assert len(index) == 20_000 and not index.behind
     for row in range(len(index.visible)):
         index.visible_line(row)
     assert len(index._cache) <= CACHE_LINES

@@ -66,14 +66,17 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, LogScreen)
-        await until(pilot, lambda: len(screen.index) == 82)
-        assert {w for w, _ in shown(screen)} == {0, 1}
         view = screen.view
-        assert view.follow and view.scroll_offset.y == view.max_scroll_y > 0
+        # Following: once all 82 lines are in, the view settles on the last of them.
+        await until(
+            pilot, lambda: len(screen.index) == 82 and view.scroll_offset.y == view.max_scroll_y > 0
+        )
+        assert {w for w, _ in shown(screen)} == {0, 1}
+        assert view.follow
 
         await pilot.press("up")
         assert not view.follow
-        assert "PAUSED" in str(screen.query_one("#log-status").content)
+        assert "PAUSED" in screen.query_one("#log-status").text
         await pilot.press("f")
         assert view.follow
 
