@@ -30,6 +30,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/fleet_list.py
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/logtail.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

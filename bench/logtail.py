@@ -32,7 +32,7 @@ from console.ui.log_screen import LogScreen  # noqa: E402
 DURATION_S = 10
 # The 16 producers stand for 16 remote VMs; niced, they cannot starve the console of CPU the way
 # they would not on real hardware. They still write as fast as the machine lets them.
-SANDBOX_NICE = 10
+SANDBOX_NICE = 19
 PRODUCER = (
     "python3 -c 'import sys, time\n"
     f"end = time.time() + {DURATION_S}; w = sys.stdout.write; i = 0\n"
@@ -66,6 +66,7 @@ class GcClock:
 
 
 GC = GcClock()
+STALL_CPU: list[float] = []  # per phase: the console's own CPU time during its worst stall
 
 
 class StallMonitor:
@@ -73,14 +74,17 @@ class StallMonitor:
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_cpu = 0.0  # CPU this thread used during the worst stall: work, or waiting?
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            start = loop.time()
+            start, cpu = loop.time(), time.thread_time()
             await asyncio.sleep(0.01)
-            self.worst = max(self.worst, loop.time() - start - 0.01)
+            lag = loop.time() - start - 0.01
+            if lag > self.worst:
+                self.worst, self.worst_cpu = lag, time.thread_time() - cpu
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -107,6 +111,7 @@ async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple[int, 
                 break
         elapsed = time.perf_counter() - start
         stall = monitor.stop()
+        STALL_CPU.append(monitor.worst_cpu)
         return len(screen.index), elapsed, stall
 
 
@@ -211,8 +216,14 @@ def main() -> None:
         f"| OpenSSH `ssh … cat`, 16 parallel | {cat_lines:,} | {cat_s:.1f} | {cat_rate:,.0f} | "
         "| baseline |",
         "",
+        f"During the worst live stall the console's thread used {STALL_CPU[0] * 1000:.0f} ms "
+        f"of CPU (catch-up: {STALL_CPU[1] * 1000:.0f} ms); the longest garbage collection took "
+        f"{GC.worst * 1000:.0f} ms of wall time. The rest of a stall is time the thread was "
+        "not running; an idle asyncio process run beside the benchmark saw at most ~55 ms. "
+        "The live stall goal is not met (see the closing note of issue 3).",
+        "",
         "Live seconds run from opening the view to the last line indexed after the producers "
-        f"stop, so live lines/s is bounded by what 16 producers on {machine_line().split(',')[1]}"
+        f"stop, so live lines/s is bounded by what 16 producers on{machine_line().split(',')[1]}"
         " (shared with the sandbox and the console) can write.",
     ]
     write_section("logtail", "\n".join(lines))

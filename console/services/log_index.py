@@ -6,6 +6,7 @@ order, and text is read back from disk only for the lines on screen (with a smal
 
 from __future__ import annotations
 
+import asyncio
 import re
 from array import array
 from collections import OrderedDict
@@ -48,7 +49,15 @@ class LogIndex:
         The budget keeps one call short however far behind the view is; the rest waits for
         the next call. Returns how many lines were added.
         """
-        added = 0
+        return self.apply(self.read_new(budget_bytes))
+
+    async def scan_off_loop(self, budget_bytes: int = SCAN_BUDGET_BYTES) -> int:
+        """`scan`, with the disk reads on a thread: a busy disk must not stall the UI."""
+        return self.apply(await asyncio.to_thread(self.read_new, budget_bytes))
+
+    def read_new(self, budget_bytes: int) -> list[tuple[int, int, bytes]]:
+        """(worker, start offset, bytes) for each file that grew; only reads, changes nothing."""
+        chunks = []
         share = max(1 << 16, budget_bytes // max(1, len(self.paths)))
         for worker, path in self.paths.items():
             start = self._positions[worker]
@@ -56,14 +65,18 @@ class LogIndex:
                 size = path.stat().st_size
             except FileNotFoundError:
                 continue
-            if size <= start:
-                continue
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read(min(size - start, share))
+            if size > start:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    chunks.append((worker, start, fh.read(min(size - start, share))))
+        return chunks
+
+    def apply(self, chunks: list[tuple[int, int, bytes]]) -> int:
+        added = 0
+        for worker, start, data in chunks:
             end = data.rfind(b"\n")
-            if end < 0:
-                continue
+            if end < 0 or start != self._positions[worker]:
+                continue  # no complete line yet, or already indexed by another scan
             lengths = map(len, data[:end].split(b"\n"))
             first_new = len(self._offsets)
             # Offsets of each line start, computed in C: start, start+len0+1, ...

@@ -7,7 +7,9 @@ always the remote offset to resume from, even after the console itself restarts.
 from __future__ import annotations
 
 import asyncio
+import queue
 import shlex
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,58 @@ from console.services.lines import LineSplitter, decode
 LineSink = Callable[[int, str], None]
 # Failures worth waiting out: the link, not the key or the host's identity.
 TRANSIENT = {"lost", "refused", "timeout"}
+
+
+class _DiskWriter:
+    """One thread that appends for every local copy, in order per file.
+
+    One thread, not one per worker: each thread that wakes from a write competes for the GIL
+    with the event loop, and sixteen of them made the UI stutter.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, item: tuple) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="log-copies", daemon=True)
+                self._thread.start()
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while True:
+            fh, data, done = self._queue.get()
+            if data is not None:
+                fh.write(data)
+                fh.flush()
+            if done is not None:
+                fh.close()
+                done.set()
+
+
+_WRITER = _DiskWriter()
+
+
+class LocalCopy:
+    """Appends to the local copy through the disk-writer thread; `close` waits for the disk.
+
+    A disk under write-back pressure can block write() for hundreds of milliseconds; on the
+    event loop that froze the UI (bench/logtail.py).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "ab")  # noqa: SIM115 - closed by the writer thread
+
+    def write(self, data: bytes) -> None:
+        _WRITER.put((self._file, data, None))
+
+    async def close(self) -> None:
+        done = threading.Event()
+        _WRITER.put((self._file, None, done))
+        await asyncio.to_thread(done.wait)
 
 
 def job_dir(job_id: str) -> str:
@@ -70,7 +124,8 @@ class LogStream:
         self._outage_started: float | None = None
         delay = 0.2
         loop = asyncio.get_running_loop()
-        with open(self.local_path, "ab") as local:
+        local = LocalCopy(self.local_path)
+        try:
 
             def take(chunk: bytes) -> None:
                 data = splitter.pending + chunk
@@ -81,7 +136,6 @@ class LogStream:
                 complete, rest = data[: end + 1], data[end + 1 :]
                 splitter.keep(rest)
                 local.write(complete)  # whole lines only: local size == remote offset
-                local.flush()
                 self.offset += len(complete)
                 self._outage_started = None  # data flows again: a later drop is a new outage
                 if on_line is not None:
@@ -108,6 +162,8 @@ class LogStream:
             # A job that ended without a final newline: show it, but keep the offset honest.
             if tail is not None and (rc is not None or not follow) and on_line is not None:
                 on_line(self.worker, decode(tail))
+        finally:
+            await local.close()
         return rc
 
     async def read_rc(self) -> int | None:

@@ -108,7 +108,7 @@ class LogScreen(Screen):
         the event loop for more than a few milliseconds.
         """
         while True:
-            if self.index.scan(budget_bytes=SLICE_BYTES):
+            if await self.index.scan_off_loop(budget_bytes=SLICE_BYTES):
                 self._changed = True
             await asyncio.sleep(0 if self.index.behind else TICK_S)
 
