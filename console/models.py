@@ -244,3 +244,138 @@ class Job:
     @property
     def node_key(self) -> str:
         return f"{self.zone}/{self.node}"
+
+
+@dataclass(frozen=True)
+class TpuHolder:
+    """A process holding a worker's TPU (a chip device or the libtpu lock)."""
+
+    pid: int
+    user: str
+    uid: int
+    start_ticks: int
+    elapsed_s: float
+    rss_kb: int
+    cmdline: str
+    devices: tuple[str, ...]
+    sid: int = 0
+
+
+@dataclass(frozen=True)
+class Lingering:
+    pid: int
+    why: str
+    ours: bool
+    job_id: str = ""
+    start_ticks: int = -1  # set when the process holds nothing (a job that will not exit)
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """One worker's answer from remote/probe.py, with its verdicts."""
+
+    worker: int
+    host: str
+    root: bool
+    user: str
+    sudo: str
+    lockfile: str
+    lock_exists: bool
+    lock_owner: str
+    lock_held: bool
+    lock_holders: tuple[int, ...]
+    holders: tuple[TpuHolder, ...]
+    jobs_alive: tuple[str, ...]
+    stale_lock: bool
+    foreign_lock: bool
+    lingering: tuple[Lingering, ...]
+    busy: tuple[str, ...]
+    unreadable_processes: int = 0
+    probe_pid: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.stale_lock or self.foreign_lock or self.lingering)
+
+    @classmethod
+    def from_json(cls, worker: int, raw: dict) -> ProbeReport:
+        lock = raw.get("lockfile", {})
+        verdicts = raw.get("verdicts", {})
+        return cls(
+            worker=worker,
+            host=raw.get("host", ""),
+            root=bool(raw.get("root")),
+            user=raw.get("user", ""),
+            sudo=raw.get("sudo", ""),
+            lockfile=lock.get("path", ""),
+            lock_exists=bool(lock.get("exists")),
+            lock_owner=lock.get("owner", ""),
+            lock_held=bool(lock.get("held")),
+            lock_holders=tuple(lock.get("holders", [])),
+            holders=tuple(
+                TpuHolder(
+                    h["pid"],
+                    h["user"],
+                    h["uid"],
+                    h["start_ticks"],
+                    h["elapsed_s"],
+                    h["rss_kb"],
+                    h["cmdline"],
+                    tuple(h["devices"]),
+                    h.get("sid", 0),
+                )
+                for h in raw.get("holders", [])
+            ),
+            jobs_alive=tuple(j["job_id"] for j in raw.get("jobs", []) if j.get("alive")),
+            stale_lock=bool(verdicts.get("stale_lock")),
+            foreign_lock=bool(verdicts.get("foreign_lock")),
+            lingering=tuple(
+                Lingering(
+                    x["pid"],
+                    x["why"],
+                    bool(x.get("ours")),
+                    x.get("job_id", ""),
+                    int(x.get("start_ticks", -1)),
+                    x.get("cmdline", ""),
+                )
+                for x in verdicts.get("lingering", [])
+            ),
+            busy=tuple(verdicts.get("busy", [])),
+            unreadable_processes=int(raw.get("unreadable_processes", 0)),
+            probe_pid=int(raw.get("probe_pid", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class KillStep:
+    """Signal one process, identified by pid *and* start time so a reused pid is never hit."""
+
+    pid: int
+    start_ticks: int
+    cmdline: str
+    user: str
+    elapsed_s: float
+    devices: tuple[str, ...]
+    why: str
+    grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RemoveLockStep:
+    path: str
+    why: str
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What cleaning one worker would do, and what it will not do (with the reason)."""
+
+    worker: int
+    kills: tuple[KillStep, ...] = ()
+    locks: tuple[RemoveLockStep, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.kills or self.locks)

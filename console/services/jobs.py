@@ -43,6 +43,8 @@ def launch_command(job_id: str, script: str) -> str:
             f'setsid nohup bash -c {shlex.quote(_WRAPPER)} tpuconsole-job "$d"'
             ' </dev/null >"$d/log" 2>&1 &',
             'echo $! > "$d/pid"',
+            # Its start time in clock ticks: a later probe tells this process from a reused pid.
+            'cut -d" " -f22 "/proc/$!/stat" > "$d/start" 2>/dev/null || true',
             "echo $!",
         ]
     )

@@ -1,0 +1,271 @@
+"""The TPU-lock probe on every worker, the cleanup plan made from it, and carrying it out.
+
+The probe is remote/probe.py, fed to the worker's own python3 on stdin (no upload step); the
+plan kills only processes the probe proved stale, and the worker re-checks each one before
+every signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+
+from console.adapters.ssh_pool import SshTarget
+from console.models import (
+    KillStep,
+    Node,
+    ProbeReport,
+    RemoveLockStep,
+    SshError,
+    WorkerPlan,
+    format_age,
+)
+from console.services.remote import RemoteService
+
+GRACE_S = 10.0
+
+
+def probe_source() -> bytes:
+    return resources.files("remote").joinpath("probe.py").read_bytes()
+
+
+def probe_command(mode_args: list[str]) -> str:
+    """Run the probe from stdin, through `sudo -n` when that works, and say which it was.
+
+    The paths are read from the worker's environment before sudo, which would drop it.
+    """
+    args = shlex.join(mode_args)
+    return (
+        'if [ "$(id -u)" = 0 ]; then S=""; N="not needed (root)"; '
+        'elif sudo -n true 2>/dev/null; then S="sudo -n"; N="used"; '
+        'else S=""; N="unavailable"; fi; '
+        f'exec $S python3 - {args} --lockfile "${{TPUCONSOLE_LOCKFILE:-/tmp/libtpu_lockfile}}" '
+        '--devices "${TPUCONSOLE_DEVICES:-}" --jobs-dir "$HOME/.tpuconsole/jobs" --sudo "$N"'
+    )
+
+
+@dataclass(frozen=True)
+class WorkerProbe:
+    worker: int
+    report: ProbeReport | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    worker: int
+    what: str
+    done: bool
+    result: str
+    needs_root: bool = False
+
+
+def _job_label(job_id: str) -> str:
+    return f"job {job_id.split('-')[0]}"
+
+
+def node_status(probes: list[WorkerProbe]) -> str:
+    """The fleet table's TPU LOCK cell: the worst news first, short."""
+    if not probes:
+        return "-"
+    parts = []
+    unreachable = [p.worker for p in probes if p.report is None]
+    reports = [p.report for p in probes if p.report is not None]
+    if unreachable:
+        parts.append("? " + ",".join(f"w{w}" for w in unreachable))
+    if any(r.foreign_lock for r in reports):
+        parts.append("needs root")
+    if any(r.stale_lock for r in reports):
+        parts.append("STALE LOCK")
+    lingering = sum(len(r.lingering) for r in reports)
+    if lingering:
+        parts.append(f"{lingering} lingering")
+    busy = sorted({job for r in reports for job in r.busy})
+    if busy and not parts:
+        parts.append("busy: " + ", ".join(_job_label(j) for j in busy))
+    return ", ".join(parts) or "clean"
+
+
+def describe_kill(step: KillStep) -> str:
+    devices = (
+        ", ".join(
+            d.rsplit("/", 2)[-1] if "vfio" not in d else "vfio/" + d.rsplit("/", 1)[-1]
+            for d in step.devices
+        )
+        or "the lock"
+    )
+    command = step.cmdline if len(step.cmdline) <= 60 else step.cmdline[:57] + "…"
+    return (
+        f"SIGTERM pid {step.pid} ({command}; user {step.user}, running "
+        f"{format_age(step.elapsed_s)}, holds {devices}), SIGKILL after "
+        f"{step.grace_s:.0f} s if still alive — {step.why}"
+    )
+
+
+def describe_lock(step: RemoveLockStep) -> str:
+    return f"remove {step.path} ({step.why})"
+
+
+def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
+    holders = {h.pid: h for h in report.holders}
+    kills, notes = [], []
+    for entry in report.lingering:
+        holder = holders.get(entry.pid)
+        if holder is None:  # a finished job's process holding nothing: still ours, still stale
+            kills.append(
+                KillStep(
+                    entry.pid,
+                    entry.start_ticks,
+                    entry.cmdline,
+                    report.user,
+                    0.0,
+                    (),
+                    entry.why,
+                    grace_s,
+                )
+            )
+            continue
+        if not entry.ours and not report.root:
+            notes.append(
+                f"pid {entry.pid} of user {holder.user} holds the TPU ({entry.why}); "
+                "not ours and we are not root: not touched. Ask them, or `sudo kill "
+                f"{entry.pid}` if you are sure."
+            )
+            continue
+        if not entry.ours:
+            notes.append(
+                f"pid {entry.pid} belongs to user {holder.user}: not touched (the "
+                "console only stops processes of the user it logs in as)."
+            )
+            continue
+        kills.append(
+            KillStep(
+                holder.pid,
+                holder.start_ticks,
+                holder.cmdline,
+                holder.user,
+                holder.elapsed_s,
+                holder.devices,
+                entry.why,
+                grace_s,
+            )
+        )
+    killed = {k.pid for k in kills}
+    locks = []
+    if report.stale_lock:
+        locks.append(RemoveLockStep(report.lockfile, "no process holds its lock or a chip"))
+    elif report.lock_exists and report.lock_holders and set(report.lock_holders) <= killed:
+        locks.append(
+            RemoveLockStep(
+                report.lockfile, "held only by processes this plan stops; re-checked after"
+            )
+        )
+    if report.foreign_lock:
+        notes.append(
+            f"{report.lockfile} belongs to {report.lock_owner} and we may not open it: "
+            f"a false 'TPU in use' for us. Needs root: `sudo rm {report.lockfile}` "
+            "(sudo -n was " + report.sudo + ")."
+        )
+    if report.busy:
+        notes.append(
+            "busy: " + ", ".join(_job_label(j) for j in report.busy) + " running; not touched."
+        )
+    if not report.root and report.unreadable_processes:
+        notes.append(
+            f"{report.unreadable_processes} processes of other users could not be "
+            "inspected without root; holders among them are not shown."
+        )
+    return WorkerPlan(report.worker, tuple(kills), tuple(locks), tuple(notes))
+
+
+def _step_json(step: KillStep | RemoveLockStep) -> dict:
+    if isinstance(step, KillStep):
+        return {
+            "pid": step.pid,
+            "start_ticks": step.start_ticks,
+            "cmdline": step.cmdline,
+            "grace_s": step.grace_s,
+        }
+    return {"path": step.path}
+
+
+class ProbeService:
+    def __init__(self, remote: RemoteService) -> None:
+        self.remote = remote
+
+    async def _run_probe(self, target: SshTarget, args: list[str]) -> dict:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        result = await self.remote.pool.run(
+            target,
+            probe_command(args),
+            on_stdout=out.append,
+            on_stderr=err.append,
+            stdin=probe_source(),
+        )
+        text = b"".join(out).decode(errors="replace").strip()
+        if result.exit_status != 0 or not text:
+            detail = b"".join(err).decode(errors="replace").strip().splitlines()[-1:] or [""]
+            if result.exit_status == 127:
+                raise SshError(
+                    "python3 is missing on the worker.",
+                    "Install python3 (any 3.8+) on the VM image.",
+                    kind="config",
+                )
+            raise SshError(
+                f"the probe failed (exit {result.exit_status}): {detail[0]}", kind="config"
+            )
+        return json.loads(text.splitlines()[-1])
+
+    async def probe(self, node: Node, selection: str = "all") -> list[WorkerProbe]:
+        targets = await self.remote.targets(node, selection)
+
+        async def one(target: SshTarget) -> WorkerProbe:
+            try:
+                raw = await self._run_probe(target, ["probe"])
+            except (SshError, ValueError) as exc:
+                return WorkerProbe(target.worker, error=str(exc))
+            return WorkerProbe(target.worker, ProbeReport.from_json(target.worker, raw))
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    async def execute(
+        self, node: Node, plans: list[WorkerPlan]
+    ) -> tuple[list[StepResult], list[WorkerProbe]]:
+        """Kills first, then lockfiles; the worker re-probes and reports what changed."""
+        targets = {t.worker: t for t in await self.remote.targets(node, "all")}
+
+        async def one(plan: WorkerPlan) -> tuple[list[StepResult], WorkerProbe]:
+            target = targets[plan.worker]
+            doc = {
+                "kills": [_step_json(k) for k in plan.kills],
+                "locks": [_step_json(lk) for lk in plan.locks],
+            }
+            try:
+                raw = await self._run_probe(target, ["clean", json.dumps(doc)])
+            except (SshError, ValueError) as exc:
+                return (
+                    [StepResult(plan.worker, "cleanup", False, str(exc))],
+                    WorkerProbe(plan.worker, error=str(exc)),
+                )
+            steps = [*plan.kills, *plan.locks]
+            results = [
+                StepResult(
+                    plan.worker,
+                    describe_kill(s) if isinstance(s, KillStep) else describe_lock(s),
+                    bool(r.get("done")),
+                    r.get("result", ""),
+                    bool(r.get("needs_root")),
+                )
+                for s, r in zip(steps, raw.get("results", []), strict=False)
+            ]
+            after = WorkerProbe(plan.worker, ProbeReport.from_json(plan.worker, raw["after"]))
+            return results, after
+
+        done = await asyncio.gather(*(one(p) for p in plans if not p.empty))
+        results = [r for rs, _ in done for r in rs]
+        after = [a for _, a in done]
+        return results, after

@@ -1,0 +1,456 @@
+"""What holds this worker's TPU: the libtpu lockfile, the processes on the chips, our jobs.
+
+Runs on the VM's own python3 (3.8+, standard library only), fed on stdin by the console:
+`python3 - probe [--lockfile P] [--devices GLOB] [--jobs-dir D]` prints one JSON report;
+`python3 - clean PLAN_JSON` carries out a cleanup plan, re-checking every process first.
+"""
+
+import errno
+import fcntl
+import glob
+import json
+import os
+import pwd
+import signal
+import socket
+import sys
+import time
+
+LOCKFILE = "/tmp/libtpu_lockfile"
+DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# ----- /proc -------------------------------------------------------------------------------------
+def proc_stat(pid):
+    """(state, ppid, session id, start ticks) of a process, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()  # the command name may hold spaces and parens
+    return {
+        "state": fields[0],
+        "ppid": int(fields[1]),
+        "sid": int(fields[3]),
+        "start_ticks": int(fields[19]),
+        "rss_kb": int(fields[21]) * PAGE_KB,
+    }
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def uid_of(pid):
+    try:
+        return os.stat("/proc/%d" % pid).st_uid
+    except OSError:
+        return -1
+
+
+def user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def uptime_s():
+    with open("/proc/uptime") as fh:
+        return float(fh.read().split()[0])
+
+
+def all_pids():
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+def alive(pid, start_ticks=None):
+    stat = proc_stat(pid)
+    if stat is None or stat["state"] == "Z":
+        return False
+    return start_ticks is None or stat["start_ticks"] == start_ticks
+
+
+# ----- the lock and the chips -------------------------------------------------------------------
+def lock_holders(path):
+    """Pids holding a POSIX lock on the file, from /proc/locks (any user, no privileges)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    holders = []
+    try:
+        with open("/proc/locks") as fh:
+            for line in fh:
+                parts = line.split()
+                if "->" in parts:  # a waiter, not a holder
+                    continue
+                if len(parts) >= 6 and parts[5] == want:
+                    holders.append(int(parts[4]))
+    except OSError:
+        pass
+    return sorted(set(holders))
+
+
+def try_lock(path):
+    """'free' if we could take the lock, 'held' if someone has it, 'unopenable' if we may not."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        return "unopenable" if exc.errno in (errno.EACCES, errno.EPERM) else "missing"
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return "held"
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return "free"
+    finally:
+        os.close(fd)
+
+
+def lockfile_report(path):
+    report = {"path": path, "exists": os.path.exists(path)}
+    if not report["exists"]:
+        return report
+    st = os.stat(path)
+    holders = lock_holders(path)
+    report.update(
+        owner_uid=st.st_uid,
+        owner=user_name(st.st_uid),
+        mode="%04o" % (st.st_mode & 0o7777),
+        mtime=st.st_mtime,
+        holders=holders,
+        attempt=try_lock(path),
+    )
+    report["held"] = bool(holders) or report["attempt"] == "held"
+    return report
+
+
+def device_paths(patterns):
+    found = []
+    for pattern in patterns:
+        found.extend(p for p in glob.glob(pattern) if not os.path.isdir(p))
+    return sorted(set(os.path.realpath(p) for p in found))
+
+
+def device_holders(devices, me):
+    """Every process with a device open; unreadable processes are counted, not guessed."""
+    wanted = set(devices)
+    holders, unreadable = {}, 0
+    for pid in all_pids():
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            if os.path.exists("/proc/%d" % pid):
+                unreadable += 1
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if target in wanted:
+                holders.setdefault(pid, set()).add(target)
+    return holders, unreadable
+
+
+def process_report(pid, devices, up):
+    stat = proc_stat(pid)
+    if stat is None:
+        return None
+    uid = uid_of(pid)
+    return {
+        "pid": pid,
+        "uid": uid,
+        "user": user_name(uid),
+        "sid": stat["sid"],
+        "start_ticks": stat["start_ticks"],
+        "elapsed_s": round(up - stat["start_ticks"] / CLK_TCK, 1),
+        "rss_kb": stat["rss_kb"],
+        "cmdline": cmdline(pid),
+        "devices": sorted(devices),
+    }
+
+
+# ----- our jobs ---------------------------------------------------------------------------------
+def read_text(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def log_has_done(path):
+    """Whether the runner printed its final `DONE:` line (read from the log's last 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 65536))
+            tail = fh.read()
+    except OSError:
+        return False
+    return any(line.startswith(b"DONE:") for line in tail.splitlines())
+
+
+def jobs_report(jobs_dir):
+    jobs = []
+    for path in sorted(glob.glob(os.path.join(jobs_dir, "*"))):
+        pid_text, rc_text = (
+            read_text(os.path.join(path, "pid")),
+            read_text(os.path.join(path, "rc")),
+        )
+        start_text = read_text(os.path.join(path, "start"))
+        if not pid_text or not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        start = int(start_text) if start_text and start_text.isdigit() else None
+        jobs.append(
+            {
+                "job_id": os.path.basename(path),
+                "pid": pid,
+                "start_ticks": start,
+                "alive": alive(pid, start),
+                "rc": int(rc_text) if rc_text and rc_text.lstrip("-").isdigit() else None,
+                "done_line": log_has_done(os.path.join(path, "log")),
+            }
+        )
+    return jobs
+
+
+# ----- verdicts ---------------------------------------------------------------------------------
+def verdicts(lock, holders, jobs, my_uid):
+    """Busy, lingering, stale or foreign, each with the reason a user would want to read.
+
+    A job's processes are the members of its session (the launch starts it with setsid), so
+    a holder is ours exactly when its session id is one of our jobs' pids.
+    """
+    by_pid = {j["pid"]: j for j in jobs}
+    busy, lingering = [], []
+    for proc in holders:
+        job = by_pid.get(proc["sid"])
+        finished = job is not None and (
+            job["rc"] is not None or job["done_line"] or not job["alive"]
+        )
+        if job is None:
+            lingering.append(
+                {
+                    "pid": proc["pid"],
+                    "ours": proc["uid"] == my_uid,
+                    "why": "holds the TPU and belongs to no job of ours",
+                }
+            )
+        elif finished:
+            why = (
+                "its job wrote rc=%s" % job["rc"]
+                if job["rc"] is not None
+                else "its log printed DONE"
+                if job["done_line"]
+                else "its job's process is gone"
+            )
+            lingering.append(
+                {
+                    "pid": proc["pid"],
+                    "ours": True,
+                    "job_id": job["job_id"],
+                    "why": "still holds the TPU after " + why,
+                }
+            )
+        else:
+            busy.append(job["job_id"])
+    listed = {entry["pid"] for entry in lingering}
+    for job in jobs:  # a runner that printed DONE and never exited, holding nothing any more
+        if job["alive"] and job["done_line"] and job["pid"] not in listed:
+            stat = proc_stat(job["pid"])
+            if stat is not None:
+                lingering.append(
+                    {
+                        "pid": job["pid"],
+                        "ours": True,
+                        "job_id": job["job_id"],
+                        "start_ticks": stat["start_ticks"],
+                        "cmdline": cmdline(job["pid"]),
+                        "why": "job process still alive after its log printed DONE",
+                    }
+                )
+    held = lock.get("held", False)
+    exists = bool(lock.get("exists"))
+    foreign = exists and lock.get("owner_uid") != my_uid and lock.get("attempt") == "unopenable"
+    return {
+        "stale_lock": exists and not held and not holders and not foreign,
+        "foreign_lock": foreign,
+        "lingering": lingering,
+        "busy": sorted(set(busy)),
+    }
+
+
+def probe(lockfile, device_globs, jobs_dir, sudo_note):
+    me = os.getpid()
+    up = uptime_s()
+    devices = device_paths(device_globs)
+    holding, unreadable = device_holders(devices, me)
+    lock = lockfile_report(lockfile)
+    # A process holding the lock counts as holding the TPU even with no device open.
+    for pid in lock.get("holders", []):
+        holding.setdefault(pid, set())
+    holders = [
+        r
+        for r in (process_report(pid, devs, up) for pid, devs in sorted(holding.items()))
+        if r is not None
+    ]
+    jobs = jobs_report(jobs_dir)
+    return {
+        "host": socket.gethostname(),
+        "time": time.time(),
+        "root": os.geteuid() == 0,
+        "uid": os.geteuid(),
+        "user": user_name(os.geteuid()),
+        "sudo": sudo_note,
+        "probe_pid": me,
+        "lockfile": lock,
+        "devices": devices,
+        "holders": holders,
+        "unreadable_processes": unreadable,
+        "jobs": jobs,
+        "verdicts": verdicts(lock, holders, jobs, os.geteuid()),
+    }
+
+
+# ----- cleanup ----------------------------------------------------------------------------------
+def protected_pids():
+    """pid 1, this probe and every ancestor (the ssh session and its shells)."""
+    pids, pid = {1}, os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        stat = proc_stat(pid)
+        if stat is None:
+            break
+        pid = stat["ppid"]
+    return pids
+
+
+def same_process(step):
+    stat = proc_stat(step["pid"])
+    return (
+        stat is not None
+        and stat["state"] != "Z"
+        and stat["start_ticks"] == step["start_ticks"]
+        and cmdline(step["pid"]) == step["cmdline"]
+    )
+
+
+def kill_step(step, protected):
+    pid = step["pid"]
+    if pid in protected:
+        return {"step": step, "done": False, "result": "refused: protected process"}
+    if not same_process(step):
+        return {
+            "step": step,
+            "done": False,
+            "result": "not signalled: pid %d is gone or is another process now" % pid,
+        }
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        return {
+            "step": step,
+            "done": False,
+            "needs_root": True,
+            "result": "needs root: pid %d belongs to another user" % pid,
+        }
+    except ProcessLookupError:
+        return {"step": step, "done": True, "result": "already gone"}
+    deadline = time.monotonic() + float(step.get("grace_s", 10))
+    while time.monotonic() < deadline:
+        if not same_process(step):
+            return {"step": step, "done": True, "result": "ended after SIGTERM"}
+        time.sleep(0.05)
+    if not same_process(step):
+        return {"step": step, "done": True, "result": "ended after SIGTERM"}
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not same_process(step):
+            return {
+                "step": step,
+                "done": True,
+                "result": "killed (SIGKILL after %.0f s)" % float(step.get("grace_s", 10)),
+            }
+        time.sleep(0.05)
+    return {"step": step, "done": False, "result": "still alive after SIGKILL (uninterruptible?)"}
+
+
+def remove_lock_step(step):
+    path = step["path"]
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return {"step": step, "done": True, "result": "already gone"}
+    except PermissionError:
+        return {
+            "step": step,
+            "done": False,
+            "needs_root": True,
+            "result": "needs root: %s belongs to another user" % path,
+        }
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return {
+                "step": step,
+                "done": False,
+                "result": "not removed: a process holds its lock now",
+            }
+        try:
+            os.unlink(path)  # while we hold the lock: nobody can take it in between
+        except PermissionError:
+            return {
+                "step": step,
+                "done": False,
+                "needs_root": True,
+                "result": "needs root to remove %s (sticky /tmp)" % path,
+            }
+        return {"step": step, "done": True, "result": "removed (no holder)"}
+    finally:
+        os.close(fd)
+
+
+def clean(plan, lockfile, device_globs, jobs_dir, sudo_note):
+    protected = protected_pids()
+    results = [kill_step(s, protected) for s in plan.get("kills", [])]
+    for step in plan.get("locks", []):
+        results.append(remove_lock_step(step))
+    return {"results": results, "after": probe(lockfile, device_globs, jobs_dir, sudo_note)}
+
+
+def main(argv):
+    mode = argv[0] if argv else "probe"
+    opts = (
+        dict(zip(argv[1::2], argv[2::2])) if mode == "probe" else dict(zip(argv[2::2], argv[3::2]))
+    )
+    lockfile = opts.get("--lockfile") or os.environ.get("TPUCONSOLE_LOCKFILE") or LOCKFILE
+    devices = opts.get("--devices") or os.environ.get("TPUCONSOLE_DEVICES")
+    device_globs = (devices,) if devices else DEVICE_GLOBS
+    jobs_dir = opts.get("--jobs-dir") or os.path.expanduser("~/.tpuconsole/jobs")
+    sudo_note = opts.get("--sudo", "not tried")
+    if mode == "clean":
+        plan = json.loads(argv[1])
+        out = clean(plan, lockfile, device_globs, jobs_dir, sudo_note)
+    else:
+        out = probe(lockfile, device_globs, jobs_dir, sudo_note)
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
