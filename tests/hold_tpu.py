@@ -22,7 +22,7 @@ if "lock" in args:
     fd = os.open(os.environ["TPUCONSOLE_LOCKFILE"], os.O_CREAT | os.O_RDWR, 0o644)
     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 if "chips" in args:
-    handles = [open(p, "rb") for p in sorted(glob.glob(os.environ["TPUCONSOLE_DEVICES"]))]
+    handles = [open(p, "rb") for p in sorted(glob.glob(os.environ["TPUCONSOLE_DEVICES"]))]  # noqa: SIM115 - held open on purpose
 if "done" in args:
     print("DONE: engines=4 wall_sec=0.5", flush=True)
 print("holding", flush=True)
