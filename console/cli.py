@@ -86,11 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     sync.add_argument("--sftp", action="store_true", help="use SFTP instead of tar")
+    probe = sub.add_parser("probe", help="what holds each worker's TPU: lockfile, processes")
+    _add_common(probe, top=False)
+    probe.add_argument("node", help="node name")
+    probe.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    probe.add_argument("--json", action="store_true", help="print the raw reports as JSON")
+    clean = sub.add_parser("clean", help="clear stale lockfiles and lingering processes")
+    _add_common(clean, top=False)
+    clean.add_argument("node", help="node name")
+    clean.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    mode = clean.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    mode.add_argument("--yes", "-y", action="store_true", help="carry out the plan unasked")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
     launch.add_argument("node", help="node name")
     launch.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     launch.add_argument("--follow", "-f", action="store_true", help="stream its logs until done")
+    launch.add_argument(
+        "--clean-first",
+        action="store_true",
+        help="clear stale locks and lingering processes before launching",
+    )
+    launch.add_argument(
+        "--force",
+        action="store_true",
+        help="launch even if the probe finds stale locks or lingering processes",
+    )
     launch.epilog = "The command follows --; a single argument is run as shell text."
     logs = sub.add_parser("logs", help="print a job's logs, [wN]-prefixed; -f follows them")
     _add_common(logs, top=False)
@@ -227,6 +249,30 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
     return worst
 
 
+async def _stale_cleared(jobs_service, node, args) -> bool:
+    """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: probe, then clean or refuse."""
+    from console.services.probe import ProbeService, node_status, plan_for
+
+    prober = ProbeService(jobs_service.remote)
+    probes = await prober.probe(node, args.worker)
+    plans = [plan_for(p.report) for p in probes if p.report is not None]
+    if all(p.empty for p in plans):
+        return True
+    print(f"{node.name}: {node_status(probes)}")
+    print_plans(probes, plans)
+    if not args.clean_first:
+        print(
+            "tpuconsole: stale TPU state on the workers; add --clean-first to clear it "
+            "before launching (or --force to launch anyway)",
+            file=sys.stderr,
+        )
+        return False
+    results, after = await prober.execute(node, [p for p in plans if not p.empty])
+    for r in results:
+        print(f"w{r.worker}: {'done' if r.done else 'NOT DONE'}: {r.result}")
+    return all(r.done for r in results)
+
+
 def _job_services(source, settings):
     from console.adapters.history_db import HistoryStore
     from console.services.jobs import JobService
@@ -259,6 +305,8 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
             if args.command == "launch":
                 zone = args.zone[0] if args.zone else ""
                 node = await source.fleet.find_node(args.node, zone)
+                if not args.force and not await _stale_cleared(jobs_service, node, args):
+                    return 1
                 job = await jobs_service.launch(
                     node, args.worker, command_from_argv(args.remote_argv)
                 )
@@ -331,6 +379,80 @@ def cmd_sync(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
     return 1 if any(o.error for o in outcomes) else 0
+
+
+def print_plans(probes, plans) -> None:
+    from console.services.probe import describe_kill, describe_lock
+
+    for probe in probes:
+        if probe.report is None:
+            print(f"w{probe.worker}: unreachable: {probe.error}")
+    for plan in plans:
+        if plan.empty and not plan.notes:
+            print(f"w{plan.worker}: clean, nothing to do")
+            continue
+        for step in plan.kills:
+            print(f"w{plan.worker}: {describe_kill(step)}")
+        for step in plan.locks:
+            print(f"w{plan.worker}: {describe_lock(step)}")
+        for note in plan.notes:
+            print(f"w{plan.worker}: note: {note}")
+
+
+def cmd_probe_family(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from console.fleet_source import open_fleet_source
+    from console.services.probe import ProbeService, node_status, plan_for
+    from console.services.remote import RemoteService
+
+    settings = _settings(args)
+    source = open_fleet_source(settings)
+
+    async def go() -> int:
+        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        prober = ProbeService(remote)
+        try:
+            zone = args.zone[0] if args.zone else ""
+            node = await source.fleet.find_node(args.node, zone)
+            probes = await prober.probe(node, args.worker)
+            plans = [plan_for(p.report) for p in probes if p.report is not None]
+            if args.command == "probe":
+                if args.json:
+                    print(json.dumps([dataclasses.asdict(p) for p in probes], default=str))
+                else:
+                    print(f"{node.name}: {node_status(probes)}")
+                    print_plans(probes, plans)
+                return 0 if all(p.report and p.report.clean for p in probes) else 1
+            print_plans(probes, plans)
+            todo = [p for p in plans if not p.empty]
+            if not todo:
+                return 0 if all(p.report for p in probes) else 1
+            if args.dry_run:
+                return 0
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    print(
+                        "tpuconsole: not a terminal; add --yes to carry out the plan above",
+                        file=sys.stderr,
+                    )
+                    return 2
+                if input("Carry out this plan? [y/N] ").strip().lower() != "y":
+                    print("nothing done")
+                    return 1
+            results, after = await prober.execute(node, todo)
+            for r in results:
+                print(f"w{r.worker}: {'done' if r.done else 'NOT DONE'}: {r.result}")
+            print(f"{node.name} after cleanup: {node_status(after)}")
+            return 0 if all(r.done for r in results) else 1
+        finally:
+            await remote.close()
+            await source.fleet.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        source.close()
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -424,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "exec":
             return cmd_exec(args)
+        if args.command in {"probe", "clean"}:
+            return cmd_probe_family(args)
         if args.command == "sync":
             return cmd_sync(args)
         if args.command in {"launch", "logs", "jobs"}:

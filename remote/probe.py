@@ -350,6 +350,16 @@ def same_process(step):
     )
 
 
+def gone(step):
+    """Dead for good: no process, a zombie, or another process under the same pid.
+
+    Not judged by the command line: an exiting process loses it before it closes its files,
+    and so before its lock is released.
+    """
+    stat = proc_stat(step["pid"])
+    return stat is None or stat["state"] in ("Z", "X") or stat["start_ticks"] != step["start_ticks"]
+
+
 def kill_step(step, protected):
     pid = step["pid"]
     if pid in protected:
@@ -373,14 +383,18 @@ def kill_step(step, protected):
         return {"step": step, "done": True, "result": "already gone"}
     deadline = time.monotonic() + float(step.get("grace_s", 10))
     while time.monotonic() < deadline:
-        if not same_process(step):
+        if gone(step):
             return {"step": step, "done": True, "result": "ended after SIGTERM"}
         time.sleep(0.05)
-    if not same_process(step):
+    if gone(step):
         return {"step": step, "done": True, "result": "ended after SIGTERM"}
+    if not same_process(step):  # it is exiting already; give it the moment it needs
+        time.sleep(0.2)
+        if gone(step):
+            return {"step": step, "done": True, "result": "ended after SIGTERM"}
     os.kill(pid, signal.SIGKILL)
     for _ in range(100):
-        if not same_process(step):
+        if gone(step):
             return {
                 "step": step,
                 "done": True,
