@@ -521,9 +521,15 @@ def cmd_tui(args: argparse.Namespace) -> int:
     settings = _settings(args)
     source = open_fleet_source(settings)
     try:
+        from console.services.probe import ProbeService
+
         jobs = _job_services(source, settings)
         app = TpuConsoleApp(
-            source.fleet, jobs=jobs, mode=source.label, refresh_s=args.refresh or settings.refresh_s
+            source.fleet,
+            jobs=jobs,
+            prober=ProbeService(jobs.remote),
+            mode=source.label,
+            refresh_s=args.refresh or settings.refresh_s,
         )
         app.run()
         jobs.history.close()

@@ -154,15 +154,17 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
             )
         )
     killed = {k.pid for k in kills}
+    holding = {h.pid for h in report.holders} | set(report.lock_holders)
     locks = []
-    if report.stale_lock:
-        locks.append(RemoveLockStep(report.lockfile, "no process holds its lock or a chip"))
-    elif report.lock_exists and report.lock_holders and set(report.lock_holders) <= killed:
-        locks.append(
-            RemoveLockStep(
-                report.lockfile, "held only by processes this plan stops; re-checked after"
-            )
+    if report.lock_exists and not report.foreign_lock and holding <= killed:
+        # Once the plan's kills are done nobody holds the TPU, so the file is stale; the worker
+        # still takes the lock itself before it removes the file.
+        why = (
+            "no process holds its lock or a chip"
+            if not holding
+            else "its only holders are stopped first; re-checked then"
         )
+        locks.append(RemoveLockStep(report.lockfile, why))
     if report.foreign_lock:
         notes.append(
             f"{report.lockfile} belongs to {report.lock_owner} and we may not open it: "

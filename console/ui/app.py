@@ -15,6 +15,7 @@ from textual.binding import Binding
 
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
+from console.services.probe import ProbeService
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
 
@@ -30,6 +31,8 @@ class TpuConsoleApp(App):
         fleet: FleetService,
         *,
         jobs: JobService | None = None,
+        prober: ProbeService | None = None,
+        probe_interval_s: float = 30.0,
         mode: str = "",
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
@@ -37,6 +40,8 @@ class TpuConsoleApp(App):
         super().__init__()
         self.fleet = fleet
         self.jobs = jobs
+        self.prober = prober
+        self.probe_interval_s = probe_interval_s
         self.mode = mode
         self.refresh_s = refresh_s
         self._clock = clock or (lambda: datetime.now(UTC))

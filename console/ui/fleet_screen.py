@@ -5,6 +5,8 @@ Rows are updated by node key, so refreshes never move the cursor or the scroll p
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 from datetime import datetime
 
@@ -24,14 +26,30 @@ from console.ui.styling import health_text, provisioning_text, state_text
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
 
 
-def styled_cells(node: Node, now: datetime) -> list[Text | str]:
+def lock_text(status: str) -> Text:
+    if status in {"-", ""}:
+        return Text("-", style="dim")
+    if status == "clean":
+        return Text(status, style="green")
+    if status.startswith("busy"):
+        return Text(status, style="cyan")
+    if "STALE" in status or "root" in status:
+        return Text(status, style="bold white on red")
+    return Text(status, style="bold yellow")
+
+
+def styled_cells(
+    node: Node, now: datetime, lock: str = "-", marked: bool = False
+) -> list[Text | str]:
     cells: list[Text | str] = list(row_texts(node, now))
     keys = [c.key for c in COLUMNS]
     cells[keys.index("name")] = Text(node.name, style="bold" if node.needs_attention else "")
     cells[keys.index("state")] = state_text(node.state)
     cells[keys.index("health")] = health_text(node.health)
     cells[keys.index("provisioning")] = provisioning_text(node.provisioning)
-    cells[keys.index("lock")] = Text("-", style="dim")
+    cells[keys.index("lock")] = lock_text(lock)
+    if marked:
+        cells[keys.index("name")] = Text("✓ " + node.name, style="bold reverse")
     cells[keys.index("job")] = Text("-", style="dim")
     return cells
 
@@ -61,6 +79,10 @@ class FleetScreen(Screen):
         Binding("slash", "filter", "Filter"),
         Binding("enter", "details", "Details", priority=False),
         Binding("l", "logs", "Logs"),
+        Binding("K", "kill_stale", "Kill stale"),
+        Binding("p", "probe", "Probe", show=False),
+        Binding("space", "mark", "Mark", show=False),
+        Binding("H", "health", "Health", show=False),
         Binding("j", "jobs", "Jobs"),
         Binding("o", "cycle_sort", "Sort"),
         Binding("O", "reverse_sort", "Reverse", show=False),
@@ -92,6 +114,9 @@ class FleetScreen(Screen):
         self.refreshing = False
         self.last_error: FleetError | None = None
         self.loaded_at: datetime | None = None
+        self.probes: dict[str, list] = {}  # node key -> [WorkerProbe], the latest
+        self.probed_at: dict[str, float] = {}
+        self.marked: set[str] = set()
         self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -143,9 +168,11 @@ class FleetScreen(Screen):
                 ]
             )
             self._render_rows()
+            self._probe_due_nodes()
         finally:
             self.refreshing = False
-            self.query_one("#status", Static).update(self._status_text())
+            if self.is_attached:  # the app may be closing while the API answers
+                self.query_one("#status", Static).update(self._status_text())
 
     def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
         """An unreachable zone keeps its last known rows: a failed listing is not an empty zone."""
@@ -197,12 +224,12 @@ class FleetScreen(Screen):
             if row_key.value not in wanted:
                 table.remove_row(row_key)
         for node in nodes:
-            cells = styled_cells(node, now)
+            cells = styled_cells(node, now, self.lock_status(node), node.key in self.marked)
             if node.key in table.rows:
                 current = table.get_row(node.key)
                 for column, old, new in zip(COLUMNS, current, cells, strict=True):
                     if not _same(old, new):
-                        table.update_cell(node.key, column.key, new)
+                        table.update_cell(node.key, column.key, new, update_width=True)
             else:
                 table.add_row(*cells, key=node.key)
         order = {n.key: i for i, n in enumerate(nodes)}
@@ -313,3 +340,79 @@ class FleetScreen(Screen):
             self.notify(f"No jobs on {node.name} yet.", severity="information")
             return
         self.app.push_screen(LogScreen(latest))
+
+    # ----- the TPU lock column, cleanup and health ---------------------------------------------
+    def lock_status(self, node: Node) -> str:
+        from console.services.probe import node_status
+
+        probes = self.probes.get(node.key)
+        return node_status(probes) if probes else "-"
+
+    def _probe_due_nodes(self) -> None:
+        """Probe READY nodes whose last probe is older than the probe interval."""
+        if self.app.prober is None or self.snapshot is None:
+            return
+        now = time.monotonic()
+        due = [
+            n
+            for n in self.snapshot.nodes
+            if n.state == "READY"
+            and now - self.probed_at.get(n.key, -1e9) >= self.app.probe_interval_s
+        ]
+        if due:
+            self._probe(due)
+
+    @work(group="probe")
+    async def _probe(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            self.probed_at[node.key] = time.monotonic()
+
+        async def one(node: Node) -> None:
+            try:
+                self.probes[node.key] = await self.app.prober.probe(node)
+            except FleetError as exc:
+                self.notify(f"{node.name}: {exc}", severity="warning")
+
+        await asyncio.gather(*(one(n) for n in nodes))
+        self._render_rows()
+
+    def action_probe(self) -> None:
+        node = self.cursor_node()
+        if node is not None and self.app.prober is not None:
+            self._probe([node])
+
+    def action_mark(self) -> None:
+        key = self.cursor_node_key()
+        if key is None:
+            return
+        self.marked.symmetric_difference_update({key})
+        self._render_rows()
+        self.table.action_cursor_down()
+
+    def _chosen_nodes(self) -> list[Node]:
+        if self.snapshot is None:
+            return []
+        if self.marked:
+            return [n for n in self.snapshot.nodes if n.key in self.marked]
+        node = self.cursor_node()
+        return [node] if node is not None else []
+
+    def action_kill_stale(self) -> None:
+        from console.ui.cleanup_screen import CleanupScreen
+
+        nodes = [n for n in self._chosen_nodes() if n.state == "READY"]
+        if self.app.prober is None or not nodes:
+            self.notify("Choose a READY node (space marks several).", severity="warning")
+            return
+        self.app.push_screen(CleanupScreen(nodes), self._after_cleanup)
+
+    def _after_cleanup(self, after: dict | None) -> None:
+        if after:
+            self.probes.update(after)
+            self.marked.clear()
+            self._render_rows()
+
+    def action_health(self) -> None:
+        from console.ui.health_screen import HealthScreen
+
+        self.app.push_screen(HealthScreen(self))

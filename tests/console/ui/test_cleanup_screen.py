@@ -1,0 +1,106 @@
+"""`K` by key presses: the plan shows every action, `y` carries it out, the column reads clean."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from console.sandbox.runtime import Sandbox
+from console.services.probe import ProbeService
+from console.services.remote import RemoteService
+from console.ui.app import TpuConsoleApp
+from console.ui.cleanup_screen import CleanupScreen
+from console.ui.health_screen import HealthScreen
+from tests.conftest import fleet_for, ssh_options_for
+
+ZONE = "us-central2-b"
+HOLDER = Path(__file__).resolve().parents[2] / "hold_tpu.py"
+
+
+async def until(pilot: Pilot, condition, limit: int = 400) -> None:
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")
+
+
+def lock_cell(app: TpuConsoleApp, key: str) -> str:
+    table = app.screen.query_one("#fleet", DataTable)
+    return str(table.get_cell(key, "lock")) if key in table.rows else ""
+
+
+async def test_k_shows_the_plan_and_y_leaves_the_node_clean(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0)
+    place.materialise()
+    shutil.copy(HOLDER, place.root / "hold_tpu.py")
+    place.lockfile.touch()  # left behind by a run that died
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    node = await fleet.find_node("demo-v4-8")
+    await remote.run(
+        node,
+        "0",
+        "setsid nohup python3 hold_tpu.py chips > h.out 2>&1 "
+        "< /dev/null & until grep -q holding h.out; do sleep 0.02; done",
+    )
+    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    key = "us-central2-b/demo-v4-8"
+    async with app.run_test(size=(170, 40)) as pilot:
+        await until(pilot, lambda: lock_cell(app, key) == "1 lingering")
+        await pilot.press("down", "down", "down", "down")
+        assert app.screen.cursor_node_key() == key
+        await pilot.press("K")
+        assert isinstance(app.screen, CleanupScreen)
+        dialog = app.screen
+        await until(pilot, lambda: dialog.state == "confirm")
+        plan_text = str(dialog.query_one("#plan", Static).content)
+        assert "SIGTERM pid" in plan_text and "hold_tpu.py chips" in plan_text
+        assert f"remove {place.lockfile}" in plan_text
+        await pilot.press("y")
+        await until(pilot, lambda: dialog.state == "done")
+        result_text = str(dialog.query_one("#plan", Static).content)
+        assert "now clean" in result_text and "NOT DONE" not in result_text
+        await pilot.press("enter")
+        await until(pilot, lambda: lock_cell(app, key) == "clean")
+        assert not place.lockfile.exists()
+        await pilot.press("H")
+        assert isinstance(app.screen, HealthScreen)
+        assert app.screen.query_one("#health", DataTable).row_count == 0
+    await remote.close()
+    await fleet.close()
+
+
+async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, tmp_path: Path) -> None:
+    place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0)
+    place.materialise()
+    place.lockfile.touch()
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    key = "us-central2-b/demo-v4-8"
+    async with app.run_test(size=(170, 40)) as pilot:
+        await until(pilot, lambda: lock_cell(app, key) == "STALE LOCK")
+        await pilot.press("H")
+        health = app.screen
+        assert isinstance(health, HealthScreen)
+        assert ("us-central2-b/demo-v4-8", "w0", "STALE LOCK") in [
+            tuple(str(c) for c in row[:3])
+            for row in (
+                health.query_one("#health", DataTable).get_row_at(i)
+                for i in range(health.query_one("#health", DataTable).row_count)
+            )
+        ]
+        await pilot.press("escape", "down", "down", "down", "down", "K")
+        dialog = app.screen
+        await until(pilot, lambda: getattr(dialog, "state", "") == "confirm")
+        await pilot.press("n")
+        assert not isinstance(app.screen, CleanupScreen)
+        assert place.lockfile.exists()
+    await remote.close()
+    await fleet.close()
