@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fleet_list.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/logtail.py
+	$(BIN)/python bench/probe.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
