@@ -379,3 +379,27 @@ class WorkerPlan:
     @property
     def empty(self) -> bool:
         return not (self.kills or self.locks)
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """Something that happened to a node: a state the console saw, or an operation it ran."""
+
+    at: datetime
+    zone: str
+    node: str
+    kind: str  # state | create | stop | start | delete | fallback | ssh | alert
+    source: str  # refresh | console | api
+    detail: str = ""
+
+
+# Why a node might leave READY on its own, as the seeds learned it.
+LEAVING_REASONS = {
+    "PREEMPTED": "Spot/preemptible capacity was reclaimed by Compute Engine; it will not come "
+    "back: delete it and create again (on-demand if spot keeps failing).",
+    "DELETING": "Someone or something deleted it: another user, an org policy or automation "
+    "that removes VMs (the seeds saw on-demand VMs deleted before the first "
+    "command). Check the project's audit log.",
+    "TERMINATED": "The VM was terminated (maintenance, a host error, or a policy). Check its "
+    "symptoms and the audit log.",
+}

@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import Job, JobWorker
+from console.models import Job, JobWorker, NodeEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -23,6 +23,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_node ON events (zone, node, seq);
 CREATE TABLE IF NOT EXISTS job_workers (
     job_id TEXT NOT NULL REFERENCES jobs(job_id),
     worker INTEGER NOT NULL,
@@ -135,5 +145,31 @@ class HistoryStore:
     def recent(self, limit: int = 50) -> list[Job]:
         rows = self._db.execute(
             f"SELECT {self._COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self._job(r) for r in rows]
+
+    # ----- node events -------------------------------------------------------------------------
+    def record_event(self, event: NodeEvent) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, zone, node, kind, source, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (event.at.isoformat(), event.zone, event.node, event.kind, event.source, event.detail),
+        )
+
+    def events_for(self, zone: str, node: str, limit: int = 200) -> list[NodeEvent]:
+        rows = self._db.execute(
+            "SELECT at, zone, node, kind, source, detail FROM events WHERE zone = ? AND node = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (zone, node, limit),
+        ).fetchall()
+        return [
+            NodeEvent(datetime.fromisoformat(r[0]), r[1], r[2], r[3], r[4], r[5])
+            for r in reversed(rows)
+        ]
+
+    def running_jobs_on(self, zone: str, node: str) -> list[Job]:
+        rows = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM jobs WHERE zone = ? AND node = ? AND status IN"
+            " ('starting', 'running') ORDER BY seq",
+            (zone, node),
         ).fetchall()
         return [self._job(r) for r in rows]

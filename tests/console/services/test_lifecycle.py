@@ -1,0 +1,109 @@
+"""VM lifecycle through the real client against the emulator: progress, quota, automation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from console.adapters.history_db import HistoryStore
+from console.models import FleetError
+from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
+from console.services.lifecycle import CreateRequest, LifecycleService, Progress, default_name
+from console.services.remote import RemoteService
+
+
+@pytest.fixture
+def history(tmp_path: Path):
+    store = HistoryStore(tmp_path / "history.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def lifecycle(remote: RemoteService, history: HistoryStore) -> LifecycleService:
+    return LifecycleService(remote.fleet, history, remote, poll_s=0.05)
+
+
+async def test_create_reports_creating_then_ready_and_checks_ssh(
+    lifecycle: LifecycleService, history: HistoryStore
+) -> None:
+    seen: list[Progress] = []
+    outcome = await lifecycle.create(
+        CreateRequest("fresh-v4-16", "us-central2-b", "v4-16", labels={"team": "rl"}), seen.append
+    )
+    states = [p.state for p in seen if p.verb == "create"]
+    assert states[0] == "CREATING" and states[-1] == "READY"
+    assert outcome.node.state == "READY" and outcome.ssh_ok == (0, 1) and not outcome.ssh_failed
+    kinds = [e.kind for e in history.events_for("us-central2-b", "fresh-v4-16")]
+    assert kinds[0] == "create" and "ssh" in kinds
+
+
+async def test_spot_quota_refusal_names_the_quota_and_falls_back_when_asked(
+    lifecycle: LifecycleService, history: HistoryStore
+) -> None:
+    request = CreateRequest("spot-try", "us-central2-b", "v4-8", spot=True)
+    with pytest.raises(FleetError) as err:
+        await lifecycle.create(request)
+    assert "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI" in err.value.reason
+    assert "on-demand" in err.value.remedy
+    outcome = await lifecycle.create(
+        CreateRequest("spot-try", "us-central2-b", "v4-8", spot=True, fallback_on_demand=True)
+    )
+    assert not outcome.spot and not outcome.node.spot
+    assert "created on-demand instead" in outcome.notes[0]
+    assert "fallback" in [e.kind for e in history.events_for("us-central2-b", "spot-try")]
+
+
+async def test_a_node_deleted_by_automation_marks_its_running_job_lost(
+    lifecycle: LifecycleService,
+    sandbox: Sandbox,
+    remote: RemoteService,
+    tmp_path: Path,
+    history: HistoryStore,
+) -> None:
+    jobs = JobService(remote, history, tmp_path)
+    node = await remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 30")
+    assert lifecycle.observe(await remote.fleet.list_nodes()) == []
+    sandbox.fleet.delete("us-central2-b", "demo-v4-8")  # not us: "automation"
+    alerts = lifecycle.observe(await remote.fleet.list_nodes())
+    assert len(alerts) == 1 and "demo-v4-8 is DELETING" in alerts[0]
+    assert "automation" in alerts[0] and job.job_id in alerts[0]
+    assert jobs.get(job.job_id).status == "lost"
+    timeline = [(e.kind, e.detail) for e in history.events_for("us-central2-b", "demo-v4-8")]
+    assert ("state", "READY → DELETING") in timeline
+
+
+async def test_stop_then_start(lifecycle: LifecycleService, remote: RemoteService) -> None:
+    node = await remote.fleet.find_node("demo-v4-8")
+    stopped = await lifecycle.change("stop", node)
+    assert stopped is not None and stopped.state == "STOPPED"
+    started = await lifecycle.change("start", stopped)
+    assert started is not None and started.state == "READY"
+    assert await lifecycle.change("delete", started) is None
+
+
+async def test_unavailable_twice_mid_operation_is_survived(
+    lifecycle: LifecycleService, sandbox: Sandbox
+) -> None:
+    sandbox.faults.inject("GetOperation", grpc.StatusCode.UNAVAILABLE, times=2)
+    sandbox.faults.inject("GetNode", grpc.StatusCode.UNAVAILABLE, times=2)
+    outcome = await lifecycle.create(CreateRequest("flaky", "us-central1-a", "v3-8"))
+    assert outcome.node.state == "READY"
+    assert sandbox.emulator.calls["GetOperation"] >= 3
+
+
+def test_default_names_follow_the_seeds_pattern() -> None:
+    from datetime import datetime
+
+    assert (
+        default_name("sgl", "v4-8", datetime(2026, 11, 23, 9, 5, 7)) == "sgl-v4-8-20261123-090507"
+    )
+
+
+async def test_bad_names_are_refused_before_any_call(lifecycle: LifecycleService) -> None:
+    with pytest.raises(FleetError, match="lowercase letters"):
+        await lifecycle.create(CreateRequest("Bad_Name", "us-central2-b", "v4-8"))
