@@ -98,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
     mode = clean.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     mode.add_argument("--yes", "-y", action="store_true", help="carry out the plan unasked")
+    create = sub.add_parser("create", help="create a TPU VM and wait for it, with progress")
+    _add_common(create, top=False)
+    create.add_argument("name", help="node name, e.g. sgl-v4-8-20261123-0900")
+    create.add_argument("--type", required=True, dest="accelerator_type", help="e.g. v4-8")
+    create.add_argument("--version", default="tpu-ubuntu2204-base", help="runtime version")
+    create.add_argument("--spot", action="store_true", help="spot capacity")
+    create.add_argument(
+        "--fallback-on-demand",
+        action="store_true",
+        help="create on-demand when spot quota is exhausted",
+    )
+    create.add_argument("--label", action="append", default=[], help="key=value, repeatable")
+    create.add_argument(
+        "--wait", action="store_true", help="wait for READY and for ssh on every worker"
+    )
+    for verb in ("stop", "start", "delete"):
+        change = sub.add_parser(verb, help=f"{verb} a TPU VM and wait for it")
+        _add_common(change, top=False)
+        change.add_argument("name", help="node name")
+        change.add_argument("--yes", "-y", action="store_true", help="do not ask")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
     launch.add_argument("node", help="node name")
@@ -455,6 +475,66 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
         source.close()
 
 
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from console.adapters.history_db import HistoryStore
+    from console.fleet_source import open_fleet_source
+    from console.services.lifecycle import CreateRequest, LifecycleService, parse_labels
+    from console.services.remote import RemoteService
+
+    settings = _settings(args)
+    zone = args.zone[0] if args.zone else ""
+    if args.command == "create" and not zone:
+        return _fail("create needs --zone (where the TPU VM goes)")
+    if args.command in {"stop", "delete"} and not args.yes:
+        if not sys.stdin.isatty():
+            return _fail(f"{args.command} {args.name}: not a terminal; add --yes to go ahead")
+        answer = input(f"{args.command.capitalize()} {args.name}? [y/N] ").strip().lower()
+        if answer != "y":
+            print("nothing done")
+            return 1
+    source = open_fleet_source(settings)
+    history = HistoryStore(settings.home / "history.db")
+
+    def show(progress) -> None:
+        print(progress.line(), flush=True)
+
+    async def go() -> int:
+        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        life = LifecycleService(source.fleet, history, remote)
+        try:
+            if args.command == "create":
+                request = CreateRequest(
+                    args.name,
+                    zone,
+                    args.accelerator_type,
+                    args.version,
+                    spot=args.spot,
+                    fallback_on_demand=args.fallback_on_demand,
+                    labels=parse_labels(args.label),
+                )
+                outcome = await life.create(request, show, check_ssh=args.wait)
+                for note in outcome.notes:
+                    print(f"note: {note}")
+                if outcome.ssh_failed:
+                    print("ssh failed on: " + "; ".join(outcome.ssh_failed), file=sys.stderr)
+                    return 1
+                print(f"{outcome.node.name} READY ({'spot' if outcome.spot else 'on-demand'})")
+                return 0
+            node = await source.fleet.find_node(args.name, zone)
+            after = await life.change(args.command, node, show)
+            print(f"{args.name}: {after.state if after else 'deleted'}")
+            return 0
+        finally:
+            await remote.close()
+            await source.fleet.close()
+            history.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        source.close()
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
 
@@ -554,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_exec(args)
         if args.command in {"probe", "clean"}:
             return cmd_probe_family(args)
+        if args.command in {"create", "stop", "start", "delete"}:
+            return cmd_lifecycle(args)
         if args.command == "sync":
             return cmd_sync(args)
         if args.command in {"launch", "logs", "jobs"}:

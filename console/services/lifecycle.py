@@ -162,7 +162,11 @@ class LifecycleService:
             waiter.cancel()
 
     async def create(
-        self, request: CreateRequest, progress: ProgressSink | None = None
+        self,
+        request: CreateRequest,
+        progress: ProgressSink | None = None,
+        *,
+        check_ssh: bool = True,
     ) -> CreateOutcome:
         problems = request.problems()
         if problems:
@@ -213,7 +217,7 @@ class LifecycleService:
         )
         node = await self._follow(operation, request.zone, request.name, "create", progress)
         assert node is not None
-        ok, failed = await self.check_ssh(node, progress)
+        ok, failed = await self.check_ssh(node, progress) if check_ssh else ((), ())
         return CreateOutcome(node, spot, tuple(notes), ok, failed)
 
     async def check_ssh(
