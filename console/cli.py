@@ -512,13 +512,17 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                     fallback_on_demand=args.fallback_on_demand,
                     labels=parse_labels(args.label),
                 )
-                outcome = await life.create(request, show, check_ssh=args.wait)
+                outcome = await life.create(request, show, wait=args.wait)
                 for note in outcome.notes:
                     print(f"note: {note}")
                 if outcome.ssh_failed:
                     print("ssh failed on: " + "; ".join(outcome.ssh_failed), file=sys.stderr)
                     return 1
-                print(f"{outcome.node.name} READY ({'spot' if outcome.spot else 'on-demand'})")
+                kind = "spot" if outcome.spot else "on-demand"
+                print(
+                    f"{outcome.node.name} {outcome.node.state} ({kind})"
+                    + ("" if args.wait else "; --wait follows it to READY and checks ssh")
+                )
                 return 0
             node = await source.fleet.find_node(args.name, zone)
             after = await life.change(args.command, node, show)

@@ -215,9 +215,12 @@ class LifecycleService:
             f"{request.accelerator_type} {request.runtime_version} "
             f"{'spot' if spot else 'on-demand'}",
         )
+        if not wait:  # the operation goes on in the cloud; refreshes will show it
+            node = await self.fleet.get_node(request.zone, request.name)
+            return CreateOutcome(node, spot, tuple(notes))
         node = await self._follow(operation, request.zone, request.name, "create", progress)
         assert node is not None
-        ok, failed = await self.check_ssh(node, progress) if check_ssh else ((), ())
+        ok, failed = await self.check_ssh(node, progress)
         return CreateOutcome(node, spot, tuple(notes), ok, failed)
 
     async def check_ssh(
