@@ -166,7 +166,7 @@ class LifecycleService:
         request: CreateRequest,
         progress: ProgressSink | None = None,
         *,
-        check_ssh: bool = True,
+        wait: bool = True,
     ) -> CreateOutcome:
         problems = request.problems()
         if problems:
