@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--label", action="append", default=[], help="key=value, repeatable")
     create.add_argument(
-        "--wait", action="store_true", help="wait for READY and for ssh on every worker"
+        "--wait", action="store_true", help="follow it to READY, then check ssh on every worker"
+    )
+    create.add_argument(
+        "--startup",
+        default="",
+        help="a command run as a job on every worker once READY (with --wait)",
     )
     for verb in ("stop", "start", "delete"):
         change = sub.add_parser(verb, help=f"{verb} a TPU VM and wait for it")
@@ -500,7 +505,10 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
-        life = LifecycleService(source.fleet, history, remote)
+        from console.services.jobs import JobService
+
+        jobs = JobService(remote, history, settings.home)
+        life = LifecycleService(source.fleet, history, remote, jobs=jobs)
         try:
             if args.command == "create":
                 request = CreateRequest(
@@ -511,10 +519,16 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                     spot=args.spot,
                     fallback_on_demand=args.fallback_on_demand,
                     labels=parse_labels(args.label),
+                    startup_command=args.startup,
                 )
                 outcome = await life.create(request, show, wait=args.wait)
                 for note in outcome.notes:
                     print(f"note: {note}")
+                if outcome.startup_job:
+                    print(
+                        f"bootstrap: job {outcome.startup_job} "
+                        f"(tpuconsole logs {outcome.startup_job.split('-')[0]} -f)"
+                    )
                 if outcome.ssh_failed:
                     print("ssh failed on: " + "; ".join(outcome.ssh_failed), file=sys.stderr)
                     return 1
@@ -608,10 +622,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
         from console.services.probe import ProbeService
 
         jobs = _job_services(source, settings)
+        from console.services.lifecycle import LifecycleService
+
         app = TpuConsoleApp(
             source.fleet,
             jobs=jobs,
             prober=ProbeService(jobs.remote),
+            lifecycle=LifecycleService(source.fleet, jobs.history, jobs.remote, jobs=jobs),
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
         )

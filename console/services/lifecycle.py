@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from console.adapters.history_db import HistoryStore
 from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent
 from console.services.fleet import FleetService
+from console.services.jobs import JobService
 from console.services.remote import RemoteService
 
 DEFAULT_RUNTIME = "tpu-ubuntu2204-base"
@@ -50,6 +51,7 @@ class CreateRequest:
     spot: bool = False
     fallback_on_demand: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    startup_command: str = ""  # run as a job on every worker once the VM answers ssh
 
     def problems(self) -> list[str]:
         out = []
@@ -75,6 +77,7 @@ class CreateOutcome:
     notes: tuple[str, ...] = ()
     ssh_ok: tuple[int, ...] = ()
     ssh_failed: tuple[str, ...] = ()
+    startup_job: str = ""
 
 
 def default_name(prefix: str, accelerator_type: str, now: datetime | None = None) -> str:
@@ -102,12 +105,14 @@ class LifecycleService:
         *,
         poll_s: float = 2.0,
         ssh_wait_s: float = 90.0,
+        jobs: JobService | None = None,
     ) -> None:
         self.fleet = fleet
         self.history = history
         self.remote = remote
         self.poll_s = poll_s
         self.ssh_wait_s = ssh_wait_s
+        self.jobs = jobs
         self._last_states: dict[str, str] = {}
 
     def _event(self, zone: str, node: str, kind: str, source: str, detail: str = "") -> None:
@@ -221,7 +226,22 @@ class LifecycleService:
         node = await self._follow(operation, request.zone, request.name, "create", progress)
         assert node is not None
         ok, failed = await self.check_ssh(node, progress)
-        return CreateOutcome(node, spot, tuple(notes), ok, failed)
+        startup_job = ""
+        if request.startup_command and not failed and self.jobs is not None:
+            job = await self.jobs.launch(node, "all", request.startup_command, kind="bootstrap")
+            startup_job = job.job_id
+            self._event(
+                node.zone,
+                node.name,
+                "bootstrap",
+                "console",
+                f"job {job.job_id}: {request.startup_command}",
+            )
+            if progress is not None:
+                progress(
+                    Progress(node.name, "bootstrap", job.status.upper(), 0.0, f"job {job.job_id}")
+                )
+        return CreateOutcome(node, spot, tuple(notes), ok, failed, startup_job)
 
     async def check_ssh(
         self, node: Node, progress: ProgressSink | None = None

@@ -15,6 +15,7 @@ from textual.binding import Binding
 
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
+from console.services.lifecycle import LifecycleService
 from console.services.probe import ProbeService
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
@@ -32,6 +33,7 @@ class TpuConsoleApp(App):
         *,
         jobs: JobService | None = None,
         prober: ProbeService | None = None,
+        lifecycle: LifecycleService | None = None,
         probe_interval_s: float = 30.0,
         mode: str = "",
         refresh_s: float = 10.0,
@@ -41,6 +43,7 @@ class TpuConsoleApp(App):
         self.fleet = fleet
         self.jobs = jobs
         self.prober = prober
+        self.lifecycle = lifecycle
         self.probe_interval_s = probe_interval_s
         self.mode = mode
         self.refresh_s = refresh_s

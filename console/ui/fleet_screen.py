@@ -80,6 +80,11 @@ class FleetScreen(Screen):
         Binding("enter", "details", "Details", priority=False),
         Binding("l", "logs", "Logs"),
         Binding("K", "kill_stale", "Kill stale"),
+        Binding("c", "create", "Create"),
+        Binding("s", "change('stop')", "Stop", show=False),
+        Binding("u", "change('start')", "Start", show=False),
+        Binding("ctrl+d", "change('delete')", "Delete", show=False),
+        Binding("D", "delete_zone", "Delete all in zone", show=False),
         Binding("p", "probe", "Probe", show=False),
         Binding("space", "mark", "Mark", show=False),
         Binding("H", "health", "Health", show=False),
@@ -101,6 +106,7 @@ class FleetScreen(Screen):
     FleetScreen #banner.shown { display: block; }
     FleetScreen #status { height: 1; padding: 0 1; color: $text-muted; }
     FleetScreen #filter { display: none; dock: bottom; margin-bottom: 1; }
+    FleetScreen #ops { height: auto; max-height: 6; padding: 0 1; color: $warning; }
     FleetScreen #filter.shown { display: block; }
     FleetScreen DataTable { height: 1fr; }
     """
@@ -117,6 +123,7 @@ class FleetScreen(Screen):
         self.probes: dict[str, list] = {}  # node key -> [WorkerProbe], the latest
         self.probed_at: dict[str, float] = {}
         self.marked: set[str] = set()
+        self.operations: dict[str, str] = {}  # node key -> its operation's latest progress
         self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -128,6 +135,7 @@ class FleetScreen(Screen):
             for column in COLUMNS:
                 table.add_column(column.title, key=column.key)
             yield table
+        yield Static("", id="ops")
         yield Input(placeholder="filter: name, zone, type, state, label=value …", id="filter")
         yield Footer()
 
@@ -169,6 +177,9 @@ class FleetScreen(Screen):
             )
             self._render_rows()
             self._probe_due_nodes()
+            if self.app.lifecycle is not None:
+                for alert in self.app.lifecycle.observe(snapshot):
+                    self.notify(alert, severity="error", timeout=30)
         finally:
             self.refreshing = False
             if self.is_attached:  # the app may be closing while the API answers
@@ -416,3 +427,118 @@ class FleetScreen(Screen):
         from console.ui.health_screen import HealthScreen
 
         self.app.push_screen(HealthScreen(self))
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    def _show_ops(self) -> None:
+        self.query_one("#ops", Static).update("\n".join(self.operations.values()))
+
+    def _progress(self, key: str):
+        def report(progress) -> None:
+            first = key not in self.operations
+            self.operations[key] = "⟳ " + progress.line()
+            self._show_ops()
+            if first:
+                self.action_refresh()  # show the node's row (CREATING, STOPPING…) at once
+
+        return report
+
+    def action_create(self) -> None:
+        from console.ui.create_screen import CreateScreen
+
+        if self.app.lifecycle is None:
+            self.notify("Creating VMs is not available in this session.", severity="warning")
+            return
+        zones = list(self.snapshot.zones) if self.snapshot else []
+        node = self.cursor_node()
+        self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
+
+    def _create(self, request) -> None:
+        if request is not None:
+            self._run_create(request)
+
+    @work(group="lifecycle")
+    async def _run_create(self, request) -> None:
+        key = f"{request.zone}/{request.name}"
+        try:
+            outcome = await self.app.lifecycle.create(request, self._progress(key))
+        except FleetError as exc:
+            self.notify(
+                f"Create {request.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
+            )
+        else:
+            notes = "; ".join(
+                outcome.notes
+                + (
+                    (f"bootstrap running as job {outcome.startup_job}",)
+                    if outcome.startup_job
+                    else ()
+                )
+            )
+            ssh = (
+                "ssh answers on every worker"
+                if not outcome.ssh_failed
+                else "ssh failed: " + "; ".join(outcome.ssh_failed)
+            )
+            self.notify(
+                f"{request.name} is READY ({ssh})" + (f"; {notes}" if notes else ""),
+                severity="information" if not outcome.ssh_failed else "warning",
+                timeout=15,
+            )
+        finally:
+            self.operations.pop(key, None)
+            self._show_ops()
+            self.action_refresh()
+
+    def action_change(self, verb: str) -> None:
+        from console.ui.confirm_screen import ConfirmScreen
+
+        nodes = self._chosen_nodes()
+        if self.app.lifecycle is None or not nodes:
+            return
+        lines = [f"{verb} {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
+        if verb == "delete":
+            lines.append("Deleting cannot be undone; local logs and history stay.")
+
+        def go(yes: bool | None) -> None:
+            if yes:
+                self.marked.clear()
+                for node in nodes:
+                    self._run_change(verb, node)
+
+        self.app.push_screen(ConfirmScreen(f"{verb.capitalize()} {len(nodes)} node(s)?", lines), go)
+
+    def action_delete_zone(self) -> None:
+        from console.ui.confirm_screen import TypedConfirmScreen
+
+        node = self.cursor_node()
+        if self.app.lifecycle is None or node is None or self.snapshot is None:
+            return
+        zone = node.zone
+        nodes = [n for n in self.snapshot.nodes if n.zone == zone]
+        lines = [f"delete {n.name} ({n.accelerator_type}, {n.state})" for n in nodes]
+
+        def go(yes: bool | None) -> None:
+            if yes:
+                for n in nodes:
+                    self._run_change("delete", n)
+
+        self.app.push_screen(
+            TypedConfirmScreen(f"Delete ALL {len(nodes)} nodes in {zone}?", lines, zone), go
+        )
+
+    @work(group="lifecycle")
+    async def _run_change(self, verb: str, node: Node) -> None:
+        try:
+            after = await self.app.lifecycle.change(verb, node, self._progress(node.key))
+        except FleetError as exc:
+            self.notify(
+                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}",
+                severity="error",
+                timeout=30,
+            )
+        else:
+            self.notify(f"{node.name}: {after.state if after else 'deleted'}")
+        finally:
+            self.operations.pop(node.key, None)
+            self._show_ops()
+            self.action_refresh()

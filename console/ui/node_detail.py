@@ -74,6 +74,7 @@ class NodeDetailScreen(Screen):
     DEFAULT_CSS = """
     NodeDetailScreen #summary { padding: 1 2; height: auto; }
     NodeDetailScreen #workers { height: auto; max-height: 20; margin: 0 2; }
+    NodeDetailScreen #events { height: auto; max-height: 20; margin: 0 2; }
     NodeDetailScreen #detail-banner { display: none; background: $error 30%; padding: 0 1; }
     NodeDetailScreen #detail-banner.shown { display: block; }
     NodeDetailScreen .section { padding: 0 2; text-style: bold; color: $accent; }
@@ -93,6 +94,11 @@ class NodeDetailScreen(Screen):
             for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "SSH PORT"):
                 table.add_column(title, key=title.lower())
             yield table
+            yield Static("Events", classes="section")
+            events: DataTable = DataTable(id="events", cursor_type="row")
+            for title in ("WHEN", "WHAT", "SEEN BY", "DETAIL"):
+                events.add_column(title, key=title.lower())
+            yield events
         yield Footer()
 
     def on_mount(self) -> None:
@@ -103,6 +109,7 @@ class NodeDetailScreen(Screen):
     def _show(self, node: Node) -> None:
         self.node = node
         self.query_one("#summary", Static).update(summary_table(node, self.app.now()))
+        self._show_events()
         table = self.query_one("#workers", DataTable)
         table.clear()
         for w in node.workers:
@@ -112,6 +119,20 @@ class NodeDetailScreen(Screen):
                 w.external_ip or "-",
                 str(w.port) if w.external_ip else "-",
                 key=str(w.index),
+            )
+
+    def _show_events(self) -> None:
+        history = getattr(self.app.lifecycle, "history", None)
+        table = self.query_one("#events", DataTable)
+        table.clear()
+        if history is None:
+            return
+        for event in history.events_for(self.node.zone, self.node.name):
+            table.add_row(
+                event.at.astimezone().strftime("%m-%d %H:%M:%S"),
+                event.kind,
+                event.source,
+                event.detail,
             )
 
     def action_refresh(self) -> None:

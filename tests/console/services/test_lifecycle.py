@@ -107,3 +107,18 @@ def test_default_names_follow_the_seeds_pattern() -> None:
 async def test_bad_names_are_refused_before_any_call(lifecycle: LifecycleService) -> None:
     with pytest.raises(FleetError, match="lowercase letters"):
         await lifecycle.create(CreateRequest("Bad_Name", "us-central2-b", "v4-8"))
+
+
+async def test_a_startup_bootstrap_runs_as_a_job_on_every_worker(
+    remote: RemoteService, history: HistoryStore, tmp_path: Path
+) -> None:
+    jobs = JobService(remote, history, tmp_path)
+    life = LifecycleService(remote.fleet, history, remote, poll_s=0.05, jobs=jobs)
+    outcome = await life.create(
+        CreateRequest("boot-v4-16", "us-central2-b", "v4-16", startup_command="echo bootstrapped")
+    )
+    job = jobs.get(outcome.startup_job)
+    assert job.kind == "bootstrap" and [w.worker for w in job.workers] == [0, 1]
+    lines: list[str] = []
+    await jobs.follow(job, outcome.node, lambda w, text: lines.append(text))
+    assert lines == ["bootstrapped", "bootstrapped"]

@@ -1,0 +1,92 @@
+"""Confirmations for what cannot be undone: `y` for a named list, the zone's name for all of it."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Shows exactly what will happen to which nodes; `y` goes ahead, `n`/esc does nothing."""
+
+    BINDINGS = [Binding("y", "yes", "Yes"), Binding("n,escape", "no", "No")]
+
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > VerticalScroll {
+        width: 80; height: auto; max-height: 80%; border: thick $warning; padding: 1 2;
+        background: $panel;
+    }
+    """
+
+    def __init__(self, title: str, lines: list[str]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.lines = lines
+
+    def compose(self) -> ComposeResult:
+        body = "\n".join(f"  • {escape(line)}" for line in self.lines)
+        with VerticalScroll():
+            yield Static(
+                f"[b]{escape(self.title_text)}[/b]\n\n{body}\n\n"
+                "[b]y[/b] goes ahead · [b]n[/b] or esc does nothing",
+                id="confirm",
+            )
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+class TypedConfirmScreen(ModalScreen[bool]):
+    """Deleting a whole zone: the user types the zone's name, as cloud consoles ask."""
+
+    BINDINGS = [Binding("escape", "no", "Cancel")]
+
+    DEFAULT_CSS = """
+    TypedConfirmScreen { align: center middle; }
+    TypedConfirmScreen > VerticalScroll {
+        width: 80; height: auto; max-height: 80%; border: thick $error; padding: 1 2;
+        background: $panel;
+    }
+    TypedConfirmScreen #typed-error { color: $error; }
+    """
+
+    def __init__(self, title: str, lines: list[str], word: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.lines = lines
+        self.word = word
+
+    def compose(self) -> ComposeResult:
+        body = "\n".join(f"  • {escape(line)}" for line in self.lines)
+        with VerticalScroll():
+            yield Static(
+                f"[b]{escape(self.title_text)}[/b]\n\n{body}\n\n"
+                f"Type [b]{escape(self.word)}[/b] and press enter to go ahead; "
+                "esc cancels."
+            )
+            yield Input(id="typed", placeholder=self.word)
+            yield Static("", id="typed-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#typed", Input).focus()
+
+    @on(Input.Submitted, "#typed")
+    def _typed(self, event: Input.Submitted) -> None:
+        if event.value.strip() == self.word:
+            self.dismiss(True)
+        else:
+            self.query_one("#typed-error", Static).update(
+                f"That is not {self.word!r}; nothing was deleted."
+            )
+
+    def action_no(self) -> None:
+        self.dismiss(False)

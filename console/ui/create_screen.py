@@ -1,0 +1,156 @@
+"""`c`: the create form. Zones, types and runtime versions come from the API; nothing is sent
+until the form is valid, and the create then runs in the background with its progress shown.
+"""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from console.models import FleetError
+from console.services.lifecycle import DEFAULT_RUNTIME, CreateRequest, default_name, parse_labels
+
+NAME_PREFIX = "tpu"
+
+
+class CreateScreen(ModalScreen[CreateRequest | None]):
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "submit", "Create"),
+    ]
+
+    DEFAULT_CSS = """
+    CreateScreen { align: center middle; }
+    CreateScreen > VerticalScroll {
+        width: 80; height: auto; max-height: 90%; border: thick $accent; padding: 1 2;
+        background: $panel;
+    }
+    CreateScreen Label { margin-top: 1; color: $text-muted; }
+    CreateScreen #create-errors { color: $error; margin-top: 1; }
+    CreateScreen Horizontal { height: auto; margin-top: 1; }
+    CreateScreen Button { margin-right: 2; }
+    """
+
+    def __init__(self, zones: list[str], zone: str = "") -> None:
+        super().__init__()
+        self.zones = zones
+        self.initial_zone = zone if zone in zones else (zones[0] if zones else "")
+        self._name_touched = False
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static("[b]Create a TPU VM[/b]")
+            yield Label("Zone")
+            yield Select(
+                [(z, z) for z in self.zones],
+                value=self.initial_zone or Select.BLANK,
+                id="zone",
+                allow_blank=False,
+            )
+            yield Label("Accelerator type")
+            yield Select([], id="type", prompt="loading…")
+            yield Label("Runtime version")
+            yield Select([], id="version", prompt="loading…")
+            yield Label("Name")
+            yield Input(id="name", placeholder="lowercase, digits and dashes")
+            yield Label("Labels (key=value, comma-separated)")
+            yield Input(id="labels", placeholder="team=rl, owner=me")
+            yield Label(
+                "Startup bootstrap (optional): a command run as a job on every worker "
+                "once it answers ssh"
+            )
+            yield Input(id="startup", placeholder="e.g. bash ~/bootstrap.sh")
+            yield Checkbox("Spot (cheaper, can be preempted)", id="spot")
+            yield Checkbox("Fall back to on-demand when spot quota is exhausted", id="fallback")
+            yield Static("", id="create-errors")
+            with Horizontal():
+                yield Button("Create (ctrl+s)", id="create", variant="primary")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        if self.initial_zone:
+            self._load_zone(self.initial_zone)
+        self.query_one("#zone", Select).focus()
+
+    @on(Select.Changed, "#zone")
+    def _zone_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self._load_zone(event.value)
+
+    @work(exclusive=True, group="create-form")
+    async def _load_zone(self, zone: str) -> None:
+        errors = self.query_one("#create-errors", Static)
+        api = self.app.fleet.api
+        try:
+            types = [t.name for t in await api.accelerator_types(zone)]
+            versions = await api.runtime_versions(zone)
+        except FleetError as exc:
+            errors.update(f"{exc.reason} {exc.remedy}")
+            return
+        type_select = self.query_one("#type", Select)
+        type_select.set_options([(t, t) for t in types])
+        if types:
+            type_select.value = types[0]
+        version_select = self.query_one("#version", Select)
+        version_select.set_options([(v, v) for v in versions])
+        if versions:
+            version_select.value = DEFAULT_RUNTIME if DEFAULT_RUNTIME in versions else versions[0]
+        errors.update("")
+
+    @on(Select.Changed, "#type")
+    def _type_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and not self._name_touched:
+            now = self.app.now().astimezone()
+            self.query_one("#name", Input).value = default_name(NAME_PREFIX, event.value, now)
+
+    @on(Input.Changed, "#name")
+    def _name_changed(self, event: Input.Changed) -> None:
+        if self.query_one("#name", Input).has_focus:
+            self._name_touched = True
+
+    def request(self) -> CreateRequest:
+        def value(selector: str) -> str:
+            v = self.query_one(selector, Select).value
+            return v if isinstance(v, str) else ""
+
+        raw_labels = [
+            x.strip() for x in self.query_one("#labels", Input).value.split(",") if x.strip()
+        ]
+        return CreateRequest(
+            name=self.query_one("#name", Input).value.strip(),
+            zone=value("#zone"),
+            accelerator_type=value("#type"),
+            runtime_version=value("#version") or DEFAULT_RUNTIME,
+            spot=self.query_one("#spot", Checkbox).value,
+            fallback_on_demand=self.query_one("#fallback", Checkbox).value,
+            labels=parse_labels(raw_labels),
+            startup_command=self.query_one("#startup", Input).value.strip(),
+        )
+
+    def action_submit(self) -> None:
+        errors = self.query_one("#create-errors", Static)
+        try:
+            request = self.request()
+        except FleetError as exc:
+            errors.update(f"{exc.reason} {exc.remedy}")
+            return
+        problems = request.problems()
+        if problems:
+            errors.update("\n".join(problems))
+            return
+        self.dismiss(request)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#create")
+    def _create_pressed(self) -> None:
+        self.action_submit()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()

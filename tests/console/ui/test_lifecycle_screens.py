@@ -1,0 +1,122 @@
+"""Create, stop and delete-all from the fleet screen, by key presses, against the emulator."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Select, Static
+
+from console.adapters.history_db import HistoryStore
+from console.sandbox.fleet_state import SandboxTiming
+from console.sandbox.runtime import Sandbox
+from console.services.lifecycle import LifecycleService
+from console.services.remote import RemoteService
+from console.ui.app import TpuConsoleApp
+from console.ui.confirm_screen import ConfirmScreen, TypedConfirmScreen
+from console.ui.create_screen import CreateScreen
+from tests.conftest import fleet_for, ssh_options_for
+
+
+async def until(pilot: Pilot, condition, limit: int = 500) -> None:
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")
+
+
+def rows(app: TpuConsoleApp) -> dict[str, str]:
+    table = app.screen.query_one("#fleet", DataTable)
+    return {r.key.value: str(table.get_cell(r.key, "state")) for r in table.ordered_rows}
+
+
+@pytest.fixture
+async def app(sandbox: Sandbox, tmp_path: Path):
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    life = LifecycleService(fleet, history, remote, poll_s=0.05)
+    yield TpuConsoleApp(fleet, lifecycle=life, mode="SANDBOX", refresh_s=0.5)
+    await remote.close()
+    history.close()
+
+
+async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) -> None:
+    async with app.run_test(size=(170, 50)) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 5)
+        await pilot.press("c")
+        form = app.screen
+        assert isinstance(form, CreateScreen)
+        await until(pilot, lambda: form.query_one("#type", Select).value == "v5litepod-4")
+        # Zone: from europe-west4-a (the cursor's) to us-central1-a, by the keyboard.
+        await pilot.press("enter", "down", "enter")
+        await until(pilot, lambda: form.query_one("#type", Select).value == "v3-8")
+        assert form.query_one("#zone", Select).value == "us-central1-a"
+        await pilot.press("tab", "tab", "tab", "ctrl+u", *"Bad Name", "ctrl+s")
+        assert "lowercase letters" in str(form.query_one("#create-errors", Static).content)
+        await pilot.press("ctrl+u", *"form-made", "tab", *"team=rl", "ctrl+s")
+        assert not isinstance(app.screen, CreateScreen)
+        await until(pilot, lambda: rows(app).get("us-central1-a/form-made") == "READY")
+        node = await app.fleet.get_node("us-central1-a", "form-made")
+        assert node.labels == {"team": "rl"} and node.accelerator_type == "v3-8"
+        events = app.lifecycle.history.events_for("us-central1-a", "form-made")
+        assert [e.kind for e in events][0] == "create" and "ssh" in [e.kind for e in events]
+
+
+async def test_stop_asks_first_and_then_stops(app: TpuConsoleApp) -> None:
+    async with app.run_test(size=(170, 50)) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 5)
+        await pilot.press("down", "down", "down", "down", "s")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "stop demo-v4-8" in str(app.screen.query_one("#confirm", Static).content)
+        await pilot.press("y")
+        await until(pilot, lambda: rows(app).get("us-central2-b/demo-v4-8") == "STOPPED")
+
+
+async def test_delete_all_in_a_zone_needs_the_zones_name_typed(
+    app: TpuConsoleApp, sandbox: Sandbox
+) -> None:
+    async with app.run_test(size=(170, 50)) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 5)
+        await pilot.press("D")  # the cursor is on demo-v5e-8, in europe-west4-a
+        dialog = app.screen
+        assert isinstance(dialog, TypedConfirmScreen)
+        await pilot.press(*"europe", "enter")
+        assert "nothing was deleted" in str(dialog.query_one("#typed-error", Static).content)
+        assert "europe-west4-a/demo-v5e-8" in sandbox.fleet.nodes
+        await pilot.press("ctrl+u", *"europe-west4-a", "enter")
+        await until(pilot, lambda: "europe-west4-a/demo-v5e-8" not in rows(app))
+        assert not any(k.startswith("europe-west4-a/") for k in sandbox.fleet.nodes)
+
+
+FIXED = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def test_create_form_snapshot(snap_compare, tmp_path: Path) -> None:
+    sandbox = Sandbox.start(tmp_path / "snap", now=FIXED.timestamp(), timing=SandboxTiming())
+    try:
+        app = TpuConsoleApp(
+            fleet_for(sandbox),
+            mode="SANDBOX",
+            clock=lambda: FIXED,
+            lifecycle=LifecycleService(fleet_for(sandbox), HistoryStore(tmp_path / "h.db")),
+        )
+
+        async def form_loaded(pilot: Pilot) -> None:
+            await until(pilot, lambda: len(rows(app)) == 5)
+            await pilot.press("c")
+            await until(
+                pilot,
+                lambda: (
+                    isinstance(app.screen, CreateScreen)
+                    and app.screen.query_one("#type", Select).value == "v5litepod-4"
+                ),
+            )
+            await pilot.pause()
+
+        assert snap_compare(app, terminal_size=(120, 48), run_before=form_loaded)
+    finally:
+        sandbox.stop()
