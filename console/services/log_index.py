@@ -33,6 +33,7 @@ class LogIndex:
         self.filter_text = ""
         self._filter_re: re.Pattern[str] | None = None
         self.visible = array("Q")  # indices into the entries, in order
+        self.lagging = False  # the last read left data unread (the budget stopped it)
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -56,8 +57,13 @@ class LogIndex:
         return self.apply(await asyncio.to_thread(self.read_new, budget_bytes))
 
     def read_new(self, budget_bytes: int) -> list[tuple[int, int, bytes]]:
-        """(worker, start offset, bytes) for each file that grew; only reads, changes nothing."""
+        """(worker, start offset, bytes) for each file that grew; only reads, changes nothing.
+
+        Also notes whether anything was left unread (`lagging`), so no one has to stat the
+        files again on the event loop: a stat of a file being written can block.
+        """
         chunks = []
+        lagging = False
         share = max(1 << 16, budget_bytes // max(1, len(self.paths)))
         for worker, path in self.paths.items():
             start = self._positions[worker]
@@ -69,6 +75,8 @@ class LogIndex:
                 with open(path, "rb") as fh:
                     fh.seek(start)
                     chunks.append((worker, start, fh.read(min(size - start, share))))
+                lagging = lagging or size - start > share
+        self.lagging = lagging
         return chunks
 
     def apply(self, chunks: list[tuple[int, int, bytes]]) -> int:

@@ -110,7 +110,7 @@ class LogScreen(Screen):
         while True:
             if await self.index.scan_off_loop(budget_bytes=SLICE_BYTES):
                 self._changed = True
-            await asyncio.sleep(0 if self.index.behind else TICK_S)
+            await asyncio.sleep(0 if self.index.lagging else TICK_S)
 
     def _redraw(self) -> None:
         if self._changed:
