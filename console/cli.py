@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("job", help="job id, or its leading number")
     logs.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     logs.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
+    diagnose = sub.add_parser("diagnose", help="known failures and results in a saved log")
+    diagnose.add_argument("logfile", help="a log file (`tpuconsole logs JOB > f` or a tee'd log)")
+    diagnose.add_argument("--json", action="store_true", help="print JSON")
     jobs = sub.add_parser("jobs", help="recent jobs from the history")
     _add_common(jobs, top=False)
     sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
@@ -553,6 +556,42 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         source.close()
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Exit 0 when the log shows no known failure, 1 when it does, 2 when it cannot be read."""
+    import dataclasses
+    import re
+
+    from console.services.diagnosis import diagnose_text
+    from console.services.metrics import JobMetrics
+
+    try:
+        text = Path(args.logfile).read_text(errors="replace")
+    except OSError as exc:
+        return _fail(f"cannot read {args.logfile}: {exc.strerror}")
+    found = diagnose_text(text)
+    metrics = JobMetrics()
+    for line in text.splitlines():
+        m = re.match(r"\[w(\d+)\] ", line)
+        metrics.feed(int(m.group(1)) if m else 0, line[m.end() :] if m else line)
+    if args.json:
+        print(
+            json.dumps(
+                {"diagnoses": [dataclasses.asdict(d) for d in found], "summary": metrics.summary()}
+            )
+        )
+        return 1 if found else 0
+    for d in found:
+        where = f"w{d.worker}: " if d.worker is not None else ""
+        print(
+            f"{where}{d.title}\n  evidence: {d.evidence}\n  cause: {d.cause}\n  remedy: {d.remedy}"
+        )
+    summary = metrics.summary()
+    print(f"results: {summary}" if summary else "results: none found")
+    if not found:
+        print("no known failure found")
+    return 1 if found else 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
 
@@ -653,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "exec":
             return cmd_exec(args)
+        if args.command == "diagnose":
+            return cmd_diagnose(args)
         if args.command in {"probe", "clean"}:
             return cmd_probe_family(args)
         if args.command in {"create", "stop", "start", "delete"}:

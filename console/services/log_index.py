@@ -10,7 +10,7 @@ import asyncio
 import re
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import accumulate, repeat
 from operator import add
 from pathlib import Path
@@ -34,6 +34,8 @@ class LogIndex:
         self._filter_re: re.Pattern[str] | None = None
         self.visible = array("Q")  # indices into the entries, in order
         self.lagging = False  # the last read left data unread (the budget stopped it)
+        # Told of every run of complete new lines, as bytes: for matchers that scan in bulk.
+        self.on_lines: Callable[[int, bytes], None] | None = None
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -85,6 +87,8 @@ class LogIndex:
             end = data.rfind(b"\n")
             if end < 0 or start != self._positions[worker]:
                 continue  # no complete line yet, or already indexed by another scan
+            if self.on_lines is not None:
+                self.on_lines(worker, data[: end + 1])
             lengths = map(len, data[:end].split(b"\n"))
             first_new = len(self._offsets)
             # Offsets of each line start, computed in C: start, start+len0+1, ...

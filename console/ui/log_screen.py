@@ -7,6 +7,7 @@ The screen follows the job in a Textual worker; the LogStreams write the local c
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 from rich.markup import escape
@@ -20,9 +21,13 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
 from console.models import FleetError, Job
+from console.services.diagnosis import Diagnoser, from_condition
 from console.services.log_index import LogIndex
+from console.services.metrics import JobMetrics, sparkline
 from console.ui.log_view import LogView
 
+HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
+SILENT_S = 600.0  # no output at all this long while running
 TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
@@ -57,6 +62,8 @@ class LogScreen(Screen):
     DEFAULT_CSS = """
     LogScreen #log-status { height: 1; padding: 0 1; background: $boost; }
     LogScreen #log-banner { display: none; background: $error 30%; padding: 0 1; }
+    LogScreen #log-diagnosis { height: auto; max-height: 12; padding: 0 1; display: none; }
+    LogScreen #log-diagnosis.shown { display: block; background: $warning 15%; }
     LogScreen #log-banner.shown { display: block; }
     LogScreen #log-input { display: none; dock: bottom; margin-bottom: 1; }
     LogScreen #log-input.shown { display: block; }
@@ -68,6 +75,11 @@ class LogScreen(Screen):
         self.index: LogIndex
         self.ended: dict[int, str] = {w.worker: "" for w in job.workers}
         self.input_mode = ""  # "search" or "filter" while the input is open
+        self.diagnoser = Diagnoser()
+        self.metrics = JobMetrics()
+        self._findings_changed = False
+        self._last_data = time.monotonic()
+        self._done_at: dict[int, float] = {}
         self._changed = False
 
     def compose(self) -> ComposeResult:
@@ -75,9 +87,11 @@ class LogScreen(Screen):
             w.worker: self.app.jobs.log_path(self.job.job_id, w.worker) for w in self.job.workers
         }
         self.index = LogIndex(paths)
+        self.index.on_lines = self._scan_lines
         yield Header()
         yield Static("", id="log-banner")
         yield StatusLine(id="log-status")
+        yield Static("", id="log-diagnosis")
         yield LogView(self.index, id="log")
         yield Input(id="log-input")
         yield Footer()
@@ -112,7 +126,53 @@ class LogScreen(Screen):
                 self._changed = True
             await asyncio.sleep(0 if self.index.lagging else TICK_S)
 
+    def _scan_lines(self, worker: int, data: bytes) -> None:
+        """Bulk matchers over newly indexed lines: failures and results, C-speed scans."""
+        self._last_data = time.monotonic()
+        if self.diagnoser.feed_chunk(worker, data):
+            self._findings_changed = True
+        if self.metrics.feed_chunk(worker, data):
+            self._findings_changed = True
+            for w in self.metrics.done:
+                self._done_at.setdefault(w, time.monotonic())
+
+    def _check_conditions(self) -> None:
+        now = time.monotonic()
+        for worker, at in self._done_at.items():
+            if not self.ended.get(worker) and now - at > HANG_AFTER_DONE_S:
+                found = from_condition(
+                    "hang_after_done",
+                    f"w{worker} printed DONE {now - at:.0f} s ago and is still running",
+                    worker,
+                )
+                self._findings_changed |= self.diagnoser.add(found)
+        running = [w for w, state in self.ended.items() if not state]
+        if running and now - self._last_data > SILENT_S:
+            found = from_condition("silent", f"no output for {now - self._last_data:.0f} s")
+            self._findings_changed |= self.diagnoser.add(found)
+
+    def _show_findings(self) -> None:
+        lines = []
+        for d in self.diagnoser.found:
+            where = f"w{d.worker}: " if d.worker is not None else ""
+            lines.append(
+                f"[b red]{escape(where + d.title)}[/] — {escape(d.evidence[:120])}\n"
+                f"   [b]cause[/b] {escape(d.cause)}\n   [b]remedy[/b] {escape(d.remedy)}"
+            )
+        summary = self.metrics.summary()
+        if summary:
+            lines.append(f"[b green]results[/] {escape(summary)}")
+        for worker, series in sorted(self.metrics.losses.items()):
+            lines.append(f"w{worker} loss {sparkline([loss for _, loss in series])}")
+        panel = self.query_one("#log-diagnosis", Static)
+        panel.update("\n".join(lines))
+        panel.set_class(bool(lines), "shown")
+
     def _redraw(self) -> None:
+        self._check_conditions()
+        if self._findings_changed:
+            self._findings_changed = False
+            self._show_findings()
         if self._changed:
             self._changed = False
             self.view.refresh_rows()

@@ -12,7 +12,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from console.services.known_errors import looks_like_error
+from console.services.diagnosis import looks_like_error
 from console.services.log_index import LogIndex
 
 WORKER_COLOURS = (

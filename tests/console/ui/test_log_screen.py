@@ -21,7 +21,9 @@ ZONE = "us-central2-b"
 # Forty lines and an error per worker, then it waits for the test to let it finish.
 SCRIPT = (
     'w=$(basename "$HOME"); for i in $(seq 1 40); do echo "$w line $i"; done; '
-    'echo "ValueError: boom on $w"; while [ ! -f "$HOME/release" ]; do sleep 0.05; done; '
+    'echo "ValueError: boom on $w"; '
+    'echo "RuntimeError: Not enough memory. Please try to increase --mem-fraction-static."; '
+    'while [ ! -f "$HOME/release" ]; do sleep 0.05; done; '
     'echo "$w done"'
 )
 
@@ -67,12 +69,19 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         screen = app.screen
         assert isinstance(screen, LogScreen)
         view = screen.view
-        # Following: once all 82 lines are in, the view settles on the last of them.
+        # Following: once all 84 lines are in, the view settles on the last of them.
         await until(
-            pilot, lambda: len(screen.index) == 82 and view.scroll_offset.y == view.max_scroll_y > 0
+            pilot, lambda: len(screen.index) == 84 and view.scroll_offset.y == view.max_scroll_y > 0
         )
         assert {w for w, _ in shown(screen)} == {0, 1}
         assert view.follow
+        # The known failure is diagnosed on both workers, with its remedy on screen.
+        await until(pilot, lambda: len(screen.diagnoser.found) == 2)
+        assert {(d.key, d.worker) for d in screen.diagnoser.found} == {
+            ("hbm_oom", 0),
+            ("hbm_oom", 1),
+        }
+        assert "mem-fraction-static" in str(screen.query_one("#log-diagnosis").content)
 
         await pilot.press("up")
         assert not view.follow
@@ -89,7 +98,7 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         assert second != first and "boom" in screen.index.visible_line(second)[1]
 
         await pilot.press("2")
-        assert {w for w, _ in shown(screen)} == {1} and len(shown(screen)) == 41
+        assert {w for w, _ in shown(screen)} == {1} and len(shown(screen)) == 42
         await pilot.press("a", "ampersand", *"line 4", "enter")
         assert sorted(t for _, t in shown(screen)) == [
             "w0 line 4",
@@ -102,8 +111,8 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
             path.touch()
         await until(pilot, lambda: all(s == "rc=0" for s in screen.ended.values()))
         await pilot.press("ampersand", "ctrl+u", "enter")  # empty filter: everything again
-        assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 84
+        assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 86
 
         await pilot.press("s")
         saved = list((app.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
-        assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 84
+        assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 86

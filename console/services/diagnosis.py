@@ -1,0 +1,205 @@
+"""Known failures of sglang-jax and Tunix runs on TPU VMs: how to spot them, why, what to do.
+
+SIGNATURES is data: add a Signature and every log view, `tpuconsole diagnose` and the job
+screen know it. Line signatures are matched on raw bytes, whole chunks at a time, so a log
+pouring in at a million lines a second costs one C-level regex scan per chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    title: str
+    pattern: str  # a regular expression over one log line
+    cause: str
+    remedy: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    key: str
+    title: str
+    evidence: str
+    cause: str
+    remedy: str
+    worker: int | None = None
+
+
+SIGNATURES: tuple[Signature, ...] = (
+    Signature(
+        "incompatible_devices",
+        "Engines on different devices share an array",
+        r"Received incompatible devices for jitted computation",
+        "sgl-jax's module-global _zero_linear_penalty_cache was keyed by shape only, so the "
+        "second engine reused the first engine's device array (fixed upstream in sglang-jax "
+        "PR #795, which adds the sharding to the key).",
+        "Update sglang-jax past PR #795, or run remote/multi_engine.py, which patches the cache "
+        "to be device-aware when the installed version needs it.",
+    ),
+    Signature(
+        "tpu_in_use",
+        "The TPU is already in use",
+        r"TPU is already in use|probably owned by another user|"
+        r"Unable to initialize backend 'tpu'.*in use",
+        "A stale /tmp/libtpu_lockfile, or a process from an earlier run (often one that printed "
+        "DONE and never exited), still holds the chips. One TPU process per host.",
+        "Press K on the node (or `tpuconsole clean NODE`): it kills only the stale holders and "
+        "removes the lockfile when nobody holds it.",
+    ),
+    Signature(
+        "tpu_version",
+        "TPU version must be 4 or higher",
+        r"TPU version must be 4 or higher",
+        "sgl-jax's TPU attention kernels need TPU v4 or newer; off-TPU it needs the CPU backend.",
+        'Use a v4, v5e, v5p or v6e node; to test off-TPU set JAX_PLATFORMS=cpu (device="cpu").',
+    ),
+    Signature(
+        "continuator_halted",
+        "The program continuator has halted",
+        r"program continuator has halted",
+        "Multi-host GRPO with in-process sglang-jax rollout: Tunix builds the engine with device "
+        "ids from a mesh spanning hosts but no nnodes/node_rank/dist_init_addr, so each host "
+        "schedules on its own while the program runs cross-host collectives (also sglang-jax "
+        "#1216: compilation cache on a device subset without device 0, fixed by #1225).",
+        "Use --rollout-engine vanilla on multi-host, a host-local rollout mesh, or sglang-jax's "
+        "multi-node mode with only node_rank 0 taking requests.",
+    ),
+    Signature(
+        "hbm_oom",
+        "Not enough TPU memory",
+        r"Not enough memory\. Please try to increase --mem-fraction-static|"
+        r"RESOURCE_EXHAUSTED.*(?:HBM|[Mm]emory)|Ran out of memory in memory space hbm",
+        "--mem-fraction-static applies to the memory free at start-up, weights included; the KV "
+        "cache did not fit.",
+        "Raise --mem-fraction-static (e.g. 0.8), or lower the context length, max total tokens "
+        "or the number of engines per chip.",
+    ),
+    Signature(
+        "spot_quota",
+        "Spot quota exhausted",
+        r"Quota limit '[^']*(?:Preemptible|Spot)[^']*' has been exceeded",
+        "The project's spot/preemptible TPU quota in that region is used up.",
+        "Create on-demand (the create form's fallback), try another zone, or request quota.",
+    ),
+    Signature(
+        "signal_off_main_thread",
+        "sgl-jax engine built off the main thread",
+        r"signal only works in main thread",
+        "sgl-jax's Engine installs SIGCHLD/SIGQUIT handlers unconditionally, which Python allows "
+        "only on the main thread.",
+        "Build engines on the main thread, or use remote/multi_engine.py --engine-per-thread, "
+        "which installs the handlers only where allowed.",
+    ),
+    Signature(
+        "multi_process_refused",
+        "The multi-engine test needs a single host",
+        r"must run on a single host \(process_count==1\)",
+        "The multi-engine thread test drives engines in one process; a multi-host slice makes "
+        "JAX see several processes.",
+        "Run it on one worker (--worker 0) of a single-host node, e.g. a v4-8.",
+    ),
+)
+
+# Conditions seen from the job and node, not from a line.
+NODE_LEFT = Signature(
+    "node_left",
+    "The VM left READY mid-run",
+    "",
+    "Spot preemption, or the VM was deleted or terminated (by someone, a policy or automation).",
+    "Check the node's event timeline; create it again (on-demand if spot keeps failing) and "
+    "re-run the job.",
+)
+HANG_AFTER_DONE = Signature(
+    "hang_after_done",
+    "The runner printed DONE but did not exit",
+    "",
+    "sgl-jax's engine shutdown leaves scheduler threads running, so the process lingers and "
+    "keeps holding the TPU.",
+    "Press K on the node to stop it (the next run would find the TPU in use); "
+    "remote/multi_engine.py ends itself after DONE.",
+)
+SILENT = Signature(
+    "silent",
+    "No output for a long time",
+    "",
+    "The run may be stalled: the seeds saw concurrent generate (--concurrency 4) without a "
+    "sequential warm-up hang.",
+    "Check the process (py-spy dump) and consider --warmup-sequential; or it is compiling: "
+    "JAX_COMPILATION_CACHE_DIR speeds up the next start.",
+)
+
+_BY_KEY = {s.key: s for s in SIGNATURES}
+_COMBINED = re.compile("|".join(f"(?P<{s.key}>{s.pattern})" for s in SIGNATURES).encode())
+
+
+def _diagnosis(sig: Signature, evidence: str, worker: int | None) -> Diagnosis:
+    return Diagnosis(sig.key, sig.title, evidence.strip(), sig.cause, sig.remedy, worker)
+
+
+_GENERIC_ERROR = re.compile(
+    r"Traceback \(most recent call last\)|\b\w+(?:Error|Exception): |Killed$"
+)
+
+
+def looks_like_error(line: str) -> bool:
+    """For highlighting: a known signature, or any traceback or exception line."""
+    return _GENERIC_ERROR.search(line) is not None or line_signature(line) is not None
+
+
+def line_signature(line: str) -> Signature | None:
+    match = _COMBINED.search(line.encode("utf-8", "replace"))
+    return _BY_KEY[match.lastgroup] if match and match.lastgroup else None
+
+
+def from_condition(key: str, evidence: str, worker: int | None = None) -> Diagnosis:
+    sig = {s.key: s for s in (NODE_LEFT, HANG_AFTER_DONE, SILENT)}[key]
+    return _diagnosis(sig, evidence, worker)
+
+
+class Diagnoser:
+    """Collects each signature once per worker, with the first line that showed it."""
+
+    def __init__(self) -> None:
+        self.found: list[Diagnosis] = []
+        self._seen: set[tuple[str, int | None]] = set()
+
+    def add(self, diagnosis: Diagnosis) -> bool:
+        key = (diagnosis.key, diagnosis.worker)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.found.append(diagnosis)
+        return True
+
+    def feed_chunk(self, worker: int | None, data: bytes) -> list[Diagnosis]:
+        """Complete lines as bytes, in bulk; returns the new diagnoses."""
+        new = []
+        for match in _COMBINED.finditer(data):
+            start = data.rfind(b"\n", 0, match.start()) + 1
+            end = data.find(b"\n", match.end())
+            line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+            sig = _BY_KEY[match.lastgroup or ""]
+            diagnosis = _diagnosis(sig, line, worker)
+            if self.add(diagnosis):
+                new.append(diagnosis)
+        return new
+
+    def feed_line(self, worker: int | None, line: str) -> list[Diagnosis]:
+        return self.feed_chunk(worker, line.encode("utf-8", "replace"))
+
+
+def diagnose_text(text: str) -> list[Diagnosis]:
+    """The whole of a saved log; `[wN] ` prefixes (from `tpuconsole logs`) name the worker."""
+    diagnoser = Diagnoser()
+    for line in text.splitlines():
+        worker = None
+        m = re.match(r"\[w(\d+)\] ", line)
+        if m:
+            worker, line = int(m.group(1)), line[m.end() :]
+        diagnoser.feed_line(worker, line)
+    return diagnoser.found
