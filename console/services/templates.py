@@ -1,0 +1,293 @@
+"""Job templates: typed parameters with defaults, validation and help, rendering one argv.
+
+The presets are the seeds' own runs, flag for flag. A parameter left unset is not passed, so the
+runner's default applies (its value is in the help); everything passed is quoted word by word.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.models import FleetError
+
+CONDA_PROFILE = "/root/miniconda3/etc/profile.d/conda.sh"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # the key users set: `--set context_length=1024`
+    kind: str  # str | int | float | bool | choice
+    help: str
+    flag: str = ""  # the runner's flag; "" for the template's own options
+    runner_default: Any = None  # what the runner uses when the flag is not passed
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, raw: Any) -> Any:
+        """A value from a form or `--set`, checked; FleetError says what is wrong."""
+        if raw is None or raw == "":
+            return None
+        text = str(raw)
+        if "\0" in text:
+            raise FleetError(f"{self.name}: a NUL character cannot be passed to a program.")
+        try:
+            if self.kind == "int":
+                value: Any = int(text)
+            elif self.kind == "float":
+                value = float(text)
+            elif self.kind == "bool":
+                if text.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError
+                value = text.lower() in {"1", "true", "yes", "on"}
+            else:
+                value = text
+        except ValueError:
+            raise FleetError(
+                f"{self.name}: {text!r} is not a valid {self.kind}.", self.help
+            ) from None
+        if self.choices and value not in self.choices:
+            raise FleetError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}.")
+        if self.minimum is not None and value < self.minimum:
+            raise FleetError(f"{self.name}: {value} is below {self.minimum}.")
+        if self.maximum is not None and value > self.maximum:
+            raise FleetError(f"{self.name}: {value} is above {self.maximum}.")
+        return value
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a template produced: the argv, its environment, and the shell text that runs it."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    prelude: tuple[str, ...] = ()
+
+    def shell(self) -> str:
+        return "\n".join([*self.prelude, shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    title: str
+    program: tuple[str, ...]
+    params: tuple[Param, ...]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    single_host: bool = False  # refuses process_count != 1 (the multi-engine test)
+    uses_sglang: bool = False
+
+    def param(self, name: str) -> Param:
+        for p in (*self.params, *COMMON_PARAMS):
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in (*self.params, *COMMON_PARAMS))
+        raise FleetError(f"{self.name} has no parameter {name!r}.", f"Known: {known}.")
+
+    def values(
+        self, preset: str = "", overrides: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if preset and preset not in self.presets:
+            raise FleetError(
+                f"{self.name} has no preset {preset!r}.",
+                f"Presets: {', '.join(self.presets) or 'none'}.",
+            )
+        raw = {**(self.presets.get(preset, {})), **(overrides or {})}
+        return {name: self.param(name).parse(value) for name, value in raw.items()}
+
+    def render(self, values: Mapping[str, Any]) -> Rendered:
+        argv = list(self.program)
+        for p in self.params:
+            value = values.get(p.name)
+            if value is None or not p.flag:
+                continue
+            if p.kind == "bool":
+                if value:
+                    argv.append(p.flag)
+            else:
+                argv += [p.flag, str(value)]
+        return _with_environment(tuple(argv), values)
+
+
+COMMON_PARAMS: tuple[Param, ...] = (
+    Param("compile_cache", "str", "JAX_COMPILATION_CACHE_DIR, created first (empty: none)"),
+    Param("conda_env", "str", "conda environment to activate (as the seeds: sglang-jax, tunix)"),
+    Param("venv", "str", "or a virtualenv folder to activate instead of conda"),
+    Param("workdir", "str", "folder to run in (empty: the home folder)"),
+)
+
+
+def _with_environment(argv: tuple[str, ...], values: Mapping[str, Any]) -> Rendered:
+    prelude: list[str] = []
+    env: dict[str, str] = {}
+    if values.get("conda_env"):
+        prelude += [f"source {CONDA_PROFILE}", f"conda activate {shlex.quote(values['conda_env'])}"]
+    elif values.get("venv"):
+        prelude.append(f"source {shlex.quote(values['venv'].rstrip('/') + '/bin/activate')}")
+    if values.get("workdir"):
+        prelude.append(f"cd {shlex.quote(values['workdir'])}")
+    if values.get("compile_cache"):
+        env["JAX_COMPILATION_CACHE_DIR"] = values["compile_cache"]
+        prelude.append('mkdir -p "$JAX_COMPILATION_CACHE_DIR"')
+    return Rendered(argv, env, tuple(prelude))
+
+
+MULTI_ENGINE = Template(
+    "multi-engine",
+    "sgl-jax multi-engine thread test (one engine per device, one process)",
+    ("python", "-u", "-m", "remote.multi_engine"),
+    (
+        Param("model", "str", "Hugging Face model id", "--model", "Qwen/Qwen3-4B-Instruct-2507"),
+        Param("num_engines", "int", "engines, one per device", "--num-engines", 4, minimum=1),
+        Param(
+            "load_format",
+            "choice",
+            "weights: dummy loads none",
+            "--load-format",
+            "dummy",
+            choices=("auto", "safetensors", "pt", "dummy"),
+        ),
+        Param("context_length", "int", "context length", "--context-length", 2048, minimum=1),
+        Param("max_total_tokens", "int", "KV cache tokens", "--max-total-tokens", 2048, minimum=1),
+        Param(
+            "max_prefill_tokens", "int", "prefill tokens", "--max-prefill-tokens", 2048, minimum=1
+        ),
+        Param("page_size", "int", "KV page size", "--page-size", 64, minimum=1),
+        Param(
+            "max_running_requests",
+            "int",
+            "requests per engine",
+            "--max-running-requests",
+            4,
+            minimum=1,
+        ),
+        Param("max_new_tokens", "int", "tokens to generate", "--max-new-tokens", 16, minimum=1),
+        Param("prompt", "str", "the prompt", "--prompt", "Please answer: 1+1=?"),
+        Param(
+            "concurrency", "int", "threads for the timed generates", "--concurrency", 4, minimum=1
+        ),
+        Param(
+            "warmup_sequential",
+            "bool",
+            "one generate per engine before the timed part",
+            "--warmup-sequential",
+            False,
+        ),
+        Param(
+            "engine_per_thread",
+            "bool",
+            "build each engine in its own thread",
+            "--engine-per-thread",
+            False,
+        ),
+        Param(
+            "mem_fraction_static",
+            "float",
+            "memory fraction for the KV cache",
+            "--mem-fraction-static",
+            0.7,
+            minimum=0.05,
+            maximum=0.99,
+        ),
+    ),
+    presets={
+        "qwen3-4b": {
+            "model": "Qwen/Qwen3-4B-Instruct-2507",
+            "num_engines": 4,
+            "load_format": "dummy",
+            "context_length": 1024,
+            "max_total_tokens": 1024,
+            "max_prefill_tokens": 1024,
+            "page_size": 16,
+            "max_running_requests": 1,
+            "prompt": "1+1=?",
+        },
+        "tiny-llama": {
+            "model": "hf-internal-testing/tiny-random-LlamaForCausalLM",
+            "num_engines": 4,
+            "load_format": "dummy",
+            "context_length": 128,
+            "max_total_tokens": 128,
+            "max_prefill_tokens": 128,
+            "page_size": 8,
+            "max_running_requests": 1,
+            "max_new_tokens": 1,
+            "prompt": "1+1=?",
+            "concurrency": 1,
+        },
+    },
+    single_host=True,
+    uses_sglang=True,
+)
+
+GRPO = Template(
+    "grpo",
+    "Tunix GRPO on GSM8K (sglang-jax or vanilla rollout)",
+    ("python", "-u", "-m", "remote.grpo"),
+    (
+        Param("steps", "int", "training steps", "--steps", 10, minimum=1),
+        Param(
+            "rollout_devices",
+            "int",
+            "devices for the rollout engine",
+            "--rollout-devices",
+            2,
+            minimum=1,
+        ),
+        Param(
+            "rollout_engine",
+            "choice",
+            "rollout engine",
+            "--rollout-engine",
+            "sglang_jax",
+            choices=("sglang_jax", "vanilla"),
+        ),
+        Param("local_model_dir", "str", "model weights already on the VM", "--local-model-dir"),
+        Param(
+            "sglang_mem_fraction_static",
+            "float",
+            "sglang-jax memory fraction",
+            "--sglang-mem-fraction-static",
+            0.4,
+            minimum=0.05,
+            maximum=0.99,
+        ),
+        Param("model", "str", "Hugging Face model id", "--model", "Qwen/Qwen3-4B-Instruct-2507"),
+    ),
+    presets={
+        "single-host-sglang": {
+            "steps": 10,
+            "rollout_devices": 2,
+            "sglang_mem_fraction_static": 0.8,
+        },
+        "multi-host-vanilla": {
+            "steps": 10,
+            "rollout_devices": 8,
+            "rollout_engine": "vanilla",
+            "local_model_dir": "/tmp/models/Qwen__Qwen3-4B-Instruct-2507",
+        },
+    },
+    uses_sglang=True,
+)
+
+TEMPLATES = {t.name: t for t in (MULTI_ENGINE, GRPO)}
+
+
+def template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise FleetError(f"No template {name!r}.", f"Templates: {', '.join(TEMPLATES)}.")
+    return TEMPLATES[name]
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs; dashes in keys are accepted as underscores."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FleetError(f"--set {item!r} is not key=value.", "Example: --set steps=20")
+        out[key.strip().replace("-", "_")] = value
+    return out

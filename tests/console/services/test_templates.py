@@ -1,0 +1,121 @@
+"""Templates render the seeds' runs flag for flag, and any value reaches the program intact."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from console.models import FleetError
+from console.services.templates import GRPO, MULTI_ENGINE, Rendered, parse_sets, template
+
+# The commands the seeds ran (shared/seeds/*), after their `python -u -m <runner>` part.
+SEED_MULTI = {
+    ("qwen3-4b", ()): "--model Qwen/Qwen3-4B-Instruct-2507 --num-engines 4 --load-format dummy "
+    "--context-length 1024 --max-total-tokens 1024 --max-prefill-tokens 1024 --page-size 16 "
+    '--max-running-requests 1 --prompt "1+1=?"',
+    ("qwen3-4b", (("concurrency", "1"),)): "--model Qwen/Qwen3-4B-Instruct-2507 --num-engines 4 "
+    "--load-format dummy --context-length 1024 --max-total-tokens 1024 --max-prefill-tokens 1024 "
+    '--page-size 16 --max-running-requests 1 --prompt "1+1=?" --concurrency 1',
+    ("tiny-llama", ()): "--model hf-internal-testing/tiny-random-LlamaForCausalLM --num-engines 4 "
+    "--load-format dummy --context-length 128 --max-total-tokens 128 --max-prefill-tokens 128 "
+    '--page-size 8 --max-running-requests 1 --max-new-tokens 1 --prompt "1+1=?" --concurrency 1',
+    (
+        "tiny-llama",
+        (("concurrency", "4"), ("engine_per_thread", "true")),
+    ): "--model hf-internal-testing/tiny-random-LlamaForCausalLM --num-engines 4 "
+    "--load-format dummy --context-length 128 --max-total-tokens 128 --max-prefill-tokens 128 --page-size 8 "
+    '--max-running-requests 1 --max-new-tokens 1 --prompt "1+1=?" --concurrency 4 '
+    "--engine-per-thread",
+    (
+        "tiny-llama",
+        (("concurrency", "4"), ("warmup_sequential", "true")),
+    ): "--model hf-internal-testing/tiny-random-LlamaForCausalLM --num-engines 4 "
+    "--load-format dummy --context-length 128 --max-total-tokens 128 --max-prefill-tokens 128 --page-size 8 "
+    '--max-running-requests 1 --max-new-tokens 1 --prompt "1+1=?" --concurrency 4 '
+    "--warmup-sequential",
+}
+SEED_GRPO = {
+    "single-host-sglang": "--steps 10 --rollout-devices 2 --sglang-mem-fraction-static 0.8",
+    "multi-host-vanilla": "--steps 10 --rollout-devices 8 --rollout-engine vanilla "
+    "--local-model-dir /tmp/models/Qwen__Qwen3-4B-Instruct-2507",
+}
+
+
+@pytest.mark.parametrize(("preset", "overrides"), list(SEED_MULTI))
+def test_multi_engine_presets_are_the_seeds_runs_flag_for_flag(preset, overrides) -> None:
+    rendered = MULTI_ENGINE.render(MULTI_ENGINE.values(preset, dict(overrides)))
+    assert rendered.argv[:4] == ("python", "-u", "-m", "remote.multi_engine")
+    assert list(rendered.argv[4:]) == shlex.split(SEED_MULTI[(preset, overrides)])
+
+
+@pytest.mark.parametrize("preset", list(SEED_GRPO))
+def test_grpo_presets_are_the_seeds_runs_flag_for_flag(preset: str) -> None:
+    rendered = GRPO.render(GRPO.values(preset))
+    assert list(rendered.argv[4:]) == shlex.split(SEED_GRPO[preset])
+
+
+def test_environment_as_the_seeds_set_it() -> None:
+    values = MULTI_ENGINE.values(
+        "qwen3-4b", {"conda_env": "sglang-jax", "compile_cache": "/tmp/jit_cache_multi"}
+    )
+    rendered = MULTI_ENGINE.render(values)
+    assert rendered.env == {"JAX_COMPILATION_CACHE_DIR": "/tmp/jit_cache_multi"}
+    assert rendered.prelude == (
+        "source /root/miniconda3/etc/profile.d/conda.sh",
+        "conda activate sglang-jax",
+        'mkdir -p "$JAX_COMPILATION_CACHE_DIR"',
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("num_engines", "four", "not a valid int"),
+        ("num_engines", "0", "below 1"),
+        ("load_format", "gguf", "not one of"),
+        ("mem_fraction_static", "1.5", "above"),
+        ("warmup_sequential", "maybe", "not a valid bool"),
+        ("nope", "1", "no parameter"),
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(name: str, value: str, message: str) -> None:
+    with pytest.raises(FleetError, match=message):
+        MULTI_ENGINE.values("", {name: value})
+
+
+def test_set_pairs_and_unknown_templates() -> None:
+    assert parse_sets(["max-new-tokens=8", "prompt=a=b"]) == {
+        "max_new_tokens": "8",
+        "prompt": "a=b",
+    }
+    with pytest.raises(FleetError, match="not key=value"):
+        parse_sets(["oops"])
+    with pytest.raises(FleetError, match="Templates: multi-engine, grpo"):
+        template("bert")
+
+
+ECHO = (sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))")
+PRINTABLE = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prompt=PRINTABLE.filter(bool), model=PRINTABLE.filter(bool), workdir=PRINTABLE)
+def test_any_value_reaches_the_program_exactly(prompt: str, model: str, workdir: str) -> None:
+    values = MULTI_ENGINE.values("", {"prompt": prompt, "model": model})
+    rendered = MULTI_ENGINE.render(values)
+    probe = Rendered((*ECHO, *rendered.argv[4:]), rendered.env, rendered.prelude)
+    out = subprocess.run(["bash", "-c", probe.shell()], capture_output=True, check=True)
+    received = json.loads(out.stdout)
+    assert received[received.index("--prompt") + 1] == prompt
+    assert received[received.index("--model") + 1] == model
+    if workdir:  # a folder name with quotes, spaces or $ is still one word to cd
+        quoted = MULTI_ENGINE.render(MULTI_ENGINE.values("", {"workdir": workdir}))
+        assert shlex.split(quoted.prelude[0]) == ["cd", workdir]
