@@ -29,14 +29,16 @@ SEED_MULTI = {
         "tiny-llama",
         (("concurrency", "4"), ("engine_per_thread", "true")),
     ): "--model hf-internal-testing/tiny-random-LlamaForCausalLM --num-engines 4 "
-    "--load-format dummy --context-length 128 --max-total-tokens 128 --max-prefill-tokens 128 --page-size 8 "
+    "--load-format dummy --context-length 128 --max-total-tokens 128 "
+    "--max-prefill-tokens 128 --page-size 8 "
     '--max-running-requests 1 --max-new-tokens 1 --prompt "1+1=?" --concurrency 4 '
     "--engine-per-thread",
     (
         "tiny-llama",
         (("concurrency", "4"), ("warmup_sequential", "true")),
     ): "--model hf-internal-testing/tiny-random-LlamaForCausalLM --num-engines 4 "
-    "--load-format dummy --context-length 128 --max-total-tokens 128 --max-prefill-tokens 128 --page-size 8 "
+    "--load-format dummy --context-length 128 --max-total-tokens 128 "
+    "--max-prefill-tokens 128 --page-size 8 "
     '--max-running-requests 1 --max-new-tokens 1 --prompt "1+1=?" --concurrency 4 '
     "--warmup-sequential",
 }
