@@ -125,7 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("--yes", "-y", action="store_true", help="do not ask")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
-    launch.add_argument("node", help="node name")
+    launch.add_argument(
+        "target",
+        nargs="+",
+        metavar="[TEMPLATE] NODE",
+        help="a template (multi-engine, grpo) and a node; or a node and a command after --",
+    )
+    launch.add_argument("--preset", default="", help="a template preset, e.g. tiny-llama")
+    launch.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        help="key=value for a template parameter, repeatable",
+    )
+    launch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show preflight and the exact command, launch nothing",
+    )
     launch.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     launch.add_argument("--follow", "-f", action="store_true", help="stream its logs until done")
     launch.add_argument(
@@ -277,6 +295,41 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
     return worst
 
 
+async def _template_plan(jobs_service, node, args):
+    """Values, preflight and the exact command: (went well, (command, env, kind) or None)."""
+    from console.services.preflight import preflight
+    from console.services.probe import ProbeService
+    from console.services.templates import parse_sets, template
+
+    chosen = template(args.target[0])
+    values = chosen.values(args.preset, parse_sets(args.sets))
+    rendered = chosen.render(values)
+    probes = (
+        await ProbeService(jobs_service.remote).probe(node, args.worker)
+        if node.state == "READY"
+        else []
+    )
+    checks = preflight(chosen, values, node, args.worker, probes)
+    for check in checks:
+        print(
+            f"{check.level.upper()}: {check.message}"
+            + (f" — {check.remedy}" if check.remedy else "")
+        )
+    exports = " ".join(f"{k}={v}" for k, v in rendered.env.items())
+    print("command:" + (f" [{exports}]" if exports else ""))
+    for line in rendered.shell().splitlines():
+        print(f"  {line}")
+    if any(c.level == "refuse" for c in checks):
+        print("tpuconsole: refused by preflight; nothing launched", file=sys.stderr)
+        return False, None
+    if args.dry_run:
+        return True, None
+    offered = any(c.level == "offer" for c in checks) and not args.force
+    if offered and not await _stale_cleared(jobs_service, node, args):
+        return False, None
+    return True, (rendered.shell(), rendered.env, chosen.name)
+
+
 async def _stale_cleared(jobs_service, node, args) -> bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: probe, then clean or refuse."""
     from console.services.probe import ProbeService, node_status, plan_for
@@ -315,8 +368,12 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
     from console.services.remote import command_from_argv
 
     settings = _settings(args)
-    if args.command == "launch" and not args.remote_argv:
-        return _fail("launch needs a command after --, e.g. tpuconsole launch NODE -- python x.py")
+    if args.command == "launch" and len(args.target) == 1 and not args.remote_argv:
+        return _fail(
+            "launch needs a template and a node (tpuconsole launch multi-engine "
+            "demo-v4-8), or a node and a command after -- (tpuconsole launch NODE -- "
+            "python x.py)"
+        )
     source = open_fleet_source(settings)
     jobs_service = _job_services(source, settings)
 
@@ -332,12 +389,20 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                 return 0
             if args.command == "launch":
                 zone = args.zone[0] if args.zone else ""
-                node = await source.fleet.find_node(args.node, zone)
-                if not args.force and not await _stale_cleared(jobs_service, node, args):
-                    return 1
-                job = await jobs_service.launch(
-                    node, args.worker, command_from_argv(args.remote_argv)
-                )
+                node = await source.fleet.find_node(args.target[-1], zone)
+                if len(args.target) == 2:
+                    ok, plan = await _template_plan(jobs_service, node, args)
+                    if plan is None:
+                        return 0 if ok else 1
+                    command, env, kind = plan
+                else:
+                    if args.dry_run:
+                        print(command_from_argv(args.remote_argv))
+                        return 0
+                    if not args.force and not await _stale_cleared(jobs_service, node, args):
+                        return 1
+                    command, env, kind = command_from_argv(args.remote_argv), {}, "custom"
+                job = await jobs_service.launch(node, args.worker, command, kind=kind, env=env)
                 print(
                     f"job {job.job_id} {job.status} on {node.name}: "
                     + " ".join(

@@ -147,3 +147,20 @@ def test_exec_prefixes_lines_by_worker_and_exits_with_the_worst_status(
 def test_exec_with_several_words_quotes_each(capsys: pytest.CaptureFixture) -> None:
     assert main(["exec", "demo-v4-8", "--worker", "0", "--", "printf", "%s|", "a b", "$HOME"]) == 0
     assert capsys.readouterr().out.strip() == "[w0] a b|$HOME|"
+
+
+def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["launch", "multi-engine", "demo-v4-8", "--preset", "tiny-llama",
+                 "--set", "prompt=it's $HOME", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "python -u -m remote.multi_engine --model hf-internal-testing/" in out
+    assert "--prompt 'it'\"'\"'s $HOME'" in out
+    assert main(["launch", "multi-engine", "demo-v3-8", "--preset", "tiny-llama",
+                 "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert "REFUSE: demo-v3-8 is TPU v3" in captured.out
+    assert "refused by preflight; nothing launched" in captured.err
+    assert main(["launch", "multi-engine", "demo-v4-8", "--set", "num_engines=lots"]) == 2
+    assert "not a valid int" in capsys.readouterr().err
