@@ -152,13 +152,25 @@ def test_exec_with_several_words_quotes_each(capsys: pytest.CaptureFixture) -> N
 def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
     capsys: pytest.CaptureFixture,
 ) -> None:
-    assert main(["launch", "multi-engine", "demo-v4-8", "--preset", "tiny-llama",
-                 "--set", "prompt=it's $HOME", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                "multi-engine",
+                "demo-v4-8",
+                "--preset",
+                "tiny-llama",
+                "--set",
+                "prompt=it's $HOME",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "python -u -m remote.multi_engine --model hf-internal-testing/" in out
     assert "--prompt 'it'\"'\"'s $HOME'" in out
-    assert main(["launch", "multi-engine", "demo-v3-8", "--preset", "tiny-llama",
-                 "--dry-run"]) == 1
+    assert main(["launch", "multi-engine", "demo-v3-8", "--preset", "tiny-llama", "--dry-run"]) == 1
     captured = capsys.readouterr()
     assert "REFUSE: demo-v3-8 is TPU v3" in captured.out
     assert "refused by preflight; nothing launched" in captured.err

@@ -1,0 +1,246 @@
+"""The seeds' multi-engine thread test: one engine per device, all in one process.
+
+`python -u -m remote.multi_engine [flags]`, on the VM. It carries the fixes the seeds found by
+hand: a device-aware zero-penalty cache, engines built and called on their own threads, a
+sequential warm-up, and an exit of its own after `DONE` (engine shutdown leaves threads alive).
+`--engine reference` runs remote/reference_engine.py instead of sgl-jax (tests, the sandbox).
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import queue
+import sys
+import threading
+import time
+
+SHUTDOWN_LIMIT_S = 10.0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="remote.multi_engine", description=__doc__)
+    p.add_argument("--model", default="Qwen/Qwen3-4B-Instruct-2507")
+    p.add_argument("--num-engines", type=int, default=4)
+    p.add_argument(
+        "--device-indexes",
+        default="",
+        help="comma-separated device ids (default: the first N local devices)",
+    )
+    p.add_argument("--load-format", default="dummy", choices=["auto", "safetensors", "pt", "dummy"])
+    p.add_argument("--context-length", type=int, default=2048)
+    p.add_argument("--max-total-tokens", type=int, default=2048)
+    p.add_argument("--max-prefill-tokens", type=int, default=2048)
+    p.add_argument("--page-size", type=int, default=64)
+    p.add_argument("--max-running-requests", type=int, default=4)
+    p.add_argument("--mem-fraction-static", type=float, default=0.7)
+    p.add_argument("--prompt", default="Please answer: 1+1=?")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--warmup-sequential", action="store_true")
+    p.add_argument("--engine-per-thread", action="store_true")
+    p.add_argument("--engine", default="sgl-jax", choices=["sgl-jax", "reference"])
+    p.add_argument(
+        "--no-cache-patch",
+        action="store_true",
+        help="leave the zero-penalty cache as the engine has it (to show the bug)",
+    )
+    return p.parse_args(argv)
+
+
+def say(text):
+    print(text, flush=True)
+
+
+def choose_devices(jax, args):
+    """The device ids to use, checked the way the seeds' runner checks them."""
+    local = [d.id for d in jax.local_devices()]
+    if not local:
+        raise SystemExit("No local JAX devices found.")
+    if args.device_indexes:
+        ids = [int(x) for x in args.device_indexes.split(",") if x.strip()]
+    else:
+        ids = local[: args.num_engines]
+    if len(ids) != args.num_engines:
+        raise SystemExit("Need %d device ids, got %d: %s" % (args.num_engines, len(ids), ids))
+    if len(set(ids)) != len(ids):
+        raise SystemExit("Duplicate device ids: %s" % ids)
+    for i in ids:
+        if i not in local:
+            raise SystemExit("Unknown device id %d. Known: %s" % (i, local))
+    return ids
+
+
+def patch_zero_penalty_cache(module):
+    """Key the engine's zero-penalty cache by device as well as shape (sglang-jax PR #795).
+
+    Returns what was done, for the log: a version that already keys by device is left alone.
+    """
+    original = getattr(module, "zero_penalty", None)
+    if original is None or getattr(original, "_device_aware", False):
+        return "zero-penalty cache: already device-aware"
+    jnp = module.jnp
+    cache = {}
+
+    def zero_penalty(shape, device):
+        key = (tuple(shape), device.id)
+        if key not in cache:
+            cache[key] = module.jax.device_put(jnp.zeros(shape, jnp.float32), device)
+        return cache[key]
+
+    zero_penalty._device_aware = True
+    module.zero_penalty = zero_penalty
+    return "zero-penalty cache: patched to be device-aware (keyed by shape and device)"
+
+
+def engine_factory(args):
+    if args.engine == "reference":
+        from remote import reference_engine
+
+        if not args.no_cache_patch:
+            say(patch_zero_penalty_cache(reference_engine))
+
+        def make(device_id):
+            return reference_engine.ReferenceEngine(
+                [device_id], context_length=args.context_length, seed=device_id
+            )
+
+        return make
+    try:
+        import sgl_jax  # noqa: F401 - sgl-jax needs Python 3.12+ and a TPU
+    except ImportError as exc:
+        raise SystemExit(
+            "sgl-jax is not importable here (%s); install it (bootstrap) or use "
+            "--engine reference" % exc
+        ) from None
+    raise SystemExit(
+        "the sgl-jax engine adapter is not in this version yet; use --engine reference"
+    )
+
+
+class EngineWorker:
+    """One daemon thread per device: builds its engine and serves generate requests in turn."""
+
+    def __init__(self, index, device_id, make):
+        self.index = index
+        self.device_id = device_id
+        self.requests = queue.Queue()
+        self.ready = concurrent.futures.Future()
+        self.engine = None
+        self.thread = threading.Thread(
+            target=self._run, args=(make,), daemon=True, name="engine-worker-%d" % index
+        )
+        self.thread.start()
+
+    def _run(self, make):
+        try:
+            self.engine = make(self.device_id)
+        except BaseException as exc:  # reported to the main thread through the future
+            self.ready.set_exception(exc)
+            return
+        self.ready.set_result(self.engine)
+        while True:
+            item = self.requests.get()
+            if item is None:
+                return
+            prompt, params, future = item
+            try:
+                future.set_result(self.engine.generate(prompt=prompt, sampling_params=params))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def generate(self, prompt, params):
+        future = concurrent.futures.Future()
+        self.requests.put((prompt, params, future))
+        return future.result()
+
+
+def _caller(engine):
+    """Legacy mode: the engine is called from the pool's threads."""
+
+    def call(prompt, params):
+        return engine.generate(prompt=prompt, sampling_params=params)
+
+    return call
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import jax
+
+    info = {
+        "backend": jax.default_backend(),
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "local_device_count": jax.local_device_count(),
+        "device_count": jax.device_count(),
+        "local_device_ids": [d.id for d in jax.local_devices()],
+    }
+    say("JAX: " + json.dumps(info))
+    if info["process_count"] != 1:
+        say(
+            "ERROR: This smoke test must run on a single host (process_count==1). "
+            "Got process_count=%d" % info["process_count"]
+        )
+        return 2
+    ids = choose_devices(jax, args)
+    make = engine_factory(args)
+    params = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0}
+    worker_mode = args.engine_per_thread or args.concurrency > 1
+    for i, device_id in enumerate(ids):
+        say("[engine %d] init device_indexes=[%d]" % (i, device_id))
+    if worker_mode:
+        workers = [EngineWorker(i, d, make) for i, d in enumerate(ids)]
+        engines = [w.ready.result() for w in workers]
+        call = [w.generate for w in workers]
+    else:
+        engines = [make(d) for d in ids]
+        call = [_caller(e) for e in engines]
+    for i, engine in enumerate(engines):
+        say("[engine %d] OK mesh_device_ids=%s" % (i, getattr(engine, "mesh_device_ids", [])))
+    if args.warmup_sequential:
+        say("Warmup: sequential generate")
+        for i in range(len(engines)):
+            call[i](args.prompt, {"max_new_tokens": 1, "temperature": 0.0})
+    mode = "engine-workers" if worker_mode else "thread-pool"
+    say("Running concurrent generate (%s): concurrency=%d" % (mode, args.concurrency))
+
+    def timed(i):
+        start = time.perf_counter()
+        out = call[i](args.prompt, params)
+        return i, time.perf_counter() - start, out["text"]
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for i, seconds, text in pool.map(timed, range(len(engines))):
+            say("[engine %d] generate_sec=%.3f text=%s" % (i, seconds, json.dumps(text)))
+    say("DONE: engines=%d wall_sec=%.3f" % (len(engines), time.perf_counter() - start))
+    finish(engines, workers if worker_mode else [])
+    return 0
+
+
+def finish(engines, workers):
+    """Shut the engines down within a time limit, then end the process, threads or not.
+
+    sgl-jax's shutdown leaves scheduler threads running, so the seeds' process lingered after
+    DONE and held the TPU; nothing is ever left to clean after a good run.
+    """
+
+    def shut():
+        for engine in engines:
+            engine.shutdown()
+        for worker in workers:
+            worker.requests.put(None)
+
+    closer = threading.Thread(target=shut, daemon=True)
+    closer.start()
+    closer.join(SHUTDOWN_LIMIT_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)
