@@ -239,7 +239,7 @@ class Job:
     started_at: datetime
     kind: str = "custom"
     workers: tuple[JobWorker, ...] = ()
-    status: str = "starting"  # starting | running | done | failed | lost
+    status: str = "starting"  # starting | running | succeeded | failed | lost
 
     @property
     def node_key(self) -> str:

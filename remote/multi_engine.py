@@ -39,7 +39,12 @@ def parse_args(argv):
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--warmup-sequential", action="store_true")
     p.add_argument("--engine-per-thread", action="store_true")
-    p.add_argument("--engine", default="sgl-jax", choices=["sgl-jax", "reference"])
+    # The sandbox sets TPUCONSOLE_ENGINE=reference: its "chips" are CPU devices.
+    p.add_argument(
+        "--engine",
+        default=os.environ.get("TPUCONSOLE_ENGINE", "sgl-jax"),
+        choices=["sgl-jax", "reference"],
+    )
     p.add_argument(
         "--no-cache-patch",
         action="store_true",

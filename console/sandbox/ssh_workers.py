@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,13 @@ class WorkerPlace:
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        # The "VM's" python is the console's own (it has jax); its chips are virtual CPU
+        # devices, and the runners pick the reference engine: sgl-jax needs a real TPU.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={len(self.devices)}",
+            TPUCONSOLE_ENGINE="reference",
             HOME=str(self.root),
             TMPDIR=str(self.root / "tmp"),
             TPUCONSOLE_LOCKFILE=str(self.lockfile),

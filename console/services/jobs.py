@@ -166,7 +166,7 @@ class JobService:
             worst = max((rc if rc is not None else 255) for rc in rcs.values())
             self.history.set_status(
                 job.job_id,
-                "done" if worst == 0 else "failed",
+                "succeeded" if worst == 0 else "failed",
                 ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
             )
         return rcs

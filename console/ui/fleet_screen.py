@@ -80,6 +80,7 @@ class FleetScreen(Screen):
         Binding("enter", "details", "Details", priority=False),
         Binding("l", "logs", "Logs"),
         Binding("K", "kill_stale", "Kill stale"),
+        Binding("n", "launch", "Launch"),
         Binding("c", "create", "Create"),
         Binding("s", "change('stop')", "Stop", show=False),
         Binding("u", "change('start')", "Start", show=False),
@@ -542,3 +543,50 @@ class FleetScreen(Screen):
             self.operations.pop(node.key, None)
             self._show_ops()
             self.action_refresh()
+
+    # ----- launching jobs ----------------------------------------------------------------------
+    def action_launch(self) -> None:
+        from console.ui.launch_screen import LaunchScreen
+
+        node = self.cursor_node()
+        if node is None or self.app.jobs is None:
+            return
+        if node.state != "READY":
+            self.notify(
+                f"{node.name} is {node.state}; launching needs a READY node.", severity="warning"
+            )
+            return
+        self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
+
+    def _launch(self, node: Node, choice) -> None:
+        if choice is not None:
+            self._run_launch(node, *choice)
+
+    @work(group="launch")
+    async def _run_launch(
+        self, node: Node, kind: str, rendered, selection: str, clean_first: bool
+    ) -> None:
+        from console.services.probe import plan_for
+        from console.ui.log_screen import LogScreen
+
+        try:
+            if clean_first and self.app.prober is not None:
+                probes = await self.app.prober.probe(node, selection)
+                plans = [plan_for(p.report) for p in probes if p.report and not p.report.clean]
+                await self.app.prober.execute(node, [p for p in plans if not p.empty])
+            job = await self.app.jobs.launch(
+                node, selection, rendered.shell(), kind=kind, env=rendered.env
+            )
+        except FleetError as exc:
+            self.notify(
+                f"Launch on {node.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
+            )
+            return
+        if job.status == "failed":
+            self.notify(
+                f"Job {job.job_id} did not start: "
+                + "; ".join(f"w{w.worker}: {w.error}" for w in job.workers if w.error),
+                severity="error",
+            )
+            return
+        self.app.push_screen(LogScreen(job))

@@ -56,7 +56,7 @@ async def test_launch_records_the_job_and_runs_it_detached_on_every_worker(
     assert rcs == {0: 0, 1: 0}
     assert sorted(lines) == [(0, "hello from w0"), (1, "hello from w1")]
     assert jobs.log_path(job.job_id, 1).read_text() == "hello from w1\n"
-    assert jobs.get(job.job_id).status == "done"
+    assert jobs.get(job.job_id).status == "succeeded"
 
 
 async def test_exit_codes_and_signals_are_recorded_per_worker(jobs: JobService) -> None:

@@ -1,0 +1,66 @@
+"""End to end in the sandbox: launch the multi-engine test from the TUI by key presses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Select, Static
+
+from console.adapters.history_db import HistoryStore
+from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
+from console.services.probe import ProbeService
+from console.services.remote import RemoteService
+from console.ui.app import TpuConsoleApp
+from console.ui.launch_screen import LaunchScreen
+from console.ui.log_screen import LogScreen
+from tests.conftest import fleet_for, ssh_options_for
+
+pytest.importorskip("jax")
+
+
+async def until(pilot: Pilot, condition, limit: int = 1500) -> None:
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    app = TpuConsoleApp(fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.screen.query_one("#fleet", DataTable)
+        await until(pilot, lambda: table.row_count == 5)
+        await pilot.press("down", "down", "down", "down")
+        assert app.screen.cursor_node_key() == "us-central2-b/demo-v4-8"
+        await pilot.press("n")
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        await pilot.press("tab", "enter", "down", "down", "enter")
+        assert form.query_one("#preset", Select).value == "tiny-llama"
+        await pilot.press("tab", *"max_new_tokens=2")
+        command = str(form.query_one("#launch-command", Static).content)
+        assert "--model hf-internal-testing/tiny-random-LlamaForCausalLM" in command
+        assert "--max-new-tokens 2" in command
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        logs = app.screen
+        await until(pilot, lambda: logs.ended.get(0) == "rc=0" and 0 in logs.metrics.done)
+        assert len([e for (w, e) in logs.metrics.engine_sec if w == 0]) == 4
+        assert logs.metrics.done[0].startswith("DONE: engines=4 wall_sec=")
+        assert "results" in str(logs.query_one("#log-diagnosis", Static).content)
+        assert logs.diagnoser.found == []
+        job = jobs.get(logs.job.job_id)
+        assert job.kind == "multi-engine"
+        await until(pilot, lambda: jobs.get(logs.job.job_id).status == "succeeded")
+    await remote.close()
+    history.close()
