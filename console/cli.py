@@ -165,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = sub.add_parser("diagnose", help="known failures and results in a saved log")
     diagnose.add_argument("logfile", help="a log file (`tpuconsole logs JOB > f` or a tee'd log)")
     diagnose.add_argument("--json", action="store_true", help="print JSON")
-    jobs = sub.add_parser("jobs", help="recent jobs from the history")
+    jobs = sub.add_parser("jobs", help="recent jobs from the history; `jobs stop JOB` stops one")
     _add_common(jobs, top=False)
+    jobs.add_argument("action", nargs="?", choices=["list", "stop"], default="list")
+    jobs.add_argument("job", nargs="?", help="with stop: the job id or its leading number")
+    jobs.add_argument("--json", action="store_true", help="print JSON objects, one per job")
     sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
     _add_common(sandbox, top=False)
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -379,6 +382,37 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         try:
+            if args.command == "jobs" and args.action == "stop":
+                if not args.job:
+                    print("tpuconsole: jobs stop needs a job id", file=sys.stderr)
+                    return 2
+                job = jobs_service.get(args.job)
+                node = await source.fleet.get_node(job.zone, job.node)
+                outcome = await jobs_service.stop(job, node)
+                for w, result in sorted(outcome.items()):
+                    print(f"w{w}: {result}")
+                return 0 if all(not r.startswith("not stopped") for r in outcome.values()) else 1
+            if args.command == "jobs" and args.json:
+                for job in jobs_service.history.recent():
+                    print(
+                        json.dumps(
+                            {
+                                "job_id": job.job_id,
+                                "status": job.status,
+                                "kind": job.kind,
+                                "node": job.node,
+                                "zone": job.zone,
+                                "command": job.command,
+                                "env": job.env,
+                                "started_at": job.started_at.isoformat(),
+                                "workers": [
+                                    {"worker": w.worker, "pid": w.pid, "rc": w.rc, "error": w.error}
+                                    for w in job.workers
+                                ],
+                            }
+                        )
+                    )
+                return 0
             if args.command == "jobs":
                 for job in jobs_service.history.recent():
                     pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)

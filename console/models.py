@@ -239,7 +239,8 @@ class Job:
     started_at: datetime
     kind: str = "custom"
     workers: tuple[JobWorker, ...] = ()
-    status: str = "starting"  # starting | running | succeeded | failed | lost
+    status: str = "starting"  # starting | running | succeeded | failed | killed | lost
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def node_key(self) -> str:

@@ -5,6 +5,7 @@ So a console that crashes, or a VM that vanishes, never loses the record of what
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,14 @@ CREATE TABLE IF NOT EXISTS job_workers (
 """
 
 
+# Each entry takes the schema one version further; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    SCHEMA,
+    "ALTER TABLE jobs ADD COLUMN env TEXT NOT NULL DEFAULT '{}';"
+    "ALTER TABLE jobs ADD COLUMN ended_at TEXT NOT NULL DEFAULT ''",
+)
+
+
 class HistoryStore:
     """Small synchronous writes (WAL, one row at a time); callers run them between awaits."""
 
@@ -54,7 +63,26 @@ class HistoryStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to the newest schema, one numbered step at a time (PRAGMA user_version).
+
+        A file written by an older console keeps every row; a newer file is refused rather than
+        misread.
+        """
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} was written by a newer tpuconsole (schema "
+                f"{version}); upgrade tpuconsole to read it."
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
@@ -67,8 +95,8 @@ class HistoryStore:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.node,
@@ -77,6 +105,7 @@ class HistoryStore:
                     job.command,
                     job.started_at.isoformat(),
                     job.status,
+                    json.dumps(job.env),
                 ),
             )
             self._db.executemany(
@@ -105,8 +134,10 @@ class HistoryStore:
         )
 
     def set_status(self, job_id: str, status: str, note: str = "") -> None:
+        ended = datetime.now(UTC).isoformat() if status not in {"starting", "running"} else ""
         self._db.execute(
-            "UPDATE jobs SET status = ?, note = ? WHERE job_id = ?", (status, note, job_id)
+            "UPDATE jobs SET status = ?, note = ?, ended_at = ? WHERE job_id = ?",
+            (status, note, ended, job_id),
         )
 
     def _job(self, row: tuple) -> Job:
@@ -129,9 +160,10 @@ class HistoryStore:
             started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
             status=row[6],
             workers=workers,
+            env=json.loads(row[7] or "{}"),
         )
 
-    _COLUMNS = "job_id, node, zone, kind, command, started_at, status"
+    _COLUMNS = "job_id, node, zone, kind, command, started_at, status, env"
 
     def get(self, job_ref: str) -> Job | None:
         """By full id or by its leading number (`17` for `17-3fa2c1`)."""

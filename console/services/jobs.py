@@ -77,6 +77,7 @@ class JobService:
             kind=kind,
             started_at=datetime.now(UTC),
             workers=tuple(JobWorker(t.worker) for t in targets),
+            env=dict(env or {}),
         )
         self.history.record_launch(job)  # before anything runs: the record is never lost
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
@@ -170,3 +171,57 @@ class JobService:
                 ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
             )
         return rcs
+
+    async def stop(self, job: Job, node: Node, grace_s: float = 10.0) -> dict[int, str]:
+        """SIGTERM the job's whole session on every worker, SIGKILL after the grace period.
+
+        The session is the job's (launched with setsid); its leader's start time is checked
+        first, so a pid reused since the launch is never signalled.
+        """
+        targets = {t.worker: t for t in await self.remote.targets(node, "all")}
+        wanted = [w for w in job.workers if w.pid and w.worker in targets]
+        outcome: dict[int, str] = {}
+
+        def sink(worker: int):
+            return lambda line: (
+                outcome.__setitem__(worker, line.text) if line.stream == "out" else None
+            )
+
+        async def one(worker: JobWorker) -> None:
+            result = await self.remote.run_on_targets(
+                node.name,
+                [targets[worker.worker]],
+                stop_command(job.job_id, grace_s),
+                on_line=sink(worker.worker),
+            )
+            if not result.outcomes[0].ok:
+                outcome[worker.worker] = f"not stopped: {result.outcomes[0].describe()}"
+
+        await asyncio.gather(*(one(w) for w in wanted))
+        if any(v in {"stopped", "killed"} for v in outcome.values()):
+            self.history.set_status(
+                job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
+            )
+        return outcome
+
+    async def rerun(self, job: Job, node: Node) -> Job:
+        """The same command, environment and kind, on the same workers."""
+        selection = ",".join(str(w.worker) for w in job.workers) or "all"
+        return await self.launch(node, selection, job.command, kind=job.kind, env=job.env)
+
+
+def stop_command(job_id: str, grace_s: float) -> str:
+    d = job_dir(job_id)
+    ticks = max(1, int(grace_s * 10))
+    return "\n".join(
+        [
+            f'd="{d}"; pid=$(cat "$d/pid" 2>/dev/null); start=$(cat "$d/start" 2>/dev/null)',
+            'now=$(cut -d" " -f22 "/proc/$pid/stat" 2>/dev/null)',
+            '[ -n "$pid" ] && [ -n "$now" ] || { echo gone; exit 0; }',
+            '[ -z "$start" ] || [ "$now" = "$start" ] || { echo "gone (pid reused)"; exit 0; }',
+            'alive() { ps -o stat= --sid "$pid" 2>/dev/null | grep -qv "^Z"; }',
+            'pkill -TERM -s "$pid" 2>/dev/null',
+            f"for i in $(seq 1 {ticks}); do alive || {{ echo stopped; exit 0; }}; sleep 0.1; done",
+            'pkill -KILL -s "$pid" 2>/dev/null; echo killed',
+        ]
+    )

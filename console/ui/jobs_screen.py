@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.models import Job
+from console.models import FleetError, Job
 
 
 class JobsTable(DataTable):
@@ -19,6 +19,8 @@ class JobsScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reload", "Refresh"),
+        Binding("x", "stop_job", "Stop job"),
+        Binding("R", "rerun", "Re-run"),
         Binding("question_mark", "app.help", "Help"),
     ]
 
@@ -82,3 +84,56 @@ class JobsScreen(Screen):
         from console.ui.log_screen import LogScreen
 
         self.app.push_screen(LogScreen(self.jobs[event.row_key.value]))
+
+    def _cursor_job(self) -> Job | None:
+        table = self.query_one("#jobs", DataTable)
+        if table.row_count == 0:
+            return None
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return self.jobs.get(key.value)
+
+    def action_stop_job(self) -> None:
+        from console.ui.confirm_screen import ConfirmScreen
+
+        job = self._cursor_job()
+        if job is None:
+            return
+        lines = [
+            f"SIGTERM every process of job {job.job_id} on w{w.worker} (its session, "
+            f"led by pid {w.pid}), SIGKILL after 10 s"
+            for w in job.workers
+            if w.pid
+        ]
+        self.app.push_screen(
+            ConfirmScreen(f"Stop job {job.job_id} on {job.node}?", lines),
+            lambda yes: self._stop(job) if yes else None,
+        )
+
+    @work(group="job-control")
+    async def _stop(self, job: Job) -> None:
+        try:
+            node = await self.app.fleet.get_node(job.zone, job.node)
+            outcome = await self.app.jobs.stop(job, node)
+        except FleetError as exc:
+            self.notify(f"Stop {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
+            return
+        self.notify(
+            f"Job {job.job_id}: " + ", ".join(f"w{w} {v}" for w, v in sorted(outcome.items()))
+        )
+        self.action_reload()
+
+    @work(group="job-control")
+    async def action_rerun(self) -> None:
+        from console.ui.log_screen import LogScreen
+
+        job = self._cursor_job()
+        if job is None:
+            return
+        try:
+            node = await self.app.fleet.get_node(job.zone, job.node)
+            again = await self.app.jobs.rerun(job, node)
+        except FleetError as exc:
+            self.notify(f"Re-run {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
+            return
+        self.action_reload()
+        self.app.push_screen(LogScreen(again))

@@ -136,3 +136,54 @@ async def test_logs_resume_from_the_local_copy_after_a_console_restart(
     await jobs.follow(jobs.get(job.job_id), node, lambda w, t: seen.append(t), follow=False)
     assert seen == [str(i) for i in range(21, 51)]
     assert path.read_text().split() == [str(i) for i in range(1, 51)]
+
+
+async def test_stop_ends_the_whole_session_on_every_worker_and_records_killed(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    # A job whose child ignores SIGTERM: the grace period runs out and SIGKILL follows.
+    job = await jobs.launch(node, "all", "(trap '' TERM; sleep 60) & sleep 60")
+    outcome = await jobs.stop(job, node, grace_s=0.5)
+    assert outcome == {0: "killed", 1: "killed"}
+    assert jobs.get(job.job_id).status == "killed"
+    for w in job.workers:
+        alive = await _remote_text(
+            jobs.remote, node, f"ps -o stat= --sid {w.pid} | grep -v '^Z' | wc -l", worker=w.worker
+        )
+        assert alive.strip() == "0"
+
+
+async def test_rerun_launches_the_same_command_and_environment(jobs: JobService) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    first = await jobs.launch(
+        node, "1", 'echo "$GREETING"', kind="custom", env={"GREETING": "again"}
+    )
+    await jobs.follow(first, node, lambda w, t: None)
+    again = await jobs.rerun(jobs.get(first.job_id), node)
+    assert again.job_id != first.job_id and [w.worker for w in again.workers] == [1]
+    lines: list[str] = []
+    await jobs.follow(again, node, lambda w, t: lines.append(t))
+    assert lines == ["again"] and jobs.get(again.job_id).env == {"GREETING": "again"}
+
+
+def test_history_migrates_an_old_file_keeping_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from console.adapters.history_db import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])  # a file from before the env column existed
+    db.execute(
+        "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status) "
+        "VALUES ('1-aaaaaa', 'n', 'z', 'custom', 'true', '2026-11-23T00:00:00+00:00', "
+        "'succeeded')"
+    )
+    db.commit()
+    db.close()
+    store = HistoryStore(path)
+    assert store.schema_version == len(MIGRATIONS)
+    job = store.get("1")
+    assert job is not None and job.status == "succeeded" and job.env == {}
+    store.close()

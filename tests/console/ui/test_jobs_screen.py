@@ -1,0 +1,50 @@
+"""The job history screen: `x` stops a job after a confirmation, `R` runs it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.pilot import Pilot
+
+from console.adapters.history_db import HistoryStore
+from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
+from console.services.remote import RemoteService
+from console.ui.app import TpuConsoleApp
+from console.ui.confirm_screen import ConfirmScreen
+from console.ui.jobs_screen import JobsScreen
+from console.ui.log_screen import LogScreen
+from tests.conftest import fleet_for, ssh_options_for
+
+
+async def until(pilot: Pilot, condition, limit: int = 1000) -> None:
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_x_stops_the_job_and_r_runs_it_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    node = await fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 60")
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("j")
+        assert isinstance(app.screen, JobsScreen)
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"job {job.job_id}" in str(app.screen.query_one("#confirm").content)
+        await pilot.press("y")
+        await until(pilot, lambda: jobs.get(job.job_id).status == "killed")
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        again = app.screen.job
+        assert again.job_id != job.job_id and again.command == "sleep 60"
+        await jobs.stop(again, node, grace_s=0.2)
+    await remote.close()
+    history.close()
