@@ -63,6 +63,7 @@ class LaunchScreen(ModalScreen):
             yield Input("all", id="workers")
             yield Static("", id="launch-checks")
             yield Static("", id="launch-command")
+            yield Static("\n[b]ctrl+s[/b] launches and opens the logs · [b]esc[/b] cancels")
 
     def on_mount(self) -> None:
         self._probe()
