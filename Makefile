@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/logtail.py
 	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/multi_engine.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
