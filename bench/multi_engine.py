@@ -78,8 +78,8 @@ def main() -> None:
                 "",
                 f"`python bench/multi_engine.py` — {machine_line()}. `remote.multi_engine --engine "
                 f"{args.engine}`, 4 engines on 4 virtual CPU devices, 32 new tokens each after a "
-                f"sequential warm-up; wall time of the timed part (the DONE line), median of {RUNS} "
-                "runs each, interleaved.",
+                "sequential warm-up; wall time of the timed part (the DONE line), median of "
+                f"{RUNS} runs each, interleaved.",
                 "",
                 "| concurrency | wall (median) | runs |",
                 "|---|---|---|",
