@@ -21,9 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_file import machine_line, write_section  # noqa: E402
-from bench.sandbox_process import ZONE, served_sandbox  # noqa: E402
-from console.adapters.ssh_pool import SshOptions  # noqa: E402
-from console.adapters.tpu_api import TpuApi  # noqa: E402
+from bench.sandbox_process import ZONE, client_fleet, client_remote, served_sandbox  # noqa: E402
 from console.services.fleet import FleetService  # noqa: E402
 from console.services.remote import RemoteService  # noqa: E402
 
@@ -42,18 +40,11 @@ async def targets_of(fleet: FleetService, remote: RemoteService):
 
 
 async def tpuconsole_runs(endpoint, home: Path) -> tuple[list[float], list[float], list]:
-    fleet = FleetService(lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project))
+    fleet = client_fleet(endpoint)
     cold, warm = [], []
     targets = []
     for _ in range(RUNS):
-        remote = RemoteService(
-            fleet,
-            SshOptions(
-                user=getpass.getuser(),
-                key_path=endpoint.user_key,
-                known_hosts_path=home / "known_hosts",
-            ),
-        )
+        remote = client_remote(fleet, endpoint, home)
         targets = await targets_of(fleet, remote)
         start = time.perf_counter()
         result = await remote.run_on_targets("bench", targets, COMMAND)

@@ -19,13 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_file import machine_line, write_section  # noqa: E402
-from bench.sandbox_process import ZONE, served_sandbox  # noqa: E402
+from bench.sandbox_process import client_fleet, client_remote, served_sandbox  # noqa: E402
 from console.adapters.history_db import HistoryStore  # noqa: E402
-from console.adapters.ssh_pool import SshOptions  # noqa: E402
-from console.adapters.tpu_api import TpuApi  # noqa: E402
-from console.services.fleet import FleetService  # noqa: E402
 from console.services.jobs import JobService  # noqa: E402
-from console.services.remote import RemoteService  # noqa: E402
 from console.ui.app import TpuConsoleApp  # noqa: E402
 from console.ui.log_screen import LogScreen  # noqa: E402
 
@@ -152,15 +148,8 @@ def ssh_cat(endpoint, targets, job_id: str) -> tuple[int, float]:
 
 
 async def measure(endpoint, home: Path) -> dict:
-    fleet = FleetService(lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project), [ZONE])
-    remote = RemoteService(
-        fleet,
-        SshOptions(
-            user=getpass.getuser(),
-            key_path=endpoint.user_key,
-            known_hosts_path=home / "known_hosts",
-        ),
-    )
+    fleet = client_fleet(endpoint)
+    remote = client_remote(fleet, endpoint, home)
     history = HistoryStore(home / "history.db")
     jobs = JobService(remote, history, home)
     try:

@@ -6,7 +6,6 @@ Goal (issue 4): under 2 s of wall time for all 64 workers once the connections a
 from __future__ import annotations
 
 import asyncio
-import getpass
 import statistics
 import sys
 import tempfile
@@ -16,27 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_file import machine_line, write_section  # noqa: E402
-from bench.sandbox_process import ZONE, served_sandbox  # noqa: E402
-from console.adapters.ssh_pool import SshOptions  # noqa: E402
-from console.adapters.tpu_api import TpuApi  # noqa: E402
-from console.services.fleet import FleetService  # noqa: E402
+from bench.sandbox_process import client_fleet, client_remote, served_sandbox  # noqa: E402
 from console.services.probe import ProbeService, plan_for  # noqa: E402
-from console.services.remote import RemoteService  # noqa: E402
 
 RUNS = 5
 NODES = 16  # v4-32: four workers each, 64 in all
 
 
 async def measure(endpoint, home: Path) -> tuple[float, list[float], int]:
-    fleet = FleetService(lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project), [ZONE])
-    remote = RemoteService(
-        fleet,
-        SshOptions(
-            user=getpass.getuser(),
-            key_path=endpoint.user_key,
-            known_hosts_path=home / "known_hosts",
-        ),
-    )
+    fleet = client_fleet(endpoint)
+    remote = client_remote(fleet, endpoint, home)
     prober = ProbeService(remote)
     try:
         nodes = (await fleet.list_nodes()).nodes

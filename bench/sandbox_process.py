@@ -6,6 +6,7 @@ VMs would be.
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import sys
 import time
@@ -14,8 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from console.adapters.ssh_pool import SshOptions  # noqa: E402
+from console.adapters.tpu_api import TpuApi  # noqa: E402
 from console.sandbox.fleet_state import SandboxFleet, SandboxNode  # noqa: E402
 from console.sandbox.runtime import SandboxEndpoint, read_served_endpoint  # noqa: E402
+from console.services.fleet import FleetService  # noqa: E402
+from console.services.remote import RemoteService  # noqa: E402
 
 ZONE = "us-central2-b"
 
@@ -58,3 +63,16 @@ def served_sandbox(home: Path, nodes: int, accelerator_type: str, *, nice: int =
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def client_fleet(endpoint: SandboxEndpoint) -> FleetService:
+    """The console's fleet service on the served sandbox, over the real TPU client."""
+    return FleetService(lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project), [ZONE])
+
+
+def client_remote(fleet: FleetService, endpoint: SandboxEndpoint, home: Path) -> RemoteService:
+    """A fresh ssh pool to the served sandbox's workers, as the benchmarked user."""
+    options = SshOptions(
+        user=getpass.getuser(), key_path=endpoint.user_key, known_hosts_path=home / "known_hosts"
+    )
+    return RemoteService(fleet, options)

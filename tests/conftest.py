@@ -76,3 +76,16 @@ async def remote(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RemoteServic
     finally:
         await service.close()
         await service.fleet.close()
+
+
+async def until(pilot, condition, limit: int = 1500) -> None:
+    """Let a headless app run until `condition` holds: each turn yields to its event loop.
+
+    A condition, not a sleep, is what the tests wait on; the limit (30 s) only turns a hang
+    into a failure.
+    """
+    for _ in range(limit):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not reached")

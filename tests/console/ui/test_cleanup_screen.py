@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from console.sandbox.runtime import Sandbox
@@ -14,18 +13,10 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.cleanup_screen import CleanupScreen
 from console.ui.health_screen import HealthScreen
-from tests.conftest import fleet_for, ssh_options_for
+from tests.conftest import fleet_for, ssh_options_for, until
 
 ZONE = "us-central2-b"
 HOLDER = Path(__file__).resolve().parents[2] / "hold_tpu.py"
-
-
-async def until(pilot: Pilot, condition, limit: int = 400) -> None:
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
 
 
 def lock_cell(app: TpuConsoleApp, key: str) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual.pilot import Pilot
-
 from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
@@ -14,15 +12,7 @@ from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
 from console.ui.jobs_screen import JobsScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for
-
-
-async def until(pilot: Pilot, condition, limit: int = 1000) -> None:
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
+from tests.conftest import fleet_for, ssh_options_for, until
 
 
 async def test_x_stops_the_job_and_r_runs_it_again(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import DataTable, Select, Static
 
 from console.adapters.history_db import HistoryStore
@@ -16,17 +15,9 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.launch_screen import LaunchScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for
+from tests.conftest import fleet_for, ssh_options_for, until
 
 pytest.importorskip("jax")
-
-
-async def until(pilot: Pilot, condition, limit: int = 1500) -> None:
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(

@@ -17,15 +17,7 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen, TypedConfirmScreen
 from console.ui.create_screen import CreateScreen
-from tests.conftest import fleet_for, ssh_options_for
-
-
-async def until(pilot: Pilot, condition, limit: int = 500) -> None:
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
+from tests.conftest import fleet_for, ssh_options_for, until
 
 
 def rows(app: TpuConsoleApp) -> dict[str, str]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
 
 from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
@@ -15,7 +13,7 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.jobs_screen import JobsScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for
+from tests.conftest import fleet_for, ssh_options_for, until
 
 ZONE = "us-central2-b"
 # Forty lines and an error per worker, then it waits for the test to let it finish.
@@ -26,15 +24,6 @@ SCRIPT = (
     'while [ ! -f "$HOME/release" ]; do sleep 0.05; done; '
     'echo "$w done"'
 )
-
-
-async def until(pilot: Pilot, condition: Callable[[], bool], limit: int = 400) -> None:
-    """Let the app run until `condition` holds (each turn yields to the event loop)."""
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture
