@@ -179,8 +179,9 @@ class LifecycleService:
         api = self.fleet.api
         notes: list[str] = []
         spot = request.spot
-        try:
-            operation = await api.create_node(
+
+        async def send(spot: bool):
+            return await api.create_node(
                 request.zone,
                 request.name,
                 request.accelerator_type,
@@ -188,6 +189,9 @@ class LifecycleService:
                 spot=spot,
                 labels=request.labels,
             )
+
+        try:
+            operation = await send(spot)
         except FleetError as exc:
             if not (spot and exc.code == "RESOURCE_EXHAUSTED"):
                 raise
@@ -204,14 +208,7 @@ class LifecycleService:
             if progress is not None:
                 progress(Progress(request.name, "create", "FALLBACK", 0.0, notes[-1]))
             spot = False
-            operation = await api.create_node(
-                request.zone,
-                request.name,
-                request.accelerator_type,
-                request.runtime_version,
-                spot=False,
-                labels=request.labels,
-            )
+            operation = await send(spot)
         self._event(
             request.zone,
             request.name,
