@@ -7,6 +7,7 @@ A job survives the console and the connection: it runs under setsid/nohup with i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shlex
 from collections.abc import Callable, Mapping
@@ -55,6 +56,9 @@ class JobService:
         self.remote = remote
         self.history = history
         self.home = home
+        self._watchers: dict[str, asyncio.Future] = {}
+        self._listeners: dict[str, list[EndSink]] = {}
+        self._ended: dict[str, dict[int, int | None]] = {}
 
     def log_path(self, job_id: str, worker: int) -> Path:
         return self.home / "logs" / job_id / f"w{worker}.log"
@@ -163,7 +167,9 @@ class JobService:
             if isinstance(result, BaseException):
                 raise result
             rcs[stream.worker] = result
-        if follow and len(rcs) == len(job.workers):
+        current = self.history.get(job.job_id)
+        still_open = current is not None and current.status in {"starting", "running"}
+        if follow and len(rcs) == len(job.workers) and still_open:  # killed/lost stay so
             worst = max((rc if rc is not None else 255) for rc in rcs.values())
             self.history.set_status(
                 job.job_id,
@@ -171,6 +177,69 @@ class JobService:
                 ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
             )
         return rcs
+
+    async def watch(
+        self, job: Job, node: Node, on_end: EndSink | None = None
+    ) -> dict[int, int | None]:
+        """Follow a job once per console, however many views want it.
+
+        One follower appends to the local copies; a second one would write every line twice.
+        Views that come later are told at once of the workers that already ended.
+        """
+        listeners = self._listeners.setdefault(job.job_id, [])
+        ended = self._ended.setdefault(job.job_id, {})
+        if on_end is not None:
+            listeners.append(on_end)
+            for worker, rc in list(ended.items()):
+                on_end(worker, rc)
+
+        def tell(worker: int, rc: int | None) -> None:
+            ended[worker] = rc
+            for listener in list(listeners):
+                listener(worker, rc)
+
+        task = self._watchers.get(job.job_id)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(self.follow(job, node, None, on_end=tell))
+            self._watchers[job.job_id] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if on_end is not None and on_end in listeners:
+                listeners.remove(on_end)
+
+    async def reconcile(self, fleet) -> list[str]:
+        """On start: re-attach to jobs still running; mark lost those whose VM is gone.
+
+        Returns what it found, for the status line.
+        """
+        from console.models import FleetError
+
+        notes = []
+        for job in self.history.recent(200):
+            if job.status not in {"starting", "running"}:
+                continue
+            try:
+                node = await fleet.get_node(job.zone, job.node)
+            except FleetError as exc:
+                if exc.code != "NOT_FOUND":
+                    continue  # unreachable now: try again next start, do not guess
+                self.history.set_status(job.job_id, "lost", f"{job.node} no longer exists")
+                notes.append(f"job {job.job_id} lost: {job.node} no longer exists")
+                continue
+            if node.state != "READY":
+                self.history.set_status(job.job_id, "lost", f"{job.node} is {node.state}")
+                notes.append(f"job {job.job_id} lost: {job.node} is {node.state}")
+                continue
+            asyncio.ensure_future(self._watch_quietly(job, node))
+            notes.append(f"job {job.job_id} re-attached")
+        return notes
+
+    async def _watch_quietly(self, job: Job, node: Node) -> None:
+        from console.models import FleetError
+
+        with contextlib.suppress(FleetError, OSError):
+            await self.watch(job, node)
 
     async def stop(self, job: Job, node: Node, grace_s: float = 10.0) -> dict[int, str]:
         """SIGTERM the job's whole session on every worker, SIGKILL after the grace period.

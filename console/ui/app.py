@@ -58,6 +58,20 @@ class TpuConsoleApp(App):
         if not self.is_headless:
             self.set_interval(TERMINAL_CHECK_S, self._exit_if_terminal_gone)
         self.call_after_refresh(self._freeze_startup_objects)
+        if self.jobs is not None:
+            self.run_worker(self._reconcile_jobs(), group="reconcile")
+
+    async def _reconcile_jobs(self) -> None:
+        """Jobs launched before this start: follow the live ones, mark the vanished lost."""
+        from console.models import FleetError
+
+        try:
+            notes = await self.jobs.reconcile(self.fleet)
+        except FleetError:
+            return
+        lost = [n for n in notes if " lost" in n]
+        if lost:
+            self.notify("; ".join(lost), severity="warning", timeout=15)
 
     def _freeze_startup_objects(self) -> None:
         """Keep the objects of start-up (modules, widgets, styles) out of later full GCs.

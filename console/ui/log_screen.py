@@ -183,7 +183,7 @@ class LogScreen(Screen):
         jobs = self.app.jobs
         try:
             node = await self.app.fleet.get_node(self.job.zone, self.job.node)
-            await jobs.follow(self.job, node, None, on_end=self._worker_ended)
+            await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)
             banner.update(

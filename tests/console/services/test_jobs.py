@@ -187,3 +187,42 @@ def test_history_migrates_an_old_file_keeping_its_rows(tmp_path: Path) -> None:
     job = store.get("1")
     assert job is not None and job.status == "succeeded" and job.env == {}
     store.close()
+
+
+async def test_after_a_console_restart_running_jobs_are_reattached_and_vanished_ones_lost(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from console.services.remote import RemoteService
+    from tests.conftest import fleet_for, ssh_options_for
+
+    def console():
+        fleet = fleet_for(sandbox)
+        remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+        return (
+            fleet,
+            remote,
+            JobService(remote, HistoryStore(tmp_path / "restart.db"), tmp_path / "home"),
+        )
+
+    fleet, remote, before = console()
+    v48 = await fleet.find_node("demo-v4-8")
+    waiting = await before.launch(
+        v48, "all", 'until [ -f "$HOME/go" ]; do sleep 0.05; done; seq 1 5'
+    )
+    v416 = await fleet.find_node("demo-v4-16")
+    doomed = await before.launch(v416, "all", "sleep 60")
+    await remote.close()
+    before.history.close()  # the console closes; the jobs go on
+
+    sandbox.fleet.delete("us-central2-b", "demo-v4-16")
+    (sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0).root / "go").touch()
+    fleet, remote, after = console()
+    notes = await after.reconcile(fleet)
+    assert f"job {waiting.job_id} re-attached" in notes
+    assert any(n.startswith(f"job {doomed.job_id} lost") for n in notes)
+    assert after.get(doomed.job_id).status == "lost"
+    rcs = await after.watch(after.get(waiting.job_id), v48)
+    assert rcs == {0: 0} and after.get(waiting.job_id).status == "succeeded"
+    assert after.log_path(waiting.job_id, 0).read_text().split() == ["1", "2", "3", "4", "5"]
+    await remote.close()
+    after.history.close()
