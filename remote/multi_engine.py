@@ -111,16 +111,22 @@ def engine_factory(args):
             )
 
         return make
+    import jax
+
+    from remote import sgl_jax_adapter
+
     try:
-        import sgl_jax  # noqa: F401 - sgl-jax needs Python 3.12+ and a TPU
+        engine_class = sgl_jax_adapter.load(jax, say)  # sgl-jax needs Python 3.12+ and a TPU
     except ImportError as exc:
         raise SystemExit(
             "sgl-jax is not importable here (%s); install it (bootstrap) or use "
             "--engine reference" % exc
         ) from None
-    raise SystemExit(
-        "the sgl-jax engine adapter is not in this version yet; use --engine reference"
-    )
+
+    def make(device_id):
+        return engine_class(**sgl_jax_adapter.engine_kwargs(args, device_id))
+
+    return make
 
 
 class EngineWorker:

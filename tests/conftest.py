@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests that use JAX in this process see four CPU devices, as a v4 host has four chips; set
+# before anything starts a JAX backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 

@@ -86,3 +86,10 @@ def test_the_seeds_bug_reproduces_with_a_shape_keyed_cache_and_the_patch_fixes_i
 def test_device_choices_are_checked_with_the_seeds_messages(args, message: str) -> None:
     out = run(*args)
     assert out.returncode == 1 and message in out.stderr
+
+
+def test_without_sgl_jax_the_runner_says_what_to_do() -> None:
+    out = subprocess.run([sys.executable, "-m", "remote.multi_engine", "--engine", "sgl-jax"],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "sgl-jax is not importable here" in out.stderr and "--engine reference" in out.stderr
