@@ -14,6 +14,7 @@ import pytest
 
 from console.cli import main
 from console.sandbox.runtime import Sandbox
+from tests.conftest import FAST
 
 
 def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixture) -> None:
@@ -176,3 +177,54 @@ def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
     assert "refused by preflight; nothing launched" in captured.err
     assert main(["launch", "multi-engine", "demo-v4-8", "--set", "num_engines=lots"]) == 2
     assert "not a valid int" in capsys.readouterr().err
+
+
+def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST):
+        assert (
+            main(
+                [
+                    "create",
+                    "cli-node",
+                    "--zone",
+                    "us-central1-a",
+                    "--type",
+                    "v3-8",
+                    "--label",
+                    "team=cli",
+                    "--wait",
+                ]
+            )
+            == 0
+        )
+        out = capsys.readouterr().out
+        assert "create cli-node: CREATING" in out and "cli-node READY (on-demand)" in out
+        assert (
+            main(["create", "cli-spot", "--zone", "us-central2-b", "--type", "v4-8", "--spot"]) == 2
+        )
+        assert "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI" in capsys.readouterr().err
+        assert main(["stop", "cli-node", "--yes"]) == 0
+        assert "cli-node: STOPPED" in capsys.readouterr().out
+        assert main(["start", "cli-node"]) == 0
+        assert main(["delete", "cli-node", "--yes"]) == 0
+        assert "cli-node: deleted" in capsys.readouterr().out
+        assert main(["delete", "demo-v4-8"]) == 2  # no terminal to ask, no --yes
+        assert "add --yes" in capsys.readouterr().err
+
+
+def test_probe_and_clean_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home) as sandbox:
+        place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+        place.materialise()
+        place.lockfile.touch()
+        assert main(["probe", "demo-v4-8"]) == 1
+        out = capsys.readouterr().out
+        assert "demo-v4-8: STALE LOCK" in out and "remove" in out
+        assert main(["clean", "demo-v4-8", "--dry-run"]) == 0
+        assert place.lockfile.exists()
+        capsys.readouterr()
+        assert main(["clean", "demo-v4-8", "--yes"]) == 0
+        assert "after cleanup: clean" in capsys.readouterr().out
+        assert not place.lockfile.exists()

@@ -89,7 +89,12 @@ def test_device_choices_are_checked_with_the_seeds_messages(args, message: str) 
 
 
 def test_without_sgl_jax_the_runner_says_what_to_do() -> None:
-    out = subprocess.run([sys.executable, "-m", "remote.multi_engine", "--engine", "sgl-jax"],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "remote.multi_engine", "--engine", "sgl-jax"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1
     assert "sgl-jax is not importable here" in out.stderr and "--engine reference" in out.stderr
