@@ -228,7 +228,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
-    from console.services.remote import RemoteService, command_from_argv
+    from console.services.remote import command_from_argv
 
     argv = args.remote_argv
     if not argv:
@@ -241,9 +241,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(f"[w{line.worker}] {line.text}", file=stream, flush=True)
 
     async def go():
-        remote = RemoteService(
-            source.fleet, source.ssh_options(), internal_ip=args.internal_ip or settings.internal_ip
-        )
+        remote = source.remote(internal_ip=args.internal_ip)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
@@ -360,9 +358,8 @@ async def _stale_cleared(jobs_service, node, args) -> bool:
 def _job_services(source, settings):
     from console.adapters.history_db import HistoryStore
     from console.services.jobs import JobService
-    from console.services.remote import RemoteService
 
-    remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+    remote = source.remote()
     return JobService(remote, HistoryStore(settings.home / "history.db"), settings.home)
 
 
@@ -478,7 +475,6 @@ def default_remote_dir(local: Path) -> str:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
-    from console.services.remote import RemoteService
     from console.services.shipping import Shipper
 
     settings = _settings(args)
@@ -487,7 +483,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings)
 
     async def go():
-        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        remote = source.remote()
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
@@ -531,13 +527,12 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
 
     from console.fleet_source import open_fleet_source
     from console.services.probe import ProbeService, node_status, plan_for
-    from console.services.remote import RemoteService
 
     settings = _settings(args)
     source = open_fleet_source(settings)
 
     async def go() -> int:
-        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        remote = source.remote()
         prober = ProbeService(remote)
         try:
             zone = args.zone[0] if args.zone else ""
@@ -586,7 +581,6 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     from console.adapters.history_db import HistoryStore
     from console.fleet_source import open_fleet_source
     from console.services.lifecycle import CreateRequest, LifecycleService, parse_labels
-    from console.services.remote import RemoteService
 
     settings = _settings(args)
     zone = args.zone[0] if args.zone else ""
@@ -606,7 +600,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         print(progress.line(), flush=True)
 
     async def go() -> int:
-        remote = RemoteService(source.fleet, source.ssh_options(), internal_ip=settings.internal_ip)
+        remote = source.remote()
         from console.services.jobs import JobService
 
         jobs = JobService(remote, history, settings.home)

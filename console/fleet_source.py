@@ -13,6 +13,7 @@ from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
 from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, read_served_endpoint
 from console.services.fleet import FleetService
+from console.services.remote import RemoteService
 from console.services.settings import Settings
 
 DEFAULT_KEY = "~/.ssh/google_compute_engine"  # the key gcloud creates and installs
@@ -25,6 +26,12 @@ class FleetSource:
     settings: Settings
     sandbox: Sandbox | None = None
     endpoint: SandboxEndpoint | None = None
+
+    def remote(self, *, internal_ip: bool = False) -> RemoteService:
+        """Commands on the workers, dialled as configured (internal IPs if asked either way)."""
+        return RemoteService(
+            self.fleet, self.ssh_options(), internal_ip=internal_ip or self.settings.internal_ip
+        )
 
     def ssh_options(self) -> SshOptions:
         """gcloud's choices (local login name, its key) unless configured; the sandbox's key."""
