@@ -83,7 +83,7 @@ async def test_our_running_job_holding_the_tpu_is_busy_and_left_alone(
     assert [len(h.devices) for h in report.holders] == [4]
     assert plan_for(report).empty
     assert node_status([probe]) == f"busy: job {job.job_id.split('-')[0]}"
-    await _shell(prober.remote, f"kill {job.workers[0].pid}")
+    await jobs.stop(job, node, grace_s=0.5)  # the whole session, not only its leader
 
 
 async def test_a_stray_holder_is_lingering_and_one_clean_frees_lock_and_chips(
