@@ -96,3 +96,17 @@ async def until(pilot, condition, limit: int = 1500) -> None:
             return
         await pilot.pause(0.02)
     raise AssertionError("condition not reached")
+
+
+async def worker_output(
+    remote: RemoteService, node, command: str, worker: int = 0
+) -> tuple[int, str]:
+    """Run a shell command on one worker; its exit status and its stdout lines joined."""
+    out: list[str] = []
+    result = await remote.run(
+        node,
+        str(worker),
+        command,
+        lambda line: out.append(line.text) if line.stream == "out" else None,
+    )
+    return result.worst_status, "\n".join(out)

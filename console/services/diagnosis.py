@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from console.services.lines import matching_lines
+
 
 @dataclass(frozen=True)
 class Signature:
@@ -179,10 +181,7 @@ class Diagnoser:
     def feed_chunk(self, worker: int | None, data: bytes) -> list[Diagnosis]:
         """Complete lines as bytes, in bulk; returns the new diagnoses."""
         new = []
-        for match in _COMBINED.finditer(data):
-            start = data.rfind(b"\n", 0, match.start()) + 1
-            end = data.find(b"\n", match.end())
-            line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+        for match, line in matching_lines(_COMBINED, data):
             sig = _BY_KEY[match.lastgroup or ""]
             diagnosis = _diagnosis(sig, line, worker)
             if self.add(diagnosis):

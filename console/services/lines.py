@@ -5,6 +5,9 @@ Only complete lines leave here, so a byte offset counted from them always points
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 
 class LineSplitter:
     def __init__(self) -> None:
@@ -35,3 +38,14 @@ class LineSplitter:
 
 def decode(line: bytes) -> str:
     return line.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def matching_lines(pattern: re.Pattern[bytes], data: bytes) -> Iterator[tuple[re.Match, str]]:
+    """Each match in a chunk of complete lines, with the whole line it falls in, decoded.
+
+    One C-level scan of the chunk; only lines that match are cut out and decoded.
+    """
+    for match in pattern.finditer(data):
+        start = data.rfind(b"\n", 0, match.start()) + 1
+        end = data.find(b"\n", match.end())
+        yield match, decode(data[start : end if end >= 0 else len(data)])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from console.services.lines import matching_lines
+
 ENGINE_RE = re.compile(r"\[engine (\d+)\] generate_sec=([0-9.]+)")
 DONE_ENGINES_RE = re.compile(r"DONE: engines=(\d+) wall_sec=([0-9.]+)")
 LOSS_RE = re.compile(r"Train step (\d+) training loss: ([-0-9.eE+]+)")
@@ -41,10 +43,7 @@ class JobMetrics:
     def feed_chunk(self, worker: int, data: bytes) -> bool:
         """Complete lines in bulk: only the lines that carry results are decoded."""
         found = False
-        for match in _ANY_RESULT.finditer(data):
-            start = data.rfind(b"\n", 0, match.start()) + 1
-            end = data.find(b"\n", match.end())
-            line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+        for _, line in matching_lines(_ANY_RESULT, data):
             found = self.feed(worker, line) or found
         return found
 

@@ -11,6 +11,7 @@ from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
+from tests.conftest import worker_output
 
 ZONE = "us-central2-b"
 
@@ -25,9 +26,7 @@ def jobs(remote: RemoteService, tmp_path: Path):
 
 
 async def _remote_text(remote: RemoteService, node, command: str, worker: int = 0) -> str:
-    out: list[str] = []
-    await remote.run(node, str(worker), command, lambda line: out.append(line.text))
-    return "\n".join(out)
+    return (await worker_output(remote, node, command, worker))[1]
 
 
 async def test_launch_records_the_job_and_runs_it_detached_on_every_worker(

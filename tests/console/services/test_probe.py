@@ -12,6 +12,7 @@ from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.probe import ProbeService, describe_kill, node_status, plan_for
 from console.services.remote import RemoteService
+from tests.conftest import worker_output
 
 ZONE = "us-central2-b"
 HOLDER = Path(__file__).resolve().parents[2] / "hold_tpu.py"
@@ -32,10 +33,9 @@ def worker_home(sandbox: Sandbox) -> Path:
 
 async def _shell(remote: RemoteService, command: str) -> str:
     node = await remote.fleet.find_node("demo-v4-8")
-    out: list[str] = []
-    result = await remote.run(node, "0", command, lambda line: out.append(line.text))
-    assert result.worst_status == 0, (command, out)
-    return "\n".join(out)
+    status, out = await worker_output(remote, node, command)
+    assert status == 0, (command, out)
+    return out
 
 
 async def start_stray(remote: RemoteService, *args: str) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from console.services.remote import RemoteService
 from console.services.shipping import Shipper
+from tests.conftest import worker_output
 
 
 def _plugin(tmp_path: Path) -> Path:
@@ -21,9 +22,7 @@ def _plugin(tmp_path: Path) -> Path:
 
 
 async def _cat(remote: RemoteService, node, path: str, worker: int) -> str:
-    out: list[str] = []
-    await remote.run(node, str(worker), f"cat {path}", lambda line: out.append(line.text))
-    return "\n".join(out)
+    return (await worker_output(remote, node, f"cat {path} 2>&1", worker))[1]
 
 
 @pytest.mark.parametrize("method", ["tar", "sftp"])
@@ -39,7 +38,7 @@ async def test_upload_reaches_every_worker_and_then_sends_only_changes(
     ]
     for w in (0, 1):
         assert await _cat(remote, node, "work/plugins/tunix.py", w) == "STEPS = 10"
-        junk = await _cat(remote, node, "work/plugins/__pycache__/junk.pyc 2>&1", w)
+        junk = await _cat(remote, node, "work/plugins/__pycache__/junk.pyc", w)
         assert "No such file" in junk
 
     (root / "tunix.py").write_text("STEPS = 20\n")
