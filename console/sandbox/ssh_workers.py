@@ -40,6 +40,9 @@ class WorkerPlace:
     lockfile: Path
     devices_glob: str
     devices: tuple[Path, ...]
+    worker: int = 0
+    hosts: int = 1
+    coordinator_port: int = 0
 
     @classmethod
     def for_worker(cls, workers_dir: Path, node: SandboxNode, worker: int) -> WorkerPlace:
@@ -51,7 +54,10 @@ class WorkerPlace:
         else:
             devices = tuple(root / "dev" / f"accel{i}" for i in range(shape.chips_per_host))
             glob = str(root / "dev" / "accel*")
-        return cls(root, root / "tmp" / "libtpu_lockfile", glob, devices)
+        # The hosts of one slice form one JAX runtime, as on a TPU pod; their coordinator's port
+        # is fixed by the node, so every worker finds it without asking.
+        port = 20000 + node.node_id % 20000
+        return cls(root, root / "tmp" / "libtpu_lockfile", glob, devices, worker, shape.hosts, port)
 
     def materialise(self) -> None:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,12 @@ class WorkerPlace:
             TPUCONSOLE_DEVICES=self.devices_glob,
             TPUCONSOLE_SANDBOX="1",
         )
+        if self.hosts > 1:
+            env.update(
+                TPUCONSOLE_COORDINATOR=f"127.0.0.1:{self.coordinator_port}",
+                TPUCONSOLE_NUM_PROCESSES=str(self.hosts),
+                TPUCONSOLE_PROCESS_ID=str(self.worker),
+            )
         return env
 
 

@@ -255,9 +255,25 @@ GRPO = Template(
             minimum=0.05,
             maximum=0.99,
         ),
-        Param("model", "str", "Hugging Face model id", "--model", "Qwen/Qwen3-4B-Instruct-2507"),
+        Param(
+            "model",
+            "str",
+            "Hugging Face model id, or 'toy' (Tunix's test transformer, nothing downloaded)",
+            "--model",
+            "Qwen/Qwen3-4B-Instruct-2507",
+        ),
+        Param("batch_size", "int", "prompts per training step", "--batch-size", 2, minimum=1),
+        Param(
+            "num_generations",
+            "int",
+            "completions per prompt (the GRPO group)",
+            "--num-generations",
+            2,
+            minimum=2,
+        ),
     ),
     presets={
+        "toy": {"model": "toy", "steps": 4, "rollout_engine": "vanilla"},
         "single-host-sglang": {
             "steps": 10,
             "rollout_devices": 2,

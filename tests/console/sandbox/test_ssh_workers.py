@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncssh
@@ -44,6 +45,23 @@ async def test_each_worker_runs_commands_in_its_own_home_with_lock_and_devices(
             assert [Path(d).name for d in devices] == ["accel0", "accel1", "accel2", "accel3"]
             homes.append(home)
     assert homes[0] != homes[1]
+
+
+async def test_the_workers_of_a_multi_host_node_form_one_jax_runtime(
+    sandbox: Sandbox, api: TpuApi
+) -> None:
+    """As on a v4-16: two processes, each with its own 4 chips, 8 devices in all."""
+    pytest.importorskip("jax")
+    probe = (
+        "python -c 'from remote.grpo import start_jax; jax = start_jax(); "
+        "print(jax.process_index(), jax.process_count(), jax.device_count())'"
+    )
+
+    async def run(worker: int) -> str:
+        async with await _connect(sandbox, api, ZONE, "demo-v4-16", worker) as conn:
+            return (await conn.run(probe, check=True)).stdout.strip()
+
+    assert await asyncio.gather(run(0), run(1)) == ["0 2 8", "1 2 8"]
 
 
 async def test_v5e_worker_has_eight_vfio_devices(sandbox: Sandbox, api: TpuApi) -> None:
