@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -121,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("stop", "start", "delete"):
         change = sub.add_parser(verb, help=f"{verb} a TPU VM and wait for it")
         _add_common(change, top=False)
-        change.add_argument("name", help="node name")
+        change.add_argument(
+            "name", help="node name" + (" (or a job id: stop that job)" if verb == "stop" else "")
+        )
         change.add_argument("--yes", "-y", action="store_true", help="do not ask")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
@@ -167,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", action="store_true", help="print JSON")
     jobs = sub.add_parser("jobs", help="recent jobs from the history; `jobs stop JOB` stops one")
     _add_common(jobs, top=False)
-    jobs.add_argument("action", nargs="?", choices=["list", "stop"], default="list")
-    jobs.add_argument("job", nargs="?", help="with stop: the job id or its leading number")
+    jobs.add_argument("action", nargs="?", choices=["list", "show", "stop"], default="list")
+    jobs.add_argument("job", nargs="?", help="with show/stop: the job id or its leading number")
     jobs.add_argument("--json", action="store_true", help="print JSON objects, one per job")
+    jobs.add_argument("--yes", "-y", action="store_true", help="with stop: do not ask")
     sandbox = sub.add_parser("sandbox", help="manage the embedded sandbox fleet")
     _add_common(sandbox, top=False)
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
@@ -297,7 +301,7 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
 
 
 async def _template_plan(jobs_service, node, args):
-    """Values, preflight and the exact command: (went well, (command, env, kind) or None)."""
+    """Values, preflight and the exact command: (ok, (command, env, kind, values) | None)."""
     from console.services.preflight import preflight
     from console.services.probe import ProbeService
     from console.services.templates import parse_sets, template
@@ -328,7 +332,7 @@ async def _template_plan(jobs_service, node, args):
     offered = any(c.level == "offer" for c in checks) and not args.force
     if offered and not await _stale_cleared(jobs_service, node, args):
         return False, None
-    return True, (rendered.shell(), rendered.env, chosen.name)
+    return True, (rendered.shell(), rendered.env, chosen.name, values)
 
 
 async def _stale_cleared(jobs_service, node, args) -> bool:
@@ -384,31 +388,33 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     print("tpuconsole: jobs stop needs a job id", file=sys.stderr)
                     return 2
                 job = jobs_service.get(args.job)
+                if not job.open:
+                    print(f"job {job.job_id} is already {job.status}; nothing to stop")
+                    return 0
+                if not _confirmed(
+                    args,
+                    f"Stop job {job.job_id} on {job.node} (SIGTERM, then "
+                    "SIGKILL after 10 s, to its processes on every worker)?",
+                ):
+                    return 1
                 node = await source.fleet.get_node(job.zone, job.node)
                 outcome = await jobs_service.stop(job, node)
                 for w, result in sorted(outcome.items()):
                     print(f"w{w}: {result}")
                 return 0 if all(not r.startswith("not stopped") for r in outcome.values()) else 1
+            if args.command == "jobs" and args.action == "show":
+                if not args.job:
+                    print("tpuconsole: jobs show needs a job id", file=sys.stderr)
+                    return 2
+                job = jobs_service.get(args.job)
+                if args.json:
+                    print(json.dumps(_job_json(job)))
+                else:
+                    _print_job(job)
+                return 0
             if args.command == "jobs" and args.json:
                 for job in jobs_service.history.recent():
-                    print(
-                        json.dumps(
-                            {
-                                "job_id": job.job_id,
-                                "status": job.status,
-                                "kind": job.kind,
-                                "node": job.node,
-                                "zone": job.zone,
-                                "command": job.command,
-                                "env": job.env,
-                                "started_at": job.started_at.isoformat(),
-                                "workers": [
-                                    {"worker": w.worker, "pid": w.pid, "rc": w.rc, "error": w.error}
-                                    for w in job.workers
-                                ],
-                            }
-                        )
-                    )
+                    print(json.dumps(_job_json(job)))
                 return 0
             if args.command == "jobs":
                 for job in jobs_service.history.recent():
@@ -425,7 +431,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     ok, plan = await _template_plan(jobs_service, node, args)
                     if plan is None:
                         return 0 if ok else 1
-                    command, env, kind = plan
+                    command, env, kind, params = plan
                 else:
                     if args.dry_run:
                         print(command_from_argv(args.remote_argv))
@@ -433,7 +439,10 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     if not args.force and not await _stale_cleared(jobs_service, node, args):
                         return 1
                     command, env, kind = command_from_argv(args.remote_argv), {}, "custom"
-                job = await jobs_service.launch(node, args.worker, command, kind=kind, env=env)
+                    params = {"argv": args.remote_argv}
+                job = await jobs_service.launch(
+                    node, args.worker, command, kind=kind, env=env, params=params
+                )
                 print(
                     f"job {job.job_id} {job.status} on {node.name}: "
                     + " ".join(
@@ -586,13 +595,10 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     zone = args.zone[0] if args.zone else ""
     if args.command == "create" and not zone:
         return _fail("create needs --zone (where the TPU VM goes)")
-    if args.command in {"stop", "delete"} and not args.yes:
-        if not sys.stdin.isatty():
-            return _fail(f"{args.command} {args.name}: not a terminal; add --yes to go ahead")
-        answer = input(f"{args.command.capitalize()} {args.name}? [y/N] ").strip().lower()
-        if answer != "y":
-            print("nothing done")
-            return 1
+    if args.command in {"stop", "delete"} and not _confirmed(
+        args, f"{args.command.capitalize()} {args.name}?"
+    ):
+        return 1
     source = open_fleet_source(settings)
     history = HistoryStore(settings.home / "history.db")
 
@@ -649,10 +655,67 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         source.close()
 
 
+JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
+
+
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """Destructive commands ask on a terminal; elsewhere they need --yes, and say so."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise FleetError(f"{question} Not a terminal to ask on;", "add --yes to go ahead.")
+    if input(f"{question} [y/N] ").strip().lower() == "y":
+        return True
+    print("nothing done")
+    return False
+
+
+def _job_json(job) -> dict:
+    return {
+        "job_id": job.job_id,
+        "status": job.status,
+        "kind": job.kind,
+        "params": job.params,
+        "node": job.node,
+        "zone": job.zone,
+        "command": job.command,
+        "env": job.env,
+        "started_at": job.started_at.isoformat(),
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "note": job.note,
+        "workers": [
+            {"worker": w.worker, "pid": w.pid, "rc": w.rc, "error": w.error} for w in job.workers
+        ],
+        "metrics": job.metrics,
+        "diagnoses": list(job.diagnoses),
+    }
+
+
+def _print_job(job) -> None:
+    """`jobs show`: the record as a person reads it, results and diagnoses last."""
+    ended = f" → {job.ended_at.astimezone():%Y-%m-%d %H:%M:%S}" if job.ended_at else ""
+    print(f"job {job.job_id}  {job.status}  {job.kind}  on {job.zone}/{job.node}")
+    print(f"  time: {job.started_at.astimezone():%Y-%m-%d %H:%M:%S}{ended}")
+    if job.params:
+        print("  params: " + " ".join(f"{k}={v}" for k, v in job.params.items()))
+    for w in job.workers:
+        rc = "running" if w.rc is None and job.open else f"rc={w.rc}"
+        print(f"  w{w.worker}: pid {w.pid or '-'} {w.error or rc}")
+    if job.note:
+        print(f"  note: {job.note}")
+    print("  command:")
+    for line in job.command.splitlines():
+        print(f"    {line}")
+    summary = job.metrics.get("summary", "")
+    print(f"  results: {summary or 'none recorded'}")
+    for d in job.diagnoses:
+        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
+        print(f"  {where}{d['title']}\n    evidence: {d['evidence']}\n    remedy: {d['remedy']}")
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Exit 0 when the log shows no known failure, 1 when it does, 2 when it cannot be read."""
     import dataclasses
-    import re
 
     from console.services.diagnosis import diagnose_text
     from console.services.metrics import JobMetrics
@@ -789,6 +852,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_diagnose(args)
         if args.command in {"probe", "clean"}:
             return cmd_probe_family(args)
+        if args.command == "stop" and JOB_REF.match(args.name):
+            # VM names start with a letter, job ids with their number: `stop 17` is a job.
+            args.command, args.action, args.job, args.json = "jobs", "stop", args.name, False
         if args.command in {"create", "stop", "start", "delete"}:
             return cmd_lifecycle(args)
         if args.command == "sync":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 # States a user must notice at a glance; the UI colours them.
 ALARM_STATES = frozenset({"PREEMPTED", "DELETING", "TERMINATED", "REPAIRING", "UNKNOWN"})
@@ -217,6 +218,9 @@ def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
+OPEN_STATUSES = ("launching", "running")
+
+
 @dataclass(frozen=True)
 class JobWorker:
     """One worker's part of a job: where its process is and how far its log was read."""
@@ -239,8 +243,18 @@ class Job:
     started_at: datetime
     kind: str = "custom"
     workers: tuple[JobWorker, ...] = ()
-    status: str = "starting"  # starting | running | succeeded | failed | killed | lost
+    status: str = "launching"  # launching | running | succeeded | failed | killed | lost
     env: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the template's values, for re-runs
+    ended_at: datetime | None = None
+    note: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)  # JobMetrics.as_json()
+    diagnoses: tuple[dict[str, Any], ...] = ()  # Diagnosis fields, each once per worker
+
+    @property
+    def open(self) -> bool:
+        """Still launching or running: a follower may attach, a stop may act."""
+        return self.status in OPEN_STATUSES
 
     @property
     def node_key(self) -> str:

@@ -10,7 +10,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import Job, JobWorker, NodeEvent
+from console.models import OPEN_STATUSES, Job, JobWorker, NodeEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,6 +51,11 @@ MIGRATIONS: tuple[str, ...] = (
     SCHEMA,
     "ALTER TABLE jobs ADD COLUMN env TEXT NOT NULL DEFAULT '{}';"
     "ALTER TABLE jobs ADD COLUMN ended_at TEXT NOT NULL DEFAULT ''",
+    # 3: what a job was launched with and what it achieved; "starting" is now "launching".
+    "ALTER TABLE jobs ADD COLUMN params TEXT NOT NULL DEFAULT '{}';"
+    "ALTER TABLE jobs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}';"
+    "ALTER TABLE jobs ADD COLUMN diagnoses TEXT NOT NULL DEFAULT '[]';"
+    "UPDATE jobs SET status = 'launching' WHERE status = 'starting'",
 )
 
 
@@ -95,8 +100,8 @@ class HistoryStore:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env,"
+                " params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.node,
@@ -106,6 +111,7 @@ class HistoryStore:
                     job.started_at.isoformat(),
                     job.status,
                     json.dumps(job.env),
+                    json.dumps(job.params),
                 ),
             )
             self._db.executemany(
@@ -134,7 +140,7 @@ class HistoryStore:
         )
 
     def set_status(self, job_id: str, status: str, note: str = "") -> None:
-        ended = datetime.now(UTC).isoformat() if status not in {"starting", "running"} else ""
+        ended = datetime.now(UTC).isoformat() if status not in OPEN_STATUSES else ""
         self._db.execute(
             "UPDATE jobs SET status = ?, note = ?, ended_at = ? WHERE job_id = ?",
             (status, note, ended, job_id),
@@ -150,20 +156,52 @@ class HistoryStore:
                 (job_id,),
             )
         )
-        started = datetime.fromisoformat(row[5])
         return Job(
             job_id=job_id,
             node=row[1],
             zone=row[2],
             kind=row[3],
             command=row[4],
-            started_at=started if started.tzinfo else started.replace(tzinfo=UTC),
+            started_at=_when(row[5]) or datetime.now(UTC),
             status=row[6],
             workers=workers,
             env=json.loads(row[7] or "{}"),
+            params=json.loads(row[8] or "{}"),
+            ended_at=_when(row[9]),
+            note=row[10],
+            metrics=json.loads(row[11] or "{}"),
+            diagnoses=tuple(json.loads(row[12] or "[]")),
         )
 
-    _COLUMNS = "job_id, node, zone, kind, command, started_at, status, env"
+    _COLUMNS = (
+        "job_id, node, zone, kind, command, started_at, status, env, params, ended_at, note,"
+        " metrics, diagnoses"
+    )
+
+    def set_results(
+        self, job_id: str, metrics: dict | None = None, diagnoses: list[dict] | None = None
+    ) -> None:
+        """What a job achieved; diagnoses add to those recorded, each (key, worker) once."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT diagnoses FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                return
+            known = json.loads(row[0] or "[]")
+            seen = {(d.get("key"), d.get("worker")) for d in known}
+            for d in diagnoses or []:
+                if (d.get("key"), d.get("worker")) not in seen:
+                    seen.add((d.get("key"), d.get("worker")))
+                    known.append(d)
+            if metrics is not None:
+                self._db.execute(
+                    "UPDATE jobs SET metrics = ? WHERE job_id = ?", (json.dumps(metrics), job_id)
+                )
+            self._db.execute(
+                "UPDATE jobs SET diagnoses = ? WHERE job_id = ?", (json.dumps(known), job_id)
+            )
 
     def get(self, job_ref: str) -> Job | None:
         """By full id or by its leading number (`17` for `17-3fa2c1`)."""
@@ -201,7 +239,15 @@ class HistoryStore:
     def running_jobs_on(self, zone: str, node: str) -> list[Job]:
         rows = self._db.execute(
             f"SELECT {self._COLUMNS} FROM jobs WHERE zone = ? AND node = ? AND status IN"
-            " ('starting', 'running') ORDER BY seq",
+            " ('launching', 'running') ORDER BY seq",
             (zone, node),
         ).fetchall()
         return [self._job(r) for r in rows]
+
+
+def _when(text: str) -> datetime | None:
+    """Times are stored as ISO text; rows from before time zones were recorded are UTC."""
+    if not text:
+        return None
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

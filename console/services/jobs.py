@@ -11,15 +11,19 @@ import contextlib
 import secrets
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
+from console.services.diagnosis import Diagnoser
 from console.services.log_stream import LineSink, LogStream, job_dir
+from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
+_RESULTS_PIECE = 4 << 20  # local copies are read for results in pieces of this many bytes
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
 _WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
@@ -71,6 +75,7 @@ class JobService:
         *,
         kind: str = "custom",
         env: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Job:
         targets = await self.remote.targets(node, selection)
         job = Job(
@@ -82,6 +87,7 @@ class JobService:
             started_at=datetime.now(UTC),
             workers=tuple(JobWorker(t.worker) for t in targets),
             env=dict(env or {}),
+            params=dict(params or {}),
         )
         self.history.record_launch(job)  # before anything runs: the record is never lost
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
@@ -168,7 +174,7 @@ class JobService:
                 raise result
             rcs[stream.worker] = result
         current = self.history.get(job.job_id)
-        still_open = current is not None and current.status in {"starting", "running"}
+        still_open = current is not None and current.open
         if follow and len(rcs) == len(job.workers) and still_open:  # killed/lost stay so
             worst = max((rc if rc is not None else 255) for rc in rcs.values())
             self.history.set_status(
@@ -176,7 +182,35 @@ class JobService:
                 "succeeded" if worst == 0 else "failed",
                 ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
             )
+            await self.record_results(job)
         return rcs
+
+    async def record_results(self, job: Job) -> None:
+        """Metrics and diagnoses from the local copies, into the history with the job.
+
+        Read from the copies rather than gathered from the live lines, so a job followed by no
+        view, or re-attached after a restart, gets the same record as one watched throughout.
+        """
+        metrics, found = await asyncio.to_thread(self._results_from_copies, job)
+        self.history.set_results(job.job_id, metrics.as_json(), [asdict(d) for d in found])
+
+    def _results_from_copies(self, job: Job) -> tuple[JobMetrics, list]:
+        metrics, diagnoser = JobMetrics(), Diagnoser()
+        for w in job.workers:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                self.log_path(job.job_id, w.worker).open("rb") as f,
+            ):
+                rest = b""
+                while piece := f.read(_RESULTS_PIECE):
+                    data, cut = rest + piece, (rest + piece).rfind(b"\n") + 1
+                    data, rest = data[:cut], data[cut:]
+                    metrics.feed_chunk(w.worker, data)
+                    diagnoser.feed_chunk(w.worker, data)
+                if rest:
+                    metrics.feed_chunk(w.worker, rest + b"\n")
+                    diagnoser.feed_chunk(w.worker, rest + b"\n")
+        return metrics, diagnoser.found
 
     async def watch(
         self, job: Job, node: Node, on_end: EndSink | None = None
@@ -217,7 +251,7 @@ class JobService:
 
         notes = []
         for job in self.history.recent(200):
-            if job.status not in {"starting", "running"}:
+            if not job.open:
                 continue
             try:
                 node = await fleet.get_node(job.zone, job.node)
@@ -271,12 +305,15 @@ class JobService:
             self.history.set_status(
                 job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
             )
+            await self.record_results(job)
         return outcome
 
     async def rerun(self, job: Job, node: Node) -> Job:
         """The same command, environment and kind, on the same workers."""
         selection = ",".join(str(w.worker) for w in job.workers) or "all"
-        return await self.launch(node, selection, job.command, kind=job.kind, env=job.env)
+        return await self.launch(
+            node, selection, job.command, kind=job.kind, env=job.env, params=job.params
+        )
 
 
 def stop_command(job_id: str, grace_s: float) -> str:

@@ -47,6 +47,15 @@ class JobMetrics:
             found = self.feed(worker, line) or found
         return found
 
+    def as_json(self) -> dict:
+        """For the history: what the job screen and `jobs show` need once the log is gone."""
+        return {
+            "summary": self.summary(),
+            "losses": {str(w): s for w, s in sorted(self.losses.items())},
+            "engine_sec": {f"w{w}/e{e}": t for (w, e), t in sorted(self.engine_sec.items())},
+            "done": {str(w): line for w, line in sorted(self.done.items())},
+        }
+
     def concurrency(self, worker: int) -> str:
         """How the seeds judged a multi-engine run: wall time against its engines' times."""
         times = [t for (w, _), t in self.engine_sec.items() if w == worker]

@@ -560,22 +560,25 @@ class FleetScreen(Screen):
 
     def _launch(self, node: Node, choice) -> None:
         if choice is not None:
-            self._run_launch(node, *choice)
+            self._run_launch(node, choice)
 
     @work(group="launch")
-    async def _run_launch(
-        self, node: Node, kind: str, rendered, selection: str, clean_first: bool
-    ) -> None:
+    async def _run_launch(self, node: Node, choice) -> None:
         from console.services.probe import plan_for
         from console.ui.log_screen import LogScreen
 
         try:
-            if clean_first and self.app.prober is not None:
-                probes = await self.app.prober.probe(node, selection)
+            if choice.clean_first and self.app.prober is not None:
+                probes = await self.app.prober.probe(node, choice.selection)
                 plans = [plan_for(p.report) for p in probes if p.report and not p.report.clean]
                 await self.app.prober.execute(node, [p for p in plans if not p.empty])
             job = await self.app.jobs.launch(
-                node, selection, rendered.shell(), kind=kind, env=rendered.env
+                node,
+                choice.selection,
+                choice.rendered.shell(),
+                kind=choice.kind,
+                env=choice.rendered.env,
+                params=choice.params,
             )
         except FleetError as exc:
             self.notify(

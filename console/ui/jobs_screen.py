@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,6 +10,26 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.models import FleetError, Job
+
+RELOAD_S = 2.0
+
+
+def result_cell(job: Job) -> Text:
+    """The first known failure, else how far it got: the line a user scans the list for."""
+    if job.diagnoses:
+        d = job.diagnoses[0]
+        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
+        more = f" (+{len(job.diagnoses) - 1})" if len(job.diagnoses) > 1 else ""
+        return Text(f"{where}{d['title']}{more}"[:48], style="bold red")
+    losses = job.metrics.get("losses") or {}
+    done = job.metrics.get("done") or {}
+    if done:
+        first = next(iter(done.values()))
+        return Text(first.removeprefix("DONE: ")[:48], style="green")
+    if losses:
+        step, loss = next(iter(losses.values()))[-1]
+        return Text(f"step {step} loss {loss:.4g}")
+    return Text("")
 
 
 class JobsTable(DataTable):
@@ -35,7 +56,7 @@ class JobsScreen(Screen):
         yield Header()
         yield Static("", id="jobs-empty")
         table = JobsTable(id="jobs", cursor_type="row", zebra_stripes=True)
-        for title in ("JOB", "STATUS", "NODE", "WORKERS", "STARTED", "COMMAND"):
+        for title in ("JOB", "STATUS", "NODE", "WORKERS", "STARTED", "RESULT", "COMMAND"):
             table.add_column(title, key=title.lower())
         yield table
         yield Footer()
@@ -45,6 +66,8 @@ class JobsScreen(Screen):
             f" on {self.node_key}" if self.node_key else ""
         )
         self.action_reload()
+        # Jobs end and results arrive while the list is open: keep it current, as k9s does.
+        self.set_interval(RELOAD_S, self.action_reload)
 
     def action_reload(self) -> None:
         table = self.query_one("#jobs", DataTable)
@@ -66,11 +89,14 @@ class JobsScreen(Screen):
                     f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers
                 ),
                 job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
-                job.command.strip().splitlines()[-1][:80],
+                result_cell(job),
+                job.command.strip().splitlines()[-1][:60],
             )
             if job.job_id in table.rows:
                 for column, value in zip(
-                    ("job", "status", "node", "workers", "started", "command"), cells, strict=True
+                    ("job", "status", "node", "workers", "started", "result", "command"),
+                    cells,
+                    strict=True,
                 ):
                     table.update_cell(job.job_id, column, value)
             else:

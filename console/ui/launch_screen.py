@@ -4,6 +4,9 @@ exact command as you type; `ctrl+s` launches and opens the job's logs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
@@ -14,7 +17,18 @@ from textual.widgets import Input, Label, Select, Static
 
 from console.models import FleetError, Node
 from console.services.preflight import Check, preflight
-from console.services.templates import TEMPLATES, parse_sets
+from console.services.templates import TEMPLATES, Rendered, parse_sets
+
+
+@dataclass(frozen=True)
+class LaunchChoice:
+    """What the form hands back: the template, its rendering, where, and the values behind it."""
+
+    kind: str
+    rendered: Rendered
+    selection: str
+    clean_first: bool
+    params: dict[str, Any]
 
 
 class LaunchScreen(ModalScreen):
@@ -140,7 +154,7 @@ class LaunchScreen(ModalScreen):
         rendered = template.render(values)
         selection = self.query_one("#workers", Input).value.strip() or "all"
         clean_first = any(c.level == "offer" for c in self.checks)
-        self.dismiss((template.name, rendered, selection, clean_first))
+        self.dismiss(LaunchChoice(template.name, rendered, selection, clean_first, values))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from datetime import datetime
 
 from rich.markup import escape
@@ -21,7 +22,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
 from console.models import FleetError, Job
-from console.services.diagnosis import Diagnoser, from_condition
+from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex
 from console.services.metrics import JobMetrics, sparkline
 from console.ui.log_view import LogView
@@ -145,11 +146,18 @@ class LogScreen(Screen):
                     f"w{worker} printed DONE {now - at:.0f} s ago and is still running",
                     worker,
                 )
-                self._findings_changed |= self.diagnoser.add(found)
+                self._condition(found)
         running = [w for w, state in self.ended.items() if not state]
         if running and now - self._last_data > SILENT_S:
-            found = from_condition("silent", f"no output for {now - self._last_data:.0f} s")
-            self._findings_changed |= self.diagnoser.add(found)
+            self._condition(
+                from_condition("silent", f"no output for {now - self._last_data:.0f} s")
+            )
+
+    def _condition(self, found: Diagnosis) -> None:
+        """A finding no log line carries: shown, and kept with the job in the history."""
+        if self.diagnoser.add(found):
+            self._findings_changed = True
+            self.app.jobs.history.set_results(self.job.job_id, diagnoses=[asdict(found)])
 
     def _show_findings(self) -> None:
         lines = []

@@ -228,3 +228,29 @@ def test_probe_and_clean_from_the_command_line(capsys: pytest.CaptureFixture) ->
         assert main(["clean", "demo-v4-8", "--yes"]) == 0
         assert "after cleanup: clean" in capsys.readouterr().out
         assert not place.lockfile.exists()
+
+
+def test_jobs_show_and_stop_by_job_id_from_the_command_line(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    script = 'echo "Train step 1 training loss: 0.75"; echo "DONE: steps=1 elapsed_sec=0.1"'
+    assert main(["launch", "demo-v4-8", "--follow", "--", script]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    assert main(["jobs", "show", job_id.split("-")[0]]) == 0
+    out = capsys.readouterr().out
+    assert f"job {job_id}  succeeded  custom" in out
+    assert "w0: DONE: steps=1 elapsed_sec=0.1" in out
+    assert main(["jobs", "show", job_id, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["metrics"]["losses"] == {"0": [[1, 0.75]]} and record["ended_at"]
+
+    assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+    long_id = capsys.readouterr().out.split()[1]
+    assert main(["stop", long_id]) == 2  # destructive: no terminal to ask on, no --yes
+    assert "add --yes" in capsys.readouterr().err
+    assert main(["stop", long_id, "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == "w0: stopped"
+    assert main(["jobs", "show", long_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "killed"
+    assert main(["stop", long_id, "--yes"]) == 0
+    assert "already killed; nothing to stop" in capsys.readouterr().out

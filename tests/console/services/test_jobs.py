@@ -185,7 +185,68 @@ def test_history_migrates_an_old_file_keeping_its_rows(tmp_path: Path) -> None:
     assert store.schema_version == len(MIGRATIONS)
     job = store.get("1")
     assert job is not None and job.status == "succeeded" and job.env == {}
+    assert job.params == {} and job.metrics == {} and job.diagnoses == ()
     store.close()
+
+
+def test_a_job_that_was_starting_under_schema_two_is_launching_now(tmp_path: Path) -> None:
+    import sqlite3
+
+    from console.adapters.history_db import MIGRATIONS
+
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(f"{script}; PRAGMA user_version = {number};")
+    db.execute(
+        "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status) "
+        "VALUES ('4-bbbbbb', 'n', 'z', 'grpo', 'x', '2026-11-23T00:00:00+00:00', 'starting')"
+    )
+    db.commit()
+    db.close()
+    store = HistoryStore(path)
+    job = store.get("4")
+    assert job is not None and job.status == "launching" and job.open
+    assert [j.job_id for j in store.running_jobs_on("z", "n")] == ["4-bbbbbb"]
+    store.close()
+
+
+async def test_the_record_holds_parameters_results_and_diagnoses_once_the_job_ends(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    script = (
+        'w=$(basename $HOME); echo "Train step 1 training loss: 0.5"; '
+        'echo "Train step 2 training loss: 0.25"; '
+        '[ "$w" = w1 ] && echo "RuntimeError: Not enough memory. Please try to increase '
+        '--mem-fraction-static." && exit 1; echo "DONE: steps=2 elapsed_sec=1.5"'
+    )
+    job = await jobs.launch(node, "all", script, kind="grpo", params={"steps": 2, "model": "toy"})
+    await jobs.follow(job, node, lambda w, t: None)
+    # A console started afterwards reads it all from the file.
+    stored = HistoryStore(tmp_path / "history.db").get(job.job_id)
+    assert stored is not None and stored.status == "failed" and stored.ended_at is not None
+    assert stored.kind == "grpo" and stored.params == {"steps": 2, "model": "toy"}
+    assert stored.metrics["losses"] == {"0": [[1, 0.5], [2, 0.25]], "1": [[1, 0.5], [2, 0.25]]}
+    assert stored.metrics["done"] == {"0": "DONE: steps=2 elapsed_sec=1.5"}
+    assert [(d["key"], d["worker"]) for d in stored.diagnoses] == [("hbm_oom", 1)]
+    assert "mem-fraction-static" in stored.diagnoses[0]["remedy"]
+
+
+async def test_a_job_is_launching_until_its_workers_report_their_pids(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    seen: list[str] = []
+    record = jobs.history.record_launch
+
+    def spy(job):
+        record(job)
+        seen.append(jobs.history.get(job.job_id).status)
+
+    jobs.history.record_launch = spy  # type: ignore[method-assign]
+    job = await jobs.launch(node, "all", "true")
+    assert seen == ["launching"] and job.status == "running"
 
 
 async def test_after_a_console_restart_running_jobs_are_reattached_and_vanished_ones_lost(

@@ -38,3 +38,29 @@ async def test_x_stops_the_job_and_r_runs_it_again(sandbox: Sandbox, tmp_path: P
         await jobs.stop(again, node, grace_s=0.2)
     await remote.close()
     history.close()
+
+
+async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    node = await fleet.find_node("demo-v4-8")
+    good = await jobs.launch(node, "all", "echo 'DONE: engines=4 wall_sec=1.250'")
+    bad = await jobs.launch(
+        node, "all", "echo 'RuntimeError: TPU is already in use by process 4242'; exit 1"
+    )
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("j")
+        table = app.screen.query_one("#jobs")
+        for job in (good, bad):
+            await jobs.follow(job, node, lambda w, t: None)
+        await until(pilot, lambda: str(table.get_cell(bad.job_id, "result")) != "")
+        assert str(table.get_cell(good.job_id, "result")) == "engines=4 wall_sec=1.250"
+        assert str(table.get_cell(good.job_id, "status")) == "succeeded"
+        assert str(table.get_cell(bad.job_id, "result")) == "w0: The TPU is already in use"
+    await remote.close()
+    history.close()
