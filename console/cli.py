@@ -301,7 +301,7 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
 
 
 async def _template_plan(jobs_service, node, args):
-    """Values, preflight and the exact command: (ok, (command, env, kind, values) | None)."""
+    """Values, preflight and the exact command: (ok, (rendered, kind, values) | None)."""
     from console.services.preflight import preflight
     from console.services.probe import ProbeService
     from console.services.templates import parse_sets, template
@@ -332,7 +332,20 @@ async def _template_plan(jobs_service, node, args):
     offered = any(c.level == "offer" for c in checks) and not args.force
     if offered and not await _stale_cleared(jobs_service, node, args):
         return False, None
-    return True, (rendered.shell(), rendered.env, chosen.name, values)
+    return True, (rendered, chosen.name, values)
+
+
+async def _upload(jobs_service, node, selection: str, local: str, remote_dir: str) -> int:
+    """The sync template: no job, the folder's changed files to every chosen worker."""
+    from console.services.shipping import Shipper
+
+    outcomes = await Shipper(jobs_service.remote).upload(
+        node, selection, Path(local).expanduser(), remote_dir
+    )
+    print(f"{local} -> {remote_dir}")
+    for outcome in outcomes:
+        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
+    return 1 if any(o.error for o in outcomes) else 0
 
 
 async def _stale_cleared(jobs_service, node, args) -> bool:
@@ -431,7 +444,10 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     ok, plan = await _template_plan(jobs_service, node, args)
                     if plan is None:
                         return 0 if ok else 1
-                    command, env, kind, params = plan
+                    rendered, kind, params = plan
+                    if rendered.upload:
+                        return await _upload(jobs_service, node, args.worker, *rendered.upload)
+                    command, env, ship = rendered.shell(), rendered.env, rendered.ship_runners
                 else:
                     if args.dry_run:
                         print(command_from_argv(args.remote_argv))
@@ -439,9 +455,9 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     if not args.force and not await _stale_cleared(jobs_service, node, args):
                         return 1
                     command, env, kind = command_from_argv(args.remote_argv), {}, "custom"
-                    params = {"argv": args.remote_argv}
+                    params, ship = {"argv": args.remote_argv}, False
                 job = await jobs_service.launch(
-                    node, args.worker, command, kind=kind, env=env, params=params
+                    node, args.worker, command, kind=kind, env=env, params=params, ship_runners=ship
                 )
                 print(
                     f"job {job.job_id} {job.status} on {node.name}: "
@@ -469,26 +485,14 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
         source.close()
 
 
-def default_remote_dir(local: Path) -> str:
-    """The same place under the worker's home: ~/x for ~/x here, else ~/<folder name>.
-
-    Never an absolute path by default: on a VM that would need root, and in the sandbox it
-    would be this machine's own folder.
-    """
-    local = local.resolve()
-    try:
-        return "~/" + local.relative_to(Path.home().resolve()).as_posix()
-    except ValueError:
-        return "~/" + local.name
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
     from console.services.shipping import Shipper
+    from console.services.templates import default_remote_dir
 
     settings = _settings(args)
     local = Path(args.local).expanduser()
-    remote_dir = args.remote or default_remote_dir(local)
+    remote_dir = args.remote or default_remote_dir(str(local))
     source = open_fleet_source(settings)
 
     async def go():

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import remote
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
 from console.services.diagnosis import Diagnoser
@@ -23,6 +24,7 @@ from console.services.log_stream import LineSink, LogStream, job_dir
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
+RUNNERS_LOCAL = Path(remote.__file__).resolve().parent  # the runners this console ships
 _RESULTS_PIECE = 4 << 20  # local copies are read for results in pieces of this many bytes
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
@@ -76,7 +78,13 @@ class JobService:
         kind: str = "custom",
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
+        ship_runners: bool = False,
     ) -> Job:
+        """Record the job, ship remote/ when its program is there, start it on every target.
+
+        A worker the runners could not reach is recorded with the reason and left out; the
+        others start all the same, in one fan-out.
+        """
         targets = await self.remote.targets(node, selection)
         job = Job(
             job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
@@ -90,6 +98,10 @@ class JobService:
             params=dict(params or {}),
         )
         self.history.record_launch(job)  # before anything runs: the record is never lost
+        failed: dict[int, str] = {}
+        if ship_runners:
+            failed = await self._ship_runners(targets)
+            targets = [t for t in targets if t.worker not in failed]
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
         result = await self.remote.run_on_targets(
             node.name,
@@ -99,7 +111,9 @@ class JobService:
                 pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
             ),
         )
-        workers = []
+        workers = [JobWorker(w, error=reason) for w, reason in failed.items()]
+        for w, reason in failed.items():
+            self.history.set_worker(job.job_id, w, error=reason)
         for outcome in result.outcomes:
             text = b"".join(pids[outcome.worker]).strip()
             if outcome.ok and text.isdigit():
@@ -109,11 +123,20 @@ class JobService:
                 reason = outcome.describe()
                 workers.append(JobWorker(outcome.worker, error=reason))
                 self.history.set_worker(job.job_id, outcome.worker, error=reason)
+        workers.sort(key=lambda w: w.worker)
         started = [w for w in workers if w.pid]
         status = "running" if started else "failed"
         note = "" if len(started) == len(workers) else result.summary()
         self.history.set_status(job.job_id, status, note)
         return replace(job, workers=tuple(workers), status=status)
+
+    async def _ship_runners(self, targets: list) -> dict[int, str]:
+        """remote/ as this console has it, to where the templates' programs expect it."""
+        from console.services.shipping import Shipper
+        from console.services.templates import RUNNERS_DIR
+
+        outcomes = await Shipper(self.remote).upload_to(targets, RUNNERS_LOCAL, RUNNERS_DIR)
+        return {o.worker: f"could not ship the runners: {o.error}" for o in outcomes if o.error}
 
     def get(self, job_ref: str) -> Job:
         job = self.history.get(job_ref)
@@ -175,12 +198,20 @@ class JobService:
             rcs[stream.worker] = result
         current = self.history.get(job.job_id)
         still_open = current is not None and current.open
-        if follow and len(rcs) == len(job.workers) and still_open:  # killed/lost stay so
-            worst = max((rc if rc is not None else 255) for rc in rcs.values())
+        started = [w for w in job.workers if w.pid]
+        if follow and selection == "all" and len(rcs) == len(started) and still_open:
+            # Killed and lost stay so. A worker that never started fails the job.
+            never = [w for w in job.workers if not w.pid]
+            worst = max(
+                [(rc if rc is not None else 255) for rc in rcs.values()] + [255] * len(never)
+            )
             self.history.set_status(
                 job.job_id,
                 "succeeded" if worst == 0 else "failed",
-                ", ".join(f"w{w} rc={rc}" for w, rc in sorted(rcs.items())),
+                ", ".join(
+                    [f"w{w} rc={rc}" for w, rc in sorted(rcs.items())]
+                    + [f"w{w.worker} did not start" for w in never]
+                ),
             )
             await self.record_results(job)
         return rcs
@@ -311,8 +342,17 @@ class JobService:
     async def rerun(self, job: Job, node: Node) -> Job:
         """The same command, environment and kind, on the same workers."""
         selection = ",".join(str(w.worker) for w in job.workers) or "all"
+        from console.services.templates import TEMPLATES
+
+        template = TEMPLATES.get(job.kind)
         return await self.launch(
-            node, selection, job.command, kind=job.kind, env=job.env, params=job.params
+            node,
+            selection,
+            job.command,
+            kind=job.kind,
+            env=job.env,
+            params=job.params,
+            ship_runners=template is not None and template.ships_runners,
         )
 
 

@@ -64,7 +64,7 @@ def preflight(
         _multi_engine_checks(template, values, node, checks)
     if template.name == "grpo":
         _grpo_checks(template, values, node, workers, checks)
-    if probes:
+    if probes and template.uses_tpu:
         stale = [p for p in probes if p.report is not None and not p.report.clean]
         if stale:
             checks.append(

@@ -77,8 +77,13 @@ class Shipper:
     async def upload(
         self, node: Node, selection: str, local_dir: Path, remote_dir: str, *, method: str = "auto"
     ) -> list[UploadOutcome]:
-        manifest = local_manifest(local_dir)
         targets = await self.remote.targets(node, selection)
+        return await self.upload_to(targets, local_dir, remote_dir, method=method)
+
+    async def upload_to(
+        self, targets: list[SshTarget], local_dir: Path, remote_dir: str, *, method: str = "auto"
+    ) -> list[UploadOutcome]:
+        manifest = local_manifest(local_dir)
         return list(
             await asyncio.gather(
                 *(self._one(t, local_dir, manifest, remote_dir, method) for t in targets)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from console.models import FleetError
@@ -65,9 +66,15 @@ class Rendered:
     argv: tuple[str, ...]
     env: dict[str, str]
     prelude: tuple[str, ...] = ()
+    script: str = ""  # shell text as the user wrote it (the custom template), instead of argv
+    ship_runners: bool = False  # remote/ goes to the workers first (changed files only)
+    upload: tuple[str, str] | None = None  # (local, remote): the sync template runs no command
 
     def shell(self) -> str:
-        return "\n".join([*self.prelude, shlex.join(self.argv)])
+        if self.upload:
+            local, remote = self.upload
+            return f"# upload {local} -> {remote} on each worker (changed files only)"
+        return "\n".join([*self.prelude, self.script or shlex.join(self.argv)])
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,19 @@ class Template:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     single_host: bool = False  # refuses process_count != 1 (the multi-engine test)
     uses_sglang: bool = False
+    ships_runners: bool = False  # its program is in remote/, which travels with the launch
+    uses_tpu: bool = True  # stale TPU state on the workers matters to it
+    common: bool = True  # takes COMMON_PARAMS (bootstrap makes the env they would activate)
+
+    @property
+    def all_params(self) -> tuple[Param, ...]:
+        return (*self.params, *COMMON_PARAMS) if self.common else self.params
 
     def param(self, name: str) -> Param:
-        for p in (*self.params, *COMMON_PARAMS):
+        for p in self.all_params:
             if p.name == name:
                 return p
-        known = ", ".join(p.name for p in (*self.params, *COMMON_PARAMS))
+        known = ", ".join(p.name for p in self.all_params)
         raise FleetError(f"{self.name} has no parameter {name!r}.", f"Known: {known}.")
 
     def values(
@@ -99,6 +113,13 @@ class Template:
         return {name: self.param(name).parse(value) for name, value in raw.items()}
 
     def render(self, values: Mapping[str, Any]) -> Rendered:
+        if self.name == "sync":
+            return _sync(values)
+        if self.name == "custom":
+            command = str(values.get("command") or "").strip()
+            if not command:
+                raise FleetError("custom: give the command to run.", "Example: command=nvidia-smi")
+            return replace(_with_environment((), values), script=command)
         argv = list(self.program)
         for p in self.params:
             value = values.get(p.name)
@@ -109,7 +130,36 @@ class Template:
                     argv.append(p.flag)
             else:
                 argv += [p.flag, str(value)]
-        return _with_environment(tuple(argv), values)
+        rendered = _with_environment(tuple(argv), values)
+        if not self.ships_runners:
+            return rendered
+        return replace(rendered, prelude=(RUNNERS_PRELUDE, *rendered.prelude), ship_runners=True)
+
+
+# Where remote/ lands on a worker, and how its runners are found there (`python -m remote.x`).
+RUNNERS_DIR = "~/.tpuconsole/runners/remote"
+RUNNERS_PRELUDE = 'export PYTHONPATH="$HOME/.tpuconsole/runners${PYTHONPATH:+:$PYTHONPATH}"'
+
+
+def _sync(values: Mapping[str, Any]) -> Rendered:
+    local = str(values.get("local_dir") or "").strip()
+    if not local:
+        raise FleetError("sync: give the local folder to upload.", "Example: local_dir=~/plugins")
+    remote = str(values.get("remote_dir") or "").strip() or default_remote_dir(local)
+    return Rendered((), {}, upload=(local, remote))
+
+
+def default_remote_dir(local: str) -> str:
+    """The same place under the worker's home: ~/x for ~/x here, else ~/<folder name>.
+
+    Never an absolute path by default: on a VM that would need root, and in the sandbox it
+    would be this machine's own folder.
+    """
+    path = Path(local).expanduser().resolve()
+    try:
+        return "~/" + path.relative_to(Path.home().resolve()).as_posix()
+    except ValueError:
+        return "~/" + path.name
 
 
 COMMON_PARAMS: tuple[Param, ...] = (
@@ -221,6 +271,7 @@ MULTI_ENGINE = Template(
     },
     single_host=True,
     uses_sglang=True,
+    ships_runners=True,
 )
 
 GRPO = Template(
@@ -287,9 +338,60 @@ GRPO = Template(
         },
     },
     uses_sglang=True,
+    ships_runners=True,
 )
 
-TEMPLATES = {t.name: t for t in (MULTI_ENGINE, GRPO)}
+BOOTSTRAP = Template(
+    "bootstrap",
+    "environment setup as the seeds: conda or venv, sglang-jax and tunix, the JAX line",
+    ("bash", ".tpuconsole/runners/remote/bootstrap.sh"),
+    (
+        Param(
+            "env", "choice", "conda (as the seeds) or venv", "--env", "conda",
+            choices=("conda", "venv"),
+        ),
+        Param("name", "str", "environment name", "--name", "sglang-jax"),
+        Param("python", "str", "Python version (sglang-jax needs 3.12)", "--python", "3.12"),
+        Param("prefix", "str", "where Miniconda goes", "--prefix", "~/miniconda3"),
+        Param("repos", "str", "where the repositories are cloned", "--repos", "~"),
+        Param(
+            "sglang_jax", "str", "sglang-jax git URL", "--sglang-jax",
+            "https://github.com/sgl-project/sglang-jax.git",
+        ),
+        Param("sglang_jax_ref", "str", "branch, tag or commit", "--sglang-jax-ref"),
+        Param("tunix", "str", "tunix git URL", "--tunix", "https://github.com/google/tunix.git"),
+        Param("tunix_ref", "str", "branch, tag or commit", "--tunix-ref"),
+        Param("no_tunix", "bool", "sglang-jax only", "--no-tunix", False),
+        Param("skip_install", "bool", "clone or update only, no pip", "--skip-install", False),
+    ),
+    presets={
+        "seeds-sglang-jax": {"env": "conda", "name": "sglang-jax", "no_tunix": True},
+        "seeds-tunix": {"env": "conda", "name": "tunix"},
+    },
+    ships_runners=True,
+    common=False,
+)  # fmt: skip
+
+SYNC = Template(
+    "sync",
+    "upload a local folder (your plugins) to the same path on every worker",
+    (),
+    (
+        Param("local_dir", "str", "the folder here"),
+        Param("remote_dir", "str", "where on the workers (default: the same path under ~)"),
+    ),
+    uses_tpu=False,
+    common=False,
+)
+
+CUSTOM = Template(
+    "custom",
+    "any command, detached, with the common options",
+    (),
+    (Param("command", "str", "shell text, run with bash on each worker"),),
+)
+
+TEMPLATES = {t.name: t for t in (MULTI_ENGINE, GRPO, BOOTSTRAP, SYNC, CUSTOM)}
 
 
 def template(name: str) -> Template:

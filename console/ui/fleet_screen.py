@@ -558,6 +558,23 @@ class FleetScreen(Screen):
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
 
+    async def _upload(self, node: Node, selection: str, local: str, remote_dir: str) -> None:
+        """The sync template: no job, a notification per outcome."""
+        from pathlib import Path
+
+        from console.services.shipping import Shipper
+
+        self.notify(f"Uploading {local} to {remote_dir} on {node.name}…")
+        outcomes = await Shipper(self.app.jobs.remote).upload(
+            node, selection, Path(local).expanduser(), remote_dir
+        )
+        failed = [o for o in outcomes if o.error]
+        self.notify(
+            f"{local} -> {node.name}:{remote_dir}\n" + "\n".join(o.describe() for o in outcomes),
+            severity="error" if failed else "information",
+            timeout=15 if failed else 6,
+        )
+
     def _launch(self, node: Node, choice) -> None:
         if choice is not None:
             self._run_launch(node, choice)
@@ -572,6 +589,9 @@ class FleetScreen(Screen):
                 probes = await self.app.prober.probe(node, choice.selection)
                 plans = [plan_for(p.report) for p in probes if p.report and not p.report.clean]
                 await self.app.prober.execute(node, [p for p in plans if not p.empty])
+            if choice.rendered.upload:
+                await self._upload(node, choice.selection, *choice.rendered.upload)
+                return
             job = await self.app.jobs.launch(
                 node,
                 choice.selection,
@@ -579,6 +599,7 @@ class FleetScreen(Screen):
                 kind=choice.kind,
                 env=choice.rendered.env,
                 params=choice.params,
+                ship_runners=choice.rendered.ship_runners,
             )
         except FleetError as exc:
             self.notify(

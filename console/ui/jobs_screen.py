@@ -101,9 +101,9 @@ class JobsScreen(Screen):
                     table.update_cell(job.job_id, column, value)
             else:
                 table.add_row(*cells, key=job.job_id)
-        self.query_one("#jobs-empty", Static).update(
-            "" if jobs else "No jobs yet. Start one with `tpuconsole launch NODE -- CMD`."
-        )
+        empty = self.query_one("#jobs-empty", Static)
+        empty.update("No jobs yet. `n` on a node launches one (or `tpuconsole launch`).")
+        empty.display = not jobs
 
     @on(DataTable.RowSelected, "#jobs")
     def _open(self, event: DataTable.RowSelected) -> None:

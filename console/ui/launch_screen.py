@@ -1,5 +1,8 @@
 """`n`: the launch form. Pick a template and preset, adjust parameters, see preflight and the
 exact command as you type; `ctrl+s` launches and opens the job's logs.
+
+One field per parameter (a value may hold commas, quotes or spaces: it reaches the program as
+typed). An empty field is not passed, so the runner's default applies; the placeholder says it.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, Select, Static
+from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError, Node
 from console.services.preflight import Check, preflight
-from console.services.templates import TEMPLATES, Rendered, parse_sets
+from console.services.templates import TEMPLATES, Param, Rendered, Template
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,16 @@ class LaunchScreen(ModalScreen):
     DEFAULT_CSS = """
     LaunchScreen { align: center middle; }
     LaunchScreen > VerticalScroll {
-        width: 110; height: auto; max-height: 95%; border: thick $accent; padding: 1 2;
+        width: 120; height: auto; max-height: 95%; border: thick $accent; padding: 1 2;
         background: $panel;
     }
     LaunchScreen Label { margin-top: 1; color: $text-muted; }
+    LaunchScreen #params {
+        grid-size: 2; grid-columns: 28 1fr; grid-rows: 1; grid-gutter: 1 0; height: auto;
+    }
+    LaunchScreen #params Label { margin-top: 0; color: $text; }
+    LaunchScreen #params Input, LaunchScreen #params SelectCurrent { background: $boost; }
+    LaunchScreen #params .-bad { background: $error 40%; }
     LaunchScreen #launch-checks { margin-top: 1; }
     LaunchScreen #launch-command { margin-top: 1; background: $boost; padding: 0 1; }
     """
@@ -51,6 +60,7 @@ class LaunchScreen(ModalScreen):
         self.probes: list = []
         self.checks: list[Check] = []
         self.error = ""
+        self._filling = False
 
     def compose(self) -> ComposeResult:
         first = next(iter(TEMPLATES.values()))
@@ -66,20 +76,18 @@ class LaunchScreen(ModalScreen):
                 id="template",
                 allow_blank=False,
             )
-            yield Label("Preset")
+            yield Label("Preset (fills the fields below)")
             yield Select([(p, p) for p in first.presets], id="preset", prompt="(none)")
-            yield Label(
-                "Parameters (key=value, comma-separated; e.g. concurrency=4, "
-                "warmup_sequential=true)"
-            )
-            yield Input(id="sets")
+            yield Label("Parameters (empty: the runner's default, shown greyed)")
+            yield Grid(id="params")
             yield Label("Workers (all, 0, 1,3, 0-2)")
             yield Input("all", id="workers")
             yield Static("", id="launch-checks")
             yield Static("", id="launch-command")
             yield Static("\n[b]ctrl+s[/b] launches and opens the logs · [b]esc[/b] cancels")
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
+        await self._build_fields()
         self._probe()
         self._refresh()
         self.query_one("#template", Select).focus()
@@ -95,36 +103,83 @@ class LaunchScreen(ModalScreen):
             self.probes = []
         self._refresh()
 
-    def _template(self):
+    def _template(self) -> Template:
         return TEMPLATES[str(self.query_one("#template", Select).value)]
 
-    def _values(self):
+    async def _build_fields(self) -> None:
+        grid = self.query_one("#params", Grid)
+        await grid.remove_children()
+        widgets = []
+        for p in self._template().all_params:
+            widgets += [Label(p.name), _field(p)]
+        await grid.mount_all(widgets)
+
+    def _raw(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        for p in self._template().all_params:
+            widget = self.query_one(f"#p-{p.name}")
+            if isinstance(widget, Checkbox):
+                value: Any = True if widget.value else None
+            elif isinstance(widget, Select):
+                value = None if widget.value is Select.BLANK else widget.value
+            else:
+                value = widget.value
+            if value not in (None, ""):
+                raw[p.name] = value
+        return raw
+
+    def _values(self) -> tuple[Template, dict[str, Any]]:
         template = self._template()
-        preset = self.query_one("#preset", Select).value
-        raw = self.query_one("#sets", Input).value
-        sets = parse_sets([x.strip() for x in raw.split(",") if x.strip()])
-        return template, template.values(preset if isinstance(preset, str) else "", sets)
+        return template, template.values("", self._raw())
 
     @on(Select.Changed, "#template")
-    def _template_changed(self) -> None:
+    async def _template_changed(self) -> None:
         presets = self._template().presets
         self.query_one("#preset", Select).set_options([(p, p) for p in presets])
+        await self._build_fields()
         self._refresh()
 
     @on(Select.Changed, "#preset")
-    @on(Input.Changed)
-    def _changed(self) -> None:
+    def _preset_changed(self, event: Select.Changed) -> None:
+        if event.value is Select.BLANK:
+            return
+        preset = self._template().presets.get(str(event.value), {})
+        self._filling = True
+        try:
+            for p in self._template().all_params:
+                widget = self.query_one(f"#p-{p.name}")
+                value = preset.get(p.name)
+                if isinstance(widget, Checkbox):
+                    widget.value = bool(value)
+                elif isinstance(widget, Select):
+                    widget.value = value if value is not None else Select.BLANK
+                else:
+                    widget.value = "" if value is None else str(value)
+        finally:
+            self._filling = False
         self._refresh()
+
+    @on(Input.Changed)
+    @on(Checkbox.Changed)
+    @on(Select.Changed, "#params Select")
+    def _changed(self) -> None:
+        if not self._filling:
+            self._refresh()
 
     def _refresh(self) -> None:
         checks_box = self.query_one("#launch-checks", Static)
         command_box = self.query_one("#launch-command", Static)
+        for field in self.query("#params .-bad"):
+            field.remove_class("-bad")
         try:
             template, values = self._values()
             rendered = template.render(values)
         except FleetError as exc:
             self.error = f"{exc.reason} {exc.remedy}".strip()
             self.checks = []
+            name = exc.reason.split(":", 1)[0]
+            for field in self.query(f"#p-{name}"):
+                field.add_class("-bad")
             checks_box.update(f"[red]{escape(self.error)}[/red]")
             command_box.update("")
             return
@@ -158,3 +213,19 @@ class LaunchScreen(ModalScreen):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def _field(p: Param):
+    """The widget for one parameter; its placeholder or prompt is the help and the default."""
+    default = "" if p.runner_default in (None, "") else f" (default {p.runner_default})"
+    if p.kind == "bool":
+        return Checkbox(p.help, id=f"p-{p.name}", tooltip=p.help, compact=True)
+    if p.kind == "choice":
+        return Select(
+            [(c, c) for c in p.choices],
+            id=f"p-{p.name}",
+            prompt=f"{p.help}{default}",
+            tooltip=p.help,
+            compact=True,
+        )
+    return Input(placeholder=f"{p.help}{default}", id=f"p-{p.name}", tooltip=p.help, compact=True)

@@ -286,3 +286,26 @@ async def test_after_a_console_restart_running_jobs_are_reattached_and_vanished_
     assert after.log_path(waiting.job_id, 0).read_text().split() == ["1", "2", "3", "4", "5"]
     await remote.close()
     after.history.close()
+
+
+async def test_template_jobs_run_the_runners_this_console_shipped(
+    jobs: JobService, sandbox: Sandbox
+) -> None:
+    from console.services.templates import RUNNERS_PRELUDE
+
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    # On w1 something else sits where the runners go: that worker is reported, w0 still runs.
+    blocker = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), 1).root / ".tpuconsole"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "runners").write_text("not a folder")
+    command = f"{RUNNERS_PRELUDE}\npython -c 'import remote.grpo as g; print(g.__file__)'"
+    job = await jobs.launch(node, "all", command, kind="grpo", ship_runners=True)
+    assert job.status == "running"
+    assert job.workers[1].pid == 0 and "could not ship the runners" in job.workers[1].error
+    lines: list[str] = []
+    await jobs.follow(job, node, lambda w, t: lines.append(t))
+    place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), 0)
+    assert lines == [str(place.root / ".tpuconsole" / "runners" / "remote" / "grpo.py")]
+    stored = jobs.get(job.job_id)
+    assert stored.workers[1].error.startswith("could not ship the runners")
+    assert stored.status == "failed" and stored.note == "w0 rc=0, w1 did not start"

@@ -68,7 +68,9 @@ def test_environment_as_the_seeds_set_it() -> None:
     )
     rendered = MULTI_ENGINE.render(values)
     assert rendered.env == {"JAX_COMPILATION_CACHE_DIR": "/tmp/jit_cache_multi"}
+    assert rendered.ship_runners  # remote/ travels with the launch and is found there
     assert rendered.prelude == (
+        'export PYTHONPATH="$HOME/.tpuconsole/runners${PYTHONPATH:+:$PYTHONPATH}"',
         "source /root/miniconda3/etc/profile.d/conda.sh",
         "conda activate sglang-jax",
         'mkdir -p "$JAX_COMPILATION_CACHE_DIR"',
@@ -120,4 +122,27 @@ def test_any_value_reaches_the_program_exactly(prompt: str, model: str, workdir:
     assert received[received.index("--model") + 1] == model
     if workdir:  # a folder name with quotes, spaces or $ is still one word to cd
         quoted = MULTI_ENGINE.render(MULTI_ENGINE.values("", {"workdir": workdir}))
-        assert shlex.split(quoted.prelude[0]) == ["cd", workdir]
+        assert shlex.split(quoted.prelude[-1]) == ["cd", workdir]
+
+
+def test_bootstrap_custom_and_sync_render_what_they_will_do() -> None:
+    from console.services.templates import BOOTSTRAP, CUSTOM, SYNC
+
+    boot = BOOTSTRAP.render(BOOTSTRAP.values("seeds-tunix", {"python": "3.12"}))
+    assert boot.argv == (
+        "bash", ".tpuconsole/runners/remote/bootstrap.sh",
+        "--env", "conda", "--name", "tunix", "--python", "3.12",
+    )  # fmt: skip
+    assert boot.ship_runners
+    with pytest.raises(FleetError, match="no parameter 'conda_env'"):
+        BOOTSTRAP.values("", {"conda_env": "x"})  # it makes the env; it does not activate one
+
+    custom = CUSTOM.render(CUSTOM.values("", {"command": "cd /tmp && ls | wc -l", "venv": "/e"}))
+    assert custom.shell() == "source /e/bin/activate\ncd /tmp && ls | wc -l"
+    assert not custom.ship_runners
+    with pytest.raises(FleetError, match="give the command"):
+        CUSTOM.render({})
+
+    sync = SYNC.render(SYNC.values("", {"local_dir": "/opt/x/plugins"}))
+    assert sync.upload == ("/opt/x/plugins", "~/plugins")
+    assert "upload /opt/x/plugins -> ~/plugins" in sync.shell()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Select, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
@@ -38,7 +38,14 @@ async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
         assert isinstance(form, LaunchScreen)
         await pilot.press("tab", "enter", "down", "down", "enter")
         assert form.query_one("#preset", Select).value == "tiny-llama"
-        await pilot.press("tab", *"max_new_tokens=2")
+        model = form.query_one("#p-model", Input)
+        assert model.value == "hf-internal-testing/tiny-random-LlamaForCausalLM"
+        form.query_one("#p-max_new_tokens", Input).focus()
+        await pilot.press("backspace", "x")  # validated as typed: the field and the reason
+        assert form.query_one("#p-max_new_tokens").has_class("-bad")
+        assert "'x' is not a valid int" in str(form.query_one("#launch-checks", Static).content)
+        await pilot.press("backspace", "2")
+        assert not form.query_one("#p-max_new_tokens").has_class("-bad")
         command = str(form.query_one("#launch-command", Static).content)
         assert "--model hf-internal-testing/tiny-random-LlamaForCausalLM" in command
         assert "--max-new-tokens 2" in command
@@ -53,5 +60,34 @@ async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
         job = jobs.get(logs.job.job_id)
         assert job.kind == "multi-engine"
         await until(pilot, lambda: jobs.get(logs.job.job_id).status == "succeeded")
+    await remote.close()
+    history.close()
+
+
+async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    app = TpuConsoleApp(fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.screen.query_one("#fleet", DataTable)
+        await until(pilot, lambda: table.row_count == 5)
+        await pilot.press("down", "down", "down", "down", "n")
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        form.query_one("#template", Select).value = "custom"
+        await until(pilot, lambda: bool(form.query("#p-command")))
+        form.query_one("#p-command", Input).focus()
+        await pilot.press(*"echo 'a, b' \"$((6 * 7))\"")
+        assert "echo 'a, b'" in str(form.query_one("#launch-command", Static).content)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        job = app.screen.job
+        await until(pilot, lambda: jobs.get(job.job_id).status == "succeeded")
+        assert jobs.log_path(job.job_id, 0).read_text() == "a, b 42\n"
+        assert jobs.get(job.job_id).params == {"command": "echo 'a, b' \"$((6 * 7))\""}
     await remote.close()
     history.close()
