@@ -123,8 +123,16 @@ def engine_factory(args):
             "--engine reference" % exc
         ) from None
 
+    devices = {d.id: d for d in jax.local_devices()}
+
     def make(device_id):
-        return engine_class(**sgl_jax_adapter.engine_kwargs(args, device_id))
+        with jax.default_device(devices[device_id]):
+            engine = engine_class(**sgl_jax_adapter.engine_kwargs(args, device_id))
+        say(
+            "[engine device %d] %s"
+            % (device_id, sgl_jax_adapter.place_sampler_state(engine, devices[device_id], jax))
+        )
+        return engine
 
     return make
 
@@ -156,7 +164,9 @@ class EngineWorker:
                 return
             prompt, params, future = item
             try:
-                future.set_result(self.engine.generate(prompt=prompt, sampling_params=params))
+                with on_device(self.device_id):
+                    out = self.engine.generate(prompt=prompt, sampling_params=params)
+                future.set_result(out)
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -166,13 +176,29 @@ class EngineWorker:
         return future.result()
 
 
-def _caller(engine):
+def _caller(engine, device_id):
     """Legacy mode: the engine is called from the pool's threads."""
 
     def call(prompt, params):
-        return engine.generate(prompt=prompt, sampling_params=params)
+        with on_device(device_id):
+            return engine.generate(prompt=prompt, sampling_params=params)
 
     return call
+
+
+def on_device(device_id):
+    """`jax.default_device` of the engine's device: arrays an engine makes on the fly land there.
+
+    (The seeds' third fix; jax's default device is per thread, so engines in threads never mix.)
+    """
+    import jax
+
+    for d in jax.local_devices():
+        if d.id == device_id:
+            return jax.default_device(d)
+    raise SystemExit(
+        "Unknown device id %d. Known: %s" % (device_id, [d.id for d in jax.local_devices()])
+    )
 
 
 def main(argv=None):
@@ -206,7 +232,7 @@ def main(argv=None):
         call = [w.generate for w in workers]
     else:
         engines = [make(d) for d in ids]
-        call = [_caller(e) for e in engines]
+        call = [_caller(e, d) for e, d in zip(engines, ids, strict=True)]
     for i, engine in enumerate(engines):
         say("[engine %d] OK mesh_device_ids=%s" % (i, getattr(engine, "mesh_device_ids", [])))
     if args.warmup_sequential:

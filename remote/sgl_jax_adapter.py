@@ -1,12 +1,15 @@
-"""What the multi-engine runner needs from sgl-jax: engine arguments and two run-time fixes.
+"""What the multi-engine runner needs from sgl-jax: engine arguments and three run-time fixes.
 
 sgl-jax (import `sgl_jax`) needs Python 3.12+ and a TPU, so it is imported only when a run asks
 for it. The fixes are the seeds': a zero-penalty cache keyed by shape alone (before sglang-jax
-PR #795) is made device-aware, detected by behaviour rather than by version; and the engine's
-signal-handler installation is made harmless off the main thread.
+PR #795) is made device-aware, detected by behaviour rather than by version; the engine's
+signal-handler installation is made harmless off the main thread; and each engine's sampler
+state is put on the engine's own device, its jitted functions rebuilt, so a sampler created
+while another device was the default never mixes devices in one computation.
 """
 
 import threading
+import types
 
 
 def engine_kwargs(args, device_id):
@@ -107,6 +110,49 @@ def patch_signal_handlers(engine_module):
         return "signal handlers: nothing to patch"
     engine_module.signal = _SignalOnMainThreadOnly(real)
     return "signal handlers: installed on the main thread only"
+
+
+def find_model_runner(engine, depth=6):
+    """The object holding the sampler and its jitted functions, a few objects inside the engine.
+
+    sgl-jax nests it differently across versions (engine, scheduler, worker, model runner), so
+    it is found by what it has, walking only objects of sgl-jax's own package.
+    """
+    package = type(engine).__module__.split(".")[0]
+    seen = set()
+    frontier = [engine]
+    for _ in range(depth):
+        found_next = []
+        for obj in frontier:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if hasattr(obj, "sampler") and callable(getattr(obj, "initialize_jit", None)):
+                return obj
+            for value in list(getattr(obj, "__dict__", {}).values()):
+                kind = type(value)
+                if isinstance(value, (type, types.ModuleType)):
+                    continue
+                if kind.__module__.split(".")[0] == package and hasattr(value, "__dict__"):
+                    found_next.append(value)
+        frontier = found_next
+    return None
+
+
+def place_sampler_state(engine, device, jax):
+    """Put the sampler's state on `device` and rebuild the jitted functions that captured it.
+
+    Returns a line for the log.
+    """
+    runner = find_model_runner(engine)
+    if runner is None:
+        return "sampler state: no model runner found in the engine; left where it is"
+    from flax import nnx
+
+    state = nnx.state(runner.sampler)
+    nnx.update(runner.sampler, jax.device_put(state, device))
+    runner.initialize_jit()
+    return f"sampler state: on device {device.id}, jitted functions rebuilt"
 
 
 def load(jax, say):

@@ -123,3 +123,53 @@ def test_signal_handlers_are_installed_on_the_main_thread_only() -> None:
         assert signal.getsignal(signal.SIGUSR2) is not previous
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+class StandinPart:
+    """An object of the stand-in engine's own package (this module), as sgl-jax's are."""
+
+
+def standin_engine(device):
+    """engine → scheduler → worker → model runner, as sgl-jax nests them; a real nnx sampler."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Sampler(nnx.Module):
+        def __init__(self) -> None:
+            # Committed to a device (sgl-jax places its sampler state with a sharding).
+            self.scale = nnx.Variable(jax.device_put(np.full((8,), 2.0, np.float32), device))
+
+    class ModelRunner:
+        def __init__(self) -> None:
+            self.sampler = Sampler()
+            self.initialize_jit()
+
+        def initialize_jit(self) -> None:
+            _, state = nnx.split(self.sampler)
+            leaves, _ = jax.tree_util.tree_flatten(state)
+            jitted = jax.jit(lambda leaves, logits: logits * leaves[0])
+            self.sample = lambda logits: jitted(leaves, logits)
+
+    runner = ModelRunner()
+    worker = types.SimpleNamespace()  # not of the engine's package: never walked into
+    scheduler = StandinPart()
+    scheduler.tp_worker = StandinPart()
+    scheduler.tp_worker.model_runner = runner
+    engine = StandinPart()
+    engine.scheduler, engine.unrelated = scheduler, worker
+    return engine, runner
+
+
+def test_sampler_state_made_on_another_device_is_moved_to_the_engines_own() -> None:
+    devices = jax.local_devices()
+    engine, runner = standin_engine(devices[0])  # state placed on device 0, engine on 1
+    logits = jax.device_put(np.ones((8,), np.float32), devices[1])
+    with pytest.raises(ValueError, match="incompatible devices"):
+        runner.sample(logits)
+    line = sgl_jax_adapter.place_sampler_state(engine, devices[1], jax)
+    assert line == "sampler state: on device 1, jitted functions rebuilt"
+    assert float(runner.sample(logits).sum()) == 16.0
+
+
+def test_an_engine_without_a_model_runner_is_left_alone_and_says_so() -> None:
+    line = sgl_jax_adapter.place_sampler_state(StandinPart(), jax.local_devices()[1], jax)
+    assert line == "sampler state: no model runner found in the engine; left where it is"
