@@ -90,6 +90,15 @@ def sample(logits, penalty, key, temperature):
     return jnp.where(temperature <= 0, greedy, drawn)
 
 
+def decode_step(params, tokens, length, key, penalty, temperature, n_heads):
+    """One token: forward, sample, write it into the sequence. One dispatch, as a real engine's
+    step is, so engines on different devices spend their time in XLA, not in Python."""
+    logits = forward(params, tokens, length, n_heads)
+    key, step_key = jax.random.split(key)
+    token = sample(logits, penalty, step_key, temperature)
+    return token, tokens.at[length].set(token), key
+
+
 class ReferenceEngine:
     """`generate(prompt=…, sampling_params=…) -> {text, output_ids, meta_info}`, `shutdown()`."""
 
@@ -110,8 +119,7 @@ class ReferenceEngine:
         self.params = jax.device_put(
             init_params(seed, d_model, n_layers, context_length), self.device
         )
-        self._forward = jax.jit(forward, static_argnums=(3,))
-        self._sample = jax.jit(sample)
+        self._step = jax.jit(decode_step, static_argnums=(6,))
         self._key = jax.device_put(jax.random.PRNGKey(seed), self.device)
         self.mesh_device_ids = [self.device.id]
 
@@ -127,18 +135,18 @@ class ReferenceEngine:
         with jax.default_device(self.device):
             tokens = jax.device_put(buffer, self.device)
             temp = jax.device_put(jnp.float32(temperature), self.device)
+            penalty = zero_penalty((VOCAB,), self.device)
             for _ in range(max_new):
                 length = len(ids) + len(out)
                 if length >= self.context_length:
                     break
-                logits = self._forward(self.params, tokens, length, self.n_heads)
-                penalty = zero_penalty(logits.shape, self.device)
-                self._key, step_key = jax.random.split(self._key)
-                token = int(self._sample(logits, penalty, step_key, temp))
+                step, tokens, self._key = self._step(
+                    self.params, tokens, length, self._key, penalty, temp, self.n_heads
+                )
+                token = int(step)
                 if token == EOS:
                     break
                 out.append(token)
-                tokens = tokens.at[length].set(token)
         return {
             "text": decode(out),
             "output_ids": out,
