@@ -10,11 +10,12 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
 from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent
+from console.services.diagnosis import from_condition
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
@@ -311,8 +312,11 @@ class LifecycleService:
     def _left_ready(self, zone: str, name: str, state: str) -> str:
         reason = LEAVING_REASONS[state]
         lost = self.history.running_jobs_on(zone, name)
+        when = datetime.now().astimezone().strftime("%H:%M:%S")
+        finding = asdict(from_condition("node_left", f"{name} went {state} at {when}: {reason}"))
         for job in lost:
             self.history.set_status(job.job_id, "lost", f"node went {state}: {reason}")
+            self.history.set_results(job.job_id, diagnoses=[finding])
         self._event(zone, name, "alert", "refresh", f"{state}: {reason}")
         jobs = f" Jobs lost: {', '.join(j.job_id for j in lost)}." if lost else ""
         return f"{name} is {state}. {reason}{jobs}"

@@ -142,14 +142,14 @@ class FleetScreen(Screen):
 
     def on_mount(self) -> None:
         self.action_refresh()
-        self.set_interval(self.app.refresh_s, self._auto_refresh)
+        self.set_interval(self.app.refresh_s, self._periodic_refresh)
 
     @property
     def table(self) -> DataTable:
         return self.query_one("#fleet", DataTable)
 
     # ----- refresh -----------------------------------------------------------------------------
-    def _auto_refresh(self) -> None:
+    def _periodic_refresh(self) -> None:
         if not self.refreshing:
             self.action_refresh()
 

@@ -31,6 +31,7 @@ HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the see
 SILENT_S = 600.0  # no output at all this long while running
 TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
+RECORD_SYNC_S = 2.0  # how often the job record is re-read (status, findings made elsewhere)
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
 
 
@@ -81,6 +82,7 @@ class LogScreen(Screen):
         self._findings_changed = False
         self._last_data = time.monotonic()
         self._done_at: dict[int, float] = {}
+        self._synced_at = 0.0
         self._changed = False
 
     def compose(self) -> ComposeResult:
@@ -153,6 +155,22 @@ class LogScreen(Screen):
                 from_condition("silent", f"no output for {now - self._last_data:.0f} s")
             )
 
+    def _sync_record(self) -> None:
+        """Findings recorded elsewhere (a refresh that saw the VM leave READY) and the status."""
+        now = time.monotonic()
+        if now - self._synced_at < RECORD_SYNC_S:
+            return
+        self._synced_at = now
+        record = self.app.jobs.history.get(self.job.job_id)
+        if record is None:
+            return
+        for d in record.diagnoses:
+            if self.diagnoser.add(Diagnosis(**d)):
+                self._findings_changed = True
+        if record.status != self.job.status:
+            self.job = record
+            self._changed = True
+
     def _condition(self, found: Diagnosis) -> None:
         """A finding no log line carries: shown, and kept with the job in the history."""
         if self.diagnoser.add(found):
@@ -178,6 +196,7 @@ class LogScreen(Screen):
 
     def _redraw(self) -> None:
         self._check_conditions()
+        self._sync_record()
         if self._findings_changed:
             self._findings_changed = False
             self._show_findings()
@@ -212,7 +231,9 @@ class LogScreen(Screen):
         )
         states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
         follow = "[b green]FOLLOW[/]" if self.view.follow else "[b yellow]PAUSED[/]"
+        job_state = {"killed": "[b red]KILLED[/]", "lost": "[b red]LOST[/]"}.get(self.job.status)
         parts = [
+            *([job_state] if job_state else []),
             follow,
             f"{len(self.index.visible)}/{len(self.index)} lines",
             f"workers: {shown}",

@@ -72,7 +72,10 @@ async def test_a_node_deleted_by_automation_marks_its_running_job_lost(
     alerts = lifecycle.observe(await remote.fleet.list_nodes())
     assert len(alerts) == 1 and "demo-v4-8 is DELETING" in alerts[0]
     assert "automation" in alerts[0] and job.job_id in alerts[0]
-    assert jobs.get(job.job_id).status == "lost"
+    lost = jobs.get(job.job_id)
+    assert lost.status == "lost"
+    assert [d["key"] for d in lost.diagnoses] == ["node_left"]
+    assert "demo-v4-8 went DELETING" in lost.diagnoses[0]["evidence"]
     timeline = [(e.kind, e.detail) for e in history.events_for("us-central2-b", "demo-v4-8")]
     assert ("state", "READY → DELETING") in timeline
 

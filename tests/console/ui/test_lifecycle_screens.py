@@ -112,3 +112,32 @@ def test_create_form_snapshot(snap_compare, tmp_path: Path) -> None:
         assert snap_compare(app, terminal_size=(120, 48), run_before=form_loaded)
     finally:
         sandbox.stop()
+
+
+async def test_a_job_whose_vm_is_deleted_mid_run_is_shown_lost_with_the_reason(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from console.services.jobs import JobService
+    from console.ui.log_screen import LogScreen
+
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    history = HistoryStore(tmp_path / "history.db")
+    jobs = JobService(remote, history, tmp_path / "home")
+    life = LifecycleService(fleet, history, remote, poll_s=0.05)
+    node = await fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "echo started; sleep 60")
+    app = TpuConsoleApp(fleet, jobs=jobs, lifecycle=life, mode="SANDBOX", refresh_s=0.5)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: rows(app).get("us-central2-b/demo-v4-8") == "READY")
+        logs = LogScreen(job)
+        await app.push_screen(logs)
+        await until(pilot, lambda: len(logs.index) == 1)  # "started" arrived
+        sandbox.fleet.delete("us-central2-b", "demo-v4-8")  # automation, not us
+        await until(pilot, lambda: any(d.key == "node_left" for d in logs.diagnoser.found))
+        panel = str(logs.query_one("#log-diagnosis", Static).content)
+        assert "The VM left READY mid-run" in panel and "demo-v4-8 went DELETING" in panel
+        await until(pilot, lambda: "LOST" in logs.query_one("#log-status").text)
+        assert jobs.get(job.job_id).status == "lost"
+    await remote.close()
+    history.close()
