@@ -39,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     # sglang-jax's multi-node mode: with these, a rollout mesh across hosts is coordinated.
     p.add_argument("--sglang-nnodes", type=int, default=1)
-    p.add_argument("--sglang-node-rank", type=int, default=0)
+    p.add_argument("--sglang-node-rank", type=int, default=-1, help="default: process index")
     p.add_argument("--sglang-dist-init-addr", default="")
     args = p.parse_args(argv)
     if args.model == TOY:
@@ -90,6 +90,10 @@ def rollout_refusal(args, device_processes):
         return "--rollout-devices must be between 1 and %d (the devices of the slice), got %d" % (
             len(device_processes),
             args.rollout_devices,
+        )
+    if args.sglang_nnodes > 1 and not args.sglang_dist_init_addr:
+        return "--sglang-nnodes %d needs --sglang-dist-init-addr HOST:PORT (rank 0's)" % (
+            args.sglang_nnodes
         )
     hosts = sorted(set(device_processes[: args.rollout_devices]))
     if args.rollout_engine != "sglang_jax" or len(hosts) == 1 or args.sglang_nnodes > 1:
@@ -288,9 +292,12 @@ def _with_sglang_settings(args, config):
         "rollout_sglang_jax_init_with_random_weights": False,
     }
     if args.sglang_nnodes > 1:
+        import jax
+
+        rank = args.sglang_node_rank if args.sglang_node_rank >= 0 else jax.process_index()
         wanted["rollout_sglang_jax_kwargs"] = {
             "nnodes": args.sglang_nnodes,
-            "node_rank": args.sglang_node_rank,
+            "node_rank": rank,
             "dist_init_addr": args.sglang_dist_init_addr,
         }
     return dataclasses.replace(config, **{k: v for k, v in wanted.items() if k in fields})

@@ -123,7 +123,16 @@ def _grpo_checks(
     checks: list[Check],
 ) -> None:
     engine = _value(template, values, "rollout_engine")
-    if len(node.workers) > 1 and engine == "sglang_jax":
+    multi_node = _value(template, values, "sglang_nnodes") > 1
+    if multi_node and not values.get("sglang_dist_init_addr"):
+        checks.append(
+            Check(
+                "refuse",
+                "sglang-jax multi-node mode needs the address of node rank 0.",
+                "Set sglang_dist_init_addr to HOST:PORT of worker 0 (its internal IP).",
+            )
+        )
+    if len(node.workers) > 1 and engine == "sglang_jax" and not multi_node:
         checks.append(
             Check(
                 "warn",

@@ -322,6 +322,22 @@ GRPO = Template(
             2,
             minimum=2,
         ),
+        Param(
+            "sglang_nnodes",
+            "int",
+            "sglang-jax multi-node mode: hosts (with node rank and address)",
+            "--sglang-nnodes",
+            1,
+            minimum=1,
+        ),
+        Param(
+            "sglang_node_rank",
+            "int",
+            "this host's rank (each host's JAX process index when unset)",
+            "--sglang-node-rank",
+            minimum=0,
+        ),
+        Param("sglang_dist_init_addr", "str", "host:port of rank 0", "--sglang-dist-init-addr"),
     ),
     presets={
         "toy": {"model": "toy", "steps": 4, "rollout_engine": "vanilla"},

@@ -111,7 +111,11 @@ def test_sglang_rollout_across_hosts_is_refused_on_every_host_with_the_workaroun
     [
         (["--rollout-devices", "2"], False),  # host-local mesh
         (["--rollout-devices", "4", "--rollout-engine", "vanilla"], False),
-        (["--rollout-devices", "4", "--sglang-nnodes", "2"], False),  # multi-node mode
+        (
+            ["--rollout-devices", "4", "--sglang-nnodes", "2", "--sglang-dist-init-addr", "h:1"],
+            False,
+        ),
+        (["--rollout-devices", "4", "--sglang-nnodes", "2"], True),  # multi-node needs an address
         (["--rollout-devices", "4"], True),
         (["--rollout-devices", "9"], True),
     ],

@@ -40,6 +40,10 @@ async def test_multi_host_grpo_with_sglang_rollout_warns_and_partial_workers_ref
     assert [c.level for c in checks] == ["warn"]
     assert "continuator" in checks[0].message and "vanilla" in checks[0].remedy
     assert preflight(GRPO, GRPO.values("multi-host-vanilla"), node, "all") == []
+    multi_node = {"sglang_nnodes": "2", "sglang_dist_init_addr": "10.0.0.2:5000"}
+    assert preflight(GRPO, GRPO.values("single-host-sglang", multi_node), node, "all") == []
+    no_address = GRPO.values("single-host-sglang", {"sglang_nnodes": "2"})
+    assert [c.level for c in preflight(GRPO, no_address, node, "all")] == ["refuse"]
     partial = preflight(GRPO, GRPO.values("multi-host-vanilla"), node, "0")
     assert [c.level for c in partial] == ["refuse"]
 
