@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,10 +28,14 @@ from console.ui.log_screen import LogScreen  # noqa: E402
 
 DURATION_S = 10
 # The 16 producers stand for 16 remote VMs; niced, they cannot starve the console of CPU the way
-# they would not on real hardware. They still write as fast as the machine lets them.
+# they would not on real hardware. They still write as fast as the machine lets them. Each job
+# runs in its own session, and with the kernel's autogroup scheduling a session is its own group
+# with nice 0 whatever its processes' nice: so each producer also sets its group's nice.
 SANDBOX_NICE = 19
 PRODUCER = (
     "python3 -c 'import sys, time\n"
+    'try: open("/proc/self/autogroup", "w").write("19")\n'
+    "except OSError: pass\n"
     f"end = time.time() + {DURATION_S}; w = sys.stdout.write; i = 0\n"
     "while time.time() < end:\n"
     "    for _ in range(500):\n"
@@ -39,48 +44,21 @@ PRODUCER = (
 )
 
 
-class GcClock:
-    """Time spent in Python's cyclic garbage collector, to tell its pauses from our own."""
-
-    def __init__(self) -> None:
-        import gc
-
-        self.worst = 0.0
-        self._start = 0.0
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-            self._cpu = time.thread_time()
-        else:
-            wall = time.perf_counter() - self._start
-            if wall > self.worst:
-                self.worst = wall
-                self.worst_cpu = time.thread_time() - self._cpu
-                self.worst_gen = info.get("generation")
-
-
-GC = GcClock()
-STALL_CPU: list[float] = []  # per phase: the console's own CPU time during its worst stall
-
-
 class StallMonitor:
     """The longest time the event loop failed to wake a 10 ms sleeper on time."""
 
     def __init__(self) -> None:
         self.worst = 0.0
-        self.worst_cpu = 0.0  # CPU this thread used during the worst stall: work, or waiting?
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            start, cpu = loop.time(), time.thread_time()
+            start = loop.time()
             await asyncio.sleep(0.01)
             lag = loop.time() - start - 0.01
             if lag > self.worst:
-                self.worst, self.worst_cpu = lag, time.thread_time() - cpu
+                self.worst = lag
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -107,7 +85,6 @@ async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple[int, 
                 break
         elapsed = time.perf_counter() - start
         stall = monitor.stop()
-        STALL_CPU.append(monitor.worst_cpu)
         return len(screen.index), elapsed, stall
 
 
@@ -166,7 +143,10 @@ async def measure(endpoint, home: Path) -> dict:
         history.close()
 
 
-def main() -> None:
+RUNS = 3
+
+
+def one_run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         with served_sandbox(home, 1, "v4-128", nice=SANDBOX_NICE) as endpoint:
@@ -175,13 +155,34 @@ def main() -> None:
     live_lines, live_s, live_stall = got["live"]
     cu_lines, cu_s, cu_stall = got["catch_up"]
     assert cu_lines == live_lines == cat_lines, (live_lines, cu_lines, cat_lines)
-    cat_rate, cu_rate = cat_lines / cat_s, cu_lines / cu_s
+    run = {
+        "lines": live_lines,
+        "live_rate": live_lines / live_s,
+        "live_stall": live_stall,
+        "cu_rate": cu_lines / cu_s,
+        "cu_stall": cu_stall,
+        "cat_rate": cat_lines / cat_s,
+        "ratio": (cu_lines / cu_s) / (cat_lines / cat_s),
+    }
     print(
-        f"{live_lines} lines from 16 workers. live: {live_lines / live_s:,.0f} lines/s "
-        f"(stall {live_stall * 1000:.0f} ms); catch-up: {cu_rate:,.0f} lines/s (stall "
-        f"{cu_stall * 1000:.0f} ms); ssh cat: {cat_rate:,.0f} lines/s"
+        f"{live_lines:,} lines from 16 workers. live: {run['live_rate']:,.0f} lines/s "
+        f"(stall {live_stall * 1000:.0f} ms); catch-up: {run['cu_rate']:,.0f} lines/s "
+        f"(stall {cu_stall * 1000:.0f} ms); ssh cat: {run['cat_rate']:,.0f} lines/s",
+        flush=True,
     )
-    stall = max(live_stall, cu_stall)
+    return run
+
+
+def main() -> None:
+    runs = [one_run() for _ in range(RUNS)]
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    def each(key: str, scale: float = 1.0, fmt: str = "{:,.0f}") -> str:
+        return ", ".join(fmt.format(r[key] * scale) for r in runs)
+
+    live_stall, cu_stall, ratio = med("live_stall"), med("cu_stall"), med("ratio")
     lines = [
         "## logtail (issue 3)",
         "",
@@ -190,33 +191,36 @@ def main() -> None:
         f"print lines as fast as they can for {DURATION_S} s; "
         "the real log view (LogScreen, headless) follows the job; then, with the local copies "
         "deleted, catches up on the finished logs; then 16 parallel OpenSSH `ssh … cat` read "
-        "the same files. One run of each (the producers' output differs from run to run).",
+        f"the same files. Medians of {RUNS} runs (each run's figures in brackets).",
         "",
-        "| phase | lines | seconds | lines/s | worst event-loop stall | goal |",
-        "|---|---|---|---|---|---|",
-        f"| live, while producing | {live_lines:,} | {live_s:.1f} | {live_lines / live_s:,.0f} | "
-        f"{live_stall * 1000:.0f} ms | stall ≤ 100 ms "
+        "| phase | lines/s | worst event-loop stall | goal |",
+        "|---|---|---|---|",
+        f"| live, while producing | {med('live_rate'):,.0f} ({each('live_rate')}) | "
+        f"{live_stall * 1000:.0f} ms ({each('live_stall', 1000)}) | stall ≤ 100 ms "
         + ("✅" if live_stall <= 0.1 else "❌")
         + " |",
-        f"| catch-up, finished logs | {cu_lines:,} | {cu_s:.1f} | {cu_rate:,.0f} | "
-        f"{cu_stall * 1000:.0f} ms | ≥ 0.5 × ssh cat: {cu_rate / cat_rate:.2f} "
-        + ("✅" if cu_rate >= 0.5 * cat_rate and cu_stall <= 0.1 else "❌")
+        f"| catch-up, finished logs | {med('cu_rate'):,.0f} ({each('cu_rate')}) | "
+        f"{cu_stall * 1000:.0f} ms ({each('cu_stall', 1000)}) | ≥ 0.5 × ssh cat: "
+        f"{ratio:.2f} ({each('ratio', fmt='{:.2f}')}) "
+        + ("✅" if ratio >= 0.5 and cu_stall <= 0.1 else "❌")
         + " |",
-        f"| OpenSSH `ssh … cat`, 16 parallel | {cat_lines:,} | {cat_s:.1f} | {cat_rate:,.0f} | "
+        f"| OpenSSH `ssh … cat`, 16 parallel | {med('cat_rate'):,.0f} ({each('cat_rate')}) | "
         "| baseline |",
         "",
-        f"During the worst live stall the console's thread used {STALL_CPU[0] * 1000:.0f} ms "
-        f"of CPU (catch-up: {STALL_CPU[1] * 1000:.0f} ms); the longest garbage collection took "
-        f"{GC.worst * 1000:.0f} ms of wall time. The rest of a stall is time the thread was "
-        "not running; an idle asyncio process run beside the benchmark saw at most ~55 ms. "
-        "The live stall goal is not met (see the closing note of issue 3).",
+        f"Lines per run: {each('lines')}. Live lines/s is bounded by what 16 niced producers "
+        "write on this machine's cores, shared with the sandbox and the console.",
         "",
-        "Live seconds run from opening the view to the last line indexed after the producers "
-        f"stop, so live lines/s is bounded by what 16 producers on{machine_line().split(',')[1]}"
-        " (shared with the sandbox and the console) can write.",
+        "Two things made the live stall: the diagnosis scan (an alternation of regular "
+        "expressions costs Python's engine ~137 ns a byte; it now runs only on lines holding "
+        "one of the signatures' literal anchors, found with bytes.find: ~2 ns a byte), and the "
+        "benchmark itself: each job runs in its own session, and with the kernel's autogroup "
+        "scheduling each session is a group of nice 0, so the 16 producers took the CPU from "
+        "the console as equals despite the sandbox's nice 19; they now set their group's nice "
+        "too, as remote VMs would not compete at all. (Left at nice 0, one run on 2026-11-23 "
+        "wrote 12.5 M lines and stalled the view 338 ms: 17 equal groups on 2 cores leave the "
+        "console an eighth of a core.)",
     ]
     write_section("logtail", "\n".join(lines))
-    del stall
 
 
 if __name__ == "__main__":

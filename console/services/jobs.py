@@ -25,7 +25,7 @@ from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
 RUNNERS_LOCAL = Path(remote.__file__).resolve().parent  # the runners this console ships
-_RESULTS_PIECE = 4 << 20  # local copies are read for results in pieces of this many bytes
+_RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, GIL held briefly
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
 _WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
@@ -264,7 +264,9 @@ class JobService:
                 listener(worker, rc)
 
         task = self._watchers.get(job.job_id)
-        if task is None or (task.done() and task.exception() is not None):
+        # A finished follower is not reused: following an ended job again costs one round trip
+        # per worker and restores a local copy that went missing since.
+        if task is None or task.done():
             task = asyncio.ensure_future(self.follow(job, node, None, on_end=tell))
             self._watchers[job.job_id] = task
         try:

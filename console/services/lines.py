@@ -40,12 +40,39 @@ def decode(line: bytes) -> str:
     return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
-def matching_lines(pattern: re.Pattern[bytes], data: bytes) -> Iterator[tuple[re.Match, str]]:
+def matching_lines(
+    pattern: re.Pattern[bytes], data: bytes, anchors: tuple[bytes, ...] = ()
+) -> Iterator[tuple[re.Match, str]]:
     """Each match in a chunk of complete lines, with the whole line it falls in, decoded.
 
-    One C-level scan of the chunk; only lines that match are cut out and decoded.
+    With `anchors` (literals one of which every match contains), only the lines holding one are
+    searched: bytes.find runs at memory speed, while an alternation of patterns costs Python's
+    regex engine over 100 ns a byte, which a log pouring in cannot afford. Without, one C-level
+    scan of the chunk. Either way only matching lines are cut out and decoded.
     """
-    for match in pattern.finditer(data):
-        start = data.rfind(b"\n", 0, match.start()) + 1
-        end = data.find(b"\n", match.end())
-        yield match, decode(data[start : end if end >= 0 else len(data)])
+    if not anchors:
+        for match in pattern.finditer(data):
+            start = data.rfind(b"\n", 0, match.start()) + 1
+            end = data.find(b"\n", match.end())
+            yield match, decode(data[start : end if end >= 0 else len(data)])
+        return
+    for start in _lines_with(anchors, data):
+        end = data.find(b"\n", start)
+        line = data[start : end if end >= 0 else len(data)]
+        for match in pattern.finditer(line):
+            yield match, decode(line)
+
+
+def _lines_with(anchors: tuple[bytes, ...], data: bytes) -> list[int]:
+    """Start offsets, in order, of the lines that contain any of the anchors."""
+    starts = set()
+    for anchor in anchors:
+        at = data.find(anchor)
+        while at >= 0:
+            start = data.rfind(b"\n", 0, at) + 1
+            starts.add(start)
+            end = data.find(b"\n", at)
+            if end < 0:
+                break
+            at = data.find(anchor, end)
+    return sorted(starts)

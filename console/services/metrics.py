@@ -15,6 +15,7 @@ DONE_ENGINES_RE = re.compile(r"DONE: engines=(\d+) wall_sec=([0-9.]+)")
 LOSS_RE = re.compile(r"Train step (\d+) training loss: ([-0-9.eE+]+)")
 DONE_STEPS_RE = re.compile(r"DONE: steps=(\d+) elapsed_sec=([0-9.]+)")
 _ANY_RESULT = re.compile(rb"\[engine \d+\] generate_sec=|DONE: |Train step \d+ training loss")
+_RESULT_ANCHORS = (b"generate_sec=", b"DONE: ", b"training loss")
 CONCURRENT_SLACK = 1.25  # wall time within 25% of the slowest engine counts as concurrent
 
 
@@ -43,7 +44,7 @@ class JobMetrics:
     def feed_chunk(self, worker: int, data: bytes) -> bool:
         """Complete lines in bulk: only the lines that carry results are decoded."""
         found = False
-        for _, line in matching_lines(_ANY_RESULT, data):
+        for _, line in matching_lines(_ANY_RESULT, data, _RESULT_ANCHORS):
             found = self.feed(worker, line) or found
         return found
 

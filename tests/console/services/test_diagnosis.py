@@ -102,3 +102,17 @@ def test_diagnose_command_on_a_saved_log(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["diagnose", str(clean)]) == 0
     assert "concurrent" in capsys.readouterr().out
     assert main(["diagnose", str(tmp_path / "missing.log")]) == 2
+
+
+def test_the_anchored_bulk_scan_finds_what_the_full_scan_finds() -> None:
+    """Anchors only skip lines; on a log of noise and every seed failure, nothing is missed."""
+    from console.services.diagnosis import _ANCHORS, _COMBINED
+    from console.services.lines import matching_lines
+
+    noise = [f"line {i} xxxxxxxx RESOURCE usage in memory ok" for i in range(500)]
+    lines = noise[:250] + list(SEED_LINES.values()) + noise[250:]
+    lines.append("RESOURCE_EXHAUSTED: Out of HBM memory while allocating")  # a second hbm form
+    data = ("\n".join(lines) + "\n").encode()
+    full = [(m.lastgroup, line) for m, line in matching_lines(_COMBINED, data)]
+    anchored = [(m.lastgroup, line) for m, line in matching_lines(_COMBINED, data, _ANCHORS)]
+    assert anchored == full and len(full) == len(SEED_LINES) + 1

@@ -309,3 +309,12 @@ async def test_template_jobs_run_the_runners_this_console_shipped(
     stored = jobs.get(job.job_id)
     assert stored.workers[1].error.startswith("could not ship the runners")
     assert stored.status == "failed" and stored.note == "w0 rc=0, w1 did not start"
+
+
+async def test_watching_an_ended_job_again_restores_a_deleted_local_copy(jobs: JobService) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "seq 1 3")
+    assert await jobs.watch(job, node) == {0: 0}
+    jobs.log_path(job.job_id, 0).unlink()
+    assert await jobs.watch(jobs.get(job.job_id), node) == {0: 0}
+    assert jobs.log_path(job.job_id, 0).read_text() == "1\n2\n3\n"
