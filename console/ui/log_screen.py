@@ -188,8 +188,18 @@ class LogScreen(Screen):
         summary = self.metrics.summary()
         if summary:
             lines.append(f"[b green]results[/] {escape(summary)}")
+        engines: dict[int, list[tuple[int, float]]] = {}
+        for (worker, engine), seconds in sorted(self.metrics.engine_sec.items()):
+            engines.setdefault(worker, []).append((engine, seconds))
+        for worker, timings in engines.items():
+            lines.append(
+                f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
+            )
         for worker, series in sorted(self.metrics.losses.items()):
-            lines.append(f"w{worker} loss {sparkline([loss for _, loss in series])}")
+            step, loss = series[-1]
+            lines.append(
+                f"w{worker} loss {sparkline([v for _, v in series])} step {step}: {loss:.6g}"
+            )
         panel = self.query_one("#log-diagnosis", Static)
         panel.update("\n".join(lines))
         panel.set_class(bool(lines), "shown")

@@ -55,7 +55,9 @@ async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
         await until(pilot, lambda: logs.ended.get(0) == "rc=0" and 0 in logs.metrics.done)
         assert len([e for (w, e) in logs.metrics.engine_sec if w == 0]) == 4
         assert logs.metrics.done[0].startswith("DONE: engines=4 wall_sec=")
-        assert "results" in str(logs.query_one("#log-diagnosis", Static).content)
+        panel = str(logs.query_one("#log-diagnosis", Static).content)
+        assert "results" in panel and ("serial (" in panel or "concurrent (" in panel)
+        assert all(f"e{i} " in panel.split("generate_sec", 1)[1] for i in range(4))
         assert logs.diagnoser.found == []
         job = jobs.get(logs.job.job_id)
         assert job.kind == "multi-engine"
