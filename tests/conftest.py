@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from console.adapters.history_db import HistoryStore
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import CallPolicy, TpuApi
 from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxTiming
 from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
+from console.services.jobs import JobService
 from console.services.remote import RemoteService
 
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
@@ -83,6 +85,16 @@ async def remote(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RemoteServic
     finally:
         await service.close()
         await service.fleet.close()
+
+
+@pytest.fixture
+def jobs(remote: RemoteService, tmp_path: Path) -> Iterator[JobService]:
+    """Jobs on the sandbox's workers, with the history in tmp_path/history.db."""
+    history = HistoryStore(tmp_path / "history.db")
+    try:
+        yield JobService(remote, history, tmp_path / "home")
+    finally:
+        history.close()
 
 
 async def until(pilot, condition, limit: int = 1500) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
@@ -14,15 +12,6 @@ from console.services.remote import RemoteService
 from tests.conftest import worker_output
 
 ZONE = "us-central2-b"
-
-
-@pytest.fixture
-def jobs(remote: RemoteService, tmp_path: Path):
-    history = HistoryStore(tmp_path / "history.db")
-    try:
-        yield JobService(remote, history, tmp_path / "home")
-    finally:
-        history.close()
 
 
 async def _remote_text(remote: RemoteService, node, command: str, worker: int = 0) -> str:

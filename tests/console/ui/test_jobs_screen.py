@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from console.adapters.history_db import HistoryStore
-from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
 from console.ui.jobs_screen import JobsScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for, until
+from tests.conftest import until
 
 
-async def test_x_stops_the_job_and_r_runs_it_again(sandbox: Sandbox, tmp_path: Path) -> None:
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
+async def test_x_stops_the_job_and_r_runs_it_again(jobs: JobService) -> None:
+    fleet = jobs.remote.fleet
     node = await fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "sleep 60")
     app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
@@ -36,17 +28,12 @@ async def test_x_stops_the_job_and_r_runs_it_again(sandbox: Sandbox, tmp_path: P
         again = app.screen.job
         assert again.job_id != job.job_id and again.command == "sleep 60"
         await jobs.stop(again, node, grace_s=0.2)
-    await remote.close()
-    history.close()
 
 
 async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
-    sandbox: Sandbox, tmp_path: Path
+    jobs: JobService,
 ) -> None:
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
+    fleet = jobs.remote.fleet
     node = await fleet.find_node("demo-v4-8")
     good = await jobs.launch(node, "all", "echo 'DONE: engines=4 wall_sec=1.250'")
     bad = await jobs.launch(
@@ -62,5 +49,3 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         assert str(table.get_cell(good.job_id, "result")) == "engines=4 wall_sec=1.250"
         assert str(table.get_cell(good.job_id, "status")) == "succeeded"
         assert str(table.get_cell(bad.job_id, "result")) == "w0: The TPU is already in use"
-    await remote.close()
-    history.close()

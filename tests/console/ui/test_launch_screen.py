@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from console.adapters.history_db import HistoryStore
-from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.probe import ProbeService
-from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.launch_screen import LaunchScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for, until
+from tests.conftest import until
 
 pytest.importorskip("jax")
 
 
 async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
-    sandbox: Sandbox, tmp_path: Path
+    jobs: JobService,
 ) -> None:
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
-    app = TpuConsoleApp(fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    remote = jobs.remote
+    app = TpuConsoleApp(remote.fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
     async with app.run_test(size=(160, 50)) as pilot:
         table = app.screen.query_one("#fleet", DataTable)
         await until(pilot, lambda: table.row_count == 5)
@@ -62,18 +54,13 @@ async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
         job = jobs.get(logs.job.job_id)
         assert job.kind == "multi-engine"
         await until(pilot, lambda: jobs.get(logs.job.job_id).status == "succeeded")
-    await remote.close()
-    history.close()
 
 
 async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
-    sandbox: Sandbox, tmp_path: Path
+    jobs: JobService,
 ) -> None:
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
-    app = TpuConsoleApp(fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    remote = jobs.remote
+    app = TpuConsoleApp(remote.fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
     async with app.run_test(size=(160, 50)) as pilot:
         table = app.screen.query_one("#fleet", DataTable)
         await until(pilot, lambda: table.row_count == 5)
@@ -91,5 +78,3 @@ async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
         await until(pilot, lambda: jobs.get(job.job_id).status == "succeeded")
         assert jobs.log_path(job.job_id, 0).read_text() == "a, b 42\n"
         assert jobs.get(job.job_id).params == {"command": "echo 'a, b' \"$((6 * 7))\""}
-    await remote.close()
-    history.close()

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Select, Static
 from console.adapters.history_db import HistoryStore
 from console.sandbox.fleet_state import SandboxTiming
 from console.sandbox.runtime import Sandbox
+from console.services.jobs import JobService
 from console.services.lifecycle import LifecycleService
 from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
@@ -121,16 +122,12 @@ def test_create_form_snapshot(snap_compare, tmp_path: Path) -> None:
 
 
 async def test_a_job_whose_vm_is_deleted_mid_run_is_shown_lost_with_the_reason(
-    sandbox: Sandbox, tmp_path: Path
+    sandbox: Sandbox, jobs: JobService
 ) -> None:
-    from console.services.jobs import JobService
     from console.ui.log_screen import LogScreen
 
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
-    life = LifecycleService(fleet, history, remote, poll_s=0.05)
+    fleet, remote = jobs.remote.fleet, jobs.remote
+    life = LifecycleService(fleet, jobs.history, remote, poll_s=0.05)
     node = await fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "echo started; sleep 60")
     app = TpuConsoleApp(fleet, jobs=jobs, lifecycle=life, mode="SANDBOX", refresh_s=0.5)
@@ -145,5 +142,3 @@ async def test_a_job_whose_vm_is_deleted_mid_run_is_shown_lost_with_the_reason(
         assert "The VM left READY mid-run" in panel and "demo-v4-8 went DELETING" in panel
         await until(pilot, lambda: "LOST" in logs.query_one("#log-status").text)
         assert jobs.get(job.job_id).status == "lost"
-    await remote.close()
-    history.close()
