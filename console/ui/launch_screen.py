@@ -60,7 +60,7 @@ class LaunchScreen(ModalScreen):
         self.probes: list = []
         self.checks: list[Check] = []
         self.error = ""
-        self._filling = False
+        self._rebuilding = False
 
     def compose(self) -> ComposeResult:
         first = next(iter(TEMPLATES.values()))
@@ -117,15 +117,15 @@ class LaunchScreen(ModalScreen):
     def _raw(self) -> dict[str, Any]:
         raw: dict[str, Any] = {}
         for p in self._template().all_params:
-            widget = self.query_one(f"#p-{p.name}")
-            if isinstance(widget, Checkbox):
-                value: Any = True if widget.value else None
-            elif isinstance(widget, Select):
-                value = None if widget.value is Select.BLANK else widget.value
-            else:
-                value = widget.value
-            if value not in (None, ""):
-                raw[p.name] = value
+            for widget in self.query(f"#p-{p.name}"):
+                if isinstance(widget, Checkbox):
+                    value: Any = True if widget.value else None
+                elif isinstance(widget, Select):
+                    value = None if widget.is_blank() else widget.value
+                else:
+                    value = widget.value
+                if value not in (None, ""):
+                    raw[p.name] = value
         return raw
 
     def _values(self) -> tuple[Template, dict[str, Any]]:
@@ -134,39 +134,44 @@ class LaunchScreen(ModalScreen):
 
     @on(Select.Changed, "#template")
     async def _template_changed(self) -> None:
-        presets = self._template().presets
-        self.query_one("#preset", Select).set_options([(p, p) for p in presets])
-        await self._build_fields()
+        # The fields are replaced across an await: nothing may read them until they are back.
+        self._rebuilding = True
+        try:
+            presets = self._template().presets
+            self.query_one("#preset", Select).set_options([(p, p) for p in presets])
+            await self._build_fields()
+        finally:
+            self._rebuilding = False
         self._refresh()
 
     @on(Select.Changed, "#preset")
     def _preset_changed(self, event: Select.Changed) -> None:
-        if event.value is Select.BLANK:
-            return
-        preset = self._template().presets.get(str(event.value), {})
-        self._filling = True
-        try:
-            for p in self._template().all_params:
-                widget = self.query_one(f"#p-{p.name}")
+        if self._rebuilding or not isinstance(event.value, str):
+            return  # cleared: the fields keep what they hold
+        preset = self._template().presets.get(event.value, {})
+        for p in self._template().all_params:
+            for widget in self.query(f"#p-{p.name}"):
                 value = preset.get(p.name)
                 if isinstance(widget, Checkbox):
                     widget.value = bool(value)
                 elif isinstance(widget, Select):
-                    widget.value = value if value is not None else Select.BLANK
+                    if value is None:
+                        widget.clear()
+                    else:
+                        widget.value = value
                 else:
                     widget.value = "" if value is None else str(value)
-        finally:
-            self._filling = False
         self._refresh()
 
     @on(Input.Changed)
     @on(Checkbox.Changed)
     @on(Select.Changed, "#params Select")
     def _changed(self) -> None:
-        if not self._filling:
-            self._refresh()
+        self._refresh()
 
     def _refresh(self) -> None:
+        if self._rebuilding:
+            return
         checks_box = self.query_one("#launch-checks", Static)
         command_box = self.query_one("#launch-command", Static)
         for field in self.query("#params .-bad"):

@@ -78,3 +78,30 @@ async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
         await until(pilot, lambda: jobs.get(job.job_id).status == "succeeded")
         assert jobs.log_path(job.job_id, 0).read_text() == "a, b 42\n"
         assert jobs.get(job.job_id).params == {"command": "echo 'a, b' \"$((6 * 7))\""}
+
+
+async def test_the_form_works_with_choices_left_empty_and_presets_that_skip_them(
+    jobs: JobService,
+) -> None:
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 50)) as pilot:
+        table = app.screen.query_one("#fleet", DataTable)
+        await until(pilot, lambda: table.row_count == 5)
+        await pilot.press("down", "down", "down", "n")  # demo-v4-16
+        form = app.screen
+        assert isinstance(form, LaunchScreen)
+        await until(pilot, lambda: bool(form.query("#p-load_format")))
+        assert form.error == ""  # load_format left empty: the runner's default applies
+        assert "python -u -m remote.multi_engine" in str(
+            form.query_one("#launch-command", Static).content
+        )
+        form.query_one("#template", Select).value = "grpo"
+        await until(pilot, lambda: bool(form.query("#p-rollout_engine")))
+        form.query_one("#p-rollout_engine", Select).value = "vanilla"
+        form.query_one("#preset", Select).value = "single-host-sglang"  # sets no rollout_engine
+        await until(pilot, lambda: form.query_one("#p-steps", Input).value == "10")
+        assert form.query_one("#p-rollout_engine", Select).is_blank()
+        command = str(form.query_one("#launch-command", Static).content)
+        assert "--sglang-mem-fraction-static 0.8" in command and "--rollout-engine" not in command
+        checks = str(form.query_one("#launch-checks", Static).content)
+        assert "continuator" in checks  # multi-host with in-process sglang-jax: the warning
