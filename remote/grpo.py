@@ -338,8 +338,6 @@ def _take(iterator, count):
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Tunix and JAX leave threads behind; the job is over, so is the process (as multi_engine).
-    os._exit(code)
+    from remote.process_end import run_and_exit
+
+    run_and_exit(main)

@@ -278,6 +278,6 @@ def finish(engines, workers):
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    from remote.process_end import run_and_exit
+
+    run_and_exit(main)
