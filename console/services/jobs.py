@@ -25,6 +25,8 @@ from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
 RUNNERS_LOCAL = Path(remote.__file__).resolve().parent  # the runners this console ships
+DRAIN_S = 15.0  # how long a stop waits for the follower to take the job's last lines
+LAUNCH_GRACE_S = 600.0  # a job launching longer than this, with no pid, never started
 _RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, GIL held briefly
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
@@ -82,8 +84,8 @@ class JobService:
     ) -> Job:
         """Record the job, ship remote/ when its program is there, start it on every target.
 
-        A worker the runners could not reach is recorded with the reason and left out; the
-        others start all the same, in one fan-out.
+        If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
+        run one program, and a part of it would wait for the rest, holding the TPU.
         """
         targets = await self.remote.targets(node, selection)
         job = Job(
@@ -98,10 +100,10 @@ class JobService:
             params=dict(params or {}),
         )
         self.history.record_launch(job)  # before anything runs: the record is never lost
-        failed: dict[int, str] = {}
         if ship_runners:
             failed = await self._ship_runners(targets)
-            targets = [t for t in targets if t.worker not in failed]
+            if failed:
+                return self._not_started(job, failed)
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
         result = await self.remote.run_on_targets(
             node.name,
@@ -111,9 +113,7 @@ class JobService:
                 pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
             ),
         )
-        workers = [JobWorker(w, error=reason) for w, reason in failed.items()]
-        for w, reason in failed.items():
-            self.history.set_worker(job.job_id, w, error=reason)
+        workers = []
         for outcome in result.outcomes:
             text = b"".join(pids[outcome.worker]).strip()
             if outcome.ok and text.isdigit():
@@ -129,6 +129,16 @@ class JobService:
         note = "" if len(started) == len(workers) else result.summary()
         self.history.set_status(job.job_id, status, note)
         return replace(job, workers=tuple(workers), status=status)
+
+    def _not_started(self, job: Job, failed: dict[int, str]) -> Job:
+        workers = []
+        for w in job.workers:
+            reason = failed.get(w.worker) or "not started: the runners did not reach every worker"
+            workers.append(JobWorker(w.worker, error=reason))
+            self.history.set_worker(job.job_id, w.worker, error=reason)
+        note = "; ".join(f"w{w}: {reason}" for w, reason in sorted(failed.items()))
+        self.history.set_status(job.job_id, "failed", note)
+        return replace(job, workers=tuple(workers), status="failed")
 
     async def _ship_runners(self, targets: list) -> dict[int, str]:
         """remote/ as this console has it, to where the templates' programs expect it."""
@@ -196,25 +206,29 @@ class JobService:
             if isinstance(result, BaseException):
                 raise result
             rcs[stream.worker] = result
-        current = self.history.get(job.job_id)
-        still_open = current is not None and current.open
         started = [w for w in job.workers if w.pid]
-        if follow and selection == "all" and len(rcs) == len(started) and still_open:
-            # Killed and lost stay so. A worker that never started fails the job.
-            never = [w for w in job.workers if not w.pid]
-            worst = max(
-                [(rc if rc is not None else 255) for rc in rcs.values()] + [255] * len(never)
-            )
-            self.history.set_status(
-                job.job_id,
-                "succeeded" if worst == 0 else "failed",
-                ", ".join(
-                    [f"w{w} rc={rc}" for w, rc in sorted(rcs.items())]
-                    + [f"w{w.worker} did not start" for w in never]
-                ),
-            )
-            await self.record_results(job)
+        if follow and selection == "all" and len(rcs) == len(started):
+            self._settle(job, rcs)
+            await self.record_results(job)  # whatever the status: a killed job's last lines too
         return rcs
+
+    def _settle(self, job: Job, rcs: dict[int, int | None]) -> None:
+        """The state a job ended in, unless it was already settled (killed, lost stay so)."""
+        current = self.history.get(job.job_id)
+        if current is None or not current.open:
+            return
+        never = [w for w in job.workers if not w.pid]
+        vanished = sorted(w for w, rc in rcs.items() if rc is None)
+        notes = [f"w{w} rc={rc}" for w, rc in sorted(rcs.items()) if rc is not None]
+        notes += [f"w{w.worker} did not start" for w in never]
+        notes += [f"w{w}: the process vanished without an exit code" for w in vanished]
+        if vanished:
+            status = "lost"
+        elif never or any(rc != 0 for rc in rcs.values()):
+            status = "failed"
+        else:
+            status = "succeeded"
+        self.history.set_status(job.job_id, status, ", ".join(notes))
 
     async def record_results(self, job: Job) -> None:
         """Metrics and diagnoses from the local copies, into the history with the job.
@@ -286,6 +300,13 @@ class JobService:
         for job in self.history.recent(200):
             if not job.open:
                 continue
+            if job.status == "launching" and not any(w.pid for w in job.workers):
+                age = (datetime.now(UTC) - job.started_at).total_seconds()
+                if age < LAUNCH_GRACE_S:
+                    continue  # another console may be launching it right now
+                self.history.set_status(job.job_id, "failed", "the launch never completed")
+                notes.append(f"job {job.job_id} failed: its launch never completed")
+                continue
             try:
                 node = await fleet.get_node(job.zone, job.node)
             except FleetError as exc:
@@ -338,8 +359,19 @@ class JobService:
             self.history.set_status(
                 job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
             )
+            await self._drain(job, node)
             await self.record_results(job)
         return outcome
+
+    async def _drain(self, job: Job, node: Node) -> None:
+        """Bring the local copies to the end of what a stopped job wrote (its last lines say
+        why it ended): the running follower finishes by itself; without one, read to the end."""
+        task = self._watchers.get(job.job_id)
+        with contextlib.suppress(FleetError, OSError, TimeoutError):
+            if task is not None and not task.done():
+                await asyncio.wait_for(asyncio.shield(task), DRAIN_S)
+            else:
+                await self.follow(job, node, None, follow=False)
 
     async def rerun(self, job: Job, node: Node) -> Job:
         """The same command, environment and kind, on the same workers."""

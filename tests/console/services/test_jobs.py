@@ -283,21 +283,25 @@ async def test_template_jobs_run_the_runners_this_console_shipped(
     from console.services.templates import RUNNERS_PRELUDE
 
     node = await jobs.remote.fleet.find_node("demo-v4-16")
-    # On w1 something else sits where the runners go: that worker is reported, w0 still runs.
+    # On w1 something else sits where the runners go.
     blocker = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), 1).root / ".tpuconsole"
     blocker.mkdir(parents=True, exist_ok=True)
     (blocker / "runners").write_text("not a folder")
     command = f"{RUNNERS_PRELUDE}\npython -c 'import remote.grpo as g; print(g.__file__)'"
     job = await jobs.launch(node, "all", command, kind="grpo", ship_runners=True)
-    assert job.status == "running"
-    assert job.workers[1].pid == 0 and "could not ship the runners" in job.workers[1].error
-    lines: list[str] = []
-    await jobs.follow(job, node, lambda w, t: lines.append(t))
-    place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), 0)
-    assert lines == [str(place.root / ".tpuconsole" / "runners" / "remote" / "grpo.py")]
-    stored = jobs.get(job.job_id)
-    assert stored.workers[1].error.startswith("could not ship the runners")
-    assert stored.status == "failed" and stored.note == "w0 rc=0, w1 did not start"
+    # Half a slice would wait for the other half: nothing starts, and the record says why.
+    assert job.status == "failed" and not any(w.pid for w in job.workers)
+    assert "could not ship the runners" in job.workers[1].error
+    assert "did not reach every worker" in job.workers[0].error
+    assert jobs.get(job.job_id).note.startswith("w1: could not ship the runners")
+    (blocker / "runners").unlink()
+    job = await jobs.launch(node, "all", command, kind="grpo", ship_runners=True)
+    lines: list[tuple[int, str]] = []
+    await jobs.follow(job, node, lambda w, t: lines.append((w, t)))
+    roots = [sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), w).root for w in (0, 1)]
+    expected = [(w, str(r / ".tpuconsole" / "runners" / "remote" / "grpo.py"))
+                for w, r in enumerate(roots)]  # fmt: skip
+    assert sorted(lines) == expected and jobs.get(job.job_id).status == "succeeded"
 
 
 async def test_watching_an_ended_job_again_restores_a_deleted_local_copy(jobs: JobService) -> None:
@@ -307,3 +311,61 @@ async def test_watching_an_ended_job_again_restores_a_deleted_local_copy(jobs: J
     jobs.log_path(job.job_id, 0).unlink()
     assert await jobs.watch(jobs.get(job.job_id), node) == {0: 0}
     assert jobs.log_path(job.job_id, 0).read_text() == "1\n2\n3\n"
+
+
+async def test_a_stopped_job_keeps_its_last_lines_and_their_diagnosis(jobs: JobService) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "trap 'echo \"RuntimeError: TPU is already in use by process 7\"; exit 1' TERM; "
+        "echo step; while true; do sleep 0.05; done"
+    )
+    job = await jobs.launch(node, "all", script)
+    await jobs.follow(job, node, lambda w, t: None, follow=False)  # some output, then the stop
+    assert (await jobs.stop(job, node, grace_s=5)) == {0: "stopped"}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "killed"
+    assert jobs.log_path(job.job_id, 0).read_text().splitlines()[-1].startswith("RuntimeError")
+    assert [d["key"] for d in stored.diagnoses] == ["tpu_in_use"]
+
+
+async def test_a_job_whose_process_vanished_without_an_exit_code_is_lost(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 60")
+    # What a VM reboot does: the process is gone and no rc was written.
+    await _remote_text(
+        jobs.remote,
+        node,
+        f"kill -9 $(cat .tpuconsole/jobs/{job.job_id}/pid); rm -f "
+        f".tpuconsole/jobs/{job.job_id}/rc*",
+    )
+    assert await jobs.follow(job, node, lambda w, t: None) == {0: None}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "lost" and "vanished without an exit code" in stored.note
+
+
+async def test_on_start_a_job_still_launching_elsewhere_is_left_alone(
+    jobs: JobService,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from console.models import Job, JobWorker
+
+    def launching(seq: int, age_s: float) -> Job:
+        job = Job(
+            job_id=f"{seq}-abcdef",
+            node="demo-v4-8",
+            zone=ZONE,
+            command="true",
+            started_at=datetime.now(UTC) - timedelta(seconds=age_s),
+            workers=(JobWorker(0),),
+        )
+        jobs.history.record_launch(job)
+        return job
+
+    fresh, stale = launching(1, 5), launching(2, 3600)
+    notes = await jobs.reconcile(jobs.remote.fleet)
+    assert jobs.get(fresh.job_id).status == "launching"
+    assert jobs.get(stale.job_id).status == "failed"
+    assert notes == [f"job {stale.job_id} failed: its launch never completed"]
