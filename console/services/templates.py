@@ -14,8 +14,6 @@ from typing import Any
 
 from console.models import FleetError
 
-CONDA_PROFILE = "/root/miniconda3/etc/profile.d/conda.sh"
-
 
 @dataclass(frozen=True)
 class Param:
@@ -165,16 +163,33 @@ def default_remote_dir(local: str) -> str:
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("compile_cache", "str", "JAX_COMPILATION_CACHE_DIR, created first (empty: none)"),
     Param("conda_env", "str", "conda environment to activate (as the seeds: sglang-jax, tunix)"),
+    Param(
+        "conda_prefix",
+        "str",
+        "where conda is (default ~/miniconda3, where bootstrap puts it; the seeds: /root/…)",
+    ),
     Param("venv", "str", "or a virtualenv folder to activate instead of conda"),
     Param("workdir", "str", "folder to run in (empty: the home folder)"),
 )
+
+
+def _conda_base(prefix: str | None) -> str:
+    """Shell text for conda's folder: the worker's ~/miniconda3 unless told otherwise."""
+    if not prefix or prefix in {"~", "~/"}:
+        return '"$HOME/miniconda3"' if not prefix else '"$HOME"'
+    if prefix.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(prefix[2:].rstrip("/"))
+    return shlex.quote(prefix.rstrip("/"))
 
 
 def _with_environment(argv: tuple[str, ...], values: Mapping[str, Any]) -> Rendered:
     prelude: list[str] = []
     env: dict[str, str] = {}
     if values.get("conda_env"):
-        prelude += [f"source {CONDA_PROFILE}", f"conda activate {shlex.quote(values['conda_env'])}"]
+        prelude += [
+            f"source {_conda_base(values.get('conda_prefix'))}/etc/profile.d/conda.sh",
+            f"conda activate {shlex.quote(values['conda_env'])}",
+        ]
     elif values.get("venv"):
         prelude.append(f"source {shlex.quote(values['venv'].rstrip('/') + '/bin/activate')}")
     if values.get("workdir"):

@@ -64,7 +64,12 @@ def test_grpo_presets_are_the_seeds_runs_flag_for_flag(preset: str) -> None:
 
 def test_environment_as_the_seeds_set_it() -> None:
     values = MULTI_ENGINE.values(
-        "qwen3-4b", {"conda_env": "sglang-jax", "compile_cache": "/tmp/jit_cache_multi"}
+        "qwen3-4b",
+        {
+            "conda_env": "sglang-jax",
+            "conda_prefix": "/root/miniconda3",
+            "compile_cache": "/tmp/jit_cache_multi",
+        },
     )
     rendered = MULTI_ENGINE.render(values)
     assert rendered.env == {"JAX_COMPILATION_CACHE_DIR": "/tmp/jit_cache_multi"}
@@ -146,3 +151,13 @@ def test_bootstrap_custom_and_sync_render_what_they_will_do() -> None:
     sync = SYNC.render(SYNC.values("", {"local_dir": "/opt/x/plugins"}))
     assert sync.upload == ("/opt/x/plugins", "~/plugins")
     assert "upload /opt/x/plugins -> ~/plugins" in sync.shell()
+
+
+def test_conda_is_found_where_bootstrap_put_it_unless_told_otherwise() -> None:
+    def first(values: dict) -> str:
+        return GRPO.render(GRPO.values("", values)).prelude[1]
+
+    assert first({"conda_env": "tunix"}) == 'source "$HOME/miniconda3"/etc/profile.d/conda.sh'
+    assert first({"conda_env": "t", "conda_prefix": "~/conda x"}) == (
+        "source \"$HOME\"/'conda x'/etc/profile.d/conda.sh"
+    )
