@@ -4,6 +4,7 @@
 #   bash remote/bootstrap.sh [--env conda|venv] [--name NAME] [--python 3.12] [--prefix DIR]
 #                            [--repos DIR] [--sglang-jax URL] [--sglang-jax-ref REF]
 #                            [--tunix URL] [--tunix-ref REF] [--skip-install] [--no-tunix]
+#                            [--accept-conda-tos]
 #
 # conda: Miniconda in $PREFIX (default ~/miniconda3, as the seeds: /root/miniconda3), an env NAME
 # with Python 3.12. venv: ~/.venvs/NAME made with pythonX.Y. Then sglang-jax and tunix are
@@ -22,6 +23,7 @@ TUNIX="https://github.com/google/tunix.git"
 SGLANG_JAX_REF=""
 TUNIX_REF=""
 INSTALL=1
+ACCEPT_TOS=0
 WITH_TUNIX=1
 MINICONDA_URL="https://repo.anaconda.com/miniconda/Miniconda3-latest-Linux-x86_64.sh"
 
@@ -38,7 +40,8 @@ while [ $# -gt 0 ]; do
         --tunix-ref) TUNIX_REF="$2"; shift 2 ;;
         --skip-install) INSTALL=0; shift ;;
         --no-tunix) WITH_TUNIX=0; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --accept-conda-tos) ACCEPT_TOS=1; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "bootstrap: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -75,7 +78,16 @@ if [ "$ENV_KIND" = conda ]; then
     if conda env list | awk '{print $1}' | grep -qx "$NAME"; then
         done_step "already there"
     else
-        conda create -y -q -n "$NAME" "python=$PYVER"
+        if [ "$ACCEPT_TOS" = 1 ]; then
+            # Miniconda 25.5+ asks to accept its default channels' terms; the user said yes.
+            export CONDA_PLUGINS_AUTO_ACCEPT_TOS=yes
+        fi
+        if ! conda create -y -q -n "$NAME" "python=$PYVER"; then
+            echo "bootstrap: conda create failed. If it says the channels' Terms of Service" \
+                "have not been accepted, read them and re-run with --accept-conda-tos" \
+                "(or use --env venv)." >&2
+            exit 4
+        fi
         done_step "created"
     fi
     conda activate "$NAME"

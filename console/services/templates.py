@@ -394,6 +394,13 @@ BOOTSTRAP = Template(
         Param("tunix_ref", "str", "branch, tag or commit", "--tunix-ref"),
         Param("no_tunix", "bool", "sglang-jax only", "--no-tunix", False),
         Param("skip_install", "bool", "clone or update only, no pip", "--skip-install", False),
+        Param(
+            "accept_conda_tos",
+            "bool",
+            "accept Anaconda's channel terms (Miniconda 25.5+ asks)",
+            "--accept-conda-tos",
+            False,
+        ),
     ),
     presets={
         "seeds-sglang-jax": {"env": "conda", "name": "sglang-jax", "no_tunix": True},
