@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,9 @@ class WorkerPlace:
             devices = tuple(root / "dev" / f"accel{i}" for i in range(shape.chips_per_host))
             glob = str(root / "dev" / "accel*")
         # The hosts of one slice form one JAX runtime, as on a TPU pod; their coordinator's port
-        # is fixed by the node, so every worker finds it without asking.
-        port = 20000 + node.node_id % 20000
+        # follows from the sandbox and the node, so every worker finds it without asking, and
+        # two sandboxes on one machine (two homes) do not meet on one port.
+        port = 20000 + zlib.crc32(f"{workers_dir}/{node.node_id}".encode()) % 20000
         return cls(root, root / "tmp" / "libtpu_lockfile", glob, devices, worker, shape.hosts, port)
 
     def materialise(self) -> None:
