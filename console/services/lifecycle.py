@@ -114,6 +114,7 @@ class LifecycleService:
         self.poll_s = poll_s
         self.ssh_wait_s = ssh_wait_s
         self.jobs = jobs
+        self._results_tasks: set[asyncio.Future] = set()  # kept referenced until they finish
         self._last_states: dict[str, str] = {}
 
     def _event(self, zone: str, node: str, kind: str, source: str, detail: str = "") -> None:
@@ -317,6 +318,9 @@ class LifecycleService:
         for job in lost:
             self.history.set_status(job.job_id, "lost", f"node went {state}: {reason}")
             self.history.set_results(job.job_id, diagnoses=[finding])
+            if self.jobs is not None:  # what its logs showed up to then, from the local copies
+                self._results_tasks.add(asyncio.ensure_future(self.jobs.record_results(job)))
+                self._results_tasks = {t for t in self._results_tasks if not t.done()}
         self._event(zone, name, "alert", "refresh", f"{state}: {reason}")
         jobs = f" Jobs lost: {', '.join(j.job_id for j in lost)}." if lost else ""
         return f"{name} is {state}. {reason}{jobs}"

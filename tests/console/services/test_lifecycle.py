@@ -125,3 +125,22 @@ async def test_a_startup_bootstrap_runs_as_a_job_on_every_worker(
     lines: list[str] = []
     await jobs.follow(job, outcome.node, lambda w, text: lines.append(text))
     assert lines == ["bootstrapped", "bootstrapped"]
+
+
+async def test_a_lost_job_keeps_what_its_logs_showed_until_the_vm_went(
+    sandbox: Sandbox, remote: RemoteService, tmp_path: Path, history: HistoryStore
+) -> None:
+    import asyncio
+
+    jobs = JobService(remote, history, tmp_path)
+    lifecycle = LifecycleService(remote.fleet, history, remote, jobs=jobs)
+    node = await remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "echo 'Train step 1 training loss: 0.5'; sleep 30")
+    assert lifecycle.observe(await remote.fleet.list_nodes()) == []
+    await jobs.follow(job, node, lambda w, t: None, follow=False)  # the line is in the copy
+    sandbox.fleet.delete("us-central2-b", "demo-v4-8")
+    lifecycle.observe(await remote.fleet.list_nodes())
+    await asyncio.gather(*lifecycle._results_tasks)
+    lost = jobs.get(job.job_id)
+    assert lost.status == "lost" and lost.metrics["losses"] == {"0": [[1, 0.5]]}
+    assert [d["key"] for d in lost.diagnoses] == ["node_left"]
