@@ -76,8 +76,16 @@ class LogIndex:
             if size > start:
                 with open(path, "rb") as fh:
                     fh.seek(start)
-                    chunks.append((worker, start, fh.read(min(size - start, share))))
-                lagging = lagging or size - start > share
+                    data = fh.read(min(size - start, share))
+                    # A line longer than the share (a progress bar redrawn with \r) must not
+                    # pin the index: read on to its end.
+                    while b"\n" not in data and start + len(data) < size:
+                        more = fh.read(share)
+                        if not more:
+                            break
+                        data += more
+                    chunks.append((worker, start, data))
+                lagging = lagging or size - start > len(data)
         self.lagging = lagging
         return chunks
 

@@ -12,6 +12,19 @@ from textual.widgets import DataTable, Footer, Header, Static
 from console.models import FleetError, Job
 
 RELOAD_S = 2.0
+COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
+
+
+def _cells(job: Job) -> tuple:
+    return (
+        job.job_id,
+        job.status,
+        job.node_key,
+        " ".join(f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers),
+        job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
+        result_cell(job),
+        job.command.strip().splitlines()[-1][:60],
+    )
 
 
 def result_cell(job: Job) -> Text:
@@ -56,8 +69,8 @@ class JobsScreen(Screen):
         yield Header()
         yield Static("", id="jobs-empty")
         table = JobsTable(id="jobs", cursor_type="row", zebra_stripes=True)
-        for title in ("JOB", "STATUS", "NODE", "WORKERS", "STARTED", "RESULT", "COMMAND"):
-            table.add_column(title, key=title.lower())
+        for key in COLUMNS:
+            table.add_column(key.upper(), key=key)
         yield table
         yield Footer()
 
@@ -77,30 +90,19 @@ class JobsScreen(Screen):
             if not self.node_key or j.node_key == self.node_key
         ]
         self.jobs = {j.job_id: j for j in jobs}
-        for key in list(table.rows):
-            if key.value not in self.jobs:
-                table.remove_row(key)
-        for job in jobs:
-            cells = (
-                job.job_id,
-                job.status,
-                job.node_key,
-                " ".join(
-                    f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers
-                ),
-                job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
-                result_cell(job),
-                job.command.strip().splitlines()[-1][:60],
-            )
-            if job.job_id in table.rows:
-                for column, value in zip(
-                    ("job", "status", "node", "workers", "started", "result", "command"),
-                    cells,
-                    strict=True,
-                ):
-                    table.update_cell(job.job_id, column, value)
-            else:
-                table.add_row(*cells, key=job.job_id)
+        order = [j.job_id for j in jobs]
+        if order != [row.key.value for row in table.ordered_rows]:
+            # New jobs belong at the top: rebuild in order, the cursor staying on its job.
+            kept = self._cursor_job()
+            table.clear()
+            for job in jobs:
+                table.add_row(*_cells(job), key=job.job_id)
+            if kept is not None and kept.job_id in order:
+                table.move_cursor(row=order.index(kept.job_id))
+        else:
+            for job in jobs:
+                for column, value in zip(COLUMNS, _cells(job), strict=True):
+                    table.update_cell(job.job_id, column, value, update_width=True)
         empty = self.query_one("#jobs-empty", Static)
         empty.update("No jobs yet. `n` on a node launches one (or `tpuconsole launch`).")
         empty.display = not jobs

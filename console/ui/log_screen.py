@@ -75,7 +75,11 @@ class LogScreen(Screen):
         super().__init__()
         self.job = job
         self.index: LogIndex
-        self.ended: dict[int, str] = {w.worker: "" for w in job.workers}
+        # What the record already knows; a worker that never started has nothing to wait for.
+        self.ended: dict[int, str] = {
+            w.worker: (f"rc={w.rc}" if w.rc is not None else "" if w.pid else "not started")
+            for w in job.workers
+        }
         self.input_mode = ""  # "search" or "filter" while the input is open
         self.diagnoser = Diagnoser()
         self.metrics = JobMetrics()
@@ -140,6 +144,9 @@ class LogScreen(Screen):
                 self._done_at.setdefault(w, time.monotonic())
 
     def _check_conditions(self) -> None:
+        """Hang after DONE and silence are findings about a job still running, nothing else."""
+        if not self.job.open:
+            return
         now = time.monotonic()
         for worker, at in self._done_at.items():
             if not self.ended.get(worker) and now - at > HANG_AFTER_DONE_S:

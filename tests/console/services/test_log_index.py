@@ -60,3 +60,14 @@ def test_memory_holds_offsets_not_text(tmp_path: Path) -> None:
         index.visible_line(row)
     assert len(index._cache) <= CACHE_LINES
     assert index.visible_line(12_345)[1].startswith("line 12345 ")
+
+
+def test_a_line_longer_than_a_read_does_not_pin_the_index(tmp_path: Path) -> None:
+    """A tqdm bar redrawn with \\r for a long time is one line of hundreds of kilobytes."""
+    log = tmp_path / "w0.log"
+    bar = "\r".join(f"{i}% |{'#' * (i // 2)}|" for i in range(101)) * 40
+    log.write_text(bar + "\nafter\n")
+    index = LogIndex({0: log})
+    while index.scan(budget_bytes=1 << 16):
+        pass
+    assert len(index) == 2 and index.text(1) == "after" and not index.lagging

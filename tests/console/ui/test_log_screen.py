@@ -105,3 +105,28 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         await pilot.press("s")
         saved = list((app.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
         assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 86
+
+
+async def test_hang_and_silence_are_judged_only_while_the_job_runs(
+    jobs: JobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import console.ui.log_screen as log_screen
+
+    monkeypatch.setattr(log_screen, "HANG_AFTER_DONE_S", 0.0)
+    monkeypatch.setattr(log_screen, "SILENT_S", 0.0)
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    ended = await jobs.launch(node, "all", "echo 'DONE: engines=1 wall_sec=0.1'")
+    await jobs.follow(ended, node, lambda w, t: None)
+    hanging = await jobs.launch(node, "all", "echo 'DONE: engines=1 wall_sec=0.1'; sleep 30")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        done = LogScreen(jobs.get(ended.job_id))
+        await app.push_screen(done)
+        await until(pilot, lambda: 0 in done.metrics.done)
+        done._check_conditions()  # what each redraw does, with both limits already passed
+        assert done.diagnoser.found == [] and jobs.get(ended.job_id).diagnoses == ()
+        app.pop_screen()
+        live = LogScreen(jobs.get(hanging.job_id))
+        await app.push_screen(live)
+        await until(pilot, lambda: any(d.key == "hang_after_done" for d in live.diagnoser.found))
+        await jobs.stop(jobs.get(hanging.job_id), node, grace_s=0.5)
