@@ -29,25 +29,32 @@ def parse_args(argv):
     p.add_argument("--local-model-dir", default="", help="weights already on the VM")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rollout-devices", type=int, default=2, help="first N global devices")
-    p.add_argument("--rollout-engine", default="sglang_jax", choices=["sglang_jax", "vanilla"])
+    p.add_argument(
+        "--rollout-engine",
+        choices=["sglang_jax", "vanilla"],
+        help="default sglang_jax; vanilla with --model toy",
+    )
     p.add_argument("--sglang-mem-fraction-static", type=float, default=0.4)
     p.add_argument("--batch-size", type=int, default=2, help="prompts per training step")
     p.add_argument("--num-generations", type=int, default=2, help="completions per prompt")
     p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-6)
+    p.add_argument("--max-new-tokens", type=int, help="default 64; 4 with --model toy")
+    p.add_argument("--learning-rate", type=float, help="default 1e-6; 1e-3 with --model toy")
     p.add_argument("--seed", type=int, default=0)
     # sglang-jax's multi-node mode: with these, a rollout mesh across hosts is coordinated.
     p.add_argument("--sglang-nnodes", type=int, default=1)
     p.add_argument("--sglang-node-rank", type=int, default=-1, help="default: process index")
     p.add_argument("--sglang-dist-init-addr", default="")
     args = p.parse_args(argv)
-    if args.model == TOY:
-        # The toy words are short and the set is tiny: keep the loop quick on a CPU.
-        if "--max-new-tokens" not in argv:
-            args.max_new_tokens = 4
-        if "--learning-rate" not in argv:
-            args.learning_rate = 1e-3
+    # The toy runs on a CPU with nothing downloaded: its rollout is Tunix's own, its words are
+    # few and short, and its set is tiny.
+    toy = args.model == TOY
+    if args.rollout_engine is None:
+        args.rollout_engine = "vanilla" if toy else "sglang_jax"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 4 if toy else 64
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if toy else 1e-6
     return args
 
 
@@ -98,7 +105,12 @@ def rollout_refusal(args, device_processes):
     hosts = sorted(set(device_processes[: args.rollout_devices]))
     if args.rollout_engine != "sglang_jax" or len(hosts) == 1 or args.sglang_nnodes > 1:
         return None
-    local = device_processes.count(device_processes[0])
+    # The rollout takes the first devices: the host-local choice is the leading run of one
+    # host's devices, which need not be all of that host's (ids can interleave across hosts).
+    local = next(
+        (i for i, p in enumerate(device_processes) if p != device_processes[0]),
+        len(device_processes),
+    )
     return (
         "in-process sglang-jax rollout on %d devices spans hosts (processes %s) and no "
         "multi-node settings were given. Each host's sglang-jax scheduler would run on its own "

@@ -125,6 +125,22 @@ def test_which_rollouts_are_refused_on_a_two_host_slice(flags: list[str], refuse
     assert (grpo.rollout_refusal(args, [0, 0, 1, 1]) is not None) is refused
 
 
+def test_the_suggested_host_local_size_is_one_that_would_be_accepted() -> None:
+    args = grpo.parse_args(["--rollout-devices", "4", "--rollout-engine", "sglang_jax"])
+    interleaved = [0, 0, 1, 1, 0, 0, 1, 1]  # a slice whose hosts' device ids interleave
+    message = grpo.rollout_refusal(args, interleaved)
+    assert message is not None and "--rollout-devices 2 or fewer" in message
+    assert grpo.rollout_refusal(grpo.parse_args(["--rollout-devices", "2"]), interleaved) is None
+
+
+def test_toy_defaults_apply_however_flags_are_written() -> None:
+    toy = grpo.parse_args(["--model", "toy"])
+    assert (toy.rollout_engine, toy.max_new_tokens, toy.learning_rate) == ("vanilla", 4, 1e-3)
+    assert grpo.parse_args(["--model=toy", "--max-new-tokens=8"]).max_new_tokens == 8
+    real = grpo.parse_args([])
+    assert (real.rollout_engine, real.max_new_tokens) == ("sglang_jax", 64)
+
+
 def test_rewards_follow_the_gsm8k_answer_convention() -> None:
     completions = ["so it is 72\n#### 72", "the answer is 72", "#### 71", "no idea"]
     answers = ["Natalia sold 48/2 = 24 clips... #### 72"] * 4
