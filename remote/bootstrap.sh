@@ -67,9 +67,11 @@ if [ "$ENV_KIND" = conda ]; then
     if [ -x "$PREFIX/bin/conda" ]; then
         done_step "already installed"
     else
-        installer="$(mktemp -d)/miniconda.sh"
-        curl -fsSL "$MINICONDA_URL" -o "$installer"
-        bash "$installer" -b -p "$PREFIX"
+        scratch="$(mktemp -d)"
+        trap 'rm -rf "$scratch"' EXIT
+        curl -fsSL "$MINICONDA_URL" -o "$scratch/miniconda.sh"
+        # -u: a folder left by an interrupted install is completed, not refused.
+        bash "$scratch/miniconda.sh" -b -u -p "$PREFIX"
         done_step "installed"
     fi
     # shellcheck disable=SC1091
@@ -108,28 +110,48 @@ else
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
 fi
-VIRTUAL_ENV_STAMP="$(python -c 'import sys; print(sys.prefix)')/.tpuconsole-pip-upgraded"
+ENV_PREFIX="$(python -c 'import sys; print(sys.prefix)')"
+VIRTUAL_ENV_STAMP="$ENV_PREFIX/.tpuconsole-pip-upgraded"
 echo "[bootstrap] python: $(command -v python) ($(python -c 'import sys; print(sys.version.split()[0])'))"
 
 # --- the repositories -----------------------------------------------------------------------
-sync_repo() {  # sync_repo URL REF DIR: clone, or fast-forward what is there; REF may be ""
+sync_repo() {  # sync_repo URL REF DIR: clone, or bring what is there to URL and REF
     local url="$1" ref="$2" dir="$3"
     step "repository $dir"
     if [ -d "$dir/.git" ]; then
-        local before after
+        local before after how="" current
         before=$(git -C "$dir" rev-parse HEAD)
-        git -C "$dir" fetch -q origin
+        current=$(git -C "$dir" remote get-url origin 2>/dev/null || echo "")
+        if [ "$current" != "$url" ]; then
+            git -C "$dir" remote set-url origin "$url"  # a fork given now: follow it from here
+            how="origin was $current; "
+        fi
+        git -C "$dir" fetch -q --tags origin
         if [ -n "$ref" ]; then
-            git -C "$dir" checkout -q "$ref"
+            # A branch follows origin's; a tag or commit is pinned as given.
+            if git -C "$dir" show-ref -q --verify "refs/remotes/origin/$ref"; then
+                git -C "$dir" checkout -q -B "$ref" --track "origin/$ref"
+            else
+                git -C "$dir" checkout -q --detach "$ref"
+            fi
+        elif ! git -C "$dir" symbolic-ref -q HEAD >/dev/null; then
+            # Pinned by an earlier run and no ref now: back to origin's default branch.
+            local default
+            default=$(git -C "$dir" symbolic-ref -q --short refs/remotes/origin/HEAD || echo origin/main)
+            git -C "$dir" checkout -q -B "${default#origin/}" --track "$default"
         fi
         if git -C "$dir" symbolic-ref -q HEAD >/dev/null; then
             git -C "$dir" merge -q --ff-only "@{upstream}"
+        else
+            how="${how}pinned (detached) at $ref; "
         fi
         after=$(git -C "$dir" rev-parse HEAD)
         if [ "$before" = "$after" ]; then
-            done_step "up to date at ${after:0:12}"
+            done_step "${how}up to date at ${after:0:12}"
+        elif git -C "$dir" merge-base --is-ancestor "$before" "$after"; then
+            done_step "${how}fast-forwarded ${before:0:12} -> ${after:0:12}"
         else
-            done_step "fast-forwarded ${before:0:12} -> ${after:0:12}"
+            done_step "${how}moved ${before:0:12} -> ${after:0:12}"
         fi
     else
         git clone -q "$url" "$dir"
@@ -145,8 +167,9 @@ if [ "$WITH_TUNIX" = 1 ]; then sync_repo "$TUNIX" "$TUNIX_REF" "$REPOS/tunix"; f
 # --- installs -------------------------------------------------------------------------------
 install_repo() {  # install_repo DIR TARGET: pip install -e, skipped when this commit is in already
     local dir="$1" target="$2" stamp head
-    stamp="$dir/.tpuconsole-installed"
-    head="$(git -C "$dir" rev-parse HEAD) $(command -v python)"
+    # The stamp lives in the environment: a recreated env starts without it, and installs.
+    stamp="$ENV_PREFIX/.tpuconsole-installed-$(basename "$dir")"
+    head="$(git -C "$dir" rev-parse HEAD) $dir"
     step "pip install -e \"$target\" in $dir"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$head" ]; then
         done_step "already installed at ${head:0:12}"

@@ -56,12 +56,16 @@ def place(tmp_path: Path):
     origins = tmp_path / "origins"
     sglang = stand_in_repo(origins, "sglang-jax", "python")
     tunix = stand_in_repo(origins, "tunix", "")
-    # An environment an earlier bootstrap made; it sees this suite's jax, as a VM's env has its own.
+    make_env(home)
+    return home, sglang, tunix
+
+
+def make_env(home: Path) -> None:
+    """An environment an earlier bootstrap made; it sees this suite's jax, as a VM's has its own."""
     venv = home / ".venvs" / "t"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     (venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
      / "suite.pth").write_text(site.getsitepackages()[0] + "\n")  # fmt: skip
-    return home, sglang, tunix
 
 
 def bootstrap(home: Path, sglang: Path, tunix: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -120,12 +124,36 @@ def test_bootstrap_sets_up_then_finds_nothing_to_do_then_fast_forwards(place) ->
     ]
 
     commit(sglang, "upstream moved on")
+    git("tag", "v1", cwd=sglang)
     third = bootstrap(home, sglang, tunix)
     assert third.returncode == 0, third.stdout + third.stderr
     new = git("rev-parse", "HEAD", cwd=sglang)[:12]
     assert f"fast-forwarded {head} -> {new}" in steps(third.stdout)
     assert steps(third.stdout)[4] == "installed"  # sglang-jax again; tunix untouched
     assert steps(third.stdout)[5].startswith("already installed")
+
+    # A fork given later is followed from then on; a tag pins; no ref goes back to the branch.
+    fork = sglang.parent / "fork"
+    subprocess.run(["git", "clone", "-q", str(sglang), str(fork)], check=True)
+    commit(fork, "the fork's own change")
+    pinned = bootstrap(home, fork, tunix, "--sglang-jax-ref", "v1")
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert steps(pinned.stdout)[1] == (
+        f"origin was file://{sglang}; pinned (detached) at v1; up to date at {new}"
+    )
+    back = bootstrap(home, fork, tunix)
+    assert back.returncode == 0, back.stdout + back.stderr
+    forked = git("rev-parse", "HEAD", cwd=fork)[:12]
+    assert steps(back.stdout)[1] == f"fast-forwarded {new} -> {forked}"
+
+    # A recreated environment gets its packages again.
+    import shutil
+
+    shutil.rmtree(home / ".venvs" / "t")
+    make_env(home)
+    fresh = bootstrap(home, fork, tunix)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert steps(fresh.stdout)[4:6] == ["installed", "installed"]
 
 
 def test_a_missing_python_version_is_explained(tmp_path: Path) -> None:
