@@ -361,6 +361,10 @@ class JobService:
             )
             await self._drain(job, node)
             await self.record_results(job)
+        elif outcome and all(v.startswith("gone") for v in outcome.values()):
+            # Nothing left to stop: it ended on its own. Settle it from its rc files now.
+            with contextlib.suppress(FleetError, OSError):
+                await self.follow(job, node, None)
         return outcome
 
     async def _drain(self, job: Job, node: Node) -> None:
@@ -400,6 +404,7 @@ def stop_command(job_id: str, grace_s: float) -> str:
             '[ -n "$pid" ] && [ -n "$now" ] || { echo gone; exit 0; }',
             '[ -z "$start" ] || [ "$now" = "$start" ] || { echo "gone (pid reused)"; exit 0; }',
             'alive() { ps -o stat= --sid "$pid" 2>/dev/null | grep -qv "^Z"; }',
+            "alive || { echo gone; exit 0; }  # only zombies left: it has ended",
             'pkill -TERM -s "$pid" 2>/dev/null',
             f"for i in $(seq 1 {ticks}); do alive || {{ echo stopped; exit 0; }}; sleep 0.1; done",
             'pkill -KILL -s "$pid" 2>/dev/null; echo killed',

@@ -369,3 +369,16 @@ async def test_on_start_a_job_still_launching_elsewhere_is_left_alone(
     assert jobs.get(fresh.job_id).status == "launching"
     assert jobs.get(stale.job_id).status == "failed"
     assert notes == [f"job {stale.job_id} failed: its launch never completed"]
+
+
+async def test_stopping_a_job_that_already_ended_settles_its_record(jobs: JobService) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "exit 3")  # nobody follows it
+    assert jobs.get(job.job_id).status == "running"
+    pid = job.workers[0].pid
+    await _remote_text(  # until its whole session has ended
+        jobs.remote, node, f"while ps -o stat= --sid {pid} | grep -qv '^Z'; do sleep 0.05; done"
+    )
+    assert await jobs.stop(job, node) == {0: "gone"}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "failed" and stored.workers[0].rc == 3
