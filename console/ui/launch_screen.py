@@ -78,13 +78,14 @@ class LaunchScreen(ModalScreen):
             )
             yield Label("Preset (fills the fields below)")
             yield Select([(p, p) for p in first.presets], id="preset", prompt="(none)")
-            yield Label("Parameters (empty: the runner's default, shown greyed)")
-            yield Grid(id="params")
             yield Label("Workers (all, 0, 1,3, 0-2)")
             yield Input("all", id="workers")
+            # Preflight and the exact command stay in sight while the fields below change.
             yield Static("", id="launch-checks")
             yield Static("", id="launch-command")
-            yield Static("\n[b]ctrl+s[/b] launches and opens the logs · [b]esc[/b] cancels")
+            yield Static("[b]ctrl+s[/b] launches and opens the logs · [b]esc[/b] cancels")
+            yield Label("Parameters (empty: the runner's default, shown greyed)")
+            yield Grid(id="params")
 
     async def on_mount(self) -> None:
         await self._build_fields()
