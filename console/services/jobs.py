@@ -355,33 +355,28 @@ class JobService:
                 outcome[worker.worker] = f"not stopped: {result.outcomes[0].describe()}"
 
         await asyncio.gather(*(one(w) for w in wanted))
-        if any(v in {"stopped", "killed"} for v in outcome.values()):
+        stopped = any(v in {"stopped", "killed"} for v in outcome.values())
+        if stopped:
             self.history.set_status(
                 job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
             )
+        if stopped or (outcome and all(v.startswith("gone") for v in outcome.values())):
             await self._drain(job, node)
-            await self.record_results(job)
-        elif outcome and all(v.startswith("gone") for v in outcome.values()):
-            # Nothing left to stop: it ended on its own. Settle it from its rc files now.
-            with contextlib.suppress(FleetError, OSError):
-                await self.follow(job, node, None)
         return outcome
 
     async def _drain(self, job: Job, node: Node) -> None:
-        """Bring the local copies to the end of what a stopped job wrote (its last lines say
-        why it ended): the running follower finishes by itself; without one, read to the end."""
-        task = self._watchers.get(job.job_id)
-        with contextlib.suppress(FleetError, OSError, TimeoutError):
-            if task is not None and not task.done():
-                await asyncio.wait_for(asyncio.shield(task), DRAIN_S)
-            else:
-                await self.follow(job, node, None, follow=False)
+        """Let the job's one follower (running already, or started now) take what a stopped or
+        ended job last wrote (its last lines say why it ended), then settle and record it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.watch(job, node)), DRAIN_S)
+        except (FleetError, OSError, TimeoutError):
+            await self.record_results(job)  # what the local copies hold by now
 
     async def rerun(self, job: Job, node: Node) -> Job:
         """The same command, environment and kind, on the same workers."""
-        selection = ",".join(str(w.worker) for w in job.workers) or "all"
         from console.services.templates import TEMPLATES
 
+        selection = ",".join(str(w.worker) for w in job.workers) or "all"
         template = TEMPLATES.get(job.kind)
         return await self.launch(
             node,
