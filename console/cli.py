@@ -342,6 +342,11 @@ async def _upload(jobs_service, node, selection: str, local: str, remote_dir: st
     outcomes = await Shipper(jobs_service.remote).upload(
         node, selection, Path(local).expanduser(), remote_dir
     )
+    return _print_uploads(local, remote_dir, outcomes)
+
+
+def _print_uploads(local, remote_dir: str, outcomes) -> int:
+    """One line per worker (failures on stderr); exit 1 when any worker failed."""
     print(f"{local} -> {remote_dir}")
     for outcome in outcomes:
         print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
@@ -511,10 +516,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         outcomes = asyncio.run(go())
     finally:
         source.close()
-    print(f"{local} -> {remote_dir}")
-    for outcome in outcomes:
-        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
-    return 1 if any(o.error for o in outcomes) else 0
+    return _print_uploads(local, remote_dir, outcomes)
 
 
 def print_plans(probes, plans) -> None:
