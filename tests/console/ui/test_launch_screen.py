@@ -15,19 +15,32 @@ from tests.conftest import until
 pytest.importorskip("jax")
 
 
+def console(jobs: JobService) -> TpuConsoleApp:
+    return TpuConsoleApp(
+        jobs.remote.fleet, jobs=jobs, prober=ProbeService(jobs.remote), mode="SANDBOX"
+    )
+
+
+async def open_form(app: TpuConsoleApp, pilot, node_key: str) -> LaunchScreen:
+    """Down the fleet table to the node, by key presses, and `n`."""
+    table = app.screen.query_one("#fleet", DataTable)
+    await until(pilot, lambda: table.row_count == 5)
+    for _ in range(table.row_count):
+        if app.screen.cursor_node_key() == node_key:
+            break
+        await pilot.press("down")
+    assert app.screen.cursor_node_key() == node_key
+    await pilot.press("n")
+    assert isinstance(app.screen, LaunchScreen)
+    return app.screen
+
+
 async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
     jobs: JobService,
 ) -> None:
-    remote = jobs.remote
-    app = TpuConsoleApp(remote.fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    app = console(jobs)
     async with app.run_test(size=(160, 50)) as pilot:
-        table = app.screen.query_one("#fleet", DataTable)
-        await until(pilot, lambda: table.row_count == 5)
-        await pilot.press("down", "down", "down", "down")
-        assert app.screen.cursor_node_key() == "us-central2-b/demo-v4-8"
-        await pilot.press("n")
-        form = app.screen
-        assert isinstance(form, LaunchScreen)
+        form = await open_form(app, pilot, "us-central2-b/demo-v4-8")
         await pilot.press("tab", "enter", "down", "down", "enter")
         assert form.query_one("#preset", Select).value == "tiny-llama"
         model = form.query_one("#p-model", Input)
@@ -59,14 +72,9 @@ async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
 async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
     jobs: JobService,
 ) -> None:
-    remote = jobs.remote
-    app = TpuConsoleApp(remote.fleet, jobs=jobs, prober=ProbeService(remote), mode="SANDBOX")
+    app = console(jobs)
     async with app.run_test(size=(160, 50)) as pilot:
-        table = app.screen.query_one("#fleet", DataTable)
-        await until(pilot, lambda: table.row_count == 5)
-        await pilot.press("down", "down", "down", "down", "n")
-        form = app.screen
-        assert isinstance(form, LaunchScreen)
+        form = await open_form(app, pilot, "us-central2-b/demo-v4-8")
         form.query_one("#template", Select).value = "custom"
         await until(pilot, lambda: bool(form.query("#p-command")))
         form.query_one("#p-command", Input).focus()
@@ -83,13 +91,9 @@ async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
 async def test_the_form_works_with_choices_left_empty_and_presets_that_skip_them(
     jobs: JobService,
 ) -> None:
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = console(jobs)
     async with app.run_test(size=(160, 50)) as pilot:
-        table = app.screen.query_one("#fleet", DataTable)
-        await until(pilot, lambda: table.row_count == 5)
-        await pilot.press("down", "down", "down", "n")  # demo-v4-16
-        form = app.screen
-        assert isinstance(form, LaunchScreen)
+        form = await open_form(app, pilot, "us-central2-b/demo-v4-16")
         await until(pilot, lambda: bool(form.query("#p-load_format")))
         assert form.error == ""  # load_format left empty: the runner's default applies
         assert "python -u -m remote.multi_engine" in str(
