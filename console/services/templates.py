@@ -86,6 +86,9 @@ class Template:
     uses_sglang: bool = False
     ships_runners: bool = False  # its program is in remote/, which travels with the launch
     uses_tpu: bool = True  # stale TPU state on the workers matters to it
+    # program: `program` and the flags; script: the `command` parameter as typed;
+    # upload: no command, a folder to the workers (the sync template)
+    runs: str = "program"
     common: bool = True  # takes COMMON_PARAMS (bootstrap makes the env they would activate)
 
     @property
@@ -111,12 +114,14 @@ class Template:
         return {name: self.param(name).parse(value) for name, value in raw.items()}
 
     def render(self, values: Mapping[str, Any]) -> Rendered:
-        if self.name == "sync":
+        if self.runs == "upload":
             return _sync(values)
-        if self.name == "custom":
+        if self.runs == "script":
             command = str(values.get("command") or "").strip()
             if not command:
-                raise FleetError("custom: give the command to run.", "Example: command=nvidia-smi")
+                raise FleetError(
+                    f"{self.name}: give the command to run.", "Example: command=nvidia-smi"
+                )
             return replace(_with_environment((), values), script=command)
         argv = list(self.program)
         for p in self.params:
@@ -420,6 +425,7 @@ SYNC = Template(
     ),
     uses_tpu=False,
     common=False,
+    runs="upload",
 )
 
 CUSTOM = Template(
@@ -427,6 +433,7 @@ CUSTOM = Template(
     "any command, detached, with the common options",
     (),
     (Param("command", "str", "shell text, run with bash on each worker"),),
+    runs="script",
 )
 
 TEMPLATES = {t.name: t for t in (MULTI_ENGINE, GRPO, BOOTSTRAP, SYNC, CUSTOM)}
