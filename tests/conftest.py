@@ -26,7 +26,15 @@ from console.services.remote import RemoteService
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
 FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3)
 # Retries short enough that a test of "gave up" ends quickly.
-QUICK_POLICY = CallPolicy(timeout_s=5, retry_initial_s=0.01, retry_max_s=0.05, retry_total_s=1.0)
+QUICK_POLICY = CallPolicy(
+    timeout_s=5,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    retry_total_s=1.0,
+    rate_initial_s=0.05,
+    rate_max_s=0.2,
+    rate_total_s=10.0,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -122,3 +130,38 @@ async def worker_output(
         lambda line: out.append(line.text) if line.stream == "out" else None,
     )
     return result.worst_status, "\n".join(out)
+
+
+# The default sandbox nodes tests lean on; others may be added (look nodes up by name).
+DEFAULT_NODE_KEYS = (
+    "europe-west4-a/demo-v5e-8",
+    "us-central2-b/demo-spot-v4-8",
+    "us-central2-b/demo-v3-8",
+    "us-central2-b/demo-v4-16",
+    "us-central2-b/demo-v4-8",
+)
+
+
+def fleet_row_keys(app) -> list[str]:
+    """The fleet table's rows, top to bottom, as node keys (zone/name)."""
+    from textual.widgets import DataTable
+
+    table = app.screen.query_one("#fleet", DataTable)
+    return [row.key.value for row in table.ordered_rows]
+
+
+def fleet_loaded(app) -> bool:
+    """The fleet screen shows (at least) the default sandbox nodes."""
+    try:
+        return set(DEFAULT_NODE_KEYS) <= set(fleet_row_keys(app))
+    except Exception:  # another screen is on top, or the table is not mounted yet
+        return False
+
+
+async def cursor_to(pilot, key: str) -> None:
+    """Move the fleet table's cursor onto a node by pressing up or down, as a user would."""
+    rows = fleet_row_keys(pilot.app)
+    here = rows.index(pilot.app.screen.cursor_node_key())
+    there = rows.index(key)
+    await pilot.press(*(["down"] * (there - here) or ["up"] * (here - there)))
+    assert pilot.app.screen.cursor_node_key() == key

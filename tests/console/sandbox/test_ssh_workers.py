@@ -106,6 +106,7 @@ async def test_a_stopped_node_no_longer_answers_ssh(sandbox: Sandbox, api: TpuAp
 
 
 def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Path) -> None:
+    from console.sandbox.fleet_state import _default_nodes
     from console.sandbox.runtime import reset_sandbox
 
     home = tmp_path / "h"
@@ -117,7 +118,7 @@ def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Pa
     reset_sandbox(home)
     with Sandbox.start(home) as third:
         assert "us-central1-a/kept" not in third.fleet.nodes
-        assert len(third.fleet.nodes) == 5
+        assert set(third.fleet.nodes) == {n.key for n in _default_nodes(0.0)}
 
 
 def test_a_second_process_joins_the_served_sandbox_instead_of_starting_one(
