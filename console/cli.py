@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -914,6 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail_error(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tpuconsole ls --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

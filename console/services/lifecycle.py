@@ -364,12 +364,13 @@ class LifecycleService:
             quota = QUOTA_RE.search(exc.reason)
             which = quota.group(1) if quota else "the spot quota"
             reason = f"Spot capacity refused: {which} is exhausted in {request.zone}."
-        return FleetError(
-            reason,
-            "Retry on-demand (turn on the fallback), try another zone, or ask for quota.",
-            code=exc.code,
-            kind=exc.kind,
+        remedy = (
+            "Retry on-demand (turn on the fallback), try another zone that offers "
+            f"{request.accelerator_type}, or try later."
+            if exc.kind == "stockout"
+            else "Retry on-demand (turn on the fallback), try another zone, or ask for quota."
         )
+        return FleetError(reason, remedy, code=exc.code, kind=exc.kind)
 
     async def _make_sure_gone(
         self, request: CreateRequest, exc: FleetError, progress: ProgressSink | None
@@ -466,11 +467,22 @@ class LifecycleService:
             )
         api = self.fleet.api
         method = {"stop": api.stop_node, "start": api.start_node, "delete": api.delete_node}[verb]
-        operation = await method(node.zone, node.name)
-        self._event(node.zone, node.name, verb, "console", "requested")
-        return await self._follow(
-            operation, node.zone, node.name, verb, progress, gone_ok=verb == "delete"
-        )
+        try:
+            operation = await method(node.zone, node.name)
+            self._event(node.zone, node.name, verb, "console", "requested")
+            return await self._follow(
+                operation, node.zone, node.name, verb, progress, gone_ok=verb == "delete"
+            )
+        except FleetError as exc:
+            kind = f"/{exc.kind}" if exc.kind else ""
+            self._event(
+                node.zone,
+                node.name,
+                "failed",
+                "console",
+                f"{verb} [{exc.code}{kind}]: {exc.reason}",
+            )
+            raise
 
     def observe(self, snapshot: FleetSnapshot) -> list[str]:
         """Record state changes seen by a refresh; return alerts for nodes that left READY."""

@@ -89,6 +89,16 @@ async def test_stop_then_start(lifecycle: LifecycleService, remote: RemoteServic
     assert await lifecycle.change("delete", started) is None
 
 
+async def test_a_refused_change_is_in_the_history_with_its_code(
+    lifecycle: LifecycleService, remote: RemoteService, history: HistoryStore
+) -> None:
+    node = await remote.fleet.find_node("demo-v4-8")
+    with pytest.raises(FleetError):
+        await lifecycle.change("start", node)  # it is READY already
+    (event,) = [e for e in history.events_for("us-central2-b", "demo-v4-8") if e.kind == "failed"]
+    assert event.detail.startswith("start [FAILED_PRECONDITION]: ")
+
+
 async def test_unavailable_twice_mid_operation_is_survived(
     lifecycle: LifecycleService, sandbox: Sandbox
 ) -> None:
