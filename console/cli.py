@@ -355,12 +355,15 @@ def _print_uploads(local, remote_dir: str, outcomes) -> int:
 
 async def _stale_cleared(jobs_service, node, args) -> bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: probe, then clean or refuse."""
-    from console.services.probe import ProbeService, node_status, plan_for
+    from console.services.probe import ProbeService, node_status, odd_lock_note, plan_for
 
     prober = ProbeService(jobs_service.remote)
     probes = await prober.probe(node, args.worker)
     plans = [plan_for(p.report) for p in probes if p.report is not None]
     if all(p.empty for p in plans):
+        for probe in probes:  # nothing to clean, but something a person should look at
+            if probe.report is not None and probe.report.odd_lock:
+                print(f"w{probe.worker}: note: {odd_lock_note(probe.report)}", file=sys.stderr)
         return True
     print(f"{node.name}: {node_status(probes)}")
     print_plans(probes, plans)
@@ -563,8 +566,8 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
                 return 0 if all(p.report and p.report.clean for p in probes) else 1
             print_plans(probes, plans)
             todo = [p for p in plans if not p.empty]
-            if not todo:
-                return 0 if all(p.report for p in probes) else 1
+            if not todo:  # nothing we may do; still not clean if a note says what is left
+                return 0 if all(p.report and p.report.clean for p in probes) else 1
             if args.dry_run:
                 return 0
             if not args.yes:

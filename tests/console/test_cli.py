@@ -254,3 +254,61 @@ def test_jobs_show_and_stop_by_job_id_from_the_command_line(
     assert json.loads(capsys.readouterr().out)["status"] == "killed"
     assert main(["stop", long_id, "--yes"]) == 0
     assert "already killed; nothing to stop" in capsys.readouterr().out
+
+
+def test_clean_and_clean_first_never_follow_a_symlinked_lockfile_to_a_bystander(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    precious = tmp_path / "bystander.lock"
+    bystander = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, time\n"
+            f"fd = os.open({str(precious)!r}, os.O_CREAT | os.O_RDWR, 0o644)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    try:
+        assert bystander.stdout is not None and bystander.stdout.readline().strip() == "held"
+        with Sandbox.start(home) as sandbox:
+            place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+            place.materialise()
+            place.lockfile.symlink_to(precious)
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            out = capsys.readouterr().out
+            assert "not followed" in out and "STALE" not in out and "SIGTERM" not in out
+            assert main(["launch", "demo-v4-8", "--clean-first", "--", "true"]) == 0
+            assert "is a symbolic link" in capsys.readouterr().err
+            assert bystander.poll() is None, "the bystander was killed"
+            assert place.lockfile.is_symlink() and precious.exists()
+
+            place.lockfile.unlink()
+            place.lockfile.mkdir()  # once an IsADirectoryError and a node shown as `? w0`
+            assert main(["probe", "demo-v4-8"]) == 1
+            assert "demo-v4-8: lockfile is a directory" in capsys.readouterr().out
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            assert place.lockfile.is_dir()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_job_reference_is_an_id_or_its_number_never_a_pattern(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    number = job_id.split("-")[0]
+    for ref in ("%", "_", f"{number}%", f"{number}-%", f"{job_id[:-1]}_", "%-%"):
+        assert main(["jobs", "stop", ref, "--yes"]) == 2, ref
+        assert f"No job {ref!r} in the history." in capsys.readouterr().err
+        assert main(["logs", ref]) == 2, ref
+        capsys.readouterr()
+    assert main(["jobs", "show", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "running"  # nothing was stopped
+    assert main(["jobs", "stop", number, "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == "w0: stopped"
