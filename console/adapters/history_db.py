@@ -204,12 +204,21 @@ class HistoryStore:
             )
 
     def get(self, job_ref: str) -> Job | None:
-        """By full id or by its leading number (`17` for `17-3fa2c1`)."""
-        row = self._db.execute(
-            f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ? OR job_id LIKE ? || '-%'"
-            " ORDER BY seq DESC LIMIT 1",
-            (job_ref, job_ref),
-        ).fetchone()
+        """By full id or by its leading number (`17` for `17-3fa2c1`), nothing else.
+
+        Compared as text, never as a pattern: a reference of `%` or `_` names no job.
+        """
+        if job_ref.isascii() and job_ref.isdigit():
+            prefix = f"{int(job_ref)}-"
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE substr(job_id, 1, ?) = ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (len(prefix), prefix),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ?", (job_ref,)
+            ).fetchone()
         return self._job(row) if row else None
 
     def recent(self, limit: int = 50) -> list[Job]:
