@@ -355,7 +355,7 @@ class JobService:
                 outcome[worker.worker] = f"not stopped: {result.outcomes[0].describe()}"
 
         await asyncio.gather(*(one(w) for w in wanted))
-        stopped = any(v in {"stopped", "killed"} for v in outcome.values())
+        stopped = any(v.split(":")[0] in {"stopped", "killed"} for v in outcome.values())
         if stopped:
             self.history.set_status(
                 job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
@@ -390,18 +390,34 @@ class JobService:
 
 
 def stop_command(job_id: str, grace_s: float) -> str:
+    """Shell text that ends the job's session; prints what it did, `word[: detail]`.
+
+    The session outlives its leader when the command backgrounded a child: those processes
+    are the job's too, and stopping the job ends them (the session id is the leader's pid,
+    which the kernel keeps allocated while any member lives, so it cannot name another job).
+    """
     d = job_dir(job_id)
     ticks = max(1, int(grace_s * 10))
     return "\n".join(
         [
             f'd="{d}"; pid=$(cat "$d/pid" 2>/dev/null); start=$(cat "$d/start" 2>/dev/null)',
+            '[ -n "$pid" ] || { echo gone; exit 0; }',
             'now=$(cut -d" " -f22 "/proc/$pid/stat" 2>/dev/null)',
-            '[ -n "$pid" ] && [ -n "$now" ] || { echo gone; exit 0; }',
-            '[ -z "$start" ] || [ "$now" = "$start" ] || { echo "gone (pid reused)"; exit 0; }',
-            'alive() { ps -o stat= --sid "$pid" 2>/dev/null | grep -qv "^Z"; }',
-            "alive || { echo gone; exit 0; }  # only zombies left: it has ended",
+            '[ -z "$now" ] || [ -z "$start" ] || [ "$now" = "$start" ] '
+            '|| { echo "gone: pid reused"; exit 0; }',
+            "members() { ps -o pid=,stat= --sid \"$pid\" 2>/dev/null | awk '$2 !~ /^Z/'; }",
+            'n=$(members | wc -l); [ "$n" -gt 0 ] || { echo gone; exit 0; }',
+            'left=""',
+            'if [ -z "$now" ] || ps -o stat= -p "$pid" 2>/dev/null | grep -q "^Z"; then',
+            '  rc=$(cat "$d/rc" 2>/dev/null)',
+            '  s=""; [ "$n" = 1 ] || s=es',
+            '  left=": $n process$s it left running in its session (its command had ended'
+            '${rc:+ with rc=$rc})"',
+            "fi",
             'pkill -TERM -s "$pid" 2>/dev/null',
-            f"for i in $(seq 1 {ticks}); do alive || {{ echo stopped; exit 0; }}; sleep 0.1; done",
-            'pkill -KILL -s "$pid" 2>/dev/null; echo killed',
+            f"for i in $(seq 1 {ticks}); do",
+            '  [ -n "$(members)" ] || { echo "stopped$left"; exit 0; }; sleep 0.1',
+            "done",
+            'pkill -KILL -s "$pid" 2>/dev/null; echo "killed$left"',
         ]
     )

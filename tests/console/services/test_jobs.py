@@ -382,3 +382,21 @@ async def test_stopping_a_job_that_already_ended_settles_its_record(jobs: JobSer
     assert await jobs.stop(job, node) == {0: "gone"}
     stored = jobs.get(job.job_id)
     assert stored.status == "failed" and stored.workers[0].rc == 3
+
+
+async def test_stop_ends_what_the_command_left_running_in_its_session_and_says_so(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 60 & echo started")  # the command ends at once
+    pid = job.workers[0].pid
+    await _remote_text(
+        jobs.remote, node, f"until [ -f .tpuconsole/jobs/{job.job_id}/rc ]; do sleep 0.05; done"
+    )
+    outcome = await jobs.stop(job, node, grace_s=2)
+    said = "stopped: 1 process it left running in its session (its command had ended with rc=0)"
+    assert outcome == {0: said}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "killed" and stored.note == f"w0: {said}"
+    left = await _remote_text(jobs.remote, node, f"ps -o stat= --sid {pid} | grep -v '^Z' | wc -l")
+    assert left.strip() == "0"
