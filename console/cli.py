@@ -272,19 +272,30 @@ def _print_line(worker: int, text: str) -> None:
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it."""
     from console.models import parse_worker_selection
+    from console.services.lines import copy_lines
 
-    chosen = {w.worker for w in job.workers}
-    if selection != "all":
-        chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
-    for w in sorted(chosen):
-        path = jobs_service.log_path(job.job_id, w)
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                _print_line(w, line)
+    printed = 0
+
+    def show(worker: int, text: str) -> None:
+        nonlocal printed
+        printed += 1
+        _print_line(worker, text)
+
     try:
         node = await source.fleet.get_node(job.zone, job.node)
-        rcs = await jobs_service.follow(job, node, _print_line, selection=selection, follow=follow)
+        rcs = await jobs_service.follow(
+            job, node, show, selection=selection, follow=follow, from_start=True
+        )
     except FleetError as exc:
+        if printed:  # the copy was replayed already; the worker was lost after
+            print(f"tpuconsole: lost {job.node}: {exc}", file=sys.stderr)
+            return 1
+        chosen = {w.worker for w in job.workers}
+        if selection != "all":
+            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        for w in sorted(chosen):
+            for line in copy_lines(jobs_service.log_path(job.job_id, w)):
+                _print_line(w, line)
         print(
             f"tpuconsole: cannot reach {job.node}: {exc}; shown: the local copy.", file=sys.stderr
         )
@@ -727,6 +738,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import dataclasses
 
     from console.services.diagnosis import diagnose_text
+    from console.services.lines import split_lines
     from console.services.metrics import JobMetrics
 
     try:
@@ -735,7 +747,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.logfile}: {exc.strerror}")
     found = diagnose_text(text)
     metrics = JobMetrics()
-    for line in text.splitlines():
+    for line in split_lines(text):
         m = re.match(r"\[w(\d+)\] ", line)
         metrics.feed(int(m.group(1)) if m else 0, line[m.end() :] if m else line)
     if args.json:

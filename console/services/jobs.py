@@ -185,13 +185,18 @@ class JobService:
         selection: str = "all",
         follow: bool = True,
         on_end: Callable[[int, int | None], None] | None = None,
+        from_start: bool = False,
     ) -> dict[int, int | None]:
-        """Stream every chosen worker's log at once; record each rc and the job's end."""
+        """Stream every chosen worker's log at once; record each rc and the job's end.
+
+        With `from_start`, every line of the local copies first: one stream of lines, read by
+        one rule, whether they were fetched before or arrive now.
+        """
         streams = await self.streams(job, node, selection)
 
         async def one(stream: LogStream) -> int | None:
             try:
-                rc = await stream.follow(on_line, follow=follow)
+                rc = await stream.follow(on_line, follow=follow, from_start=from_start)
             finally:
                 self.history.set_worker(job.job_id, stream.worker, log_offset=stream.offset)
             if rc is not None:

@@ -234,10 +234,14 @@ class LogScreen(Screen):
                 f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
             )
             banner.add_class("shown")
+            if not self.job.open:  # nothing more will come: a last line without newline is one
+                for w in self.job.workers:
+                    self.index.mark_ended(w.worker)
         self._changed = True
 
     def _worker_ended(self, worker: int, rc: int | None) -> None:
         self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+        self.index.mark_ended(worker)
         self._changed = True  # the indexer catches up in slices; no long catch-up here
 
     def _update_status(self) -> None:

@@ -130,3 +130,16 @@ async def test_hang_and_silence_are_judged_only_while_the_job_runs(
         await app.push_screen(live)
         await until(pilot, lambda: any(d.key == "hang_after_done" for d in live.diagnoser.found))
         await jobs.stop(jobs.get(hanging.job_id), node, grace_s=0.5)
+
+
+async def test_the_last_line_without_a_newline_is_shown_once_the_job_ends(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "printf 'one\\ntwo\\nlast words'")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(job)
+        await app.push_screen(screen)
+        await until(pilot, lambda: screen.ended[0] == "rc=0" and len(screen.index) == 3)
+        assert shown(screen) == [(0, "one"), (0, "two"), (0, "last words")]
