@@ -439,11 +439,15 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     print("tpuconsole: jobs show needs a job id", file=sys.stderr)
                     return 2
                 job = jobs_service.get(args.job)
+                if await jobs_service.settle_ended([job]):
+                    job = jobs_service.get(job.job_id)
                 if args.json:
                     print(json.dumps(_job_json(job)))
                 else:
                     _print_job(job)
                 return 0
+            if args.command == "jobs":
+                await jobs_service.settle_ended()  # ended since anyone looked: say so, and when
             if args.command == "jobs" and args.json:
                 for job in jobs_service.history.recent():
                     print(json.dumps(_job_json(job)))

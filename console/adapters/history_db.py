@@ -139,8 +139,11 @@ class HistoryStore:
             [v for _, v in sets] + [job_id, worker],
         )
 
-    def set_status(self, job_id: str, status: str, note: str = "") -> None:
-        ended = datetime.now(UTC).isoformat() if status not in OPEN_STATUSES else ""
+    def set_status(
+        self, job_id: str, status: str, note: str = "", ended_at: datetime | None = None
+    ) -> None:
+        """`ended_at` defaults to now for a status that ends the job."""
+        ended = "" if status in OPEN_STATUSES else (ended_at or datetime.now(UTC)).isoformat()
         self._db.execute(
             "UPDATE jobs SET status = ?, note = ?, ended_at = ? WHERE job_id = ?",
             (status, note, ended, job_id),

@@ -20,7 +20,7 @@ import remote
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
 from console.services.diagnosis import Diagnoser
-from console.services.log_stream import LineSink, LogStream, job_dir
+from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
@@ -213,12 +213,17 @@ class JobService:
             rcs[stream.worker] = result
         started = [w for w in job.workers if w.pid]
         if follow and selection == "all" and len(rcs) == len(started):
-            self._settle(job, rcs)
+            self._settle(job, rcs, _latest([s.ended_at for s in streams]))
             await self.record_results(job)  # whatever the status: a killed job's last lines too
         return rcs
 
-    def _settle(self, job: Job, rcs: dict[int, int | None]) -> None:
-        """The state a job ended in, unless it was already settled (killed, lost stay so)."""
+    def _settle(
+        self, job: Job, rcs: dict[int, int | None], ended_at: datetime | None = None
+    ) -> None:
+        """The state a job ended in, unless it was already settled (killed, lost stay so).
+
+        `ended_at` is when the last worker's rc file was written, not when someone looked.
+        """
         current = self.history.get(job.job_id)
         if current is None or not current.open:
             return
@@ -233,7 +238,80 @@ class JobService:
             status = "failed"
         else:
             status = "succeeded"
-        self.history.set_status(job.job_id, status, ", ".join(notes))
+        self.history.set_status(job.job_id, status, ", ".join(notes), ended_at)
+
+    async def settle_ended(
+        self, jobs: list[Job] | None = None, timeout_s: float = 15.0
+    ) -> list[str]:
+        """Open jobs that no follower of this console watches, settled if every worker ended.
+
+        Read from each worker's job folder: its rc file and the file's mtime (the end time),
+        or that the process is still running, or that it vanished without one. A job nobody
+        followed would otherwise show `running` until someone did. Returns the job ids settled.
+        """
+        watched = {j for j, task in self._watchers.items() if not task.done()}
+        candidates = [
+            j
+            for j in (self.history.recent(200) if jobs is None else jobs)
+            if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
+        ]
+        nodes: dict[str, asyncio.Future] = {}
+
+        def node_of(job: Job) -> asyncio.Future:
+            if job.node_key not in nodes:
+                nodes[job.node_key] = asyncio.ensure_future(
+                    self.remote.fleet.get_node(job.zone, job.node)
+                )
+            return nodes[job.node_key]
+
+        async def one(job: Job) -> str | None:
+            node = await node_of(job)
+            targets = {t.worker: t for t in await self.remote.targets(node, "all")}
+            started = [w for w in job.workers if w.pid]
+            if any(w.worker not in targets for w in started):
+                return None
+            said: dict[int, list[str]] = {w.worker: [] for w in started}
+            result = await self.remote.run_on_targets(
+                node.name,
+                [targets[w.worker] for w in started],
+                settle_command(job.job_id),
+                on_line=lambda line: (
+                    said[line.worker].append(line.text) if line.stream == "out" else None
+                ),
+            )
+            if result.failed:
+                return None
+            rcs: dict[int, int | None] = {}
+            ended: list[float | None] = []
+            for worker, words in ((w, " ".join(t).split()) for w, t in said.items()):
+                if words[:1] == ["ended"]:
+                    rc, when = parse_rc_file(" ".join(words[1:]).encode())
+                    rcs[worker] = rc
+                    ended.append(when)
+                elif words == ["vanished"]:
+                    rcs[worker] = None
+                else:
+                    return None  # still running (or unreadable): nothing to settle
+            for worker, rc in rcs.items():
+                if rc is not None:
+                    self.history.set_worker(job.job_id, worker, rc=rc)
+            self._settle(job, rcs, _latest(ended))
+            await self.record_results(job)
+            return job.job_id
+
+        if not candidates:
+            return []
+        tasks = [asyncio.ensure_future(one(j)) for j in candidates]
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for future in nodes.values():
+            future.cancel()
+        settled = []
+        for task in done:
+            if not task.cancelled() and task.exception() is None and task.result():
+                settled.append(task.result())
+        return settled
 
     async def record_results(self, job: Job) -> None:
         """Metrics and diagnoses from the local copies, into the history with the job.
@@ -392,6 +470,31 @@ class JobService:
             params=job.params,
             ship_runners=template is not None and template.ships_runners,
         )
+
+
+def _latest(times: list[float | None]) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return datetime.fromtimestamp(max(known), UTC) if known else None
+
+
+def settle_command(job_id: str) -> str:
+    """Shell text printing `ended RC MTIME`, `running` or `vanished` for the job's folder.
+
+    The rc is looked for again after the liveness check: it is written as the process exits.
+    """
+    d = job_dir(job_id)
+    return "\n".join(
+        [
+            f'd="{d}"; rc="$d/rc"',
+            'ended() { [ -f "$rc" ] && echo "ended $(cat "$rc") $(stat -c %Y "$rc")"; }',
+            "ended && exit 0",
+            'pid=$(cat "$d/pid" 2>/dev/null); start=$(cat "$d/start" 2>/dev/null)',
+            'now=$(cut -d" " -f22 "/proc/$pid/stat" 2>/dev/null)',
+            'if [ -n "$now" ] && { [ -z "$start" ] || [ "$now" = "$start" ]; } '
+            '&& ! ps -o stat= -p "$pid" 2>/dev/null | grep -q "^Z"; then echo running; exit 0; fi',
+            "ended || echo vanished",
+        ]
+    )
 
 
 def stop_command(job_id: str, grace_s: float) -> str:

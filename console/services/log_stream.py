@@ -119,6 +119,14 @@ def _line_start(path: Path, offset: int) -> int:
         return 0
 
 
+def parse_rc_file(text: bytes) -> tuple[int | None, float | None]:
+    """The rc file and its mtime, one a line, as the worker printed them: status and when."""
+    words = text.split()
+    rc = int(words[0]) if words and words[0].lstrip(b"-").isdigit() else None
+    when = float(words[1]) if rc is not None and len(words) > 1 and words[1].isdigit() else None
+    return rc, when
+
+
 def job_dir(job_id: str) -> str:
     """The job's folder on the worker, as shell text ($HOME expands there)."""
     return f"$HOME/.tpuconsole/jobs/{shlex.quote(job_id)}"
@@ -142,6 +150,7 @@ class LogStream:
         self.local_path = local_path
         self.max_outage_s = max_outage_s
         self.reconnects = 0
+        self.ended_at: float | None = None  # the rc file's mtime on the worker, once read
         local_path.parent.mkdir(parents=True, exist_ok=True)
         self.offset = local_path.stat().st_size if local_path.exists() else 0
 
@@ -241,8 +250,11 @@ class LogStream:
         return await self.read_rc() if follow else None
 
     async def read_rc(self) -> int | None:
+        """The job's exit status on this worker; `ended_at` becomes when the rc was written."""
         out: list[bytes] = []
-        cmd = f'cat "{job_dir(self.job_id)}/rc" 2>/dev/null || true'
+        rc = f'"{job_dir(self.job_id)}/rc"'
+        cmd = f"cat {rc} 2>/dev/null && echo && stat -c %Y {rc} 2>/dev/null || true"
         await self.pool.run(self.target, cmd, on_stdout=out.append)
-        text = b"".join(out).strip()
-        return int(text) if text.lstrip(b"-").isdigit() else None
+        status, ended_at = parse_rc_file(b"".join(out))
+        self.ended_at = ended_at
+        return status

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -312,3 +313,31 @@ def test_a_job_reference_is_an_id_or_its_number_never_a_pattern(
     assert json.loads(capsys.readouterr().out)["status"] == "running"  # nothing was stopped
     assert main(["jobs", "stop", number, "--yes"]) == 0
     assert capsys.readouterr().out.strip() == "w0: stopped"
+
+
+def test_jobs_settles_an_unfollowed_job_from_its_rc_file_and_when_it_was_written(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from datetime import datetime
+
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        assert main(["launch", "demo-v4-8", "--", "exit 3"]) == 0
+        ended = capsys.readouterr().out.split()[1]
+        assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+        running = capsys.readouterr().out.split()[1]
+        place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+        rc = place.root / ".tpuconsole" / "jobs" / ended / "rc"
+        # The wrapper writes rc as the job ends; wait for that, as a user would come back later.
+        subprocess.run(["sh", "-c", f"until [ -f {rc} ]; do sleep 0.05; done"], timeout=30)
+        two_minutes_ago = time.time() - 120
+        os.utime(rc, (two_minutes_ago, two_minutes_ago))
+
+        assert main(["jobs"]) == 0
+        table = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+        assert table[ended] == "failed" and table[running] == "running"
+        assert main(["jobs", "show", ended, "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["workers"][0]["rc"] == 3
+        assert datetime.fromisoformat(record["ended_at"]).timestamp() == int(two_minutes_ago)
+        assert main(["stop", running, "--yes"]) == 0
