@@ -242,7 +242,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     def show(line) -> None:
         stream = sys.stdout if line.stream == "out" else sys.stderr
-        print(f"[w{line.worker}] {line.text}", file=stream, flush=True)
+        print(f"[w{line.worker}] {_for(stream, line.text)}", file=stream, flush=True)
 
     async def go():
         remote = source.remote(internal_ip=args.internal_ip)
@@ -265,8 +265,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.worst_status
 
 
+def _for(stream, text: str) -> str:
+    """A worker's text as printed: exact into a pipe or file; on a terminal, only its colours
+    survive as escapes (a job may not retitle, clear or move about the user's terminal)."""
+    from console.services.terminal_text import safe_for_terminal
+
+    return safe_for_terminal(text) if stream.isatty() else text
+
+
 def _print_line(worker: int, text: str) -> None:
-    print(f"[w{worker}] {text}", flush=True)
+    print(f"[w{worker}] {_for(sys.stdout, text)}", flush=True)
 
 
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:

@@ -25,6 +25,7 @@ from console.models import FleetError, Job
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex
 from console.services.metrics import JobMetrics, sparkline
+from console.services.terminal_text import plain_text
 from console.ui.log_view import LogView
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
@@ -351,5 +352,5 @@ class LogScreen(Screen):
         with open(path, "w") as fh:
             for row in range(len(self.index.visible)):
                 worker, text = self.index.visible_line(row)
-                fh.write(f"[w{worker}] {text}\n")
+                fh.write(f"[w{worker}] {plain_text(text)}\n")  # what is shown, as shown
         self.notify(f"Saved {len(self.index.visible)} lines to {path}")

@@ -341,3 +341,27 @@ def test_jobs_settles_an_unfollowed_job_from_its_rc_file_and_when_it_was_written
         assert record["workers"][0]["rc"] == 3
         assert datetime.fromisoformat(record["ended_at"]).timestamp() == int(two_minutes_ago)
         assert main(["stop", running, "--yes"]) == 0
+
+
+def test_logs_on_a_terminal_keep_colours_but_no_other_escape_while_a_pipe_gets_exact_bytes(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import pty
+
+    script = r"printf '\033]0;PWNED\007\033[2Jred: \033[31mR\033[0m\n 5%%\r99%%\n'"
+    assert main(["launch", "demo-v4-8", "--follow", "--", script]) == 0
+    header, *piped = capsys.readouterr().out.split("\n")[:-1]
+    assert piped == ["[w0] \x1b]0;PWNED\x07\x1b[2Jred: \x1b[31mR\x1b[0m", "[w0]  5%\r99%"]
+    master, slave = pty.openpty()
+    terminal = io.TextIOWrapper(io.FileIO(slave, "w", closefd=False), write_through=True)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["logs", header.split()[1]]) == 0
+    monkeypatch.undo()
+    shown = os.read(master, 65536).decode()
+    os.close(master)
+    os.close(slave)
+    assert shown.replace("\r\n", "\n").split("\n")[:-1] == [
+        "[w0] red: \x1b[0;38;5;1mR\x1b[0m",
+        "[w0] 99%",
+    ]
