@@ -230,6 +230,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 1 if snapshot.unreachable else 0
 
 
+def _stdin_for_exec():
+    """Our stdin for the workers' commands, as ssh forwards it; none when we have none."""
+    import os
+
+    from console.services.remote import SharedInput
+
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return SharedInput(lambda: os.read(fd, 65536))
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
     from console.services.remote import command_from_argv
@@ -249,7 +262,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
-            return await remote.run(node, args.worker, command_from_argv(argv), show)
+            return await remote.run(
+                node, args.worker, command_from_argv(argv), show, stdin=_stdin_for_exec()
+            )
         finally:
             await remote.close()
             await source.fleet.close()
@@ -368,8 +383,8 @@ def _print_uploads(local, remote_dir: str, outcomes) -> int:
     """One line per worker (failures on stderr); exit 1 when any worker failed."""
     print(f"{local} -> {remote_dir}")
     for outcome in outcomes:
-        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
-    return 1 if any(o.error for o in outcomes) else 0
+        print(outcome.describe(), file=sys.stderr if outcome.failed else sys.stdout)
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 async def _stale_cleared(jobs_service, node, args) -> bool:

@@ -365,3 +365,41 @@ def test_logs_on_a_terminal_keep_colours_but_no_other_escape_while_a_pipe_gets_e
         "[w0] red: \x1b[0;38;5;1mR\x1b[0m",
         "[w0] 99%",
     ]
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "console.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def test_exec_forwards_stdin_to_every_worker_and_never_waits_for_an_unread_one() -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home):
+        piped = subprocess.run(
+            [sys.executable, "-m", "console.cli", "exec", "demo-v4-8", "--", "cat"],
+            input=b"hi\n",
+            capture_output=True,
+            timeout=60,
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == b"[w0] hi\n"
+        both = _cli("exec", "demo-v4-16", "--", "cat", stdin=subprocess.PIPE)
+        out, err = both.communicate(b"one\n" + b"x" * 300_000 + b"\ntwo\n", timeout=60)
+        assert both.returncode == 0, err
+        for w in (0, 1):
+            mine = [line for line in out.decode().splitlines() if line.startswith(f"[w{w}] ")]
+            assert mine == [f"[w{w}] one", f"[w{w}] {'x' * 300_000}", f"[w{w}] two"]
+        # An input that never ends, to a command that never reads it: done when it is.
+        endless = _cli("exec", "demo-v4-8", "--", "echo done", stdin=subprocess.PIPE)
+        try:
+            assert endless.stdout is not None
+            assert endless.stdout.readline() == b"[w0] done\n"
+            assert endless.wait(timeout=60) == 0
+        finally:
+            endless.kill()
+            assert endless.stdin is not None
+            endless.stdin.close()
