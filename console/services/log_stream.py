@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import queue
 import shlex
 import threading
@@ -82,6 +83,11 @@ class LocalCopy:
             fh.close()
             return None
         return cls(fh)
+
+    @property
+    def size(self) -> int:
+        """The copy's size on disk (before anything this writer has queued lands)."""
+        return os.fstat(self._file.fileno()).st_size
 
     def write(self, data: bytes) -> None:
         _WRITER.put((self._file, data, None))
@@ -225,13 +231,20 @@ class LogStream:
         self._outage_started: float | None = None
         delay = 0.2
         loop = asyncio.get_running_loop()
+        # From the copy's true end: if it lost bytes since this follower read them (deleted
+        # meanwhile), they are fetched again for the copy, not delivered twice.
+        self.offset = local.size
+        delivered = max(self._read, self.offset)
 
         def take(chunk: bytes) -> None:
+            nonlocal delivered
             local.write(chunk)  # every byte, as it came: the copy stays an exact prefix
-            self.offset += len(chunk)
-            self._read = self.offset
+            start, self.offset = self.offset, self.offset + len(chunk)
             self._outage_started = None  # data flows again: a later drop is a new outage
-            deliver(chunk)
+            if self.offset > delivered:
+                deliver(chunk[max(0, delivered - start) :])
+                delivered = self.offset
+            self._read = delivered
 
         while True:
             try:
