@@ -59,6 +59,8 @@ class TpuConsoleApp(App):
             self.set_interval(TERMINAL_CHECK_S, self._exit_if_terminal_gone)
         self.call_after_refresh(self._freeze_startup_objects)
         if self.jobs is not None:
+            # "adding your ssh key to NODE's metadata" and the like, as they happen.
+            self.jobs.remote.notices.append(lambda text: self.notify(text, timeout=8))
             self.run_worker(self._reconcile_jobs(), group="reconcile")
 
     async def _reconcile_jobs(self) -> None:
