@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import grpc
 from google.api_core import exceptions as gexc
 from google.cloud import oslogin_v1
+from google.cloud.oslogin_v1 import common
 from google.cloud.oslogin_v1.services.os_login_service.transports import (
     OsLoginServiceGrpcAsyncIOTransport,
 )
@@ -121,7 +122,7 @@ class OsLoginApi:
             response = await self.client.import_ssh_public_key(
                 request=oslogin_v1.ImportSshPublicKeyRequest(
                     parent=f"users/{account}",
-                    ssh_public_key=oslogin_v1.SshPublicKey(key=public_key),
+                    ssh_public_key=common.SshPublicKey(key=public_key),
                     project_id=project,
                 ),
                 retry=self._write,

@@ -97,6 +97,11 @@ def reset_sandbox(home: Path) -> None:
         shutil.rmtree(workers)
 
 
+def _random_loopback(rng: random.Random) -> str:
+    """An address in 127.128-254.x.y, where the id scheme never goes (sandbox ids stay small)."""
+    return f"127.{rng.randrange(128, 255)}.{rng.randrange(256)}.{rng.randrange(2, 255)}"
+
+
 class Sandbox:
     """Start with `Sandbox.start(home)`; `stop()` shuts everything down and releases the home."""
 
@@ -268,11 +273,33 @@ class Sandbox:
         return (node.node_id, worker)
 
     def _address_of(self, node: SandboxNode, worker: int) -> tuple[str, str]:
-        """(external, internal): where the worker's sshd listens, as its endpoint says."""
-        placed = self._addresses.get(self._worker_key(node, worker))
-        if placed is not None:
-            return placed
-        return loopback(node.node_id, worker, -1), loopback(node.node_id, worker, 0)
+        """(external, internal): where the worker's sshd listens, as its endpoint says.
+
+        Chosen the first time the worker is seen and kept, as a VM keeps its IPs: the scheme's
+        own addresses, or others in 127/8 when something already listens there at our port.
+        """
+        key = self._worker_key(node, worker)
+        placed = self._addresses.get(key)
+        if placed is None:
+            placed = loopback(node.node_id, worker, -1), loopback(node.node_id, worker, 0)
+            rng = random.Random(f"{self.home}/{node.node_id}/{worker}")
+            for _ in range(50):
+                if all(self._free(address) for address in placed):
+                    break
+                placed = _random_loopback(rng), _random_loopback(rng)
+            self._addresses[key] = placed
+        return placed
+
+    def _free(self, address: str) -> bool:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, self.ssh_port))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
 
     def host_key_path(self, node: SandboxNode, worker: int, algorithm: str = "ssh-ed25519") -> Path:
         suffix = "" if algorithm == "ssh-ed25519" else f"-{algorithm}"
@@ -336,18 +363,12 @@ class Sandbox:
             return self.fleet.authorized(zone, name, user, blob)
 
         server = WorkerServer(self.worker_place(node, worker), host_keys, authorize)
-        addresses = self._address_of(node, worker)
-        rng = random.Random(f"{self.home}/{node.node_id}/{worker}")
-        for _ in range(50):
+        for _ in range(3):
             try:
-                await server.start(list(addresses), self.ssh_port)
-            except OSError:  # someone else listens there at our port: move the worker
-                addresses = tuple(  # type: ignore[assignment]
-                    f"127.{rng.randrange(128, 255)}.{rng.randrange(256)}.{rng.randrange(2, 255)}"
-                    for _ in range(2)
-                )
+                await server.start(list(self._address_of(node, worker)), self.ssh_port)
+            except OSError:  # taken since it was chosen: choose again
+                self._addresses.pop(key, None)
                 continue
-            self._addresses[key] = addresses
             return server
         raise OSError(f"no free loopback address for {node.name} w{worker} at {self.ssh_port}")
 

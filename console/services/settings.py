@@ -145,7 +145,7 @@ def resolve_settings(
     if os_login not in {"auto", "true", "false"}:
         raise FleetError(
             f'ssh.os_login in {toml_path} must be true, false or "auto".',
-            "Leave it out to follow each node's enable-oslogin metadata.",
+            "Leave it out of [ssh] to follow each node's enable-oslogin metadata.",
         )
     return Settings(
         project=chosen_project,

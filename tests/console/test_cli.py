@@ -218,6 +218,33 @@ def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFi
         assert "add --yes" in capsys.readouterr().err
 
 
+def test_create_with_startup_runs_the_command_as_a_job(capsys: pytest.CaptureFixture) -> None:
+    """The key goes into the new node's metadata at create, so its first boot lets us in."""
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        startup = 'echo "booted as $USER" > ~/booted; cat ~/booted'
+        args = ["create", "boot-node", "--zone", "us-central1-a", "--type", "v3-8"]
+        assert main([*args, "--wait", "--startup", startup]) == 0
+        captured = capsys.readouterr()
+        assert "adding your ssh key" not in captured.err  # it was there from the start
+        job = next(ln for ln in captured.out.splitlines() if ln.startswith("bootstrap: job "))
+        job_id = job.split()[2]
+        assert main(["logs", job_id, "--follow"]) == 0
+        user = sandbox.fleet.get("us-central1-a", "boot-node").metadata["ssh-keys"].split(":")[0]
+        assert capsys.readouterr().out.splitlines() == [f"[w0] booted as {user}"]
+
+
+def test_exec_adds_your_key_to_a_nodes_metadata_and_says_so(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["exec", "demo-v4-8", "--", "echo", "in"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "[w0] in\n"
+    assert "tpuconsole: adding your ssh key to demo-v4-8's metadata" in captured.err
+    assert main(["exec", "demo-v4-8", "--", "echo", "again"]) == 0
+    assert "adding your ssh key" not in capsys.readouterr().err
+
+
 def test_probe_and_clean_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home) as sandbox:
