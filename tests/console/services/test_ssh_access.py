@@ -6,6 +6,7 @@ against the sandbox, whose sshds accept only what the metadata or OS Login grant
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -232,3 +233,57 @@ async def test_a_changed_published_host_key_is_refused(sandbox: Sandbox, tmp_pat
         await closing(remote)
     error = result.outcomes[0].error
     assert error is not None and error.kind == "host_key" and alias in error.reason
+
+
+async def test_a_key_in_the_projects_metadata_needs_no_update_of_the_node(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The sandbox's stand-in for Compute Engine project metadata, read by every guest agent."""
+    sandbox.fleet.set_project_metadata("ssh-keys", f"tester:{public_key(sandbox)} tester")
+    blob = public_key(sandbox).split()[1]
+    for _ in range(500):  # the guest agent installs project keys after its delay too
+        if sandbox.fleet.authorized(ZONE, "demo-v4-8", "tester", blob):
+            break
+        await asyncio.sleep(0.02)
+    remote = service(sandbox, tmp_path)
+    told: list[str] = []
+    remote.notices.append(told.append)
+    try:
+        node = await remote.fleet.find_node("demo-v4-8")
+        result = await remote.run(node, "all", "true")
+    finally:
+        await closing(remote)
+    assert result.worst_status == 0 and told == []
+    assert sandbox.emulator.calls.get("UpdateNode", 0) == 0
+    assert "ssh-keys" not in sandbox.fleet.get(ZONE, "demo-v4-8").metadata
+
+
+async def test_project_wide_os_login_is_followed_when_configured(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The TPU API shows no project metadata; `[ssh] os_login = true` says what it holds."""
+    sandbox.fleet.set_project_metadata("enable-oslogin", "TRUE")
+    remote = service(sandbox, tmp_path, os_login="true")
+    try:
+        node = await remote.fleet.find_node("demo-v4-8")
+        assert "enable-oslogin" not in node.metadata  # only the project says it
+        for _ in range(500):  # the guest agents follow the project's metadata after a while
+            if sandbox.fleet.get(ZONE, "demo-v4-8").guest_project.get("enable-oslogin"):
+                break
+            await asyncio.sleep(0.02)
+        assert await worker_output(remote, node, 'echo "$USER"') == (0, "alice_example_com")
+    finally:
+        await closing(remote)
+
+
+async def test_internal_ips_are_dialled_when_asked(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The sandbox's internal addresses are loopback too: nothing dialled leaves this machine."""
+    remote = service(sandbox, tmp_path, internal_ip=True)
+    try:
+        node = await remote.fleet.find_node("demo-v4-16")
+        targets = await remote.targets(node)
+        assert [t.host for t in targets] == [w.internal_ip for w in node.workers]
+        assert all(t.host.startswith("127.") for t in targets)
+        assert (await remote.run(node, "all", "true")).worst_status == 0
+    finally:
+        await closing(remote)
