@@ -63,7 +63,7 @@ class SandboxTiming:
     delete_s: float = 2.0
     # How long the guest agent takes to install keys after a metadata change (it watches the
     # metadata server; gcloud retries its ssh 10 x 5 s while this happens).
-    key_propagation_s: float = 2.0
+    key_propagation_s: float = 1.0
 
 
 @dataclass
