@@ -22,6 +22,7 @@ from google.api_core.retry import if_exception_type
 from google.api_core.retry_async import AsyncRetry
 from google.cloud import tpu_v2
 from google.cloud.tpu_v2.services.tpu.transports import TpuGrpcAsyncIOTransport
+from google.protobuf import field_mask_pb2
 
 from console.models import (
     AcceleratorTypeInfo,
@@ -196,6 +197,16 @@ def _time(value: Any) -> datetime | None:
     return value if isinstance(value, datetime) and value.year > 1970 else None
 
 
+def worker_endpoints(msg: tpu_v2.Node) -> list[tpu_v2.NetworkEndpoint]:
+    """One endpoint per worker: a node on N networks lists N endpoints per worker, in order.
+
+    gcloud's rule (`tpu_vm/ssh.py` ParseWorkerFlag): the workers are the endpoints at indexes
+    `i % max(1, len(networkConfigs)) == 0`; a node with the single `network_config` has one each.
+    """
+    nets = max(1, len(msg.network_configs))
+    return [ep for i, ep in enumerate(msg.network_endpoints) if i % nets == 0]
+
+
 def node_from_message(msg: tpu_v2.Node) -> Node:
     """Our Node from the API's; zone and project come from the resource name.
 
@@ -209,16 +220,19 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
             index=i,
             internal_ip=ep.ip_address,
             external_ip=ep.access_config.external_ip if ep.access_config else "",
-            port=ep.port or 22,
+            runtime_port=ep.port,
         )
-        for i, ep in enumerate(msg.network_endpoints)
+        for i, ep in enumerate(worker_endpoints(msg))
     )
     config = msg.accelerator_config
     config_type = enum_name(config.type_, "TYPE_UNSPECIFIED") if config else ""
     topology = config.topology if config else ""
     derived = "" if msg.accelerator_type else type_from_config(config_type, topology)
     sched = msg.scheduling_config
-    net = msg.network_config
+    # One network: `network_config`; several (multi-NIC): the first of `network_configs`.
+    net = msg.network_config if "network_config" in msg else None
+    if net is None and msg.network_configs:
+        net = msg.network_configs[0]
     account = msg.service_account
     return Node(
         name=_short(msg.name),
@@ -250,9 +264,9 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
         accelerator_config_type=config_type,
         type_from_config=bool(derived),
         api_version=enum_name(msg.api_version, "API_VERSION_UNSPECIFIED"),
-        network=net.network if net else "",
-        subnetwork=net.subnetwork if net else "",
-        external_ips=net.enable_external_ips if net and "network_config" in msg else None,
+        network=net.network if net is not None else "",
+        subnetwork=net.subnetwork if net is not None else "",
+        external_ips=net.enable_external_ips if net is not None else None,
         service_account=account.email if account else "",
         service_account_scopes=tuple(account.scope) if account else (),
         data_disks=tuple(
@@ -262,6 +276,38 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
         metadata=dict(msg.metadata),
         tags=tuple(msg.tags),
     )
+
+
+@dataclass(frozen=True)
+class WorkerAttributes:
+    """What one worker's VM published about itself in its guest attributes."""
+
+    host_keys: tuple[tuple[str, str], ...] = ()  # (key type, base64 blob), ssh-* and ecdsa-* only
+    hostname: str = ""  # its Compute Engine instance name, e.g. t1v-n-d86a1b40-w-0 (for IAP)
+
+
+def _host_key_types_ok(key_type: str) -> bool:
+    return key_type.startswith(("ssh-", "ecdsa-"))
+
+
+def worker_attributes(entries: dict[tuple[str, str], str]) -> WorkerAttributes:
+    """Read guest attributes as gcloud does.
+
+    The guest agent writes one attribute per host key, `hostkeys/<type>` = the bare base64 blob
+    (guest-agent `instance_setup.go`: the `.pub` line split on spaces, `vals[0]`/`vals[1]`).
+    gcloud (`tpu_vm/ssh.py` GetFromGuestAttributes) finds `hostname` by key alone, whatever its
+    namespace; so do we. A value that is not one bare blob is not a key and is left out.
+    """
+    keys = []
+    hostname = ""
+    for (namespace, key), value in sorted(entries.items()):
+        value = value.strip()
+        if namespace == "hostkeys":
+            if _host_key_types_ok(key) and value and " " not in value:
+                keys.append((key, value))
+        elif key == "hostname" and not hostname:
+            hostname = value
+    return WorkerAttributes(tuple(keys), hostname)
 
 
 class TpuApi:
@@ -395,10 +441,9 @@ class TpuApi:
 
         return await self._call(f"Reading guest attributes of {name}", go)
 
-    async def host_keys(self, zone: str, name: str) -> list[dict[str, str]]:
-        """Each worker's ssh host keys as the VM published them (namespace `hostkeys`)."""
-        attrs = await self.guest_attributes(zone, name, "hostkeys/")
-        return [{k: v for (ns, k), v in worker.items() if ns == "hostkeys"} for worker in attrs]
+    async def worker_attributes(self, zone: str, name: str) -> list[WorkerAttributes]:
+        """Each worker's host keys and hostname, in worker order, in one call (as gcloud)."""
+        return [worker_attributes(w) for w in await self.guest_attributes(zone, name)]
 
     async def accelerator_types(self, zone: str) -> list[AcceleratorTypeInfo]:
         async def go() -> list[AcceleratorTypeInfo]:
@@ -430,6 +475,7 @@ class TpuApi:
         labels: dict[str, str] | None = None,
         description: str = "",
         on_retry: RetryNote | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Any:
         """The create operation; `on_retry` hears of each rate-limited attempt before its retry."""
         node = tpu_v2.Node(
@@ -438,6 +484,7 @@ class TpuApi:
             scheduling_config=tpu_v2.SchedulingConfig(spot=spot),
             labels=labels or {},
             description=description,
+            metadata=metadata or {},
         )
 
         async def go() -> Any:
@@ -451,6 +498,23 @@ class TpuApi:
 
         what = f"Creating node {name} in {zone}"
         return await self._call(what, self._through_rate_limit(what, go, on_retry))
+
+    async def update_metadata(self, zone: str, name: str, metadata: dict[str, str]) -> Any:
+        """Replace the node's metadata (UpdateNode, `update_mask="metadata"`), as gcloud does.
+
+        The mask replaces the whole map: pass every entry to keep, not only the changed one.
+        """
+        node = tpu_v2.Node(name=self._node_name(zone, name), metadata=metadata)
+
+        async def go() -> Any:
+            return await self.client.update_node(
+                node=node,
+                update_mask=field_mask_pb2.FieldMask(paths=["metadata"]),
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        return await self._call(f"Updating the metadata of {name}", go)
 
     async def _verb(self, verb: str, zone: str, name: str) -> Any:
         method = getattr(self.client, f"{verb}_node")

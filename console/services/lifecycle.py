@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
 from console.adapters.tpu_api import QUOTA_RE
-from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent
+from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent, SshError
 from console.services.diagnosis import from_condition
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
 from console.services.runtimes import default_runtime, generation_label
+from console.services.ssh_access import SSH_KEYS
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 FALLBACK_KINDS = frozenset({"quota", "stockout"})  # what on-demand capacity may not suffer
@@ -214,12 +215,13 @@ class LifecycleService:
             raise FleetError(" ".join(problems), code="INVALID_ARGUMENT")
         request = await self._with_runtime(request, progress)
         notes: list[str] = []
+        metadata = self._key_metadata(notes)
         tries = [True, False] if request.spot and request.fallback_on_demand else [request.spot]
         for spot in tries:
             label = "spot" if spot else "on-demand"
             started = time.monotonic()
             try:
-                operation = await self._send(request, spot, progress)
+                operation = await self._send(request, spot, metadata, progress)
                 self._event(
                     request.zone,
                     request.name,
@@ -294,7 +296,13 @@ class LifecycleService:
             progress(Progress(request.name, "create", "RUNTIME", 0.0, f"{version} ({why})"))
         return replace(request, runtime_version=version)
 
-    async def _send(self, request: CreateRequest, spot: bool, progress: ProgressSink | None):
+    async def _send(
+        self,
+        request: CreateRequest,
+        spot: bool,
+        metadata: dict[str, str],
+        progress: ProgressSink | None,
+    ):
         label = "spot" if spot else "on-demand"
         started = time.monotonic()
 
@@ -320,6 +328,7 @@ class LifecycleService:
             request.runtime_version,
             spot=spot,
             labels=request.labels,
+            metadata=metadata,
             on_retry=rate_limited,
         )
 
@@ -420,6 +429,17 @@ class LifecycleService:
                     return
                 raise
             await asyncio.sleep(self.poll_s)
+
+    def _key_metadata(self, notes: list[str]) -> dict[str, str]:
+        """Your key in the new node's `ssh-keys`, so its first boot installs it (not with OS
+        Login configured: there the key goes to your OS Login profile when you first ssh)."""
+        if self.remote is None or self.remote.access.os_login == "true":
+            return {}
+        try:
+            return {SSH_KEYS: self.remote.access.entry()}
+        except SshError as exc:
+            notes.append(f"no ssh key put in its metadata: {exc.reason}")
+            return {}
 
     async def check_ssh(
         self, node: Node, progress: ProgressSink | None = None

@@ -96,3 +96,22 @@ async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, tmp_path: Path) ->
         assert place.lockfile.exists()
     await remote.close()
     await fleet.close()
+
+
+async def test_the_first_probe_of_a_node_says_it_adds_your_key(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A new sandbox, like a new VM, has your key in no metadata: the console says it adds it."""
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    key = "us-central2-b/demo-v4-8"
+    async with app.run_test(size=(170, 40)) as pilot:
+        await until(pilot, lambda: lock_cell(app, key) == "clean")
+
+        def told() -> list[str]:
+            return [n.message for n in app._notifications]
+
+        assert "adding your ssh key to demo-v4-8's metadata" in told()
+    await remote.close()
+    await fleet.close()
