@@ -49,7 +49,9 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         assert str(table.get_cell(good.job_id, "result")) == "engines=4 wall_sec=1.250"
         assert str(table.get_cell(good.job_id, "status")) == "succeeded"
         assert str(table.get_cell(bad.job_id, "result")) == "w0: The TPU is already in use"
-        assert table.columns["result"].content_width >= len("w0: The TPU is already in use")
+        # The table widens a column when it next lays out, not inside update_cell: wait for it.
+        wide = len("w0: The TPU is already in use")
+        await until(pilot, lambda: table.columns["result"].content_width >= wide)
         newest = await jobs.launch(node, "all", "true")  # launched while the list is open
         await until(pilot, lambda: table.ordered_rows[0].key.value == newest.job_id)
         assert [r.key.value for r in table.ordered_rows][1:] == [bad.job_id, good.job_id]
