@@ -204,6 +204,15 @@ def batch_problem(args):
         return "--steps must be at least 1"
     if args.num_generations < 2:
         return "--num-generations must be at least 2 (GRPO compares a group of completions)"
+    if args.rollout_engine == "sglang_jax" and args.num_iterations > 1:
+        # Tunix 0.1.7 (and its head, 2026-12) asks the sglang-jax rollout for the old policy's
+        # log-probabilities when μ > 1, and SglangJaxRollout.get_per_token_logps calls
+        # common.compute_per_token_logps without its `state` argument: a TypeError mid-run.
+        return (
+            "--num-iterations %d needs --rollout-engine vanilla: with sglang_jax, Tunix's "
+            "SglangJaxRollout.get_per_token_logps fails (compute_per_token_logps() missing "
+            "'state')" % args.num_iterations
+        )
     if args.batch_size % mini:
         return "--mini-batch-size %d must divide --batch-size %d" % (mini, args.batch_size)
     if mini % micro:
@@ -475,6 +484,30 @@ def build_learner(args, train_mesh, rollout_mesh, models, tokenizer, step_log):
     )
 
 
+ENGINE_FIELDS = (
+    "model_path",
+    "load_format",
+    "context_length",
+    "mem_fraction_static",
+    "max_total_tokens",
+    "disable_precompile",
+    "precompile_bs_paddings",
+    "precompile_token_paddings",
+    "chunked_prefill_size",
+    "page_size",
+    "max_running_requests",
+    "tp_size",
+    "device_indexes",
+    "enable_single_process",
+)
+
+
+def engine_settings(learner):
+    """What the sglang-jax engine Tunix built was given: read back from the engine itself."""
+    server_args = learner.rl_cluster.rollout._sampler.engine.server_args
+    return {name: getattr(server_args, name, None) for name in ENGINE_FIELDS}
+
+
 class StepLog:
     """`Train step N reward_mean=R kl=K`: the rewards of the batch step N trained on.
 
@@ -649,6 +682,8 @@ def main(argv=None):
     step_log = StepLog(steps_per_batch(args))
     jax.monitoring.register_scalar_listener(step_log.on_scalar)
     learner = build_learner(args, train_mesh, rollout_mesh, models, tokenizer, step_log)
+    if args.rollout_engine == "sglang_jax":
+        say("SGLANG_JAX: " + json.dumps(engine_settings(learner), sort_keys=True))
     say(
         "GRPO: model=%s steps=%d rollout_engine=%s rollout_devices=%d process_index=%d"
         % (args.model, args.steps, args.rollout_engine, args.rollout_devices, jax.process_index())

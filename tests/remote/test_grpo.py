@@ -361,6 +361,9 @@ def test_batch_sizes_are_checked_with_the_flag_names() -> None:
         grpo.parse_args(["--batch-size", "4", "--mini-batch-size", "3"])
     with pytest.raises(SystemExit):
         grpo.parse_args(["--num-generations", "1"])
+    with pytest.raises(SystemExit):  # Tunix's sglang-jax rollout cannot give old log-probs
+        grpo.parse_args(["--rollout-engine", "sglang_jax", "--num-iterations", "2"])
+    assert grpo.parse_args(["--rollout-engine", "vanilla", "--num-iterations", "2"])
     toy = grpo.parse_args(["--model", "toy"])
     assert (toy.rollout_engine, toy.max_new_tokens, toy.num_iterations) == ("vanilla", 4, 2)
     assert grpo.parse_args(["--model=toy", "--max-new-tokens=8"]).max_new_tokens == 8
