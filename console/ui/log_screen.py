@@ -25,6 +25,7 @@ from console.models import FleetError, Job
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex
 from console.services.metrics import JobMetrics, sparkline
+from console.services.terminal_text import plain_text
 from console.ui.log_view import LogView
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
@@ -245,10 +246,14 @@ class LogScreen(Screen):
                 f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
             )
             banner.add_class("shown")
+            if not self.job.open:  # nothing more will come: a last line without newline is one
+                for w in self.job.workers:
+                    self.index.mark_ended(w.worker)
         self._changed = True
 
     def _worker_ended(self, worker: int, rc: int | None) -> None:
         self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+        self.index.mark_ended(worker)
         self._changed = True  # the indexer catches up in slices; no long catch-up here
 
     def _update_status(self) -> None:
@@ -358,5 +363,5 @@ class LogScreen(Screen):
         with open(path, "w") as fh:
             for row in range(len(self.index.visible)):
                 worker, text = self.index.visible_line(row)
-                fh.write(f"[w{worker}] {text}\n")
+                fh.write(f"[w{worker}] {plain_text(text)}\n")  # what is shown, as shown
         self.notify(f"Saved {len(self.index.visible)} lines to {path}")

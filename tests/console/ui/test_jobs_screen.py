@@ -65,3 +65,21 @@ def test_a_training_job_row_shows_its_last_step_loss_and_reward() -> None:
     assert result_cell(running).plain == "step 2 loss -0.04"
     rewarded = replace(running, metrics={**running.metrics, "rewards": {"0": [[2, 1.25]]}})
     assert result_cell(rewarded).plain == "step 2 loss -0.04 reward 1.25"
+
+
+async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_it(
+    jobs: JobService,
+) -> None:
+    from tests.conftest import worker_output
+
+    fleet = jobs.remote.fleet
+    node = await fleet.find_node("demo-v4-8")
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        job = await jobs.launch(node, "all", "exit 4")  # as `tpuconsole launch` would, elsewhere
+        rc = f".tpuconsole/jobs/{job.job_id}/rc"
+        await worker_output(jobs.remote, node, f"until [ -f {rc} ]; do sleep 0.05; done")
+        await pilot.press("j")
+        table = app.screen.query_one("#jobs")
+        await until(pilot, lambda: str(table.get_cell(job.job_id, "status")) == "failed")
+        assert str(table.get_cell(job.job_id, "workers")) == "w0=4"
