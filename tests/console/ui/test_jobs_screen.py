@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from console.models import Job
 from console.services.jobs import JobService
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
-from console.ui.jobs_screen import JobsScreen
+from console.ui.jobs_screen import JobsScreen, result_cell
 from console.ui.log_screen import LogScreen
 from tests.conftest import until
 
@@ -55,6 +59,14 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         newest = await jobs.launch(node, "all", "true")  # launched while the list is open
         await until(pilot, lambda: table.ordered_rows[0].key.value == newest.job_id)
         assert [r.key.value for r in table.ordered_rows][1:] == [bad.job_id, good.job_id]
+
+
+def test_a_training_job_row_shows_its_last_step_loss_and_reward() -> None:
+    job = Job("5-abcdef", "n", "z", "python -u -m remote.grpo", datetime.now(UTC), kind="grpo")
+    running = replace(job, metrics={"losses": {"0": [[1, 0.5], [2, -0.04]]}})
+    assert result_cell(running).plain == "step 2 loss -0.04"
+    rewarded = replace(running, metrics={**running.metrics, "rewards": {"0": [[2, 1.25]]}})
+    assert result_cell(rewarded).plain == "step 2 loss -0.04 reward 1.25"
 
 
 async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_it(
