@@ -170,12 +170,22 @@ class FleetScreen(Screen):
 
     @work(exclusive=True, group="fleet-refresh")
     async def _load(self) -> None:
+        snapshot: FleetSnapshot | None = None
+        error: FleetError | None = None
         try:
             snapshot = await self.app.fleet.list_nodes()
         except FleetError as exc:
-            self.last_error = exc
-            self._show_banner([f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}"])
-        else:
+            error = exc
+        finally:
+            self.refreshing = False
+        # The app may have closed while the API answered: then there is nothing to update.
+        # (What follows has no await, so the screen cannot go away half way through.)
+        if not self.query("#status"):
+            return
+        if error is not None:
+            self.last_error = error
+            self._show_banner([f"[b]{escape(error.reason)}[/b] {escape(error.remedy)}"])
+        elif snapshot is not None:
             self.last_error = None
             self.snapshot = self._keep_last_known(snapshot)
             self.loaded_at = self.app.now()
@@ -193,10 +203,7 @@ class FleetScreen(Screen):
             if self.app.lifecycle is not None:
                 for alert in self.app.lifecycle.observe(snapshot):
                     self.notify(alert, severity="error", timeout=30)
-        finally:
-            self.refreshing = False
-            if self.is_attached:  # the app may be closing while the API answers
-                self.query_one("#status", Static).update(self._status_text())
+        self.query_one("#status", Static).update(self._status_text())
 
     def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
         """An unreachable zone keeps its last known rows: a failed listing is not an empty zone."""
@@ -235,7 +242,7 @@ class FleetScreen(Screen):
 
     def _render_rows(self) -> None:
         """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
-        if self.snapshot is None:
+        if self.snapshot is None or not self.query("#fleet"):  # none: the app is closing
             return
         now = self.app.now()
         table = self.table
@@ -542,7 +549,7 @@ class FleetScreen(Screen):
             )
         finally:
             self._ops_done(key)
-            if self.is_attached:
+            if self.query("#status"):  # not when the app is closing
                 self.action_refresh()
 
     def action_change(self, verb: str) -> None:
@@ -602,7 +609,7 @@ class FleetScreen(Screen):
             self.notify(f"{node.name}: {after.state if after else 'deleted'}")
         finally:
             self._ops_done(node.key)
-            if self.is_attached:
+            if self.query("#status"):  # not when the app is closing
                 self.action_refresh()
 
     # ----- launching jobs ----------------------------------------------------------------------
