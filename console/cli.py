@@ -1,7 +1,9 @@
 """`tpuconsole`: the TUI by default, plus headless subcommands for scripts and quick looks.
 
 Exit codes: 0 all well, 1 the command ran but something failed (an unreachable zone), 2 it
-could not run (bad flags, bad configuration, no credentials).
+could not run (bad flags, bad configuration, no credentials, refused by the API or by us before
+asking it), 3 the cloud had no room (a stockout, a quota or a rate limit: RESOURCE_EXHAUSTED;
+retry later, elsewhere or on-demand).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -119,12 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reach(create)
     create.add_argument("name", help="node name, e.g. sgl-v4-8-20261123-0900")
     create.add_argument("--type", required=True, dest="accelerator_type", help="e.g. v4-8")
-    create.add_argument("--version", default="tpu-ubuntu2204-base", help="runtime version")
+    create.add_argument(
+        "--version",
+        default="",
+        help="runtime version (default: the generation's, e.g. v2-alpha-tpuv5-lite for v5e)",
+    )
     create.add_argument("--spot", action="store_true", help="spot capacity")
     create.add_argument(
         "--fallback-on-demand",
         action="store_true",
-        help="create on-demand when spot quota is exhausted",
+        help="create on-demand when spot is refused (quota) or has no capacity (stockout)",
     )
     create.add_argument("--label", action="append", default=[], help="key=value, repeatable")
     create.add_argument(
@@ -216,9 +223,27 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+NO_ROOM_EXIT = 3
+
+
+def _fail_error(exc: FleetError) -> int:
+    """One sentence with the API's code; exit 3 when the cloud had no room, else 2."""
+    code = f" [{exc.code}]" if exc.code and exc.code.isupper() else ""
+    return _fail(f"{exc}{code}", NO_ROOM_EXIT if exc.no_room else 2)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    """The fleet; exit 1 only for zones that should answer and did not.
+
+    Discovered zones without TPU access are one summary line, not failures.
+    """
     from console.fleet_source import open_fleet_source
-    from console.services.fleet_columns import node_as_json, render_table
+    from console.services.fleet_columns import (
+        node_as_json,
+        render_table,
+        unreachable_groups,
+        zones_line,
+    )
 
     settings = _settings(args)
     source = open_fleet_source(settings)
@@ -237,13 +262,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         for node in snapshot.nodes:
             print(json.dumps(node_as_json(node, now)))
+        if snapshot.no_access or snapshot.legacy:
+            print(f"tpuconsole: {zones_line(snapshot)}", file=sys.stderr)
     else:
         if source.is_sandbox:
             print("SANDBOX fleet (no Google Cloud project configured; see README)")
+        print(zones_line(snapshot))
         print(render_table(snapshot, now))
-    for failure in snapshot.unreachable:
+    for where, failure in unreachable_groups(snapshot):
         print(
-            f"tpuconsole: zone {failure.zone} unreachable: {failure.reason} {failure.remedy}",
+            f"tpuconsole: zone {where} unreachable: {failure.reason} {failure.remedy}",
             file=sys.stderr,
         )
     return 1 if snapshot.unreachable else 0
@@ -664,16 +692,20 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     from console.adapters.history_db import HistoryStore
     from console.fleet_source import open_fleet_source
-    from console.services.lifecycle import CreateRequest, LifecycleService, parse_labels
+    from console.services.lifecycle import (
+        CreateRequest,
+        LifecycleService,
+        parse_labels,
+        stop_refusal,
+    )
 
     settings = _settings(args)
     zone = args.zone[0] if args.zone else ""
     if args.command == "create" and not zone:
-        return _fail("create needs --zone (where the TPU VM goes)")
-    if args.command in {"stop", "delete"} and not _confirmed(
-        args, f"{args.command.capitalize()} {args.name}?"
-    ):
-        return 1
+        if not settings.default_zone:
+            return _fail("create needs --zone (where the TPU VM goes)")
+        zone = settings.default_zone
+        print(f"zone: {zone} (from {settings.default_zone_source})", flush=True)
     source = open_fleet_source(settings)
     history = HistoryStore(settings.home / "history.db")
 
@@ -716,6 +748,15 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                 )
                 return 0
             node = await source.fleet.find_node(args.name, zone)
+            refusal = stop_refusal(node, args.command)
+            if refusal:  # before asking, before calling the API
+                return _fail(f"{refusal} Delete it when done and create it again.")
+            if args.command in {"stop", "delete"} and not _confirmed(
+                args,
+                f"{args.command.capitalize()} {node.name} ({node.zone}, "
+                f"{node.accelerator_type}, now {node.state})?",
+            ):
+                return 1
             after = await life.change(args.command, node, show)
             print(f"{args.name}: {after.state if after else 'deleted'}")
             return 0
@@ -943,9 +984,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sandbox(args)
         return cmd_tui(args)
     except FleetError as exc:
-        return _fail(str(exc))
+        return _fail_error(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tpuconsole ls --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

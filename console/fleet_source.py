@@ -100,11 +100,13 @@ def open_fleet_source(settings: Settings) -> FleetSource:
             lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project),
             settings.zones,
             label="SANDBOX",
+            zones_source=settings.zones_source,
         )
         return FleetSource(fleet, "SANDBOX", settings, sandbox, endpoint)
     fleet = FleetService(
         lambda: TpuApi.for_google(settings.project, endpoint=settings.api_endpoint),
         settings.zones,
         label=f"project {settings.project}",
+        zones_source=settings.zones_source,
     )
     return FleetSource(fleet, f"project {settings.project}", settings)

@@ -52,6 +52,34 @@ class AcceleratorShape:
 _TYPE_RE = re.compile(r"^(v\d+[a-z]*?)(?:litepod|lite)?-(\d+)$")
 
 
+# The API's AcceleratorConfig.Type names, and the gcloud-style type prefix each stands for.
+CONFIG_TYPE_PREFIX = {
+    "V2": "v2",
+    "V3": "v3",
+    "V4": "v4",
+    "V5P": "v5p",
+    "V5LITE_POD": "v5litepod",
+    "V6E": "v6e",
+}
+
+
+def type_from_config(config_type: str, topology: str) -> str:
+    """The `acceleratorType` name a chip-based `acceleratorConfig` (type + topology) stands for.
+
+    Why: nodes created with `--type v4 --topology 2x2x2` may carry an empty `acceleratorType`;
+    gcloud's names count TensorCores (two per chip) for v2-v4 and v5p, chips for v5e and v6e.
+    """
+    prefix = CONFIG_TYPE_PREFIX.get(config_type.upper(), "")
+    dims = [int(d) for d in re.findall(r"\d+", topology)]
+    if not prefix or not dims:
+        return ""
+    chips = 1
+    for d in dims:
+        chips *= d
+    count = chips if prefix in {"v5litepod", "v6e"} else chips * 2
+    return f"{prefix}-{count}"
+
+
 def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
     """Decode "v4-16" style names.
 
@@ -73,6 +101,26 @@ def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
 
 
 @dataclass(frozen=True)
+class Symptom:
+    """Something the API noticed on a node, on one worker or on the whole slice."""
+
+    kind: str  # the API's SymptomType name (a number when newer than the client)
+    details: str = ""
+    worker_id: str = ""
+    create_time: datetime | None = None
+
+    def __str__(self) -> str:
+        where = f"worker {self.worker_id}: " if self.worker_id else ""
+        return where + (self.details or self.kind)
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    source_disk: str
+    mode: str = ""  # READ_WRITE | READ_ONLY
+
+
+@dataclass(frozen=True)
 class Node:
     """A TPU VM (a slice of one or more workers) as the console shows it."""
 
@@ -88,13 +136,25 @@ class Node:
     workers: tuple[Worker, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     create_time: datetime | None = None
-    symptoms: tuple[str, ...] = ()
+    symptoms: tuple[Symptom, ...] = ()
     node_id: int = 0
     description: str = ""
     health_description: str = ""
     topology: str = ""
+    reserved: bool = False
+    accelerator_config_type: str = ""  # AcceleratorConfig.type: V4, V5LITE_POD, ...
+    # accelerator_type came from accelerator_config (the API gave none); see type_from_config
+    type_from_config: bool = False
+    api_version: str = ""  # V1_ALPHA1 | V1 (legacy TPU Nodes) | V2_ALPHA1 | V2
+    network: str = ""
+    subnetwork: str = ""
+    external_ips: bool | None = None  # network_config.enable_external_ips; None: not said
+    service_account: str = ""
+    service_account_scopes: tuple[str, ...] = ()
+    data_disks: tuple[DataDisk, ...] = ()
     # The node's metadata (`ssh-keys`, `enable-oslogin`, `startup-script`, ...), as the API has it.
     metadata: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -110,21 +170,42 @@ class Node:
         return accelerator_shape(self.accelerator_type)
 
     @property
+    def hosts(self) -> int:
+        """Workers in the slice: the endpoints the API lists, else what the type implies."""
+        return max(len(self.workers), self.shape.hosts)
+
+    @property
+    def multi_host(self) -> bool:
+        return self.hosts > 1
+
+    @property
+    def legacy(self) -> bool:
+        """A TPU Node of the v1 API (no VM to ssh into); gcloud's tpu-vm commands leave it out."""
+        return self.api_version.upper().startswith("V1")
+
+    @property
     def provisioning(self) -> str:
         if self.spot:
             return "spot"
         if self.preemptible:
             return "preemptible"
+        if self.reserved:
+            return "reserved"
         return "on-demand"
 
     @property
     def needs_attention(self) -> bool:
-        return self.state in ALARM_STATES or self.health.startswith("UNHEALTHY")
+        return self.state in ALARM_STATES or health_is_bad(self.health) or self.state.isdigit()
 
     def age_seconds(self, now: datetime) -> float | None:
         if self.create_time is None:
             return None
         return max(0.0, (now - self.create_time).total_seconds())
+
+
+def health_is_bad(health: str) -> bool:
+    """TIMEOUT (the health check got no answer) is as alarming as an UNHEALTHY_* value."""
+    return health == "TIMEOUT" or health.startswith("UNHEALTHY") or health.isdigit()
 
 
 @dataclass(frozen=True)
@@ -134,16 +215,35 @@ class ZoneFailure:
     zone: str
     reason: str
     remedy: str = ""
+    code: str = ""
 
 
 @dataclass(frozen=True)
 class FleetSnapshot:
-    """Every node the console could see at one moment, and the zones it could not reach."""
+    """Every node the console could see at one moment, and the zones it could not reach.
+
+    `zones` are the zones listed (with TPU access); `no_access` the discovered zones that
+    answered PERMISSION_DENIED or NOT_FOUND (the project has no TPU access there), shown as
+    one quiet summary, never as a failure; `legacy` the v1 TPU Nodes left out, as gcloud does.
+    """
 
     nodes: tuple[Node, ...]
     unreachable: tuple[ZoneFailure, ...] = ()
     zones: tuple[str, ...] = ()
     taken_at: datetime | None = None
+    no_access: tuple[str, ...] = ()
+    zones_source: str = ""
+    legacy: tuple[str, ...] = ()
+
+    @property
+    def zones_known(self) -> int:
+        return len(self.zones) + len(self.no_access)
+
+    def access_summary(self) -> str:
+        """ "TPU access in 3 of 41 zones", or just "3 zones" when every zone answered."""
+        if self.no_access:
+            return f"TPU access in {len(self.zones)} of {self.zones_known} zones"
+        return f"{len(self.zones)} zone{'s' if len(self.zones) != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -153,16 +253,30 @@ class AcceleratorTypeInfo:
 
 
 class FleetError(Exception):
-    """A failure the user can act on: what happened and what to do about it."""
+    """A failure the user can act on: what happened and what to do about it.
 
-    def __init__(self, reason: str, remedy: str = "", *, code: str = "") -> None:
+    `code` is the API's gRPC status name (RESOURCE_EXHAUSTED, ...); `kind` what it means for
+    the console: quota, stockout, rate_limit, reserved_capacity, unknown_type, pod_stop, or
+    "" when the code says it all.
+    """
+
+    def __init__(self, reason: str, remedy: str = "", *, code: str = "", kind: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.remedy = remedy
         self.code = code
+        self.kind = kind
+
+    @property
+    def no_room(self) -> bool:
+        """The cloud had no room (capacity, quota or rate): retry later, elsewhere or on-demand."""
+        return self.kind in CAPACITY_KINDS
 
     def __str__(self) -> str:
         return f"{self.reason} {self.remedy}".strip() if self.remedy else self.reason
+
+
+CAPACITY_KINDS = frozenset({"quota", "stockout", "rate_limit", "reserved_capacity"})
 
 
 def format_age(seconds: float | None) -> str:
@@ -413,7 +527,7 @@ class NodeEvent:
     at: datetime
     zone: str
     node: str
-    kind: str  # state | create | stop | start | delete | fallback | ssh | alert
+    kind: str  # state | create | failed | retry | fallback | stop | start | delete | ssh | alert
     source: str  # refresh | console | api
     detail: str = ""
 

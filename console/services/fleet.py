@@ -1,11 +1,15 @@
 """The fleet across zones: every zone listed at once, a failing zone reported, never hidden.
 
-The UI and the headless `ls` both read the fleet through `FleetService.list_nodes`.
+The UI and the headless `ls` both read the fleet through `FleetService.list_nodes`. Zones come
+from the configuration or, with none configured, from ListLocations; a discovered zone that
+answers PERMISSION_DENIED or NOT_FOUND is one where the project has no TPU access (TPU Research
+Cloud projects have a few zones only): it is summarised quietly and re-checked rarely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -14,19 +18,34 @@ from console.models import FleetError, FleetSnapshot, Node, ZoneFailure
 
 # Enough to overlap every zone of a large project without a burst the API would throttle.
 MAX_ZONES_IN_FLIGHT = 32
+# A zone without TPU access is asked again this rarely (access is granted by people, slowly).
+NO_ACCESS_RECHECK_S = 1800.0
+NO_ACCESS_CODES = frozenset({"PERMISSION_DENIED", "NOT_FOUND"})
+DISCOVERED = "discovered"
 
 
 class FleetService:
     """Built from a factory so the gRPC channel is opened inside the loop that uses it."""
 
     def __init__(
-        self, api_factory: Callable[[], TpuApi], zones: Sequence[str] = (), *, label: str = ""
+        self,
+        api_factory: Callable[[], TpuApi],
+        zones: Sequence[str] = (),
+        *,
+        label: str = "",
+        zones_source: str = "",
+        recheck_s: float = NO_ACCESS_RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_factory = api_factory
         self._api: TpuApi | None = None
         self._configured_zones = tuple(zones)
         self._zones: tuple[str, ...] = tuple(zones)
         self.label = label
+        self.zones_source = zones_source or ("configured" if zones else DISCOVERED)
+        self.recheck_s = recheck_s
+        self._clock = clock
+        self._no_access: dict[str, float] = {}  # discovered zone -> when it last said so
 
     @property
     def api(self) -> TpuApi:
@@ -43,16 +62,34 @@ class FleetService:
             await self._api.close()
             self._api = None
 
+    @property
+    def discovering(self) -> bool:
+        return not self._configured_zones
+
     async def zones(self) -> tuple[str, ...]:
         """The configured zones, or every location the project can see (asked once)."""
         if not self._zones:
             self._zones = tuple(await self.api.list_zones())
         return self._zones
 
+    def _due(self, zones: Sequence[str]) -> tuple[str, ...]:
+        """The zones to ask now: all but those without access whose re-check is not due."""
+        now = self._clock()
+        return tuple(
+            z for z in zones if now - self._no_access.get(z, -self.recheck_s) >= self.recheck_s
+        )
+
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
-        """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
+        """All nodes in every zone, concurrently; zones that fail come back as unreachable.
+
+        Zones given here or configured are the user's: any failure there is a banner. Legacy
+        v1 TPU Nodes are left out (their names in `legacy`), as `gcloud compute tpus tpu-vm
+        list` leaves them out.
+        """
         api = self.api  # missing credentials fail the whole listing, not each zone
-        wanted = tuple(zones) if zones else await self.zones()
+        discovering = self.discovering and not zones
+        known = tuple(zones) if zones else await self.zones()
+        wanted = self._due(known) if discovering else known
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
 
         async def one(zone: str) -> list[Node] | ZoneFailure:
@@ -60,18 +97,52 @@ class FleetService:
                 try:
                     return await api.list_nodes(zone)
                 except FleetError as exc:
-                    return ZoneFailure(zone, exc.reason, exc.remedy)
+                    return ZoneFailure(zone, exc.reason, exc.remedy, exc.code)
 
-        results = await asyncio.gather(*(one(z) for z in wanted))
+        results = dict(zip(wanted, await asyncio.gather(*(one(z) for z in wanted)), strict=True))
+        if discovering:
+            self._note_access(results)
         nodes: list[Node] = []
         failures: list[ZoneFailure] = []
-        for result in results:
+        for zone, result in results.items():
             if isinstance(result, ZoneFailure):
-                failures.append(result)
+                if zone not in self._no_access:
+                    failures.append(result)
             else:
                 nodes.extend(result)
-        nodes.sort(key=lambda n: (n.zone, n.name))
-        return FleetSnapshot(tuple(nodes), tuple(failures), wanted, datetime.now(UTC))
+        legacy = tuple(sorted(n.key for n in nodes if n.legacy))
+        shown = sorted((n for n in nodes if not n.legacy), key=lambda n: (n.zone, n.name))
+        no_access = tuple(z for z in known if z in self._no_access) if discovering else ()
+        listed = tuple(z for z in known if z not in no_access)
+        return FleetSnapshot(
+            tuple(shown),
+            tuple(failures),
+            listed,
+            datetime.now(UTC),
+            no_access=no_access,
+            zones_source=self.zones_source,
+            legacy=legacy,
+        )
+
+    def _note_access(self, results: dict[str, list[Node] | ZoneFailure]) -> None:
+        """Remember the discovered zones without TPU access; forget those that answer again.
+
+        When not one zone answers, the fault is the project's (wrong project, API disabled),
+        not the zones': then nothing is remembered and every zone shows as unreachable.
+        """
+        now = self._clock()
+        denied = [
+            z
+            for z, r in results.items()
+            if isinstance(r, ZoneFailure) and r.code in NO_ACCESS_CODES
+        ]
+        answered = [z for z, r in results.items() if not isinstance(r, ZoneFailure)]
+        for zone in answered:
+            self._no_access.pop(zone, None)
+        if not answered:  # every zone asked refused: the project's fault, shown as such
+            return
+        for zone in denied:
+            self._no_access[zone] = now
 
     async def list_nodes_zone_by_zone(self, zones: Sequence[str]) -> FleetSnapshot:
         """The baseline the benchmark compares against: one zone after another."""
@@ -81,7 +152,7 @@ class FleetService:
             try:
                 nodes.extend(await self.api.list_nodes(zone))
             except FleetError as exc:
-                failures.append(ZoneFailure(zone, exc.reason, exc.remedy))
+                failures.append(ZoneFailure(zone, exc.reason, exc.remedy, exc.code))
         return FleetSnapshot(tuple(nodes), tuple(failures), tuple(zones), datetime.now(UTC))
 
     async def get_node(self, zone: str, name: str) -> Node:

@@ -2,6 +2,11 @@
 
 Flags, then CLOUDSDK_* variables, then the active gcloud configuration, then our own config.toml;
 with no project anywhere, the console opens on its sandbox.
+
+Zones to list: `--zone`, CLOUDSDK_COMPUTE_ZONE, config.toml's `zones`, else every zone the TPU
+API lists (discovery). The gcloud configuration's `[compute] zone` is usually set once for
+Compute Engine and forgotten; it does not narrow the fleet (the console would silently show one
+zone), it is the default zone for `create`, as it is for gcloud's single-zone commands.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Settings:
     project: str
     project_source: str
     zones: tuple[str, ...]
-    zones_source: str
+    zones_source: str  # "--zone", "CLOUDSDK_COMPUTE_ZONE", the config.toml path, or ""
     home: Path
     sandbox: bool
     refresh_s: float = DEFAULT_REFRESH_S
@@ -42,6 +47,8 @@ class Settings:
     os_login: str = "auto"  # auto: as each node's enable-oslogin says; "true" for project-wide
     account: str = ""  # gcloud's [core] account, for OS Login
     notes: tuple[str, ...] = field(default_factory=tuple)
+    default_zone: str = ""  # where `create` goes without --zone
+    default_zone_source: str = ""
 
 
 def gcloud_config_dir(env: Mapping[str, str], user_home: Path) -> Path:
@@ -116,16 +123,18 @@ def resolve_settings(
     toml_zones = ours.get("zones", ours.get("zone", []))
     if isinstance(toml_zones, str):
         toml_zones = [toml_zones]
+    env_zones = tuple(z.strip() for z in env.get("CLOUDSDK_COMPUTE_ZONE", "").split(",") if z)
     zone_choices = [
         (tuple(zones), "--zone"),
-        (
-            tuple(z for z in env.get("CLOUDSDK_COMPUTE_ZONE", "").split(",") if z),
-            "CLOUDSDK_COMPUTE_ZONE",
-        ),
-        ((gcloud["zone"],) if gcloud["zone"] else (), f"gcloud configuration '{gcloud_name}'"),
+        (env_zones, "CLOUDSDK_COMPUTE_ZONE"),
         (tuple(toml_zones), str(toml_path)),
     ]
     chosen_zones, zones_source = next(((z, s) for z, s in zone_choices if z), ((), ""))
+    default_choices = [
+        (chosen_zones[0] if chosen_zones else "", zones_source),
+        (gcloud["zone"], f"gcloud configuration '{gcloud_name}' compute/zone"),
+    ]
+    default_zone, default_zone_source = next(((z, s) for z, s in default_choices if z), ("", ""))
 
     data_home = Path(home or env.get("TPUCONSOLE_HOME") or platformdirs.user_data_dir("tpuconsole"))
     use_sandbox = sandbox or not chosen_project
@@ -161,6 +170,8 @@ def resolve_settings(
         internal_ip=bool(ssh.get("internal_ip", False)),
         ssh_jump_host=str(ssh.get("jump_host", "")),
         ssh_proxy_command=str(ssh.get("proxy_command", "")),
+        default_zone=default_zone,
+        default_zone_source=default_zone_source,
         ssh_port=port,
         tunnel_through_iap=bool(ssh.get("tunnel_through_iap", False)),
         os_login=os_login,

@@ -20,7 +20,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from console.models import FleetError, FleetSnapshot, Node
-from console.services.fleet_columns import COLUMNS, matches, row_texts, sort_nodes
+from console.services.fleet_columns import (
+    COLUMNS,
+    matches,
+    row_texts,
+    sort_nodes,
+    unreachable_groups,
+    zones_line,
+)
+from console.services.lifecycle import stop_refusal
 from console.ui.styling import health_text, provisioning_text, state_text
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
@@ -82,8 +90,8 @@ class FleetScreen(Screen):
         Binding("K", "kill_stale", "Kill stale"),
         Binding("n", "launch", "Launch"),
         Binding("c", "create", "Create"),
-        Binding("s", "change('stop')", "Stop", show=False),
-        Binding("u", "change('start')", "Start", show=False),
+        Binding("s", "change('stop')", "Stop", tooltip="Single-host TPU VMs only"),
+        Binding("u", "change('start')", "Start", tooltip="Single-host TPU VMs only"),
         Binding("ctrl+d", "change('delete')", "Delete", show=False),
         Binding("D", "delete_zone", "Delete all in zone", show=False),
         Binding("p", "probe", "Probe", show=False),
@@ -107,7 +115,7 @@ class FleetScreen(Screen):
     FleetScreen #banner.shown { display: block; }
     FleetScreen #status { height: 1; padding: 0 1; color: $text-muted; }
     FleetScreen #filter { display: none; dock: bottom; margin-bottom: 1; }
-    FleetScreen #ops { height: auto; max-height: 6; padding: 0 1; color: $warning; }
+    FleetScreen #ops { height: auto; max-height: 10; padding: 0 1; color: $warning; }
     FleetScreen #filter.shown { display: block; }
     FleetScreen DataTable { height: 1fr; }
     """
@@ -124,7 +132,9 @@ class FleetScreen(Screen):
         self.probes: dict[str, list] = {}  # node key -> [WorkerProbe], the latest
         self.probed_at: dict[str, float] = {}
         self.marked: set[str] = set()
-        self.operations: dict[str, str] = {}  # node key -> its operation's latest progress
+        # node key -> its operation's lines: each finished try's outcome, then the latest state
+        self.operations: dict[str, list[str]] = {}
+        self._live: dict[str, str] = {}
         self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -160,31 +170,40 @@ class FleetScreen(Screen):
 
     @work(exclusive=True, group="fleet-refresh")
     async def _load(self) -> None:
+        snapshot: FleetSnapshot | None = None
+        error: FleetError | None = None
         try:
             snapshot = await self.app.fleet.list_nodes()
         except FleetError as exc:
-            self.last_error = exc
-            self._show_banner([f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}"])
-        else:
+            error = exc
+        finally:
+            self.refreshing = False
+        # The app may have closed while the API answered: then there is nothing to update.
+        # (What follows has no await, so the screen cannot go away half way through.)
+        if not self.query("#status"):
+            return
+        if error is not None:
+            self.last_error = error
+            self._show_banner([f"[b]{escape(error.reason)}[/b] {escape(error.remedy)}"])
+        elif snapshot is not None:
             self.last_error = None
             self.snapshot = self._keep_last_known(snapshot)
             self.loaded_at = self.app.now()
             self._show_banner(
                 [
-                    f"[b]Zone {f.zone} unreachable:[/b] {escape(f.reason)} {escape(f.remedy)}"
+                    f"[b]Zone {escape(where)} unreachable:[/b] {escape(f.reason)} "
+                    f"{escape(f.remedy)}"
                     + (" (showing its last known nodes)" if f.zone in self._carried_zones else "")
-                    for f in snapshot.unreachable
+                    for where, f in unreachable_groups(snapshot)
                 ]
             )
             self._render_rows()
+            self.refresh_bindings()
             self._probe_due_nodes()
             if self.app.lifecycle is not None:
                 for alert in self.app.lifecycle.observe(snapshot):
                     self.notify(alert, severity="error", timeout=30)
-        finally:
-            self.refreshing = False
-            if self.is_attached:  # the app may be closing while the API answers
-                self.query_one("#status", Static).update(self._status_text())
+        self.query_one("#status", Static).update(self._status_text())
 
     def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
         """An unreachable zone keeps its last known rows: a failed listing is not an empty zone."""
@@ -207,9 +226,8 @@ class FleetScreen(Screen):
         if self.snapshot is not None:
             shown = self.table.row_count
             total = len(self.snapshot.nodes)
-            zones = len(self.snapshot.zones)
             parts.append(f"{shown} of {total} nodes" if self.filter_text else f"{total} nodes")
-            parts.append(f"{zones} zones")
+            parts.append(escape(zones_line(self.snapshot)))
             if self.snapshot.unreachable:
                 parts.append(f"{len(self.snapshot.unreachable)} unreachable")
             if self.loaded_at:
@@ -224,7 +242,7 @@ class FleetScreen(Screen):
 
     def _render_rows(self) -> None:
         """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
-        if self.snapshot is None:
+        if self.snapshot is None or not self.query("#fleet"):  # none: the app is closing
             return
         now = self.app.now()
         table = self.table
@@ -315,6 +333,27 @@ class FleetScreen(Screen):
         if event.column_key.value in {c.key for c in COLUMNS}:
             self.action_sort(event.column_key.value)
 
+    # ----- keys that depend on the node under the cursor ---------------------------------------
+    @on(DataTable.RowHighlighted, "#fleet")
+    def _cursor_moved(self) -> None:
+        self.refresh_bindings()
+
+    def binding_note(self, action: str) -> str:
+        """Why a key is greyed out right now (the help screen shows it), or ""."""
+        if action.startswith("change('stop')") or action.startswith("change('start')"):
+            verb = "stop" if "stop" in action else "start"
+            nodes = self._chosen_nodes()
+            refusals = [stop_refusal(n, verb) for n in nodes]
+            if nodes and all(refusals):
+                return refusals[0]
+        return ""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Stop/start are greyed (None) when every chosen node is a multi-host slice."""
+        if action == "change" and parameters and parameters[0] in {"stop", "start"}:
+            return None if self.binding_note(f"change('{parameters[0]}')") else True
+        return True
+
     # ----- detail ------------------------------------------------------------------------------
     @on(DataTable.RowSelected, "#fleet")
     def _row_selected(self) -> None:
@@ -400,6 +439,7 @@ class FleetScreen(Screen):
         self.marked.symmetric_difference_update({key})
         self._render_rows()
         self.table.action_cursor_down()
+        self.refresh_bindings()
 
     def _chosen_nodes(self) -> list[Node]:
         if self.snapshot is None:
@@ -431,17 +471,36 @@ class FleetScreen(Screen):
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def _show_ops(self) -> None:
-        self.query_one("#ops", Static).update("\n".join(self.operations.values()))
+        lines = [
+            line
+            for key, kept in self.operations.items()
+            for line in (*kept, self._live.get(key, ""))
+            if line
+        ]
+        for ops in self.query("#ops").results(Static):  # none while the app closes
+            ops.update(Text("\n".join(lines)))
 
     def _progress(self, key: str):
+        """Each try's outcome stays on screen ("✗ …"), the live state replaces itself ("⟳ …")."""
+
         def report(progress) -> None:
             first = key not in self.operations
-            self.operations[key] = "⟳ " + progress.line()
+            kept = self.operations.setdefault(key, [])
+            if progress.outcome:
+                kept.append(("✗ " if progress.state == "FAILED" else "· ") + progress.line())
+                self._live.pop(key, None)
+            else:
+                self._live[key] = "⟳ " + progress.line()
             self._show_ops()
             if first:
                 self.action_refresh()  # show the node's row (CREATING, STOPPING…) at once
 
         return report
+
+    def _ops_done(self, key: str) -> None:
+        self.operations.pop(key, None)
+        self._live.pop(key, None)
+        self._show_ops()
 
     def action_create(self) -> None:
         from console.ui.create_screen import CreateScreen
@@ -449,7 +508,7 @@ class FleetScreen(Screen):
         if self.app.lifecycle is None:
             self.notify("Creating VMs is not available in this session.", severity="warning")
             return
-        zones = list(self.snapshot.zones) if self.snapshot else []
+        zones = list(self.snapshot.zones) if self.snapshot else []  # zones with TPU access
         node = self.cursor_node()
         self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
 
@@ -463,8 +522,11 @@ class FleetScreen(Screen):
         try:
             outcome = await self.app.lifecycle.create(request, self._progress(key))
         except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
             self.notify(
-                f"Create {request.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
+                f"Create {request.name}: {exc.reason} {exc.remedy}{code}",
+                severity="error",
+                timeout=30,
             )
         else:
             notes = "; ".join(
@@ -486,17 +548,22 @@ class FleetScreen(Screen):
                 timeout=15,
             )
         finally:
-            self.operations.pop(key, None)
-            self._show_ops()
-            self.action_refresh()
+            self._ops_done(key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     def action_change(self, verb: str) -> None:
         from console.ui.confirm_screen import ConfirmScreen
 
-        nodes = self._chosen_nodes()
-        if self.app.lifecycle is None or not nodes:
+        chosen = self._chosen_nodes()
+        if self.app.lifecycle is None or not chosen:
+            return
+        nodes = [n for n in chosen if not stop_refusal(n, verb)]
+        if not nodes:  # the key is greyed then; a click on it lands here
+            self.notify(stop_refusal(chosen[0], verb), severity="warning")
             return
         lines = [f"{verb} {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
+        lines += [f"skipped: {stop_refusal(n, verb)}" for n in chosen if n not in nodes]
         if verb == "delete":
             lines.append("Deleting cannot be undone; local logs and history stay.")
 
@@ -532,17 +599,18 @@ class FleetScreen(Screen):
         try:
             after = await self.app.lifecycle.change(verb, node, self._progress(node.key))
         except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
             self.notify(
-                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}",
+                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}{code}",
                 severity="error",
                 timeout=30,
             )
         else:
             self.notify(f"{node.name}: {after.state if after else 'deleted'}")
         finally:
-            self.operations.pop(node.key, None)
-            self._show_ops()
-            self.action_refresh()
+            self._ops_done(node.key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     # ----- launching jobs ----------------------------------------------------------------------
     def action_launch(self) -> None:

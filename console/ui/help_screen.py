@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -16,10 +17,17 @@ def key_table(screen: Screen) -> Table:
     table = Table(box=None, padding=(0, 2), show_header=False)
     table.add_column(style="bold yellow", justify="right")
     table.add_column()
+    note_of = getattr(screen, "binding_note", None)
     for binding in screen.BINDINGS:
         if isinstance(binding, Binding):
             key = _KEY_NAMES.get(binding.key, binding.key)
-            table.add_row(key, binding.description)
+            note = note_of(binding.action) if note_of is not None else ""
+            if note:  # greyed out now, with the reason
+                table.add_row(
+                    Text(key, style="dim"), Text(f"{binding.description} — {note}", style="dim")
+                )
+            else:
+                table.add_row(key, binding.description)
     return table
 
 

@@ -34,19 +34,31 @@ def test_no_project_anywhere_means_the_sandbox(tmp_path: Path) -> None:
     assert s.home == tmp_path / "h"
 
 
-def test_active_gcloud_configuration_supplies_project_and_zone(tmp_path: Path) -> None:
+def test_active_gcloud_configuration_supplies_project_and_the_create_zone(
+    tmp_path: Path,
+) -> None:
     _gcloud(tmp_path, "default", "other", "us-east1-d", active=False)
     env = _gcloud(tmp_path, "tpu", "my-proj", "us-central2-b")
     s = resolve_settings(env=env, user_home=tmp_path)
-    assert (s.project, s.zones, s.sandbox) == ("my-proj", ("us-central2-b",), False)
+    assert (s.project, s.sandbox) == ("my-proj", False)
     assert s.project_source == "gcloud configuration 'tpu'"
+    # [compute] zone is Compute Engine's default: it does not narrow the fleet to one zone...
+    assert (s.zones, s.zones_source) == ((), "")
+    # ...it is where `create` goes without --zone, as for gcloud's single-zone commands.
+    assert s.default_zone == "us-central2-b"
+    assert s.default_zone_source == "gcloud configuration 'tpu' compute/zone"
 
 
 def test_environment_beats_gcloud_and_flags_beat_environment(tmp_path: Path) -> None:
     env = _gcloud(tmp_path, "default", "from-gcloud", "zone-g")
     env |= {"CLOUDSDK_CORE_PROJECT": "from-env", "CLOUDSDK_COMPUTE_ZONE": "zone-e"}
     s = resolve_settings(env=env, user_home=tmp_path)
-    assert (s.project, s.zones) == ("from-env", ("zone-e",))
+    assert (s.project, s.zones, s.zones_source) == (
+        "from-env",
+        ("zone-e",),
+        "CLOUDSDK_COMPUTE_ZONE",
+    )
+    assert s.default_zone == "zone-e"
     s = resolve_settings(project="from-flag", zones=["z1", "z2"], env=env, user_home=tmp_path)
     assert (s.project, s.zones, s.project_source) == ("from-flag", ("z1", "z2"), "--project")
 

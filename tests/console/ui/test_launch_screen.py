@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Input, Select, Static
+from textual.widgets import Input, Select, Static
 
 from console.services.jobs import JobService
 from console.services.probe import ProbeService
 from console.ui.app import TpuConsoleApp
 from console.ui.launch_screen import LaunchScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import DEFAULT_NODES, until
+from tests.conftest import cursor_to, fleet_loaded, until
 
 pytest.importorskip("jax")
 
@@ -23,13 +23,8 @@ def console(jobs: JobService) -> TpuConsoleApp:
 
 async def open_form(app: TpuConsoleApp, pilot, node_key: str) -> LaunchScreen:
     """Down the fleet table to the node, by key presses, and `n`."""
-    table = app.screen.query_one("#fleet", DataTable)
-    await until(pilot, lambda: table.row_count == len(DEFAULT_NODES))
-    for _ in range(table.row_count):
-        if app.screen.cursor_node_key() == node_key:
-            break
-        await pilot.press("down")
-    assert app.screen.cursor_node_key() == node_key
+    await until(pilot, lambda: fleet_loaded(app))
+    await cursor_to(pilot, node_key)
     await pilot.press("n")
     assert isinstance(app.screen, LaunchScreen)
     return app.screen
