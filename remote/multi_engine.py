@@ -193,6 +193,10 @@ def run_in_engine_python(args, argv):
         return
     sys.stdout.flush()
     os.environ["TPUCONSOLE_REEXEC"] = "1"
+    # The same runner code, wherever this Python found it (shipped, or an installed checkout).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = here + (os.pathsep + path if path else "")
     os.execv(target, [target, "-u", "-m", "remote.multi_engine", *argv])
 
 

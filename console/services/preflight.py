@@ -46,7 +46,8 @@ def preflight(
         )
         return checks
     shape = node.shape
-    if template.uses_sglang and shape.version in {"v2", "v3"}:
+    sglang = template.uses_sglang and values.get("engine") != "reference"
+    if sglang and shape.version in {"v2", "v3"}:
         checks.append(
             Check(
                 "refuse",
