@@ -12,6 +12,7 @@ sets it to the checkout's .venv-engine), the runner runs itself there, in the sa
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import queue
@@ -345,9 +346,14 @@ def finish(engines, workers):
     DONE and held the TPU; nothing is ever left to clean after a good run.
     """
 
+    from remote.sgl_jax_adapter import socket_files
+
     def shut():
         for engine in engines:
             engine.shutdown()
+            for path in socket_files(engine):  # sgl-jax leaves its sockets' files in TMPDIR
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         for worker in workers:
             worker.requests.put(None)
 

@@ -182,6 +182,13 @@ def mesh_device_ids(engine):
     return sorted(int(d.id) for d in mesh.devices.flat)
 
 
+def socket_files(engine):
+    """The files behind the engine's ZeroMQ ipc:// sockets, which sgl-jax never removes."""
+    port_args = getattr(engine, "port_args", None)
+    names = [getattr(port_args, f, "") for f in dir(port_args) if f.endswith("_ipc_name")]
+    return [n[len("ipc://") :] for n in names if isinstance(n, str) and n.startswith("ipc://")]
+
+
 def quiet_idle_scheduler(engine):
     """Make an idle scheduler wait for its next request instead of polling without pause.
 

@@ -79,6 +79,13 @@ def write_tokenizer(folder: Path) -> None:
         unk_token="<unk>",
     )
     fast.save_pretrained(str(folder))
+    # transformers 4.57 writes an empty `extra_special_tokens`, which makes sgl-jax rewrite the
+    # config into a temporary folder (and warn) for every engine it starts; it means nothing.
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("extra_special_tokens") == {}:
+        del config["extra_special_tokens"]
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def make(hub_cache: Path) -> Path:

@@ -35,13 +35,14 @@ SEEDS_ERROR = (
 
 
 def engine_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TPUCONSOLE_", "HF_"))}
     env.update(
         JAX_PLATFORMS="cpu",
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         HF_HUB_OFFLINE="1",
         HF_HUB_CACHE=str(ENGINE.hub_cache),
-        TMPDIR=str(tmp_path),  # sgl-jax leaves a patched tokenizer config per engine there
+        TMPDIR=str(tmp_path / "tmp"),  # where sgl-jax makes its unix sockets
         PYTHONPATH=str(CHECKOUT),
     )
     env.update(extra)
@@ -93,6 +94,7 @@ def test_four_real_engines_warm_up_then_generate_concurrently_and_the_process_en
     assert done_at is not None, "\n".join(lines) + stderr.read_text()[-3000:]
     gone_after = time.monotonic() - done_at
     assert rc == 0 and gone_after < 10  # sgl-jax's scheduler threads do not keep it alive
+    assert list((tmp_path / "tmp").iterdir()) == []  # nor are its sockets' files left behind
     assert lines[0].startswith("engine: sgl-jax 0.1.0rc0")
     assert lines[1].startswith('JAX: {"backend": "cpu"') and '"local_device_count": 4' in lines[1]
     # Built in their own threads: the signal-handler patch is what lets them be.
