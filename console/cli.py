@@ -51,6 +51,17 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _add_reach(parser: argparse.ArgumentParser) -> None:
+    """How ssh reaches the workers, for every command that ssh's (gcloud's flag names)."""
+    parser.add_argument(
+        "--iap",
+        "--tunnel-through-iap",
+        dest="iap",
+        action="store_true",
+        help="tunnel ssh through Identity-Aware Proxy, as gcloud's --tunnel-through-iap",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpuconsole",
@@ -70,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON objects, one per node")
     ex = sub.add_parser("exec", help="run a command on a node's workers, like ssh --worker=all")
     _add_common(ex, top=False)
+    _add_reach(ex)
     ex.add_argument("node", help="node name")
     ex.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     ex.add_argument("--internal-ip", action="store_true", help="dial workers' internal IPs")
     ex.epilog = "The command follows --; a single argument is run as shell text, as ssh does."
     sync = sub.add_parser("sync", help="upload a folder to a node's workers (changed files only)")
     _add_common(sync, top=False)
+    _add_reach(sync)
     sync.add_argument("node", help="node name")
     sync.add_argument("local", help="local folder")
     sync.add_argument(
@@ -89,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--sftp", action="store_true", help="use SFTP instead of tar")
     probe = sub.add_parser("probe", help="what holds each worker's TPU: lockfile, processes")
     _add_common(probe, top=False)
+    _add_reach(probe)
     probe.add_argument("node", help="node name")
     probe.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     probe.add_argument("--json", action="store_true", help="print the raw reports as JSON")
     clean = sub.add_parser("clean", help="clear stale lockfiles and lingering processes")
     _add_common(clean, top=False)
+    _add_reach(clean)
     clean.add_argument("node", help="node name")
     clean.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     mode = clean.add_mutually_exclusive_group()
@@ -101,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--yes", "-y", action="store_true", help="carry out the plan unasked")
     create = sub.add_parser("create", help="create a TPU VM and wait for it, with progress")
     _add_common(create, top=False)
+    _add_reach(create)
     create.add_argument("name", help="node name, e.g. sgl-v4-8-20261123-0900")
     create.add_argument("--type", required=True, dest="accelerator_type", help="e.g. v4-8")
     create.add_argument("--version", default="tpu-ubuntu2204-base", help="runtime version")
@@ -128,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("--yes", "-y", action="store_true", help="do not ask")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
+    _add_reach(launch)
     launch.add_argument(
         "target",
         nargs="+",
@@ -162,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.epilog = "The command follows --; a single argument is run as shell text."
     logs = sub.add_parser("logs", help="print a job's logs, [wN]-prefixed; -f follows them")
     _add_common(logs, top=False)
+    _add_reach(logs)
     logs.add_argument("job", help="job id, or its leading number")
     logs.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     logs.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
@@ -170,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", action="store_true", help="print JSON")
     jobs = sub.add_parser("jobs", help="recent jobs from the history; `jobs stop JOB` stops one")
     _add_common(jobs, top=False)
+    _add_reach(jobs)
     jobs.add_argument("action", nargs="?", choices=["list", "show", "stop"], default="list")
     jobs.add_argument("job", nargs="?", help="with show/stop: the job id or its leading number")
     jobs.add_argument("--json", action="store_true", help="print JSON objects, one per job")
@@ -230,6 +249,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 1 if snapshot.unreachable else 0
 
 
+def _stdin_for_exec():
+    """Our stdin for the workers' commands, as ssh forwards it; none when we have none."""
+    import os
+
+    from console.services.remote import SharedInput
+
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return SharedInput(lambda: os.read(fd, 65536))
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
     from console.services.remote import command_from_argv
@@ -242,14 +274,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     def show(line) -> None:
         stream = sys.stdout if line.stream == "out" else sys.stderr
-        print(f"[w{line.worker}] {line.text}", file=stream, flush=True)
+        print(f"[w{line.worker}] {_for(stream, line.text)}", file=stream, flush=True)
 
     async def go():
-        remote = source.remote(internal_ip=args.internal_ip)
+        remote = _remote(source, args)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
-            return await remote.run(node, args.worker, command_from_argv(argv), show)
+            return await remote.run(
+                node, args.worker, command_from_argv(argv), show, stdin=_stdin_for_exec()
+            )
         finally:
             await remote.close()
             await source.fleet.close()
@@ -265,26 +299,45 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.worst_status
 
 
+def _for(stream, text: str) -> str:
+    """A worker's text as printed: exact into a pipe or file; on a terminal, only its colours
+    survive as escapes (a job may not retitle, clear or move about the user's terminal)."""
+    from console.services.terminal_text import safe_for_terminal
+
+    return safe_for_terminal(text) if stream.isatty() else text
+
+
 def _print_line(worker: int, text: str) -> None:
-    print(f"[w{worker}] {text}", flush=True)
+    print(f"[w{worker}] {_for(sys.stdout, text)}", flush=True)
 
 
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it."""
     from console.models import parse_worker_selection
+    from console.services.lines import copy_lines
 
-    chosen = {w.worker for w in job.workers}
-    if selection != "all":
-        chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
-    for w in sorted(chosen):
-        path = jobs_service.log_path(job.job_id, w)
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                _print_line(w, line)
+    printed = 0
+
+    def show(worker: int, text: str) -> None:
+        nonlocal printed
+        printed += 1
+        _print_line(worker, text)
+
     try:
         node = await source.fleet.get_node(job.zone, job.node)
-        rcs = await jobs_service.follow(job, node, _print_line, selection=selection, follow=follow)
+        rcs = await jobs_service.follow(
+            job, node, show, selection=selection, follow=follow, from_start=True
+        )
     except FleetError as exc:
+        if printed:  # the copy was replayed already; the worker was lost after
+            print(f"tpuconsole: lost {job.node}: {exc}", file=sys.stderr)
+            return 1
+        chosen = {w.worker for w in job.workers}
+        if selection != "all":
+            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        for w in sorted(chosen):
+            for line in copy_lines(jobs_service.log_path(job.job_id, w)):
+                _print_line(w, line)
         print(
             f"tpuconsole: cannot reach {job.node}: {exc}; shown: the local copy.", file=sys.stderr
         )
@@ -349,18 +402,21 @@ def _print_uploads(local, remote_dir: str, outcomes) -> int:
     """One line per worker (failures on stderr); exit 1 when any worker failed."""
     print(f"{local} -> {remote_dir}")
     for outcome in outcomes:
-        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
-    return 1 if any(o.error for o in outcomes) else 0
+        print(outcome.describe(), file=sys.stderr if outcome.failed else sys.stdout)
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 async def _stale_cleared(jobs_service, node, args) -> bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: probe, then clean or refuse."""
-    from console.services.probe import ProbeService, node_status, plan_for
+    from console.services.probe import ProbeService, node_status, odd_lock_note, plan_for
 
     prober = ProbeService(jobs_service.remote)
     probes = await prober.probe(node, args.worker)
     plans = [plan_for(p.report) for p in probes if p.report is not None]
     if all(p.empty for p in plans):
+        for probe in probes:  # nothing to clean, but something a person should look at
+            if probe.report is not None and probe.report.odd_lock:
+                print(f"w{probe.worker}: note: {odd_lock_note(probe.report)}", file=sys.stderr)
         return True
     print(f"{node.name}: {node_status(probes)}")
     print_plans(probes, plans)
@@ -377,11 +433,20 @@ async def _stale_cleared(jobs_service, node, args) -> bool:
     return all(r.done for r in results)
 
 
-def _job_services(source, settings):
+def _remote(source, args: argparse.Namespace | None = None):
+    """The ssh fan-out, as the flags ask, telling on stderr what it does to reach the VMs."""
+    remote = source.remote(
+        internal_ip=getattr(args, "internal_ip", False), iap=getattr(args, "iap", False)
+    )
+    remote.notices.append(lambda text: print(f"tpuconsole: {text}", file=sys.stderr, flush=True))
+    return remote
+
+
+def _job_services(source, settings, args: argparse.Namespace | None = None):
     from console.adapters.history_db import HistoryStore
     from console.services.jobs import JobService
 
-    remote = source.remote()
+    remote = _remote(source, args) if args is not None else source.remote()
     return JobService(remote, HistoryStore(settings.home / "history.db"), settings.home)
 
 
@@ -397,7 +462,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
             "python x.py)"
         )
     source = open_fleet_source(settings)
-    jobs_service = _job_services(source, settings)
+    jobs_service = _job_services(source, settings, args)
 
     async def go() -> int:
         try:
@@ -425,11 +490,15 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     print("tpuconsole: jobs show needs a job id", file=sys.stderr)
                     return 2
                 job = jobs_service.get(args.job)
+                if await jobs_service.settle_ended([job]):
+                    job = jobs_service.get(job.job_id)
                 if args.json:
                     print(json.dumps(_job_json(job)))
                 else:
                     _print_job(job)
                 return 0
+            if args.command == "jobs":
+                await jobs_service.settle_ended()  # ended since anyone looked: say so, and when
             if args.command == "jobs" and args.json:
                 for job in jobs_service.history.recent():
                     print(json.dumps(_job_json(job)))
@@ -501,7 +570,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings)
 
     async def go():
-        remote = source.remote()
+        remote = _remote(source, args)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
@@ -547,7 +616,7 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings)
 
     async def go() -> int:
-        remote = source.remote()
+        remote = _remote(source, args)
         prober = ProbeService(remote)
         try:
             zone = args.zone[0] if args.zone else ""
@@ -563,8 +632,8 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
                 return 0 if all(p.report and p.report.clean for p in probes) else 1
             print_plans(probes, plans)
             todo = [p for p in plans if not p.empty]
-            if not todo:
-                return 0 if all(p.report for p in probes) else 1
+            if not todo:  # nothing we may do; still not clean if a note says what is left
+                return 0 if all(p.report and p.report.clean for p in probes) else 1
             if args.dry_run:
                 return 0
             if not args.yes:
@@ -612,7 +681,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         print(progress.line(), flush=True)
 
     async def go() -> int:
-        remote = source.remote()
+        remote = _remote(source, args)
         from console.services.jobs import JobService
 
         jobs = JobService(remote, history, settings.home)
@@ -724,6 +793,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import dataclasses
 
     from console.services.diagnosis import diagnose_text
+    from console.services.lines import split_lines
     from console.services.metrics import JobMetrics
 
     try:
@@ -732,7 +802,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.logfile}: {exc.strerror}")
     found = diagnose_text(text)
     metrics = JobMetrics()
-    for line in text.splitlines():
+    for line in split_lines(text):
         m = re.match(r"\[w(\d+)\] ", line)
         metrics.feed(int(m.group(1)) if m else 0, line[m.end() :] if m else line)
     if args.json:
@@ -775,12 +845,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         print(f"TPU API (gRPC, insecure): {sandbox.api_address}")
         print(f"project: {sandbox.project}")
         print(f"ssh key: {sandbox.user_key_path}")
+        print(f"ssh port: {sandbox.ssh_port} (every worker, each on its own loopback address)")
+        print("a node lets you in once your key is in its ssh-keys metadata (tpuconsole adds it)")
         for node in sorted(sandbox.fleet.nodes.values(), key=lambda n: n.key):
             for w in range(node.hosts):
-                port = sandbox.worker_port(node.zone, node.name, w)
+                place = sandbox.worker_address(node.zone, node.name, w)
                 where = (
-                    f"ssh -i {sandbox.user_key_path} -p {port} 127.0.0.1"
-                    if port
+                    f"ssh -i {sandbox.user_key_path} -p {place[1]} {place[0]}"
+                    if place
                     else f"(no ssh: {node.state})"
                 )
                 print(f"  {node.zone}/{node.name} w{w}: {where}")

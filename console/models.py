@@ -24,7 +24,9 @@ class Worker:
     index: int
     internal_ip: str
     external_ip: str = ""
-    port: int = 22
+    # The endpoint's `port`: 8470, the TPU runtime's, on every real node. Shown, never dialled:
+    # ssh goes to port 22 (or `[ssh] port`), as gcloud's does.
+    runtime_port: int = 0
 
     def address(self, internal: bool = False) -> str:
         """The address ssh dials: external unless asked for internal or none exists."""
@@ -91,6 +93,8 @@ class Node:
     description: str = ""
     health_description: str = ""
     topology: str = ""
+    # The node's metadata (`ssh-keys`, `enable-oslogin`, `startup-script`, ...), as the API has it.
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -308,10 +312,13 @@ class ProbeReport:
     busy: tuple[str, ...]
     unreadable_processes: int = 0
     probe_pid: int = 0
+    login_user: str = ""  # whose processes are ours: the ssh login user, even through sudo
+    odd_lock: str = ""  # the lockfile is a symlink, directory, fifo…: reported, never followed
+    lock_target: str = ""  # a symlinked lockfile's target, as the link says
 
     @property
     def clean(self) -> bool:
-        return not (self.stale_lock or self.foreign_lock or self.lingering)
+        return not (self.stale_lock or self.foreign_lock or self.lingering or self.odd_lock)
 
     @classmethod
     def from_json(cls, worker: int, raw: dict) -> ProbeReport:
@@ -359,6 +366,9 @@ class ProbeReport:
             busy=tuple(verdicts.get("busy", [])),
             unreadable_processes=int(raw.get("unreadable_processes", 0)),
             probe_pid=int(raw.get("probe_pid", 0)),
+            login_user=raw.get("login_user", ""),
+            odd_lock=verdicts.get("odd_lock", ""),
+            lock_target=lock.get("target", ""),
         )
 
 

@@ -7,33 +7,61 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class LineSplitter:
+    """Lines end at `\n` and only there, everywhere: live, replayed, in results and views.
+
+    (str.splitlines would also cut at \r, \f, \v, U+0085, U+2028…, so a replay would differ
+    from what was shown live.)
+    """
+
     def __init__(self) -> None:
-        self._partial = b""
+        self._partial = bytearray()
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete lines in `chunk` (with what was left over before), newline stripped."""
-        data = self._partial + chunk
-        *lines, self._partial = data.split(b"\n")
-        return lines
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self._partial += chunk  # an open line grows in place: linear however long
+            return []
+        data = bytes(self._partial) + chunk[:cut] if self._partial else chunk[:cut]
+        self._partial = bytearray(chunk[cut + 1 :])
+        return data.split(b"\n")
 
     @property
     def pending(self) -> bytes:
-        return self._partial
-
-    def keep(self, partial: bytes) -> None:
-        """Set the unterminated tail directly, for callers that split bulk data themselves."""
-        self._partial = partial
+        return bytes(self._partial)
 
     def flush(self) -> bytes | None:
         """The unterminated tail, for when the stream has truly ended."""
-        tail, self._partial = self._partial, b""
+        tail, self._partial = bytes(self._partial), bytearray()
         return tail or None
 
-    def reset(self) -> None:
-        self._partial = b""
+
+def split_lines(text: str) -> list[str]:
+    """A whole text's lines by the one rule: `\n` ends a line; a last line may lack it."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def copy_lines(path: Path) -> Iterator[str]:
+    """Every line of a local copy, decoded, its last line too if it has no newline."""
+    splitter = LineSplitter()
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with fh:
+        while piece := fh.read(1 << 20):
+            for line in splitter.feed(piece):
+                yield decode(line)
+    tail = splitter.flush()
+    if tail is not None:
+        yield decode(tail)
 
 
 def decode(line: bytes) -> str:

@@ -34,6 +34,9 @@ class LogIndex:
         self._filter_re: re.Pattern[str] | None = None
         self.visible = array("Q")  # indices into the entries, in order
         self.lagging = False  # the last read left data unread (the budget stopped it)
+        # Workers whose job has ended, with their copy's final size: a last line there without
+        # a newline is a line, not a line still being written.
+        self._final: dict[int, int] = {}
         # Told of every run of complete new lines, as bytes: for matchers that scan in bulk.
         self.on_lines: Callable[[int, bytes], None] | None = None
 
@@ -89,9 +92,19 @@ class LogIndex:
         self.lagging = lagging
         return chunks
 
+    def mark_ended(self, worker: int) -> None:
+        """The worker's job has ended and its copy is complete: index its last line as it is."""
+        try:
+            self._final[worker] = self.paths[worker].stat().st_size
+        except (FileNotFoundError, KeyError):
+            return
+
     def apply(self, chunks: list[tuple[int, int, bytes]]) -> int:
         added = 0
         for worker, start, data in chunks:
+            size = start + len(data)
+            if size == self._final.get(worker) and not data.endswith(b"\n"):
+                data += b"\n"  # the final line: indexed whole (it is read back from the file)
             end = data.rfind(b"\n")
             if end < 0 or start != self._positions[worker]:
                 continue  # no complete line yet, or already indexed by another scan
@@ -104,7 +117,7 @@ class LogIndex:
             self._offsets.pop()  # the last sum is the end of the last line, not a line start
             count = len(self._offsets) - first_new
             self._workers.extend(repeat(worker, count))
-            self._positions[worker] = start + end + 1
+            self._positions[worker] = min(start + end + 1, size)
             added += count
             self._extend_visible(range(first_new, len(self._offsets)))
         return added

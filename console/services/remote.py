@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import shlex
 import signal as signals
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshOptions, SshPool, SshTarget
+from console.adapters.tpu_api import WorkerAttributes
 from console.models import FleetError, Node, SshError, parse_worker_selection
 from console.services.fleet import FleetService
 from console.services.lines import LineSplitter, decode
+from console.services.ssh_access import SshAccess
 
 SSH_FAILURE_STATUS = 255  # what ssh itself exits with when it cannot run the command
 
@@ -80,6 +84,74 @@ class FanoutResult:
 LineSink = Callable[[WorkerLine], None]
 
 
+class SharedInput:
+    """One local input (a pipe into `tpuconsole exec`) given whole to every worker's command.
+
+    A thread reads it (a pipe or a terminal may block for ever, and must not block the loop
+    or the exit: the thread is a daemon); each worker's stream takes every chunk in order,
+    a few chunks ahead at most, so a slow reader slows the reading rather than filling memory.
+    """
+
+    def __init__(self, read: Callable[[], bytes]) -> None:
+        self._read = read
+        self._queues: list[asyncio.Queue] = []
+
+    def stream(self) -> _InputStream:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+        self._queues.append(queue)
+        return _InputStream(self, queue)
+
+    def _leave(self, queue: asyncio.Queue) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+        while not queue.empty():  # a put waiting for room goes through
+            queue.get_nowait()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._pump, args=(loop,), name="exec-stdin", daemon=True).start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                chunk = self._read()
+            except OSError:
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(self._give(chunk or None), loop).result()
+            except RuntimeError:  # the loop is gone: nobody wants the rest
+                return
+            if not chunk:
+                return
+
+    async def _give(self, chunk: bytes | None) -> None:
+        for queue in list(self._queues):
+            if queue in self._queues:
+                await queue.put(chunk)
+
+
+class _InputStream:
+    """One worker's view of a SharedInput; closing it (the command ended, or never started)
+    lets the others go on without it."""
+
+    def __init__(self, shared: SharedInput, queue: asyncio.Queue) -> None:
+        self._shared = shared
+        self._queue = queue
+
+    def __aiter__(self) -> _InputStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._queue.get()
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        self._shared._leave(self._queue)
+
+
 def command_from_argv(argv: Sequence[str]) -> str:
     """One argument is shell text (as ssh takes it); several are quoted word by word."""
     if len(argv) == 1:
@@ -87,16 +159,66 @@ def command_from_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+IAP_HELP = (
+    "IAP needs each worker's `hostname` guest attribute: check that the "
+    "compute.disableGuestAttributesAccess policy is not enforced, that the node is READY and "
+    "HEALTHY, and that your firewall lets IAP (35.235.240.0/20) reach port 22."
+)
+
+
+def iap_command(hostname: str, port: int, zone: str, project: str) -> tuple[str, ...]:
+    """gcloud's IAP tunnel for one worker, by its instance name, as `--tunnel-through-iap`."""
+    return (
+        "gcloud",
+        "compute",
+        "start-iap-tunnel",
+        hostname,
+        str(port),
+        "--listen-on-stdin",
+        "--zone",
+        zone,
+        "--project",
+        project,
+    )
+
+
 class RemoteService:
+    """Commands on workers, reached as `gcloud compute tpus tpu-vm ssh` reaches them."""
+
     def __init__(
-        self, fleet: FleetService, options: SshOptions, *, internal_ip: bool = False
+        self,
+        fleet: FleetService,
+        options: SshOptions,
+        *,
+        internal_ip: bool = False,
+        iap: bool = False,
+        proxy_command: str = "",
+        os_login: str = "auto",
+        oslogin_api: Callable[[], OsLoginApi] | None = None,
+        account: str | Callable[[], str] = "",
     ) -> None:
         self.fleet = fleet
         self.pool = SshPool(options)
         self.internal_ip = internal_ip
+        self.iap = iap
+        self.proxy_command = tuple(shlex.split(proxy_command))
+        self.access = SshAccess(
+            fleet,
+            self.pool,
+            options.user,
+            os_login=os_login,
+            oslogin_api=oslogin_api,
+            account=account,
+        )
+
+    @property
+    def notices(self) -> list[Callable[[str], None]]:
+        """Where "adding your ssh key to NODE's metadata" and the like are told (UI, CLI)."""
+        return self.access.notices
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.access.close()
 
     async def targets(self, node: Node, selection: str = "all") -> list[SshTarget]:
         if node.state != "READY":
@@ -110,22 +232,36 @@ class RemoteService:
             chosen = parse_worker_selection(selection, len(node.workers))
         except ValueError as exc:
             raise FleetError(str(exc)) from None
+        user = await self.access.user_for(node)
         try:
-            published = await self.fleet.api.host_keys(node.zone, node.name)
+            published = await self.fleet.api.worker_attributes(node.zone, node.name)
         except FleetError:
+            if self.iap:
+                raise FleetError(
+                    f"{node.name}: its guest attributes cannot be read.", IAP_HELP
+                ) from None
             published = []  # no guest attributes: trust on first use, then pin
+        port = self.pool.options.port
         targets = []
         for w in chosen:
             worker = node.workers[w]
-            keys = tuple(published[w].values()) if w < len(published) else ()
+            attrs = published[w] if w < len(published) else WorkerAttributes()
+            proxy = self.proxy_command
+            if self.iap:
+                if not attrs.hostname:
+                    raise FleetError(f"{node.name} w{w} publishes no hostname.", IAP_HELP)
+                proxy = iap_command(attrs.hostname, port, node.zone, node.project)
             targets.append(
                 SshTarget(
                     alias=f"tpu.{node.node_id}-{w}",
                     host=worker.address(self.internal_ip),
-                    port=worker.port,
+                    port=port,
                     worker=w,
                     label=f"{node.name} w{w}",
-                    host_keys=keys,
+                    host_keys=tuple(f"{kind} {blob}" for kind, blob in attrs.host_keys),
+                    user=user,
+                    proxy_command=proxy,
+                    node=node.key,
                 )
             )
         return targets
@@ -136,7 +272,10 @@ class RemoteService:
         targets: Sequence[SshTarget],
         command: str,
         on_line: LineSink | None = None,
+        stdin: SharedInput | None = None,
     ) -> FanoutResult:
+        inputs = {t.worker: stdin.stream() for t in targets} if stdin is not None else {}
+
         async def one(target: SshTarget) -> WorkerOutcome:
             splitters = {"out": LineSplitter(), "err": LineSplitter()}
 
@@ -150,22 +289,36 @@ class RemoteService:
 
             try:
                 result = await self.pool.run(
-                    target, command, on_stdout=sink("out"), on_stderr=sink("err")
+                    target,
+                    command,
+                    on_stdout=sink("out"),
+                    on_stderr=sink("err"),
+                    stdin=inputs.get(target.worker),
                 )
             except SshError as exc:
                 return WorkerOutcome(target.worker, error=exc)
+            finally:
+                if target.worker in inputs:
+                    await inputs[target.worker].aclose()
             for stream, splitter in splitters.items():
                 tail = splitter.flush()
                 if tail is not None and on_line is not None:
                     on_line(WorkerLine(target.worker, stream, decode(tail)))
             return WorkerOutcome(target.worker, result.exit_status, result.exit_signal)
 
+        if stdin is not None:
+            stdin.start()
         outcomes = await asyncio.gather(*(one(t) for t in targets))
         return FanoutResult(node_name, tuple(outcomes))
 
     async def run(
-        self, node: Node, selection: str, command: str, on_line: LineSink | None = None
+        self,
+        node: Node,
+        selection: str,
+        command: str,
+        on_line: LineSink | None = None,
+        stdin: SharedInput | None = None,
     ) -> FanoutResult:
         return await self.run_on_targets(
-            node.name, await self.targets(node, selection), command, on_line
+            node.name, await self.targets(node, selection), command, on_line, stdin
         )

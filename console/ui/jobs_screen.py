@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from console.models import FleetError, Job
 
 RELOAD_S = 2.0
+SETTLE_S = 10.0  # how often jobs nobody here follows are looked up on their workers
 COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
 
 
@@ -41,7 +42,9 @@ def result_cell(job: Job) -> Text:
         return Text(first.removeprefix("DONE: ")[:48], style="green")
     if losses:
         step, loss = next(iter(losses.values()))[-1]
-        return Text(f"step {step} loss {loss:.4g}")
+        rewards = next(iter((job.metrics.get("rewards") or {}).values()), None)
+        reward = f" reward {rewards[-1][1]:.4g}" if rewards else ""
+        return Text(f"step {step} loss {loss:.4g}{reward}")
     return Text("")
 
 
@@ -81,6 +84,14 @@ class JobsScreen(Screen):
         self.action_reload()
         # Jobs end and results arrive while the list is open: keep it current, as k9s does.
         self.set_interval(RELOAD_S, self.action_reload)
+        self._settle_ended()
+        self.set_interval(SETTLE_S, self._settle_ended)
+
+    @work(exclusive=True, group="jobs-settle")
+    async def _settle_ended(self) -> None:
+        """A job launched elsewhere (the CLI, another console) ends unwatched: show that."""
+        if await self.app.jobs.settle_ended():
+            self.action_reload()
 
     def action_reload(self) -> None:
         table = self.query_one("#jobs", DataTable)

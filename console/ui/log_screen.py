@@ -25,6 +25,7 @@ from console.models import FleetError, Job
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex
 from console.services.metrics import JobMetrics, sparkline
+from console.services.terminal_text import plain_text
 from console.ui.log_view import LogView
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
@@ -33,6 +34,20 @@ TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
 RECORD_SYNC_S = 2.0  # how often the job record is re-read (status, findings made elsewhere)
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
+
+
+def _training_line(worker: int, metrics: JobMetrics) -> str:
+    """Loss and mean reward side by side: sparklines with their latest values, no markup."""
+    parts = [f"w{worker}"]
+    for label, series in (
+        ("loss", metrics.losses.get(worker)),
+        ("reward", metrics.rewards.get(worker)),
+    ):
+        if series:
+            step, value = series[-1]
+            spark = sparkline([v for _, v in series], width=20)
+            parts.append(f"{label} {spark} step {step}: {value:.6g}")
+    return "   ".join(parts)
 
 
 class StatusLine(Widget):
@@ -202,11 +217,8 @@ class LogScreen(Screen):
             lines.append(
                 f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
             )
-        for worker, series in sorted(self.metrics.losses.items()):
-            step, loss = series[-1]
-            lines.append(
-                f"w{worker} loss {sparkline([v for _, v in series])} step {step}: {loss:.6g}"
-            )
+        for worker in sorted({*self.metrics.losses, *self.metrics.rewards}):
+            lines.append(_training_line(worker, self.metrics))
         panel = self.query_one("#log-diagnosis", Static)
         panel.update("\n".join(lines))
         panel.set_class(bool(lines), "shown")
@@ -234,10 +246,14 @@ class LogScreen(Screen):
                 f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
             )
             banner.add_class("shown")
+            if not self.job.open:  # nothing more will come: a last line without newline is one
+                for w in self.job.workers:
+                    self.index.mark_ended(w.worker)
         self._changed = True
 
     def _worker_ended(self, worker: int, rc: int | None) -> None:
         self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+        self.index.mark_ended(worker)
         self._changed = True  # the indexer catches up in slices; no long catch-up here
 
     def _update_status(self) -> None:
@@ -347,5 +363,5 @@ class LogScreen(Screen):
         with open(path, "w") as fh:
             for row in range(len(self.index.visible)):
                 worker, text = self.index.visible_line(row)
-                fh.write(f"[w{worker}] {text}\n")
+                fh.write(f"[w{worker}] {plain_text(text)}\n")  # what is shown, as shown
         self.notify(f"Saved {len(self.index.visible)} lines to {path}")

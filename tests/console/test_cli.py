@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -14,19 +15,21 @@ import pytest
 
 from console.cli import main
 from console.sandbox.runtime import Sandbox
-from tests.conftest import FAST
+from tests.conftest import DEFAULT_NODES, FAST
 
 
 def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "--json"]) == 0
     nodes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_name = {n["name"]: n for n in nodes}
-    assert set(by_name) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8", "demo-v5e-8"}
+    assert set(by_name) == {key.split("/")[1] for key in DEFAULT_NODES}
     spot = by_name["demo-spot-v4-8"]
     assert (spot["state"], spot["spot"], spot["provisioning"]) == ("PREEMPTED", True, "spot")
     v416 = by_name["demo-v4-16"]
     assert [w["index"] for w in v416["workers"]] == [0, 1]
-    assert all(w["port"] > 0 and w["external_ip"] == "127.0.0.1" for w in v416["workers"])
+    # The endpoint's port is the TPU runtime's, 8470, as on every real node; not ssh's.
+    assert [w["runtime_port"] for w in v416["workers"]] == [8470, 8470]
+    assert all(w["external_ip"].startswith("127.") for w in v416["workers"])
     assert v416["zone"] == "us-central2-b" and v416["accelerator_version"] == "v4"
     assert v416["age_seconds"] > 0 and v416["runtime_version"] == "tpu-ubuntu2204-base"
 
@@ -37,7 +40,7 @@ def test_ls_table_marks_the_sandbox_and_shows_states(capsys: pytest.CaptureFixtu
     assert out.startswith("SANDBOX")
     header, *rows = out.splitlines()[1:]
     assert header.split()[:4] == ["NAME", "ZONE", "TYPE", "STATE"]
-    assert len(rows) == 4
+    assert len(rows) == len([k for k in DEFAULT_NODES if k.startswith("us-central2-b/")])
     assert any(r.split()[0] == "demo-spot-v4-8" and "PREEMPTED" in r.split() for r in rows)
 
 
@@ -54,7 +57,8 @@ def test_ls_exits_non_zero_and_names_an_unreachable_zone(
         )
         assert main(["ls", "--json"]) == 1
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 4
+    listed = {json.loads(line)["zone"] for line in captured.out.splitlines()}
+    assert listed == {"us-central2-b"}
     assert "zone europe-west4-a unreachable" in captured.err
     assert "API not enabled" in captured.err
 
@@ -95,6 +99,8 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
                 break
         assert lines[0].startswith("TPU API (gRPC, insecure): 127.0.0.1:")
         assert any("demo-v4-16 w1: ssh -i" in line for line in lines)
+        port = int(next(ln for ln in lines if ln.startswith("ssh port:")).split()[2])
+        assert port != 22 and any(f"-p {port} 127." in line for line in lines)
         assert any("demo-spot-v4-8 w0: (no ssh: PREEMPTED)" in line for line in lines)
         ls = subprocess.run(
             [sys.executable, "-m", "console.cli", "ls", "--json"],
@@ -104,7 +110,7 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
             timeout=60,
         )
         assert ls.returncode == 0, ls.stderr
-        assert len(ls.stdout.splitlines()) == 5
+        assert len(ls.stdout.splitlines()) == len(DEFAULT_NODES)
     finally:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
@@ -179,6 +185,35 @@ def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
     assert "not a valid int" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("node", "preset", "flags"),
+    [
+        ("demo-v4-8", "single-host-sglang", "--steps 10 --rollout-devices 2 "
+         "--sglang-mem-fraction-static 0.8"),
+        ("demo-v4-16", "multi-host-vanilla", "--steps 10 --rollout-devices 8 --rollout-engine "
+         "vanilla --local-model-dir /tmp/models/Qwen__Qwen3-4B-Instruct-2507"),
+    ],
+)  # fmt: skip
+def test_the_seeds_grpo_commands_dry_run_clean_on_their_nodes(
+    node: str, preset: str, flags: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["launch", "grpo", node, "--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"python -u -m remote.grpo {flags}" in out
+    assert "REFUSE" not in out and "WARN" not in out
+
+
+def test_grpo_with_sglang_rollout_on_a_multi_host_node_is_refused_before_launch(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ["launch", "grpo", "demo-v4-16", "--preset", "single-host-sglang", "--dry-run"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "REFUSE: demo-v4-16 has 2 hosts" in captured.out
+    assert "rollout_engine=vanilla" in captured.out
+    assert "refused by preflight; nothing launched" in captured.err
+
+
 def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home, timing=FAST):
@@ -211,6 +246,33 @@ def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFi
         assert "cli-node: deleted" in capsys.readouterr().out
         assert main(["delete", "demo-v4-8"]) == 2  # no terminal to ask, no --yes
         assert "add --yes" in capsys.readouterr().err
+
+
+def test_create_with_startup_runs_the_command_as_a_job(capsys: pytest.CaptureFixture) -> None:
+    """The key goes into the new node's metadata at create, so its first boot lets us in."""
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        startup = 'echo "booted as $USER" > ~/booted; cat ~/booted'
+        args = ["create", "boot-node", "--zone", "us-central1-a", "--type", "v3-8"]
+        assert main([*args, "--wait", "--startup", startup]) == 0
+        captured = capsys.readouterr()
+        assert "adding your ssh key" not in captured.err  # it was there from the start
+        job = next(ln for ln in captured.out.splitlines() if ln.startswith("bootstrap: job "))
+        job_id = job.split()[2]
+        assert main(["logs", job_id, "--follow"]) == 0
+        user = sandbox.fleet.get("us-central1-a", "boot-node").metadata["ssh-keys"].split(":")[0]
+        assert capsys.readouterr().out.splitlines() == [f"[w0] booted as {user}"]
+
+
+def test_exec_adds_your_key_to_a_nodes_metadata_and_says_so(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["exec", "demo-v4-8", "--", "echo", "in"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "[w0] in\n"
+    assert "tpuconsole: adding your ssh key to demo-v4-8's metadata" in captured.err
+    assert main(["exec", "demo-v4-8", "--", "echo", "again"]) == 0
+    assert "adding your ssh key" not in capsys.readouterr().err
 
 
 def test_probe_and_clean_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
@@ -254,3 +316,151 @@ def test_jobs_show_and_stop_by_job_id_from_the_command_line(
     assert json.loads(capsys.readouterr().out)["status"] == "killed"
     assert main(["stop", long_id, "--yes"]) == 0
     assert "already killed; nothing to stop" in capsys.readouterr().out
+
+
+def test_clean_and_clean_first_never_follow_a_symlinked_lockfile_to_a_bystander(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    precious = tmp_path / "bystander.lock"
+    bystander = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, time\n"
+            f"fd = os.open({str(precious)!r}, os.O_CREAT | os.O_RDWR, 0o644)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    try:
+        assert bystander.stdout is not None and bystander.stdout.readline().strip() == "held"
+        with Sandbox.start(home) as sandbox:
+            place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+            place.materialise()
+            place.lockfile.symlink_to(precious)
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            out = capsys.readouterr().out
+            assert "not followed" in out and "STALE" not in out and "SIGTERM" not in out
+            assert main(["launch", "demo-v4-8", "--clean-first", "--", "true"]) == 0
+            assert "is a symbolic link" in capsys.readouterr().err
+            assert bystander.poll() is None, "the bystander was killed"
+            assert place.lockfile.is_symlink() and precious.exists()
+
+            place.lockfile.unlink()
+            place.lockfile.mkdir()  # once an IsADirectoryError and a node shown as `? w0`
+            assert main(["probe", "demo-v4-8"]) == 1
+            assert "demo-v4-8: lockfile is a directory" in capsys.readouterr().out
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            assert place.lockfile.is_dir()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_job_reference_is_an_id_or_its_number_never_a_pattern(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    number = job_id.split("-")[0]
+    for ref in ("%", "_", f"{number}%", f"{number}-%", f"{job_id[:-1]}_", "%-%"):
+        assert main(["jobs", "stop", ref, "--yes"]) == 2, ref
+        assert f"No job {ref!r} in the history." in capsys.readouterr().err
+        assert main(["logs", ref]) == 2, ref
+        capsys.readouterr()
+    assert main(["jobs", "show", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "running"  # nothing was stopped
+    assert main(["jobs", "stop", number, "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == "w0: stopped"
+
+
+def test_jobs_settles_an_unfollowed_job_from_its_rc_file_and_when_it_was_written(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from datetime import datetime
+
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        assert main(["launch", "demo-v4-8", "--", "exit 3"]) == 0
+        ended = capsys.readouterr().out.split()[1]
+        assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+        running = capsys.readouterr().out.split()[1]
+        place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+        rc = place.root / ".tpuconsole" / "jobs" / ended / "rc"
+        # The wrapper writes rc as the job ends; wait for that, as a user would come back later.
+        subprocess.run(["sh", "-c", f"until [ -f {rc} ]; do sleep 0.05; done"], timeout=30)
+        two_minutes_ago = time.time() - 120
+        os.utime(rc, (two_minutes_ago, two_minutes_ago))
+
+        assert main(["jobs"]) == 0
+        table = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+        assert table[ended] == "failed" and table[running] == "running"
+        assert main(["jobs", "show", ended, "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["workers"][0]["rc"] == 3
+        assert datetime.fromisoformat(record["ended_at"]).timestamp() == int(two_minutes_ago)
+        assert main(["stop", running, "--yes"]) == 0
+
+
+def test_logs_on_a_terminal_keep_colours_but_no_other_escape_while_a_pipe_gets_exact_bytes(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import pty
+
+    script = r"printf '\033]0;PWNED\007\033[2Jred: \033[31mR\033[0m\n 5%%\r99%%\n'"
+    assert main(["launch", "demo-v4-8", "--follow", "--", script]) == 0
+    header, *piped = capsys.readouterr().out.split("\n")[:-1]
+    assert piped == ["[w0] \x1b]0;PWNED\x07\x1b[2Jred: \x1b[31mR\x1b[0m", "[w0]  5%\r99%"]
+    master, slave = pty.openpty()
+    terminal = io.TextIOWrapper(io.FileIO(slave, "w", closefd=False), write_through=True)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["logs", header.split()[1]]) == 0
+    monkeypatch.undo()
+    shown = os.read(master, 65536).decode()
+    os.close(master)
+    os.close(slave)
+    assert shown.replace("\r\n", "\n").split("\n")[:-1] == [
+        "[w0] red: \x1b[0;38;5;1mR\x1b[0m",
+        "[w0] 99%",
+    ]
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "console.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def test_exec_forwards_stdin_to_every_worker_and_never_waits_for_an_unread_one() -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home):
+        piped = subprocess.run(
+            [sys.executable, "-m", "console.cli", "exec", "demo-v4-8", "--", "cat"],
+            input=b"hi\n",
+            capture_output=True,
+            timeout=60,
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == b"[w0] hi\n"
+        both = _cli("exec", "demo-v4-16", "--", "cat", stdin=subprocess.PIPE)
+        out, err = both.communicate(b"one\n" + b"x" * 300_000 + b"\ntwo\n", timeout=60)
+        assert both.returncode == 0, err
+        for w in (0, 1):
+            mine = [line for line in out.decode().splitlines() if line.startswith(f"[w{w}] ")]
+            assert mine == [f"[w{w}] one", f"[w{w}] {'x' * 300_000}", f"[w{w}] two"]
+        # An input that never ends, to a command that never reads it: done when it is.
+        endless = _cli("exec", "demo-v4-8", "--", "echo done", stdin=subprocess.PIPE)
+        try:
+            assert endless.stdout is not None
+            assert endless.stdout.readline() == b"[w0] done\n"
+            assert endless.wait(timeout=60) == 0
+        finally:
+            endless.kill()
+            assert endless.stdin is not None
+            endless.stdin.close()

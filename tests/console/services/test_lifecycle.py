@@ -13,6 +13,7 @@ from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.lifecycle import CreateRequest, LifecycleService, Progress, default_name
 from console.services.remote import RemoteService
+from tests.conftest import worker_output
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def lifecycle(remote: RemoteService, history: HistoryStore) -> LifecycleService:
 
 
 async def test_create_reports_creating_then_ready_and_checks_ssh(
-    lifecycle: LifecycleService, history: HistoryStore
+    lifecycle: LifecycleService, history: HistoryStore, sandbox: Sandbox
 ) -> None:
     seen: list[Progress] = []
     outcome = await lifecycle.create(
@@ -37,6 +38,10 @@ async def test_create_reports_creating_then_ready_and_checks_ssh(
     states = [p.state for p in seen if p.verb == "create"]
     assert states[0] == "CREATING" and states[-1] == "READY"
     assert outcome.node.state == "READY" and outcome.ssh_ok == (0, 1) and not outcome.ssh_failed
+    # Your key was in its metadata from the create on: no update was needed to get in.
+    assert outcome.node.metadata["ssh-keys"] == lifecycle.remote.access.entry()
+    assert lifecycle.remote.access.entry().startswith("tester:ssh-ed25519 ")
+    assert sandbox.emulator.calls.get("UpdateNode", 0) == 0
     kinds = [e.kind for e in history.events_for("us-central2-b", "fresh-v4-16")]
     assert kinds[0] == "create" and "ssh" in kinds
 
@@ -137,6 +142,8 @@ async def test_a_lost_job_keeps_what_its_logs_showed_until_the_vm_went(
     node = await remote.fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "echo 'Train step 1 training loss: 0.5'; sleep 30")
     assert lifecycle.observe(await remote.fleet.list_nodes()) == []
+    log = f".tpuconsole/jobs/{job.job_id}/log"
+    await worker_output(remote, node, f"until grep -q 'Train step' {log}; do sleep 0.05; done")
     await jobs.follow(job, node, lambda w, t: None, follow=False)  # the line is in the copy
     sandbox.fleet.delete("us-central2-b", "demo-v4-8")
     lifecycle.observe(await remote.fleet.list_nodes())
