@@ -19,7 +19,7 @@ from typing import Any
 import remote
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
-from console.services.diagnosis import Diagnoser
+from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
@@ -320,6 +320,11 @@ class JobService:
         view, or re-attached after a restart, gets the same record as one watched throughout.
         """
         metrics, found = await asyncio.to_thread(self._results_from_copies, job)
+        current = self.history.get(job.job_id) or job
+        explained = {(d.key, d.worker) for d in found}
+        for w in current.workers:  # died of SIGQUIT with no line saying so (sgl-jax's way)
+            if w.rc == SIGQUIT_RC and ("scheduler_failed", w.worker) not in explained:
+                found.append(from_condition("killed_by_sigquit", f"rc={w.rc}", w.worker))
         self.history.set_results(job.job_id, metrics.as_json(), [asdict(d) for d in found])
 
     def _results_from_copies(self, job: Job) -> tuple[JobMetrics, list]:

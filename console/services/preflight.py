@@ -129,6 +129,8 @@ def _runs_sglang(template: Template, values: Mapping[str, Any]) -> bool:
         if engine is None and values.get("model") == "toy":
             engine = "vanilla"  # the runner's default for its toy
         return (engine or template.param("rollout_engine").runner_default) == "sglang_jax"
+    if template.name == "multi-engine":
+        return values.get("engine") != "reference"  # the reference engine runs anywhere
     return template.uses_sglang
 
 

@@ -262,6 +262,15 @@ MULTI_ENGINE = Template(
             minimum=0.05,
             maximum=0.99,
         ),
+        Param(
+            "engine",
+            "choice",
+            "sgl-jax, or reference: a small JAX decoder, to compare (a sandbox without sgl-jax "
+            "uses it and says so)",
+            "--engine",
+            "sgl-jax",
+            choices=("sgl-jax", "reference"),
+        ),
     ),
     presets={
         "qwen3-4b": {

@@ -222,6 +222,28 @@ async def test_the_record_holds_parameters_results_and_diagnoses_once_the_job_en
     assert "mem-fraction-static" in stored.diagnoses[0]["remedy"]
 
 
+async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    """sgl-jax's way of ending a process whose scheduler failed, when no handler speaks first.
+
+    (A detached job inherits SIGQUIT ignored, as every `&` command of a non-interactive shell
+    does; the seeds ran by hand, where it is not: the stand-in restores that.)
+    """
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "echo loading; python3 -c 'import os, signal; signal.signal(signal.SIGQUIT, "
+        "signal.SIG_DFL); os.kill(os.getpid(), signal.SIGQUIT)'"
+    )
+    job = await jobs.launch(node, "all", script, kind="custom")
+    await jobs.follow(job, node, lambda w, t: None)
+    stored = HistoryStore(tmp_path / "history.db").get(job.job_id)
+    assert stored is not None and stored.status == "failed" and stored.workers[0].rc == 131
+    assert [(d["key"], d["worker"], d["evidence"]) for d in stored.diagnoses] == [
+        ("killed_by_sigquit", 0, "rc=131")
+    ]
+
+
 async def test_a_job_is_launching_until_its_workers_report_their_pids(
     jobs: JobService, tmp_path: Path
 ) -> None:
