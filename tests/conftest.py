@@ -122,3 +122,8 @@ async def worker_output(
         lambda line: out.append(line.text) if line.stream == "out" else None,
     )
     return result.worst_status, "\n".join(out)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text: every row of the active screen, toasts too."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

@@ -4,6 +4,7 @@ until the form is valid, and the create then runs in the background with its pro
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,6 +14,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError
 from console.services.lifecycle import DEFAULT_RUNTIME, CreateRequest, default_name, parse_labels
+from console.ui.plain import choices, lines
 
 NAME_PREFIX = "tpu"
 
@@ -43,30 +45,31 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static("[b]Create a TPU VM[/b]")
-            yield Label("Zone")
+            yield Static(Text("Create a TPU VM", style="bold"), markup=False)
+            yield Label("Zone", markup=False)
             yield Select(
-                [(z, z) for z in self.zones],
+                choices(self.zones),
                 value=self.initial_zone or Select.BLANK,
                 id="zone",
                 allow_blank=False,
             )
-            yield Label("Accelerator type")
+            yield Label("Accelerator type", markup=False)
             yield Select([], id="type", prompt="loading…")
-            yield Label("Runtime version")
+            yield Label("Runtime version", markup=False)
             yield Select([], id="version", prompt="loading…")
-            yield Label("Name")
+            yield Label("Name", markup=False)
             yield Input(id="name", placeholder="lowercase, digits and dashes")
-            yield Label("Labels (key=value, comma-separated)")
+            yield Label("Labels (key=value, comma-separated)", markup=False)
             yield Input(id="labels", placeholder="team=rl, owner=me")
             yield Label(
                 "Startup bootstrap (optional): a command run as a job on every worker "
-                "once it answers ssh"
+                "once it answers ssh",
+                markup=False,
             )
             yield Input(id="startup", placeholder="e.g. bash ~/bootstrap.sh")
             yield Checkbox("Spot (cheaper, can be preempted)", id="spot")
             yield Checkbox("Fall back to on-demand when spot quota is exhausted", id="fallback")
-            yield Static("", id="create-errors")
+            yield Static("", id="create-errors", markup=False)
             with Horizontal():
                 yield Button("Create (ctrl+s)", id="create", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
@@ -92,11 +95,11 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             errors.update(f"{exc.reason} {exc.remedy}")
             return
         type_select = self.query_one("#type", Select)
-        type_select.set_options([(t, t) for t in types])
+        type_select.set_options(choices(types))
         if types:
             type_select.value = types[0]
         version_select = self.query_one("#version", Select)
-        version_select.set_options([(v, v) for v in versions])
+        version_select.set_options(choices(versions))
         if versions:
             version_select.value = DEFAULT_RUNTIME if DEFAULT_RUNTIME in versions else versions[0]
         errors.update("")
@@ -137,10 +140,12 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             request = self.request()
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
+            errors.scroll_visible(animate=False)
             return
         problems = request.problems()
         if problems:
-            errors.update("\n".join(problems))
+            errors.update(lines(problems))
+            errors.scroll_visible(animate=False)  # below the fields: bring it into view
             return
         self.dismiss(request)
 

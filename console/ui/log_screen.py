@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -26,6 +25,7 @@ from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex
 from console.services.metrics import JobMetrics, sparkline
 from console.ui.log_view import LogView
+from console.ui.plain import lines, styled
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
 SILENT_S = 600.0  # no output at all this long while running
@@ -36,12 +36,12 @@ SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
 
 
 class StatusLine(Widget):
-    """One line of markup that redraws itself alone: a Static would relayout the screen."""
+    """One line that redraws itself alone: a Static would relayout the screen."""
 
-    text: reactive[str] = reactive("", layout=False)
+    text: reactive[Text] = reactive(Text, layout=False)
 
     def render(self) -> Text:
-        return Text.from_markup(self.text)
+        return self.text
 
 
 class LogScreen(Screen):
@@ -96,9 +96,9 @@ class LogScreen(Screen):
         self.index = LogIndex(paths)
         self.index.on_lines = self._scan_lines
         yield Header()
-        yield Static("", id="log-banner")
+        yield Static("", id="log-banner", markup=False)
         yield StatusLine(id="log-status")
-        yield Static("", id="log-diagnosis")
+        yield Static("", id="log-diagnosis", markup=False)
         yield LogView(self.index, id="log")
         yield Input(id="log-input")
         yield Footer()
@@ -185,31 +185,37 @@ class LogScreen(Screen):
             self.app.jobs.history.set_results(self.job.job_id, diagnoses=[asdict(found)])
 
     def _show_findings(self) -> None:
-        lines = []
+        found: list[Text | str] = []
         for d in self.diagnoser.found:
             where = f"w{d.worker}: " if d.worker is not None else ""
-            lines.append(
-                f"[b red]{escape(where + d.title)}[/] — {escape(d.evidence[:120])}\n"
-                f"   [b]cause[/b] {escape(d.cause)}\n   [b]remedy[/b] {escape(d.remedy)}"
+            found.append(
+                styled(
+                    (where + d.title, "b red"),
+                    f" — {d.evidence[:120]}\n   ",
+                    ("cause", "b"),
+                    f" {d.cause}\n   ",
+                    ("remedy", "b"),
+                    f" {d.remedy}",
+                )
             )
         summary = self.metrics.summary()
         if summary:
-            lines.append(f"[b green]results[/] {escape(summary)}")
+            found.append(styled(("results", "b green"), f" {summary}"))
         engines: dict[int, list[tuple[int, float]]] = {}
         for (worker, engine), seconds in sorted(self.metrics.engine_sec.items()):
             engines.setdefault(worker, []).append((engine, seconds))
         for worker, timings in engines.items():
-            lines.append(
+            found.append(
                 f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
             )
         for worker, series in sorted(self.metrics.losses.items()):
             step, loss = series[-1]
-            lines.append(
+            found.append(
                 f"w{worker} loss {sparkline([v for _, v in series])} step {step}: {loss:.6g}"
             )
         panel = self.query_one("#log-diagnosis", Static)
-        panel.update("\n".join(lines))
-        panel.set_class(bool(lines), "shown")
+        panel.update(lines(found))
+        panel.set_class(bool(found), "shown")
 
     def _redraw(self) -> None:
         self._check_conditions()
@@ -230,9 +236,7 @@ class LogScreen(Screen):
             await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)
-            banner.update(
-                f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
-            )
+            banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
             banner.add_class("shown")
         self._changed = True
 
@@ -247,9 +251,9 @@ class LogScreen(Screen):
             else ",".join(f"w{w}" for w in sorted(self.index.shown_workers))
         )
         states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
-        follow = "[b green]FOLLOW[/]" if self.view.follow else "[b yellow]PAUSED[/]"
-        job_state = {"killed": "[b red]KILLED[/]", "lost": "[b red]LOST[/]"}.get(self.job.status)
-        parts = [
+        follow = ("FOLLOW", "b green") if self.view.follow else ("PAUSED", "b yellow")
+        job_state = {"killed": ("KILLED", "b red"), "lost": ("LOST", "b red")}.get(self.job.status)
+        parts: list = [
             *([job_state] if job_state else []),
             follow,
             f"{len(self.index.visible)}/{len(self.index)} lines",
@@ -257,10 +261,10 @@ class LogScreen(Screen):
             states,
         ]
         if self.index.filter_text:
-            parts.append(f"filter: {escape(repr(self.index.filter_text))}")
+            parts.append(f"filter: {self.index.filter_text!r}")
         if self.view.search_text:
-            parts.append(f"search: {escape(repr(self.view.search_text))}")
-        self.query_one("#log-status", StatusLine).text = " · ".join(parts)
+            parts.append(f"search: {self.view.search_text!r}")
+        self.query_one("#log-status", StatusLine).text = styled(*parts, sep=" · ")
 
     # ----- keys --------------------------------------------------------------------------------
     def action_back(self) -> None:
