@@ -235,7 +235,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from console.services.remote import command_from_argv
 
     argv = args.remote_argv
-    if not argv:
+    if not command_from_argv(argv).strip():
         return _fail("exec needs a command after --, e.g. tpuconsole exec NODE -- hostname")
     settings = _settings(args)
     source = open_fleet_source(settings)
@@ -275,7 +275,11 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
 
     chosen = {w.worker for w in job.workers}
     if selection != "all":
-        chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        try:
+            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        except ValueError as exc:
+            ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
+            raise FleetError(str(exc), f"Job {job.job_id} ran on {ran_on}.") from None
     for w in sorted(chosen):
         path = jobs_service.log_path(job.job_id, w)
         if path.exists():
@@ -439,7 +443,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)
                     print(
                         f"{job.job_id:<12} {job.status:<8} {job.started_at:%Y-%m-%d %H:%M} "
-                        f"{job.zone}/{job.node}  {pids}  {job.command.splitlines()[-1][:60]}"
+                        f"{job.zone}/{job.node}  {pids}  {_clip(job.headline, 80)}"
                     )
                 return 0
             if args.command == "launch":
@@ -697,26 +701,16 @@ def _job_json(job) -> dict:
     }
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _print_job(job) -> None:
     """`jobs show`: the record as a person reads it, results and diagnoses last."""
-    ended = f" → {job.ended_at.astimezone():%Y-%m-%d %H:%M:%S}" if job.ended_at else ""
-    print(f"job {job.job_id}  {job.status}  {job.kind}  on {job.zone}/{job.node}")
-    print(f"  time: {job.started_at.astimezone():%Y-%m-%d %H:%M:%S}{ended}")
-    if job.params:
-        print("  params: " + " ".join(f"{k}={v}" for k, v in job.params.items()))
-    for w in job.workers:
-        rc = "running" if w.rc is None and job.open else f"rc={w.rc}"
-        print(f"  w{w.worker}: pid {w.pid or '-'} {w.error or rc}")
-    if job.note:
-        print(f"  note: {job.note}")
-    print("  command:")
-    for line in job.command.splitlines():
-        print(f"    {line}")
-    summary = job.metrics.get("summary", "")
-    print(f"  results: {summary or 'none recorded'}")
-    for d in job.diagnoses:
-        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
-        print(f"  {where}{d['title']}\n    evidence: {d['evidence']}\n    remedy: {d['remedy']}")
+    from console.services.job_record import job_record_lines
+
+    for line in job_record_lines(job):
+        print(line)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

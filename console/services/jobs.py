@@ -87,6 +87,11 @@ class JobService:
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
         """
+        if not command.strip():
+            raise FleetError(
+                "Nothing to launch: the command is empty.",
+                "Give the command after --, e.g. tpuconsole launch NODE -- python train.py.",
+            )
         targets = await self.remote.targets(node, selection)
         job = Job(
             job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
