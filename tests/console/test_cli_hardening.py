@@ -125,3 +125,13 @@ def test_jobs_json_lists_what_the_history_holds(capsys: pytest.CaptureFixture) -
     assert main(["jobs", "--json"]) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["command"] == "echo a\necho b"
+
+
+# ----- item 18: a template value that starts with a dash ----------------------------------------
+def test_dry_run_shows_a_dash_leading_value_joined_to_its_flag(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ["launch", "multi-engine", "demo-v4-8", "--preset", "tiny-llama"]
+    assert main([*argv, "--set", "prompt=-5+3=?", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "'--prompt=-5+3=?'" in out and "--prompt -5" not in out
