@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -48,6 +50,12 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--home",
         default=default(""),
         help="data directory (default: $TPUCONSOLE_HOME or the user data dir)",
+    )
+    parser.add_argument(
+        "--fresh-history",
+        action="store_true",
+        default=default(False),
+        help="if the job history is damaged, keep it aside and start a new one",
     )
 
 
@@ -185,16 +193,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace):
-    from console.services.settings import resolve_settings
+    from console.services.settings import ensure_home, resolve_settings
 
-    return resolve_settings(
+    settings = resolve_settings(
         project=args.project, zones=args.zone, sandbox=args.sandbox, home=args.home
     )
+    ensure_home(settings.home)
+    return settings
+
+
+def _history(settings, args: argparse.Namespace):
+    """The job history; a damaged one is refused (a copy kept) unless --fresh-history says go."""
+    from console.adapters.history_db import HistoryDamaged, HistoryStore
+
+    path = settings.home / "history.db"
+    try:
+        return HistoryStore(path)
+    except HistoryDamaged as exc:
+        if not getattr(args, "fresh_history", False):
+            raise
+        HistoryStore.set_aside(path)
+        print(
+            f"tpuconsole: started a fresh job history; the damaged one is kept at {exc.copy}",
+            file=sys.stderr,
+        )
+        return HistoryStore(path)
 
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"tpuconsole: {message}", file=sys.stderr)
     return code
+
+
+class _Ongoing:
+    """What goes on without us if Ctrl-C stops this command now, and how to follow it.
+
+    Commands set it as their work starts somewhere else (an operation in the cloud, a cleanup
+    on the workers, a detached job); on Ctrl-C it is the sentence said before exit 130.
+    """
+
+    sentence = ""
+
+
+ONGOING = _Ongoing()
+
+
+def _where(source) -> str:
+    return "in the sandbox" if source.is_sandbox else "in Google Cloud"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -304,6 +349,14 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
     return worst
 
 
+def _job_goes_on(job) -> str:
+    number = job.job_id.split("-")[0]
+    return (
+        f"Job {job.job_id} runs on on the workers; follow it again with `tpuconsole logs "
+        f"{number} -f`, stop it with `tpuconsole stop {number}`."
+    )
+
+
 async def _template_plan(jobs_service, node, args):
     """Values, preflight and the exact command: (ok, (rendered, kind, values) | None)."""
     from console.services.preflight import preflight
@@ -381,12 +434,11 @@ async def _stale_cleared(jobs_service, node, args) -> bool:
     return all(r.done for r in results)
 
 
-def _job_services(source, settings):
-    from console.adapters.history_db import HistoryStore
+def _job_services(source, settings, args):
     from console.services.jobs import JobService
 
-    remote = source.remote()
-    return JobService(remote, HistoryStore(settings.home / "history.db"), settings.home)
+    history = _history(settings, args)
+    return JobService(source.remote(), history, settings.home)
 
 
 def cmd_jobs_family(args: argparse.Namespace) -> int:
@@ -401,7 +453,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
             "python x.py)"
         )
     source = open_fleet_source(settings)
-    jobs_service = _job_services(source, settings)
+    jobs_service = _job_services(source, settings, args)
 
     async def go() -> int:
         try:
@@ -480,8 +532,11 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     return 1
                 if not args.follow:
                     return 0
+                ONGOING.sentence = _job_goes_on(job)
                 return await _stream_job(source, jobs_service, job, "all", True)
             job = jobs_service.get(args.job)
+            if args.follow and job.open:
+                ONGOING.sentence = _job_goes_on(job)
             return await _stream_job(source, jobs_service, job, args.worker, args.follow)
         finally:
             await jobs_service.remote.close()
@@ -541,6 +596,24 @@ def print_plans(probes, plans) -> None:
             print(f"w{plan.worker}: note: {note}")
 
 
+def still_held(name: str, after) -> list[str]:
+    """A sentence for each worker whose TPU someone still holds once the plan has run."""
+    from console.services.probe import describe_holders
+
+    out = []
+    for probe in after:
+        if probe.report is None:
+            out.append(f"{name} w{probe.worker}: cannot tell after the cleanup: {probe.error}")
+            continue
+        holders = describe_holders(probe.report)
+        if holders:
+            out.append(
+                f"{name} w{probe.worker}: the TPU is still held after the cleanup: {holders}; "
+                f"`tpuconsole probe {name}` shows it, stop what holds (or restarts) it."
+            )
+    return out
+
+
 def cmd_probe_family(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -581,11 +654,20 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
                 if input("Carry out this plan? [y/N] ").strip().lower() != "y":
                     print("nothing done")
                     return 1
+            print("carrying out the plan…", flush=True)
+            ONGOING.sentence = (
+                f"The cleanup of {node.name} may go on on the workers (a process is signalled "
+                f"and waited for there); `tpuconsole probe {node.name}` shows what is left."
+            )
             results, after = await prober.execute(node, todo)
+            ONGOING.sentence = ""
             for r in results:
                 print(f"w{r.worker}: {'done' if r.done else 'NOT DONE'}: {r.result}")
             print(f"{node.name} after cleanup: {node_status(after)}")
-            return 0 if all(r.done for r in results) else 1
+            held = still_held(node.name, after)
+            for sentence in held:
+                print(f"tpuconsole: {sentence}", file=sys.stderr)
+            return 0 if all(r.done for r in results) and not held else 1
         finally:
             await remote.close()
             await source.fleet.close()
@@ -597,7 +679,6 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
-    from console.adapters.history_db import HistoryStore
     from console.fleet_source import open_fleet_source
     from console.services.lifecycle import CreateRequest, LifecycleService, parse_labels
 
@@ -609,11 +690,13 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         args, f"{args.command.capitalize()} {args.name}?"
     ):
         return 1
+    history = _history(settings, args)
     source = open_fleet_source(settings)
-    history = HistoryStore(settings.home / "history.db")
+    node_zone = [zone]  # the node's zone once it is found (stop/start/delete may omit --zone)
 
     def show(progress) -> None:
         print(progress.line(), flush=True)
+        ONGOING.sentence = _ongoing_operation(progress, _where(source), node_zone[0])
 
     async def go() -> int:
         remote = source.remote()
@@ -651,6 +734,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                 )
                 return 0
             node = await source.fleet.find_node(args.name, zone)
+            node_zone[0] = node.zone
             after = await life.change(args.command, node, show)
             print(f"{args.name}: {after.state if after else 'deleted'}")
             return 0
@@ -663,6 +747,31 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         return asyncio.run(go())
     finally:
         source.close()
+
+
+# The state that ends each operation: after it, nothing of it goes on without us.
+_DONE_STATE = {"create": "READY", "start": "READY", "stop": "STOPPED", "delete": "GONE"}
+
+
+def _ongoing_operation(progress, where: str, zone: str) -> str:
+    """The sentence for Ctrl-C while an operation is followed: it goes on without us."""
+    verb, name = progress.verb, progress.node
+    if verb == "bootstrap":
+        job = progress.message.removeprefix("job ")
+        return (
+            f"The bootstrap job {job} runs on on the workers; follow it with "
+            f"`tpuconsole logs {job.split('-')[0]} -f`."
+        )
+    if verb not in _DONE_STATE or progress.state == _DONE_STATE[verb]:
+        return ""
+    undo = (
+        f", or delete the node with `tpuconsole delete {name} --zone {zone}`"
+        if verb == "create"
+        else ""
+    )
+    return (
+        f"The {verb} of {name} goes on {where}; follow it with `tpuconsole ls --zone {zone}`{undo}."
+    )
 
 
 JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
@@ -816,7 +925,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from console.services.probe import ProbeService
 
-        jobs = _job_services(source, settings)
+        jobs = _job_services(source, settings, args)
         from console.services.lifecycle import LifecycleService
 
         app = TpuConsoleApp(
@@ -867,7 +976,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
+        if ONGOING.sentence:
+            print(f"\ntpuconsole: interrupted. {ONGOING.sentence}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+    except sqlite3.DatabaseError as exc:  # the checks on opening passed; it broke since
+        return _fail(f"the job history failed while in use ({exc}); nothing else was changed.")
+
+
+def _reader_went_away() -> int:
+    """Whoever read our output stopped (`| head`): stop quietly, as `seq 1 1e9 | head` does.
+
+    No sentence (it would land under head's output, which is what the user asked for) and no
+    traceback; the status is the shell's for a process ended by SIGPIPE. Later writes, and the
+    interpreter's own flush at exit, go to /dev/null.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

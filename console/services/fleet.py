@@ -26,6 +26,7 @@ class FleetService:
         self._api: TpuApi | None = None
         self._configured_zones = tuple(zones)
         self._zones: tuple[str, ...] = tuple(zones)
+        self._real_zones: set[str] = set()  # zones known to be the project's
         self.label = label
 
     @property
@@ -47,7 +48,29 @@ class FleetService:
         """The configured zones, or every location the project can see (asked once)."""
         if not self._zones:
             self._zones = tuple(await self.api.list_zones())
+            self._real_zones.update(self._zones)
         return self._zones
+
+    async def _check_empty_zones(self, empty: Sequence[str]) -> None:
+        """A zone that lists no node must be one of the project's: `--zone nowhere-1` is a typo,
+        not an empty zone. Asked only then, and once per zone."""
+        unsure = [z for z in empty if z not in self._real_zones]
+        if not unsure:
+            return
+        try:
+            known = set(await self.api.list_zones())
+        except FleetError:
+            return  # the locations cannot be listed now: say nothing rather than guess
+        self._real_zones.update(known)
+        unknown = [z for z in unsure if z not in known]
+        if unknown:
+            raise FleetError(
+                f"{', '.join(unknown)} {'is not a zone' if len(unknown) == 1 else 'are not zones'}"
+                f" of project {self.project} ({len(known)} zones have TPUs: "
+                f"{', '.join(sorted(known)[:6])}{', …' if len(known) > 6 else ''}).",
+                "Check the spelling, or leave --zone out to list every zone.",
+                code="INVALID_ARGUMENT",
+            )
 
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
         """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
@@ -71,6 +94,8 @@ class FleetService:
             else:
                 nodes.extend(result)
         nodes.sort(key=lambda n: (n.zone, n.name))
+        listed = {n.zone for n in nodes} | {f.zone for f in failures}
+        await self._check_empty_zones([z for z in wanted if z not in listed])
         return FleetSnapshot(tuple(nodes), tuple(failures), wanted, datetime.now(UTC))
 
     async def list_nodes_zone_by_zone(self, zones: Sequence[str]) -> FleetSnapshot:
