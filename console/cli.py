@@ -317,6 +317,7 @@ def _print_line(worker: int, text: str) -> None:
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it."""
     from console.models import parse_worker_selection
+    from console.services.lines import copy_lines, decode, open_last_line
 
     chosen = {w.worker for w in job.workers}
     if selection != "all":
@@ -325,15 +326,17 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
         except ValueError as exc:
             ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
             raise FleetError(str(exc), f"Job {job.job_id} ran on {ran_on}.") from None
-    for w in sorted(chosen):
-        path = jobs_service.log_path(job.job_id, w)
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                _print_line(w, line)
+    for w in sorted(chosen):  # a last line without newline is the follower's to finish
+        for line in copy_lines(jobs_service.log_path(job.job_id, w), last=False):
+            _print_line(w, line)
     try:
         node = await source.fleet.get_node(job.zone, job.node)
         rcs = await jobs_service.follow(job, node, _print_line, selection=selection, follow=follow)
     except FleetError as exc:
+        for w in sorted(chosen):
+            tail = open_last_line(jobs_service.log_path(job.job_id, w))
+            if tail.total:
+                _print_line(w, decode(tail.take()))
         print(
             f"tpuconsole: cannot reach {job.node}: {exc}; shown: the local copy.", file=sys.stderr
         )

@@ -1,7 +1,7 @@
 """One worker's job log followed from a byte offset, resumed after a drop: no line lost or twice.
 
-Only complete lines are delivered and appended to the local copy, so the local copy's size is
-always the remote offset to resume from, even after the console itself restarts.
+Every byte fetched is appended to the local copy, so the copy is an exact prefix of the worker's
+log and its size the offset to resume from, even after the console itself restarts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from console.adapters.ssh_pool import SshPool, SshTarget
 from console.models import SshError
-from console.services.lines import LineSplitter, decode
+from console.services.lines import LineSplitter, decode, open_last_line
 
 LineSink = Callable[[int, str], None]
 # Failures worth waiting out: the link, not the key or the host's identity.
@@ -119,8 +119,15 @@ class LogStream:
         return f"exec tail -c {start} {log}"
 
     async def follow(self, on_line: LineSink | None = None, *, follow: bool = True) -> int | None:
-        """Deliver lines until the job has ended (or, without follow, up to now); return its rc."""
-        splitter = LineSplitter()
+        """Deliver lines until the job has ended (or, without follow, up to now); return its rc.
+
+        Every byte goes to the local copy as it arrives, an open line too, so the copy's size
+        is the offset to resume from and a line of any length costs no memory here: only its
+        visible part is held (lines.VISIBLE_BYTES), and only while someone wants the lines.
+        """
+        splitter = LineSplitter(bounded=True)
+        if on_line is not None:  # the copy may end in a line begun before: go on with it
+            splitter.resume(await asyncio.to_thread(open_last_line, self.local_path))
         self._outage_started: float | None = None
         delay = 0.2
         loop = asyncio.get_running_loop()
@@ -128,23 +135,15 @@ class LogStream:
         try:
 
             def take(chunk: bytes) -> None:
-                data = splitter.pending + chunk
-                end = data.rfind(b"\n")
-                if end < 0:
-                    splitter.keep(data)
-                    return
-                complete, rest = data[: end + 1], data[end + 1 :]
-                splitter.keep(rest)
-                local.write(complete)  # whole lines only: local size == remote offset
-                self.offset += len(complete)
+                local.write(chunk)
+                self.offset += len(chunk)
                 self._outage_started = None  # data flows again: a later drop is a new outage
                 if on_line is not None:
-                    for line in complete[:-1].split(b"\n"):
+                    for line in splitter.feed(chunk):
                         on_line(self.worker, decode(line))
 
             while True:
-                splitter.reset()  # a partial line is read again from the offset
-                try:
+                try:  # after a drop, on from the offset: the open line goes on where it was
                     await self.pool.run(self.target, self._command(follow), on_stdout=take)
                     break
                 except SshError as exc:
@@ -159,7 +158,7 @@ class LogStream:
                     delay = min(delay * 2, 5.0)
             rc = await self.read_rc() if follow else None
             tail = splitter.flush()
-            # A job that ended without a final newline: show it, but keep the offset honest.
+            # A job that ended without a final newline: its last line is a line (and on disk).
             if tail is not None and (rc is not None or not follow) and on_line is not None:
                 on_line(self.worker, decode(tail))
         finally:

@@ -152,6 +152,7 @@ async def test_job_output_search_filter_and_findings_show_as_printed(jobs: JobSe
         await until(pilot, lambda: "No line contains '[/zz]'." in screen_text(app))
         assert "search: '[/zz]'" in screen_text(app)
         await pilot.press("ampersand", *"[bold", "enter")
+        await until(pilot, lambda: screen.running_query is None)
         await until(pilot, lambda: "filter: '[bold'" in screen_text(app))
         assert len(screen.index.visible) == 1 and OUTPUT in screen_text(app)
         app.pop_screen()
