@@ -275,6 +275,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 1 if snapshot.unreachable else 0
 
 
+def _stdin_for_exec():
+    """Our stdin for the workers' commands, as ssh forwards it; none when we have none."""
+    import os
+
+    from console.services.remote import SharedInput
+
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return SharedInput(lambda: os.read(fd, 65536))
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from console.fleet_source import open_fleet_source
     from console.services.remote import command_from_argv
@@ -287,14 +300,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     def show(line) -> None:
         stream = sys.stdout if line.stream == "out" else sys.stderr
-        print(f"[w{line.worker}] {line.text}", file=stream, flush=True)
+        print(f"[w{line.worker}] {_for(stream, line.text)}", file=stream, flush=True)
 
     async def go():
         remote = source.remote(internal_ip=args.internal_ip)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
-            return await remote.run(node, args.worker, command_from_argv(argv), show)
+            return await remote.run(
+                node, args.worker, command_from_argv(argv), show, stdin=_stdin_for_exec()
+            )
         finally:
             await remote.close()
             await source.fleet.close()
@@ -310,14 +325,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.worst_status
 
 
+def _for(stream, text: str) -> str:
+    """A worker's text as printed: exact into a pipe or file; on a terminal, only its colours
+    survive as escapes (a job may not retitle, clear or move about the user's terminal)."""
+    from console.services.terminal_text import safe_for_terminal
+
+    return safe_for_terminal(text) if stream.isatty() else text
+
+
 def _print_line(worker: int, text: str) -> None:
-    print(f"[w{worker}] {text}", flush=True)
+    print(f"[w{worker}] {_for(sys.stdout, text)}", flush=True)
 
 
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it."""
     from console.models import parse_worker_selection
-    from console.services.lines import copy_lines, decode, open_last_line
+    from console.services.lines import copy_lines
 
     chosen = {w.worker for w in job.workers}
     if selection != "all":
@@ -326,17 +349,25 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
         except ValueError as exc:
             ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
             raise FleetError(str(exc), f"Job {job.job_id} ran on {ran_on}.") from None
-    for w in sorted(chosen):  # a last line without newline is the follower's to finish
-        for line in copy_lines(jobs_service.log_path(job.job_id, w), last=False):
-            _print_line(w, line)
+    printed = 0
+
+    def show(worker: int, text: str) -> None:
+        nonlocal printed
+        printed += 1
+        _print_line(worker, text)
+
     try:
         node = await source.fleet.get_node(job.zone, job.node)
-        rcs = await jobs_service.follow(job, node, _print_line, selection=selection, follow=follow)
+        rcs = await jobs_service.follow(
+            job, node, show, selection=selection, follow=follow, from_start=True
+        )
     except FleetError as exc:
+        if printed:  # the copy was replayed already; the worker was lost after
+            print(f"tpuconsole: lost {job.node}: {exc}", file=sys.stderr)
+            return 1
         for w in sorted(chosen):
-            tail = open_last_line(jobs_service.log_path(job.job_id, w))
-            if tail.total:
-                _print_line(w, decode(tail.take()))
+            for line in copy_lines(jobs_service.log_path(job.job_id, w)):
+                _print_line(w, line)
         print(
             f"tpuconsole: cannot reach {job.node}: {exc}; shown: the local copy.", file=sys.stderr
         )
@@ -409,18 +440,21 @@ def _print_uploads(local, remote_dir: str, outcomes) -> int:
     """One line per worker (failures on stderr); exit 1 when any worker failed."""
     print(f"{local} -> {remote_dir}")
     for outcome in outcomes:
-        print(outcome.describe(), file=sys.stderr if outcome.error else sys.stdout)
-    return 1 if any(o.error for o in outcomes) else 0
+        print(outcome.describe(), file=sys.stderr if outcome.failed else sys.stdout)
+    return 1 if any(o.failed for o in outcomes) else 0
 
 
 async def _stale_cleared(jobs_service, node, args) -> bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: probe, then clean or refuse."""
-    from console.services.probe import ProbeService, node_status, plan_for
+    from console.services.probe import ProbeService, node_status, odd_lock_note, plan_for
 
     prober = ProbeService(jobs_service.remote)
     probes = await prober.probe(node, args.worker)
     plans = [plan_for(p.report) for p in probes if p.report is not None]
     if all(p.empty for p in plans):
+        for probe in probes:  # nothing to clean, but something a person should look at
+            if probe.report is not None and probe.report.odd_lock:
+                print(f"w{probe.worker}: note: {odd_lock_note(probe.report)}", file=sys.stderr)
         return True
     print(f"{node.name}: {node_status(probes)}")
     print_plans(probes, plans)
@@ -484,11 +518,15 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     print("tpuconsole: jobs show needs a job id", file=sys.stderr)
                     return 2
                 job = jobs_service.get(args.job)
+                if await jobs_service.settle_ended([job]):
+                    job = jobs_service.get(job.job_id)
                 if args.json:
                     print(json.dumps(_job_json(job)))
                 else:
                     _print_job(job)
                 return 0
+            if args.command == "jobs":
+                await jobs_service.settle_ended()  # ended since anyone looked: say so, and when
             if args.command == "jobs" and args.json:
                 for job in jobs_service.history.recent():
                     print(json.dumps(_job_json(job)))
@@ -643,8 +681,8 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
                 return 0 if all(p.report and p.report.clean for p in probes) else 1
             print_plans(probes, plans)
             todo = [p for p in plans if not p.empty]
-            if not todo:
-                return 0 if all(p.report for p in probes) else 1
+            if not todo:  # nothing we may do; still not clean if a note says what is left
+                return 0 if all(p.report and p.report.clean for p in probes) else 1
             if args.dry_run:
                 return 0
             if not args.yes:
@@ -830,6 +868,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import dataclasses
 
     from console.services.diagnosis import diagnose_text
+    from console.services.lines import split_lines
     from console.services.metrics import JobMetrics
 
     try:
@@ -838,7 +877,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.logfile}: {exc.strerror}")
     found = diagnose_text(text)
     metrics = JobMetrics()
-    for line in text.splitlines():
+    for line in split_lines(text):
         m = re.match(r"\[w(\d+)\] ", line)
         metrics.feed(int(m.group(1)) if m else 0, line[m.end() :] if m else line)
     if args.json:

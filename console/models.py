@@ -323,10 +323,13 @@ class ProbeReport:
     busy: tuple[str, ...]
     unreadable_processes: int = 0
     probe_pid: int = 0
+    login_user: str = ""  # whose processes are ours: the ssh login user, even through sudo
+    odd_lock: str = ""  # the lockfile is a symlink, directory, fifo…: reported, never followed
+    lock_target: str = ""  # a symlinked lockfile's target, as the link says
 
     @property
     def clean(self) -> bool:
-        return not (self.stale_lock or self.foreign_lock or self.lingering)
+        return not (self.stale_lock or self.foreign_lock or self.lingering or self.odd_lock)
 
     @classmethod
     def from_json(cls, worker: int, raw: dict) -> ProbeReport:
@@ -374,6 +377,9 @@ class ProbeReport:
             busy=tuple(verdicts.get("busy", [])),
             unreadable_processes=int(raw.get("unreadable_processes", 0)),
             probe_pid=int(raw.get("probe_pid", 0)),
+            login_user=raw.get("login_user", ""),
+            odd_lock=verdicts.get("odd_lock", ""),
+            lock_target=lock.get("target", ""),
         )
 
 

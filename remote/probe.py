@@ -1,8 +1,10 @@
 """What holds this worker's TPU: the libtpu lockfile, the processes on the chips, our jobs.
 
 Runs on the VM's own python3 (3.8+, standard library only), fed on stdin by the console:
-`python3 - probe [--lockfile P] [--devices GLOB] [--jobs-dir D]` prints one JSON report;
-`python3 - clean PLAN_JSON` carries out a cleanup plan, re-checking every process first.
+`python3 - probe [--lockfile P] [--devices GLOB] [--jobs-dir D] [--login-uid U]` prints one
+JSON report; `python3 - clean PLAN_JSON` carries out a cleanup plan, re-checking every process
+first. "Ours" is the ssh login user's (`--login-uid`, else sudo's SUDO_UID), never root's
+merely because sudo made the probe root.
 """
 
 import errno
@@ -13,6 +15,7 @@ import os
 import pwd
 import signal
 import socket
+import stat as stat_mode
 import sys
 import time
 
@@ -79,12 +82,53 @@ def alive(pid, start_ticks=None):
 
 
 # ----- the lock and the chips -------------------------------------------------------------------
-def lock_holders(path):
-    """Pids holding a POSIX lock on the file, from /proc/locks (any user, no privileges)."""
+# Opened only as the regular file it was seen to be: /tmp is world-writable, and a link planted
+# there must not lead us to someone else's file (nor its lock's holders to our signals).
+OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def file_kind(mode):
+    if stat_mode.S_ISREG(mode):
+        return "file"
+    if stat_mode.S_ISLNK(mode):
+        return "symlink"
+    if stat_mode.S_ISDIR(mode):
+        return "directory"
+    if stat_mode.S_ISFIFO(mode):
+        return "fifo"
+    if stat_mode.S_ISSOCK(mode):
+        return "socket"
+    if stat_mode.S_ISCHR(mode) or stat_mode.S_ISBLK(mode):
+        return "device"
+    return "other"
+
+
+def open_regular(path, seen=None):
+    """A descriptor on the regular file at `path` itself, never through a link.
+
+    Returns (fd, None), or (None, why) when it is not a regular file (or no longer the one
+    `seen` describes: swapped between the look and the open).
+    """
     try:
-        st = os.stat(path)
-    except OSError:
-        return []
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symlink"
+        if exc.errno == errno.EISDIR:
+            return None, "directory"
+        raise
+    st = os.fstat(fd)
+    if not stat_mode.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None, file_kind(st.st_mode)
+    if seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+        os.close(fd)
+        return None, "replaced"
+    return fd, None
+
+
+def lock_holders(st):
+    """Pids holding a POSIX lock on the file `st` describes, from /proc/locks (no privileges)."""
     want = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     holders = []
     try:
@@ -100,12 +144,14 @@ def lock_holders(path):
     return sorted(set(holders))
 
 
-def try_lock(path):
+def try_lock(path, seen):
     """'free' if we could take the lock, 'held' if someone has it, 'unopenable' if we may not."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd, odd = open_regular(path, seen)
     except OSError as exc:
         return "unopenable" if exc.errno in (errno.EACCES, errno.EPERM) else "missing"
+    if fd is None:
+        return "changed: " + odd
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -118,20 +164,39 @@ def try_lock(path):
 
 
 def lockfile_report(path):
-    report = {"path": path, "exists": os.path.exists(path)}
-    if not report["exists"]:
+    """The lockfile as it is, looked at without following a link.
+
+    Anything but a regular file (a symlink, a directory, a FIFO) is reported with its kind and
+    left alone: no lock taken through it, no holders looked up behind it.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return {"path": path, "exists": False}
+    report = {
+        "path": path,
+        "exists": True,
+        "kind": file_kind(st.st_mode),
+        "owner_uid": st.st_uid,
+        "owner": user_name(st.st_uid),
+        "mode": "%04o" % (st.st_mode & 0o7777),
+        "mtime": st.st_mtime,
+        "holders": [],
+    }
+    if report["kind"] == "symlink":
+        try:
+            report["target"] = os.readlink(path)
+        except OSError:
+            report["target"] = "?"
+    if report["kind"] != "file":
+        report["held"] = False
         return report
-    st = os.stat(path)
-    holders = lock_holders(path)
-    report.update(
-        owner_uid=st.st_uid,
-        owner=user_name(st.st_uid),
-        mode="%04o" % (st.st_mode & 0o7777),
-        mtime=st.st_mtime,
-        holders=holders,
-        attempt=try_lock(path),
-    )
-    report["held"] = bool(holders) or report["attempt"] == "held"
+    report["holders"] = lock_holders(st)
+    report["attempt"] = try_lock(path, st)
+    if report["attempt"].startswith("changed"):
+        report["kind"] = report["attempt"].split(": ", 1)[1]
+        report["holders"] = []
+    report["held"] = bool(report["holders"]) or report["attempt"] == "held"
     return report
 
 
@@ -201,7 +266,7 @@ def log_has_done(path):
             tail = fh.read()
     except OSError:
         return False
-    return any(line.startswith(b"DONE:") for line in tail.splitlines())
+    return any(line.startswith(b"DONE:") for line in tail.split(b"\n"))
 
 
 def jobs_report(jobs_dir):
@@ -233,8 +298,9 @@ def jobs_report(jobs_dir):
 def verdicts(lock, holders, jobs, my_uid):
     """Busy, lingering, stale or foreign, each with the reason a user would want to read.
 
-    A job's processes are the members of its session (the launch starts it with setsid), so
-    a holder is ours exactly when its session id is one of our jobs' pids.
+    `my_uid` is the login user's. A job's processes are the members of its session (the
+    launch starts it with setsid), so a holder belongs to a job of ours when its session id is
+    one of our jobs' pids; it is ours to stop only if it also runs as the login user.
     """
     by_pid = {j["pid"]: j for j in jobs}
     busy, lingering = [], []
@@ -249,6 +315,16 @@ def verdicts(lock, holders, jobs, my_uid):
                     "pid": proc["pid"],
                     "ours": proc["uid"] == my_uid,
                     "why": "holds the TPU and belongs to no job of ours",
+                }
+            )
+        elif finished and proc["uid"] != my_uid:
+            lingering.append(
+                {
+                    "pid": proc["pid"],
+                    "ours": False,
+                    "job_id": job["job_id"],
+                    "why": "still holds the TPU after its job ended, in the job's session but "
+                    "as user %s" % proc["user"],
                 }
             )
         elif finished:
@@ -273,7 +349,7 @@ def verdicts(lock, holders, jobs, my_uid):
     for job in jobs:  # a runner that printed DONE and never exited, holding nothing any more
         if job["alive"] and job["done_line"] and job["pid"] not in listed:
             stat = proc_stat(job["pid"])
-            if stat is not None:
+            if stat is not None and uid_of(job["pid"]) == my_uid:
                 lingering.append(
                     {
                         "pid": job["pid"],
@@ -286,16 +362,28 @@ def verdicts(lock, holders, jobs, my_uid):
                 )
     held = lock.get("held", False)
     exists = bool(lock.get("exists"))
-    foreign = exists and lock.get("owner_uid") != my_uid and lock.get("attempt") == "unopenable"
+    regular = exists and lock.get("kind", "file") == "file"
+    foreign = regular and lock.get("owner_uid") != my_uid and lock.get("attempt") == "unopenable"
     return {
-        "stale_lock": exists and not held and not holders and not foreign,
+        "stale_lock": regular and not held and not holders and not foreign,
         "foreign_lock": foreign,
+        "odd_lock": lock.get("kind", "") if exists and not regular else "",
         "lingering": lingering,
         "busy": sorted(set(busy)),
     }
 
 
-def probe(lockfile, device_globs, jobs_dir, sudo_note):
+def login_uid(given):
+    """Whose processes are ours: the ssh login user's, which sudo would otherwise hide."""
+    if given is not None and str(given).isdigit():
+        return int(given)
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() == 0 and sudo_uid.isdigit():
+        return int(sudo_uid)
+    return os.geteuid()
+
+
+def probe(lockfile, device_globs, jobs_dir, sudo_note, owner):
     me = os.getpid()
     up = uptime_s()
     devices = device_paths(device_globs)
@@ -316,6 +404,8 @@ def probe(lockfile, device_globs, jobs_dir, sudo_note):
         "root": os.geteuid() == 0,
         "uid": os.geteuid(),
         "user": user_name(os.geteuid()),
+        "login_uid": owner,
+        "login_user": user_name(owner),
         "sudo": sudo_note,
         "probe_pid": me,
         "lockfile": lock,
@@ -323,7 +413,7 @@ def probe(lockfile, device_globs, jobs_dir, sudo_note):
         "holders": holders,
         "unreadable_processes": unreadable,
         "jobs": jobs,
-        "verdicts": verdicts(lock, holders, jobs, os.geteuid()),
+        "verdicts": verdicts(lock, holders, jobs, owner),
     }
 
 
@@ -360,7 +450,7 @@ def gone(step):
     return stat is None or stat["state"] in ("Z", "X") or stat["start_ticks"] != step["start_ticks"]
 
 
-def kill_step(step, protected):
+def kill_step(step, protected, owner):
     pid = step["pid"]
     if pid in protected:
         return {"step": step, "done": False, "result": "refused: protected process"}
@@ -369,6 +459,14 @@ def kill_step(step, protected):
             "step": step,
             "done": False,
             "result": "not signalled: pid %d is gone or is another process now" % pid,
+        }
+    uid = uid_of(pid)
+    if uid != owner:  # whatever the plan says: only the login user's processes are signalled
+        return {
+            "step": step,
+            "done": False,
+            "result": "refused: pid %d runs as user %s, not as %s"
+            % (pid, user_name(uid), user_name(owner)),
         }
     try:
         os.kill(pid, signal.SIGTERM)
@@ -407,7 +505,7 @@ def kill_step(step, protected):
 def remove_lock_step(step):
     path = step["path"]
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd, odd = open_regular(path)
     except FileNotFoundError:
         return {"step": step, "done": True, "result": "already gone"}
     except PermissionError:
@@ -416,6 +514,12 @@ def remove_lock_step(step):
             "done": False,
             "needs_root": True,
             "result": "needs root: %s belongs to another user" % path,
+        }
+    if fd is None:
+        return {
+            "step": step,
+            "done": False,
+            "result": "not removed: %s is a %s now, not a lockfile; not followed" % (path, odd),
         }
     try:
         try:
@@ -427,6 +531,13 @@ def remove_lock_step(step):
                 "result": "not removed: a process holds its lock now",
             }
         try:
+            now, held = os.lstat(path), os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                return {
+                    "step": step,
+                    "done": False,
+                    "result": "not removed: %s was replaced meanwhile" % path,
+                }
             os.unlink(path)  # while we hold the lock: nobody can take it in between
         except PermissionError:
             return {
@@ -440,12 +551,15 @@ def remove_lock_step(step):
         os.close(fd)
 
 
-def clean(plan, lockfile, device_globs, jobs_dir, sudo_note):
+def clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner):
     protected = protected_pids()
-    results = [kill_step(s, protected) for s in plan.get("kills", [])]
+    results = [kill_step(s, protected, owner) for s in plan.get("kills", [])]
     for step in plan.get("locks", []):
         results.append(remove_lock_step(step))
-    return {"results": results, "after": probe(lockfile, device_globs, jobs_dir, sudo_note)}
+    return {
+        "results": results,
+        "after": probe(lockfile, device_globs, jobs_dir, sudo_note, owner),
+    }
 
 
 def main(argv):
@@ -458,11 +572,12 @@ def main(argv):
     device_globs = (devices,) if devices else DEVICE_GLOBS
     jobs_dir = opts.get("--jobs-dir") or os.path.expanduser("~/.tpuconsole/jobs")
     sudo_note = opts.get("--sudo", "not tried")
+    owner = login_uid(opts.get("--login-uid"))
     if mode == "clean":
         plan = json.loads(argv[1])
-        out = clean(plan, lockfile, device_globs, jobs_dir, sudo_note)
+        out = clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner)
     else:
-        out = probe(lockfile, device_globs, jobs_dir, sudo_note)
+        out = probe(lockfile, device_globs, jobs_dir, sudo_note, owner)
     sys.stdout.write(json.dumps(out) + "\n")
 
 

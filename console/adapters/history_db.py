@@ -208,8 +208,11 @@ class HistoryStore:
             [v for _, v in sets] + [job_id, worker],
         )
 
-    def set_status(self, job_id: str, status: str, note: str = "") -> None:
-        ended = datetime.now(UTC).isoformat() if status not in OPEN_STATUSES else ""
+    def set_status(
+        self, job_id: str, status: str, note: str = "", ended_at: datetime | None = None
+    ) -> None:
+        """`ended_at` defaults to now for a status that ends the job."""
+        ended = "" if status in OPEN_STATUSES else (ended_at or datetime.now(UTC)).isoformat()
         self._db.execute(
             "UPDATE jobs SET status = ?, note = ?, ended_at = ? WHERE job_id = ?",
             (status, note, ended, job_id),
@@ -273,12 +276,21 @@ class HistoryStore:
             )
 
     def get(self, job_ref: str) -> Job | None:
-        """By full id or by its leading number (`17` for `17-3fa2c1`)."""
-        row = self._db.execute(
-            f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ? OR job_id LIKE ? || '-%'"
-            " ORDER BY seq DESC LIMIT 1",
-            (job_ref, job_ref),
-        ).fetchone()
+        """By full id or by its leading number (`17` for `17-3fa2c1`), nothing else.
+
+        Compared as text, never as a pattern: a reference of `%` or `_` names no job.
+        """
+        if job_ref.isascii() and job_ref.isdigit():
+            prefix = f"{int(job_ref)}-"
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE substr(job_id, 1, ?) = ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (len(prefix), prefix),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM jobs WHERE job_id = ?", (job_ref,)
+            ).fetchone()
         return self._job(row) if row else None
 
     def recent(self, limit: int = 50) -> list[Job]:

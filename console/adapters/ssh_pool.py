@@ -317,9 +317,13 @@ class SshPool:
         *,
         on_stdout: Chunk | None = None,
         on_stderr: Chunk | None = None,
-        stdin: bytes | None = None,
+        stdin: bytes | AsyncIterator[bytes] | None = None,
     ) -> RunResult:
-        """Run one shell command, streaming raw output chunks; SshError if the link fails."""
+        """Run one shell command, streaming raw output chunks; SshError if the link fails.
+
+        `stdin` is the command's input: all of it at once, or chunks as they come (what a
+        pipe into `tpuconsole exec` gives), fed while the output is read.
+        """
         try:
             async with self.session(target) as conn:
                 process = await conn.create_process(
@@ -328,13 +332,22 @@ class SshPool:
                     stdin=asyncssh.DEVNULL if stdin is None else asyncssh.PIPE,
                 )
                 async with process:
-                    if stdin is not None:
+                    feeding = None
+                    if isinstance(stdin, bytes):
                         process.stdin.write(stdin)
                         process.stdin.write_eof()
-                    await asyncio.gather(
-                        _drain(process.stdout, on_stdout), _drain(process.stderr, on_stderr)
-                    )
-                    await process.wait()
+                    elif stdin is not None:
+                        feeding = asyncio.ensure_future(_feed(process.stdin, stdin))
+                    try:
+                        await asyncio.gather(
+                            _drain(process.stdout, on_stdout), _drain(process.stderr, on_stderr)
+                        )
+                        await process.wait()
+                    finally:
+                        if feeding is not None:  # the command is done: it reads no more
+                            feeding.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await feeding
                 if process.exit_status is None and process.exit_signal is None:
                     self.drop(target)
                     raise SshError(
@@ -353,6 +366,20 @@ class SshPool:
                 "Check the VM's state; the console reconnects on the next try.",
                 kind="lost",
             ) from None
+
+
+async def _feed(writer: asyncssh.SSHWriter, chunks: AsyncIterator[bytes]) -> None:
+    try:
+        async for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+    except (asyncssh.Error, OSError):
+        pass  # the command closed its input or ended: what it did not read is not wanted
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _drain(reader: asyncssh.SSHReader, sink: Chunk | None) -> None:

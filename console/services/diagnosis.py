@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from console.services.lines import matching_lines
+from console.services.lines import matching_lines, split_lines
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class Diagnoser:
 def diagnose_text(text: str) -> list[Diagnosis]:
     """The whole of a saved log; `[wN] ` prefixes (from `tpuconsole logs`) name the worker."""
     diagnoser = Diagnoser()
-    for line in text.splitlines():
+    for line in split_lines(text):
         worker = None
         m = re.match(r"\[w(\d+)\] ", line)
         if m:

@@ -21,7 +21,7 @@ from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
 from console.services.diagnosis import Diagnoser
 from console.services.lines import bounded_runs
-from console.services.log_stream import LineSink, LogStream, job_dir
+from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
@@ -191,13 +191,18 @@ class JobService:
         selection: str = "all",
         follow: bool = True,
         on_end: Callable[[int, int | None], None] | None = None,
+        from_start: bool = False,
     ) -> dict[int, int | None]:
-        """Stream every chosen worker's log at once; record each rc and the job's end."""
+        """Stream every chosen worker's log at once; record each rc and the job's end.
+
+        With `from_start`, every line of the local copies first: one stream of lines, read by
+        one rule, whether they were fetched before or arrive now.
+        """
         streams = await self.streams(job, node, selection)
 
         async def one(stream: LogStream) -> int | None:
             try:
-                rc = await stream.follow(on_line, follow=follow)
+                rc = await stream.follow(on_line, follow=follow, from_start=from_start)
             finally:
                 self.history.set_worker(job.job_id, stream.worker, log_offset=stream.offset)
             if rc is not None:
@@ -214,12 +219,17 @@ class JobService:
             rcs[stream.worker] = result
         started = [w for w in job.workers if w.pid]
         if follow and selection == "all" and len(rcs) == len(started):
-            self._settle(job, rcs)
+            self._settle(job, rcs, _latest([s.ended_at for s in streams]))
             await self.record_results(job)  # whatever the status: a killed job's last lines too
         return rcs
 
-    def _settle(self, job: Job, rcs: dict[int, int | None]) -> None:
-        """The state a job ended in, unless it was already settled (killed, lost stay so)."""
+    def _settle(
+        self, job: Job, rcs: dict[int, int | None], ended_at: datetime | None = None
+    ) -> None:
+        """The state a job ended in, unless it was already settled (killed, lost stay so).
+
+        `ended_at` is when the last worker's rc file was written, not when someone looked.
+        """
         current = self.history.get(job.job_id)
         if current is None or not current.open:
             return
@@ -234,7 +244,80 @@ class JobService:
             status = "failed"
         else:
             status = "succeeded"
-        self.history.set_status(job.job_id, status, ", ".join(notes))
+        self.history.set_status(job.job_id, status, ", ".join(notes), ended_at)
+
+    async def settle_ended(
+        self, jobs: list[Job] | None = None, timeout_s: float = 15.0
+    ) -> list[str]:
+        """Open jobs that no follower of this console watches, settled if every worker ended.
+
+        Read from each worker's job folder: its rc file and the file's mtime (the end time),
+        or that the process is still running, or that it vanished without one. A job nobody
+        followed would otherwise show `running` until someone did. Returns the job ids settled.
+        """
+        watched = {j for j, task in self._watchers.items() if not task.done()}
+        candidates = [
+            j
+            for j in (self.history.recent(200) if jobs is None else jobs)
+            if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
+        ]
+        nodes: dict[str, asyncio.Future] = {}
+
+        def node_of(job: Job) -> asyncio.Future:
+            if job.node_key not in nodes:
+                nodes[job.node_key] = asyncio.ensure_future(
+                    self.remote.fleet.get_node(job.zone, job.node)
+                )
+            return nodes[job.node_key]
+
+        async def one(job: Job) -> str | None:
+            node = await node_of(job)
+            targets = {t.worker: t for t in await self.remote.targets(node, "all")}
+            started = [w for w in job.workers if w.pid]
+            if any(w.worker not in targets for w in started):
+                return None
+            said: dict[int, list[str]] = {w.worker: [] for w in started}
+            result = await self.remote.run_on_targets(
+                node.name,
+                [targets[w.worker] for w in started],
+                settle_command(job.job_id),
+                on_line=lambda line: (
+                    said[line.worker].append(line.text) if line.stream == "out" else None
+                ),
+            )
+            if result.failed:
+                return None
+            rcs: dict[int, int | None] = {}
+            ended: list[float | None] = []
+            for worker, words in ((w, " ".join(t).split()) for w, t in said.items()):
+                if words[:1] == ["ended"]:
+                    rc, when = parse_rc_file(" ".join(words[1:]).encode())
+                    rcs[worker] = rc
+                    ended.append(when)
+                elif words == ["vanished"]:
+                    rcs[worker] = None
+                else:
+                    return None  # still running (or unreadable): nothing to settle
+            for worker, rc in rcs.items():
+                if rc is not None:
+                    self.history.set_worker(job.job_id, worker, rc=rc)
+            self._settle(job, rcs, _latest(ended))
+            await self.record_results(job)
+            return job.job_id
+
+        if not candidates:
+            return []
+        tasks = [asyncio.ensure_future(one(j)) for j in candidates]
+        done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for future in nodes.values():
+            future.cancel()
+        settled = []
+        for task in done:
+            if not task.cancelled() and task.exception() is None and task.result():
+                settled.append(task.result())
+        return settled
 
     async def record_results(self, job: Job) -> None:
         """Metrics and diagnoses from the local copies, into the history with the job.
@@ -356,7 +439,7 @@ class JobService:
                 outcome[worker.worker] = f"not stopped: {result.outcomes[0].describe()}"
 
         await asyncio.gather(*(one(w) for w in wanted))
-        stopped = any(v in {"stopped", "killed"} for v in outcome.values())
+        stopped = any(v.split(":")[0] in {"stopped", "killed"} for v in outcome.values())
         if stopped:
             self.history.set_status(
                 job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
@@ -390,19 +473,60 @@ class JobService:
         )
 
 
+def _latest(times: list[float | None]) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return datetime.fromtimestamp(max(known), UTC) if known else None
+
+
+def settle_command(job_id: str) -> str:
+    """Shell text printing `ended RC MTIME`, `running` or `vanished` for the job's folder.
+
+    The rc is looked for again after the liveness check: it is written as the process exits.
+    """
+    d = job_dir(job_id)
+    return "\n".join(
+        [
+            f'd="{d}"; rc="$d/rc"',
+            'ended() { [ -f "$rc" ] && echo "ended $(cat "$rc") $(stat -c %Y "$rc")"; }',
+            "ended && exit 0",
+            'pid=$(cat "$d/pid" 2>/dev/null); start=$(cat "$d/start" 2>/dev/null)',
+            'now=$(cut -d" " -f22 "/proc/$pid/stat" 2>/dev/null)',
+            'if [ -n "$now" ] && { [ -z "$start" ] || [ "$now" = "$start" ]; } '
+            '&& ! ps -o stat= -p "$pid" 2>/dev/null | grep -q "^Z"; then echo running; exit 0; fi',
+            "ended || echo vanished",
+        ]
+    )
+
+
 def stop_command(job_id: str, grace_s: float) -> str:
+    """Shell text that ends the job's session; prints what it did, `word[: detail]`.
+
+    The session outlives its leader when the command backgrounded a child: those processes
+    are the job's too, and stopping the job ends them (the session id is the leader's pid,
+    which the kernel keeps allocated while any member lives, so it cannot name another job).
+    """
     d = job_dir(job_id)
     ticks = max(1, int(grace_s * 10))
     return "\n".join(
         [
             f'd="{d}"; pid=$(cat "$d/pid" 2>/dev/null); start=$(cat "$d/start" 2>/dev/null)',
+            '[ -n "$pid" ] || { echo gone; exit 0; }',
             'now=$(cut -d" " -f22 "/proc/$pid/stat" 2>/dev/null)',
-            '[ -n "$pid" ] && [ -n "$now" ] || { echo gone; exit 0; }',
-            '[ -z "$start" ] || [ "$now" = "$start" ] || { echo "gone (pid reused)"; exit 0; }',
-            'alive() { ps -o stat= --sid "$pid" 2>/dev/null | grep -qv "^Z"; }',
-            "alive || { echo gone; exit 0; }  # only zombies left: it has ended",
+            '[ -z "$now" ] || [ -z "$start" ] || [ "$now" = "$start" ] '
+            '|| { echo "gone: pid reused"; exit 0; }',
+            "members() { ps -o pid=,stat= --sid \"$pid\" 2>/dev/null | awk '$2 !~ /^Z/'; }",
+            'n=$(members | wc -l); [ "$n" -gt 0 ] || { echo gone; exit 0; }',
+            'left=""',
+            'if [ -z "$now" ] || ps -o stat= -p "$pid" 2>/dev/null | grep -q "^Z"; then',
+            '  rc=$(cat "$d/rc" 2>/dev/null)',
+            '  s=""; [ "$n" = 1 ] || s=es',
+            '  left=": $n process$s it left running in its session (its command had ended'
+            '${rc:+ with rc=$rc})"',
+            "fi",
             'pkill -TERM -s "$pid" 2>/dev/null',
-            f"for i in $(seq 1 {ticks}); do alive || {{ echo stopped; exit 0; }}; sleep 0.1; done",
-            'pkill -KILL -s "$pid" 2>/dev/null; echo killed',
+            f"for i in $(seq 1 {ticks}); do",
+            '  [ -n "$(members)" ] || { echo "stopped$left"; exit 0; }; sleep 0.1',
+            "done",
+            'pkill -KILL -s "$pid" 2>/dev/null; echo "killed$left"',
         ]
     )

@@ -64,7 +64,10 @@ class OpenLine:
 
 
 class LineSplitter:
-    """Lines end at `\n`; an open line grows in place, so a long one costs linear time.
+    """Lines end at `\n` and only there, everywhere: live, replayed, in results and views.
+
+    (str.splitlines would also cut at \r, \f, \v, U+0085, U+2028…, so a replay would differ
+    from what was shown live.) An open line grows in place, so a long one costs linear time.
 
     With `bounded`, a line longer than VISIBLE_BYTES comes out as its visible part and is held
     in bounded memory while open (for job logs, whose whole lines stay on disk); without, lines
@@ -102,12 +105,6 @@ class LineSplitter:
             return self._open.take()
         line, self._partial = bytes(self._partial), bytearray()
         return line
-
-    def resume(self, open_line: OpenLine) -> None:
-        """Go on with a line begun before (the open last line of a local copy)."""
-        self._open = open_line
-        if not self.bounded:
-            self._partial = bytearray(open_line.head)
 
     @property
     def pending(self) -> bytes:
@@ -155,52 +152,24 @@ def _has_long_line(run: bytes) -> bool:
     return max(map(len, run.split(b"\n"))) > VISIBLE_BYTES
 
 
-def copy_lines(path: Path, *, last: bool = True) -> Iterator[str]:
-    """Every line of a local copy, decoded, each at most its visible part; with `last`, an
-    unterminated last line too (leave it to a follower that will go on with it)."""
+def split_lines(text: str) -> list[str]:
+    """A whole text's lines by the one rule: `\n` ends a line; a last line may lack it."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def copy_lines(path: Path) -> Iterator[str]:
+    """Every line of a local copy, decoded, each at most its visible part, the last one too."""
     try:
         fh = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         return
     with fh:
-        end = fh.seek(0, 2) if last else _last_line_start(fh)
-        fh.seek(0)
-        pieces = iter(lambda: fh.read(min(1 << 20, end - fh.tell())), b"")
-        for run in bounded_runs(pieces):
+        for run in bounded_runs(iter(lambda: fh.read(1 << 20), b"")):
             for line in run[:-1].split(b"\n"):
                 yield decode(line)
-
-
-def _last_line_start(fh) -> int:
-    """Where the copy's unterminated last line starts (its size if it ends with a newline)."""
-    end = fh.seek(0, 2)
-    while end > 0:
-        begin = max(0, end - (1 << 16))
-        fh.seek(begin)
-        cut = fh.read(end - begin).rfind(b"\n")
-        if cut >= 0:
-            return begin + cut + 1
-        end = begin
-    return 0
-
-
-def open_last_line(path: Path) -> OpenLine:
-    """The local copy's unterminated last line, in bounded memory (empty if there is none)."""
-    line = OpenLine()
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return line
-    with fh:
-        size = fh.seek(0, 2)
-        start = _last_line_start(fh)
-        fh.seek(start)
-        line.add(fh.read(min(size - start, VISIBLE_BYTES)))
-        if size - start > VISIBLE_BYTES:
-            fh.seek(max(start + VISIBLE_BYTES, size - VISIBLE_BYTES))
-            line.add(fh.read())
-            line.total = size - start
-    return line
 
 
 def decode(line: bytes) -> str:

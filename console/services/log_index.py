@@ -72,6 +72,7 @@ class LogIndex:
         self._positions = dict.fromkeys(paths, 0)  # where each copy's unindexed line starts
         self._scanned = dict.fromkeys(paths, 0)  # how far each copy has been read
         self._open: dict[int, int] = {}  # worker -> the entry of its line still being written
+        self._final: dict[int, int] = {}  # worker -> its copy's size once its job has ended
         self._ends: dict[int, int] = {}  # entry -> its end, for open lines and long lines
         self._workers = array("H")
         self._offsets = array("Q")
@@ -148,6 +149,8 @@ class LogIndex:
             changed += self._add_lines(worker, start, data, cut)
             if cut + 1 < len(data):  # a new line begun after the last newline
                 changed += self._grow_open_line(worker, end)
+        for worker in self._final:
+            self._finish(worker)
         return changed
 
     def _grow_open_line(self, worker: int, end: int) -> int:
@@ -199,10 +202,25 @@ class LogIndex:
         return first_new
 
     def mark_ended(self, worker: int) -> None:
-        """The worker's job has ended: its open line, if any, is its last line, as it is."""
-        entry = self._open.get(worker)
-        if entry is not None and self._passes_filter is not None:
+        """The worker's job has ended and its copy is complete: a last line there without a
+        newline is a line, once the index has read up to the copy's end."""
+        try:
+            self._final[worker] = self.paths[worker].stat().st_size
+        except (FileNotFoundError, KeyError):
+            return
+        self._finish(worker)
+
+    def _finish(self, worker: int) -> None:
+        if self._scanned[worker] != self._final.get(worker):
+            return
+        entry = self._open.pop(worker, None)
+        if entry is None:
+            return
+        self._cache.pop(entry, None)  # its end stays in _ends: it is read back as it is
+        if self._passes_filter is not None:
             self._refilter(entry)
+        if self.on_lines is not None:  # the matchers see it as they see every line
+            self.on_lines(worker, self._raw(entry).encode() + b"\n")
 
     @property
     def behind(self) -> bool:

@@ -1,12 +1,17 @@
 """One worker's job log followed from a byte offset, resumed after a drop: no line lost or twice.
 
-Every byte fetched is appended to the local copy, so the copy is an exact prefix of the worker's
-log and its size the offset to resume from, even after the console itself restarts.
+Every byte fetched is appended to the local copy, so the copy is always an exact prefix of the
+worker's log and its size the offset to resume from, even after the console restarts. Lines are
+delivered in bounded memory: a line longer than lines.VISIBLE_BYTES as its visible part. One
+follower per copy writes (it holds an flock on the copy, across processes); any other follower
+of the same copy reads it from the disk as it grows, and takes over when the writer is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import shlex
 import threading
@@ -15,11 +20,13 @@ from pathlib import Path
 
 from console.adapters.ssh_pool import SshPool, SshTarget
 from console.models import SshError
-from console.services.lines import LineSplitter, decode, open_last_line
+from console.services.lines import LineSplitter, decode
 
 LineSink = Callable[[int, str], None]
 # Failures worth waiting out: the link, not the key or the host's identity.
 TRANSIENT = {"lost", "refused", "timeout"}
+COPY_POLL_S = 0.1  # how often a follower that does not write looks for new bytes in the copy
+COPY_PIECE = 1 << 20  # a reader's read from the copy: the lines of a piece are delivered at once
 
 
 class _DiskWriter:
@@ -58,12 +65,30 @@ _WRITER = _DiskWriter()
 class LocalCopy:
     """Appends to the local copy through the disk-writer thread; `close` waits for the disk.
 
+    Opened only by the copy's one writer: `claim` takes an flock on the file itself, which
+    `close` releases once every byte is on disk, so the next writer starts from its true size.
     A disk under write-back pressure can block write() for hundreds of milliseconds; on the
     event loop that froze the UI (bench/logtail.py).
     """
 
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "ab")  # noqa: SIM115 - closed by the writer thread
+    def __init__(self, fh) -> None:
+        self._file = fh
+
+    @classmethod
+    def claim(cls, path: Path) -> LocalCopy | None:
+        """The writer's handle on the copy, or None while another follower writes it."""
+        fh = open(path, "ab")  # noqa: SIM115 - closed by the writer thread
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return None
+        return cls(fh)
+
+    @property
+    def size(self) -> int:
+        """The copy's size on disk (before anything this writer has queued lands)."""
+        return os.fstat(self._file.fileno()).st_size
 
     def write(self, data: bytes) -> None:
         _WRITER.put((self._file, data, None))
@@ -72,6 +97,41 @@ class LocalCopy:
         done = threading.Event()
         _WRITER.put((self._file, None, done))
         await asyncio.to_thread(done.wait)
+
+
+def _read_piece(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(COPY_PIECE)
+    except FileNotFoundError:
+        return b""
+
+
+def _line_start(path: Path, offset: int) -> int:
+    """Where the line holding `offset` starts, so a follower never begins mid-line."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return 0
+    with fh:
+        end = offset
+        while end > 0:
+            begin = max(0, end - 65536)
+            fh.seek(begin)
+            cut = fh.read(end - begin).rfind(b"\n")
+            if cut >= 0:
+                return begin + cut + 1
+            end = begin
+        return 0
+
+
+def parse_rc_file(text: bytes) -> tuple[int | None, float | None]:
+    """The rc file and its mtime, one a line, as the worker printed them: status and when."""
+    words = text.split()
+    rc = int(words[0]) if words and words[0].lstrip(b"-").isdigit() else None
+    when = float(words[1]) if rc is not None and len(words) > 1 and words[1].isdigit() else None
+    return rc, when
 
 
 def job_dir(job_id: str) -> str:
@@ -97,18 +157,13 @@ class LogStream:
         self.local_path = local_path
         self.max_outage_s = max_outage_s
         self.reconnects = 0
+        self.ended_at: float | None = None  # the rc file's mtime on the worker, once read
         local_path.parent.mkdir(parents=True, exist_ok=True)
         self.offset = local_path.stat().st_size if local_path.exists() else 0
 
     @property
     def worker(self) -> int:
         return self.target.worker
-
-    def resume_from(self, offset: int) -> None:
-        """Start over at `offset`, dropping any local bytes past it."""
-        with open(self.local_path, "ab") as fh:
-            fh.truncate(offset)
-        self.offset = offset
 
     def _command(self, follow: bool) -> str:
         log = f'"{job_dir(self.job_id)}/log"'
@@ -118,56 +173,102 @@ class LogStream:
             return f"exec tail -c {start} -F --pid={int(self.pid)} -s 0.2 {log} 2>/dev/null"
         return f"exec tail -c {start} {log}"
 
-    async def follow(self, on_line: LineSink | None = None, *, follow: bool = True) -> int | None:
+    async def follow(
+        self, on_line: LineSink | None = None, *, follow: bool = True, from_start: bool = False
+    ) -> int | None:
         """Deliver lines until the job has ended (or, without follow, up to now); return its rc.
 
-        Every byte goes to the local copy as it arrives, an open line too, so the copy's size
-        is the offset to resume from and a line of any length costs no memory here: only its
-        visible part is held (lines.VISIBLE_BYTES), and only while someone wants the lines.
+        Delivered: every line from the start of the copy with `from_start`, else every line
+        from the one the copy ends in. While another follower writes the copy, its bytes are
+        read from the disk; the rc comes from the worker once this follower writes.
         """
-        splitter = LineSplitter(bounded=True)
-        if on_line is not None:  # the copy may end in a line begun before: go on with it
-            splitter.resume(await asyncio.to_thread(open_last_line, self.local_path))
+        splitter = LineSplitter(bounded=True)  # a long line: its visible part, held bounded
+        size = self.local_path.stat().st_size if self.local_path.exists() else 0
+        self._read = 0
+        if not from_start:
+            self._read = await asyncio.to_thread(_line_start, self.local_path, size)
+
+        def deliver(chunk: bytes) -> None:
+            if on_line is not None:
+                for line in splitter.feed(chunk):
+                    on_line(self.worker, decode(line))
+
+        rc: int | None = None
+        while True:
+            local = LocalCopy.claim(self.local_path)
+            if local is not None:
+                try:
+                    await self._replay_copy(deliver, on_line is not None)
+                    rc = await self._fetch(local, deliver, follow)
+                finally:
+                    await local.close()
+                break
+            await self._replay_copy(deliver, on_line is not None)
+            if not follow:
+                break  # the other follower keeps the copy current: it is "up to now"
+            await asyncio.sleep(COPY_POLL_S)
+        tail = splitter.flush()
+        # The job's last line without a newline: the log is final once the follow is over.
+        if tail is not None and on_line is not None:
+            on_line(self.worker, decode(tail))
+        return rc
+
+    async def _replay_copy(self, deliver: Callable[[bytes], None], wanted: bool) -> None:
+        """What the copy holds beyond what this follower has delivered, up to its end now."""
+        if not wanted:
+            self._read = self.local_path.stat().st_size if self.local_path.exists() else 0
+        while wanted:
+            piece = await asyncio.to_thread(_read_piece, self.local_path, self._read)
+            if not piece:
+                break
+            self._read += len(piece)
+            deliver(piece)
+        self.offset = self._read
+
+    async def _fetch(
+        self, local: LocalCopy, deliver: Callable[[bytes], None], follow: bool
+    ) -> int | None:
+        """As the copy's writer: the worker's bytes beyond the copy, into it, resumed on drops."""
         self._outage_started: float | None = None
         delay = 0.2
         loop = asyncio.get_running_loop()
-        local = LocalCopy(self.local_path)
-        try:
+        # From the copy's true end: if it lost bytes since this follower read them (deleted
+        # meanwhile), they are fetched again for the copy, not delivered twice.
+        self.offset = local.size
+        delivered = max(self._read, self.offset)
 
-            def take(chunk: bytes) -> None:
-                local.write(chunk)
-                self.offset += len(chunk)
-                self._outage_started = None  # data flows again: a later drop is a new outage
-                if on_line is not None:
-                    for line in splitter.feed(chunk):
-                        on_line(self.worker, decode(line))
+        def take(chunk: bytes) -> None:
+            nonlocal delivered
+            local.write(chunk)  # every byte, as it came: the copy stays an exact prefix
+            start, self.offset = self.offset, self.offset + len(chunk)
+            self._outage_started = None  # data flows again: a later drop is a new outage
+            if self.offset > delivered:
+                deliver(chunk[max(0, delivered - start) :])
+                delivered = self.offset
+            self._read = delivered
 
-            while True:
-                try:  # after a drop, on from the offset: the open line goes on where it was
-                    await self.pool.run(self.target, self._command(follow), on_stdout=take)
-                    break
-                except SshError as exc:
-                    if exc.kind not in TRANSIENT:
-                        raise
-                    now = loop.time()
-                    self._outage_started = self._outage_started or now
-                    if now - self._outage_started > self.max_outage_s:
-                        raise
-                    self.reconnects += 1
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            rc = await self.read_rc() if follow else None
-            tail = splitter.flush()
-            # A job that ended without a final newline: its last line is a line (and on disk).
-            if tail is not None and (rc is not None or not follow) and on_line is not None:
-                on_line(self.worker, decode(tail))
-        finally:
-            await local.close()
-        return rc
+        while True:
+            try:
+                await self.pool.run(self.target, self._command(follow), on_stdout=take)
+                break
+            except SshError as exc:
+                if exc.kind not in TRANSIENT:
+                    raise
+                now = loop.time()
+                self._outage_started = self._outage_started or now
+                if now - self._outage_started > self.max_outage_s:
+                    raise
+                self.reconnects += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return await self.read_rc() if follow else None
 
     async def read_rc(self) -> int | None:
+        """The job's exit status on this worker; `ended_at` becomes when the rc was written."""
         out: list[bytes] = []
-        cmd = f'cat "{job_dir(self.job_id)}/rc" 2>/dev/null || true'
+        rc = f'"{job_dir(self.job_id)}/rc"'
+        cmd = f"cat {rc} 2>/dev/null && echo && stat -c %Y {rc} 2>/dev/null || true"
         await self.pool.run(self.target, cmd, on_stdout=out.append)
-        text = b"".join(out).strip()
-        return int(text) if text.lstrip(b"-").isdigit() else None
+        status, ended_at = parse_rc_file(b"".join(out))
+        self.ended_at = ended_at
+        return status

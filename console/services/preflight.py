@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from console.models import LEAVING_REASONS, Node, parse_worker_selection
-from console.services.probe import WorkerProbe, node_status
+from console.services.probe import WorkerProbe, node_status, odd_lock_note
 from console.services.templates import Template
 
 
@@ -65,7 +65,15 @@ def preflight(
     if template.name == "grpo":
         _grpo_checks(template, values, node, workers, checks)
     if probes and template.uses_tpu:
-        stale = [p for p in probes if p.report is not None and not p.report.clean]
+        stale = [
+            p
+            for p in probes
+            if p.report is not None
+            and (p.report.stale_lock or p.report.foreign_lock or p.report.lingering)
+        ]
+        for p in probes:
+            if p.report is not None and p.report.odd_lock:
+                checks.append(Check("warn", f"w{p.worker}: {odd_lock_note(p.report)}"))
         if stale:
             checks.append(
                 Check(

@@ -35,7 +35,8 @@ def probe_source() -> bytes:
 def probe_command(mode_args: list[str]) -> str:
     """Run the probe from stdin, through `sudo -n` when that works, and say which it was.
 
-    The paths are read from the worker's environment before sudo, which would drop it.
+    The paths, and who we logged in as, are read before sudo, which would drop the environment
+    and make us root: "ours" means the login user's processes, never root's.
     """
     args = shlex.join(mode_args)
     return (
@@ -46,7 +47,8 @@ def probe_command(mode_args: list[str]) -> str:
         "P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3; "
         f'exec $S "$P" -S -E - {args} '
         '--lockfile "${TPUCONSOLE_LOCKFILE:-/tmp/libtpu_lockfile}" '
-        '--devices "${TPUCONSOLE_DEVICES:-}" --jobs-dir "$HOME/.tpuconsole/jobs" --sudo "$N"'
+        '--devices "${TPUCONSOLE_DEVICES:-}" --jobs-dir "$HOME/.tpuconsole/jobs" --sudo "$N" '
+        '--login-uid "$(id -u)"'
     )
 
 
@@ -79,6 +81,9 @@ def node_status(probes: list[WorkerProbe]) -> str:
     reports = [p.report for p in probes if p.report is not None]
     if unreachable:
         parts.append("? " + ",".join(f"w{w}" for w in unreachable))
+    odd = sorted({r.odd_lock for r in reports if r.odd_lock})
+    if odd:
+        parts.append("lockfile is a " + "/".join(odd))
     if any(r.foreign_lock for r in reports):
         parts.append("needs root")
     if any(r.stale_lock for r in reports):
@@ -141,7 +146,7 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
                     entry.pid,
                     entry.start_ticks,
                     entry.cmdline,
-                    report.user,
+                    report.login_user or report.user,
                     0.0,
                     (),
                     entry.why,
@@ -177,7 +182,7 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
     killed = {k.pid for k in kills}
     holding = {h.pid for h in report.holders} | set(report.lock_holders)
     locks = []
-    if report.lock_exists and not report.foreign_lock and holding <= killed:
+    if report.lock_exists and not (report.foreign_lock or report.odd_lock) and holding <= killed:
         # Once the plan's kills are done nobody holds the TPU, so the file is stale; the worker
         # still takes the lock itself before it removes the file.
         why = (
@@ -186,6 +191,8 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
             else "its only holders are stopped first; re-checked then"
         )
         locks.append(RemoveLockStep(report.lockfile, why))
+    if report.odd_lock:
+        notes.append(odd_lock_note(report))
     if report.foreign_lock:
         notes.append(
             f"{report.lockfile} belongs to {report.lock_owner} and we may not open it: "
@@ -202,6 +209,25 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
             "inspected without root; holders among them are not shown."
         )
     return WorkerPlan(report.worker, tuple(kills), tuple(locks), tuple(notes))
+
+
+def odd_lock_note(report: ProbeReport) -> str:
+    """Why a lockfile that is no regular file is left alone, and what a person may do."""
+    path = report.lockfile
+    if report.odd_lock == "replaced":
+        return f"{path} changed while it was probed; not touched. Probe again."
+    what = {
+        "symlink": f"a symbolic link (to {report.lock_target or '?'})",
+        "directory": "a directory",
+        "fifo": "a FIFO (named pipe)",
+        "socket": "a socket",
+        "device": "a device file",
+    }.get(report.odd_lock, f"no regular file ({report.odd_lock})")
+    return (
+        f"{path} is {what}, owned by {report.lock_owner or '?'}: not followed, nothing behind it "
+        "is signalled or removed. libtpu expects a regular file there; if nobody should have "
+        f"put this there, remove it yourself (`ls -la {path}` first)."
+    )
 
 
 def _step_json(step: KillStep | RemoveLockStep) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import signal as signals
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,74 @@ class FanoutResult:
 LineSink = Callable[[WorkerLine], None]
 
 
+class SharedInput:
+    """One local input (a pipe into `tpuconsole exec`) given whole to every worker's command.
+
+    A thread reads it (a pipe or a terminal may block for ever, and must not block the loop
+    or the exit: the thread is a daemon); each worker's stream takes every chunk in order,
+    a few chunks ahead at most, so a slow reader slows the reading rather than filling memory.
+    """
+
+    def __init__(self, read: Callable[[], bytes]) -> None:
+        self._read = read
+        self._queues: list[asyncio.Queue] = []
+
+    def stream(self) -> _InputStream:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+        self._queues.append(queue)
+        return _InputStream(self, queue)
+
+    def _leave(self, queue: asyncio.Queue) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+        while not queue.empty():  # a put waiting for room goes through
+            queue.get_nowait()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._pump, args=(loop,), name="exec-stdin", daemon=True).start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                chunk = self._read()
+            except OSError:
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(self._give(chunk or None), loop).result()
+            except RuntimeError:  # the loop is gone: nobody wants the rest
+                return
+            if not chunk:
+                return
+
+    async def _give(self, chunk: bytes | None) -> None:
+        for queue in list(self._queues):
+            if queue in self._queues:
+                await queue.put(chunk)
+
+
+class _InputStream:
+    """One worker's view of a SharedInput; closing it (the command ended, or never started)
+    lets the others go on without it."""
+
+    def __init__(self, shared: SharedInput, queue: asyncio.Queue) -> None:
+        self._shared = shared
+        self._queue = queue
+
+    def __aiter__(self) -> _InputStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._queue.get()
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        self._shared._leave(self._queue)
+
+
 def command_from_argv(argv: Sequence[str]) -> str:
     """One argument is shell text (as ssh takes it); several are quoted word by word."""
     if len(argv) == 1:
@@ -136,7 +205,10 @@ class RemoteService:
         targets: Sequence[SshTarget],
         command: str,
         on_line: LineSink | None = None,
+        stdin: SharedInput | None = None,
     ) -> FanoutResult:
+        inputs = {t.worker: stdin.stream() for t in targets} if stdin is not None else {}
+
         async def one(target: SshTarget) -> WorkerOutcome:
             splitters = {"out": LineSplitter(), "err": LineSplitter()}
 
@@ -150,22 +222,36 @@ class RemoteService:
 
             try:
                 result = await self.pool.run(
-                    target, command, on_stdout=sink("out"), on_stderr=sink("err")
+                    target,
+                    command,
+                    on_stdout=sink("out"),
+                    on_stderr=sink("err"),
+                    stdin=inputs.get(target.worker),
                 )
             except SshError as exc:
                 return WorkerOutcome(target.worker, error=exc)
+            finally:
+                if target.worker in inputs:
+                    await inputs[target.worker].aclose()
             for stream, splitter in splitters.items():
                 tail = splitter.flush()
                 if tail is not None and on_line is not None:
                     on_line(WorkerLine(target.worker, stream, decode(tail)))
             return WorkerOutcome(target.worker, result.exit_status, result.exit_signal)
 
+        if stdin is not None:
+            stdin.start()
         outcomes = await asyncio.gather(*(one(t) for t in targets))
         return FanoutResult(node_name, tuple(outcomes))
 
     async def run(
-        self, node: Node, selection: str, command: str, on_line: LineSink | None = None
+        self,
+        node: Node,
+        selection: str,
+        command: str,
+        on_line: LineSink | None = None,
+        stdin: SharedInput | None = None,
     ) -> FanoutResult:
         return await self.run_on_targets(
-            node.name, await self.targets(node, selection), command, on_line
+            node.name, await self.targets(node, selection), command, on_line, stdin
         )

@@ -573,7 +573,7 @@ class FleetScreen(Screen):
         outcomes = await Shipper(self.app.jobs.remote).upload(
             node, selection, Path(local).expanduser(), remote_dir
         )
-        failed = [o for o in outcomes if o.error]
+        failed = [o for o in outcomes if o.failed]
         self.notify(
             f"{local} -> {node.name}:{remote_dir}\n" + "\n".join(o.describe() for o in outcomes),
             severity="error" if failed else "information",

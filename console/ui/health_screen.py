@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from console.services.probe import odd_lock_note
 from console.ui.plain import PlainTable
 
 
@@ -48,6 +49,8 @@ class HealthScreen(Screen):
                     continue
                 if report.stale_lock:
                     rows.append((key, w, "STALE LOCK", f"{report.lockfile}: no holder"))
+                if report.odd_lock:
+                    rows.append((key, w, f"lockfile is a {report.odd_lock}", odd_lock_note(report)))
                 if report.foreign_lock:
                     rows.append(
                         (

@@ -13,6 +13,7 @@ from console.models import FleetError, Job
 from console.ui.plain import PlainTable
 
 RELOAD_S = 2.0
+SETTLE_S = 10.0  # how often jobs nobody here follows are looked up on their workers
 COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
 
 
@@ -89,6 +90,14 @@ class JobsScreen(Screen):
         self.action_reload()
         # Jobs end and results arrive while the list is open: keep it current, as k9s does.
         self.set_interval(RELOAD_S, self.action_reload)
+        self._settle_ended()
+        self.set_interval(SETTLE_S, self._settle_ended)
+
+    @work(exclusive=True, group="jobs-settle")
+    async def _settle_ended(self) -> None:
+        """A job launched elsewhere (the CLI, another console) ends unwatched: show that."""
+        if await self.app.jobs.settle_ended():
+            self.action_reload()
 
     def action_reload(self) -> None:
         table = self.query_one("#jobs", DataTable)

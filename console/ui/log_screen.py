@@ -24,6 +24,7 @@ from console.models import FleetError, Job
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex, Query, QueryCancelled
 from console.services.metrics import JobMetrics, sparkline
+from console.services.terminal_text import plain_text
 from console.ui.log_view import LogView
 from console.ui.plain import lines, styled
 
@@ -247,6 +248,9 @@ class LogScreen(Screen):
             banner = self.query_one("#log-banner", Static)
             banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
             banner.add_class("shown")
+            if not self.job.open:  # nothing more will come: a last line without newline is one
+                for w in self.job.workers:
+                    self.index.mark_ended(w.worker)
         self._changed = True
 
     def _worker_ended(self, worker: int, rc: int | None) -> None:
@@ -440,5 +444,5 @@ class LogScreen(Screen):
         with open(path, "w") as fh:
             for row in range(len(self.index.visible)):
                 worker, text = self.index.visible_line(row)
-                fh.write(f"[w{worker}] {text}\n")
+                fh.write(f"[w{worker}] {plain_text(text)}\n")  # what is shown, as shown
         self.notify(f"Saved {len(self.index.visible)} lines to {path}")

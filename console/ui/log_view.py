@@ -5,6 +5,10 @@ Memory stays flat however long the job runs: the widget holds no text, only a sc
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from rich.cells import cell_len
+from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from textual.geometry import Size
@@ -14,6 +18,7 @@ from textual.strip import Strip
 
 from console.services.diagnosis import looks_like_error
 from console.services.log_index import LogIndex
+from console.services.terminal_text import PLAIN, Sgr, terminal_runs
 
 WORKER_COLOURS = (
     "cyan",
@@ -28,6 +33,33 @@ WORKER_COLOURS = (
 ERROR_STYLE = Style(color="bright_white", bgcolor="dark_red")
 MATCH_STYLE = Style(bgcolor="grey35")
 CURSOR_STYLE = Style(reverse=True)
+
+
+def _colour(spec: tuple | None) -> Color | None:
+    if spec is None:
+        return None
+    if spec[0] == "n":
+        return Color.from_ansi(spec[1])
+    return Color.from_rgb(*spec[1:])
+
+
+@lru_cache(maxsize=1024)
+def rich_style(sgr: Sgr) -> Style | None:
+    """A job's colours as a style: rendered by Textual, never passed to the terminal as bytes."""
+    if sgr == PLAIN:
+        return None
+    return Style(
+        color=_colour(sgr.fg),
+        bgcolor=_colour(sgr.bg),
+        bold=sgr.bold or None,
+        dim=sgr.dim or None,
+        italic=sgr.italic or None,
+        underline=sgr.underline or None,
+        blink=sgr.blink or None,
+        reverse=sgr.reverse or None,
+        conceal=sgr.conceal or None,
+        strike=sgr.strike or None,
+    )
 
 
 class LogView(ScrollView, can_focus=True):
@@ -58,16 +90,23 @@ class LogView(ScrollView, can_focus=True):
         row = int(self.scroll_offset.y) + y
         if row >= len(self.index.visible):
             return Strip.blank(self.size.width, self.rich_style)
-        worker, text = self.index.visible_line(row)
+        worker, raw = self.index.visible_line(row)
+        # The job's bytes as a terminal row would show them: colours kept as styles, `\r` bars
+        # at their latest state, every other escape and control gone before Textual sees it.
+        runs = terminal_runs(raw)
+        text = "".join(part for part, _ in runs)
         prefix = f"w{worker} │ "
-        self._width = max(self._width, len(prefix) + len(text))
+        self._width = max(self._width, len(prefix) + cell_len(text))
         colour = WORKER_COLOURS[worker % len(WORKER_COLOURS)]
         line_style = ERROR_STYLE if looks_like_error(text) else None
         if row == self.current_row:
             line_style = CURSOR_STYLE
         elif self.search_text and self.search_text.lower() in text.lower():
             line_style = line_style or MATCH_STYLE
-        segments = [Segment(prefix, Style(color=colour, bold=True)), Segment(text, line_style)]
+        segments = [Segment(prefix, Style(color=colour, bold=True))]
+        for part, sgr in runs:
+            style = rich_style(sgr)
+            segments.append(Segment(part, style + line_style if style else line_style))
         strip = Strip(segments).crop(
             int(self.scroll_offset.x), int(self.scroll_offset.x) + self.size.width
         )

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -254,3 +255,151 @@ def test_jobs_show_and_stop_by_job_id_from_the_command_line(
     assert json.loads(capsys.readouterr().out)["status"] == "killed"
     assert main(["stop", long_id, "--yes"]) == 0
     assert "already killed; nothing to stop" in capsys.readouterr().out
+
+
+def test_clean_and_clean_first_never_follow_a_symlinked_lockfile_to_a_bystander(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    precious = tmp_path / "bystander.lock"
+    bystander = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, time\n"
+            f"fd = os.open({str(precious)!r}, os.O_CREAT | os.O_RDWR, 0o644)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    try:
+        assert bystander.stdout is not None and bystander.stdout.readline().strip() == "held"
+        with Sandbox.start(home) as sandbox:
+            place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+            place.materialise()
+            place.lockfile.symlink_to(precious)
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            out = capsys.readouterr().out
+            assert "not followed" in out and "STALE" not in out and "SIGTERM" not in out
+            assert main(["launch", "demo-v4-8", "--clean-first", "--", "true"]) == 0
+            assert "is a symbolic link" in capsys.readouterr().err
+            assert bystander.poll() is None, "the bystander was killed"
+            assert place.lockfile.is_symlink() and precious.exists()
+
+            place.lockfile.unlink()
+            place.lockfile.mkdir()  # once an IsADirectoryError and a node shown as `? w0`
+            assert main(["probe", "demo-v4-8"]) == 1
+            assert "demo-v4-8: lockfile is a directory" in capsys.readouterr().out
+            assert main(["clean", "demo-v4-8", "--yes"]) == 1
+            assert place.lockfile.is_dir()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_job_reference_is_an_id_or_its_number_never_a_pattern(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    number = job_id.split("-")[0]
+    for ref in ("%", "_", f"{number}%", f"{number}-%", f"{job_id[:-1]}_", "%-%"):
+        assert main(["jobs", "stop", ref, "--yes"]) == 2, ref
+        assert f"No job {ref!r} in the history." in capsys.readouterr().err
+        assert main(["logs", ref]) == 2, ref
+        capsys.readouterr()
+    assert main(["jobs", "show", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "running"  # nothing was stopped
+    assert main(["jobs", "stop", number, "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == "w0: stopped"
+
+
+def test_jobs_settles_an_unfollowed_job_from_its_rc_file_and_when_it_was_written(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from datetime import datetime
+
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        assert main(["launch", "demo-v4-8", "--", "exit 3"]) == 0
+        ended = capsys.readouterr().out.split()[1]
+        assert main(["launch", "demo-v4-8", "--", "sleep 60"]) == 0
+        running = capsys.readouterr().out.split()[1]
+        place = sandbox.worker_place(sandbox.fleet.get("us-central2-b", "demo-v4-8"), 0)
+        rc = place.root / ".tpuconsole" / "jobs" / ended / "rc"
+        # The wrapper writes rc as the job ends; wait for that, as a user would come back later.
+        subprocess.run(["sh", "-c", f"until [ -f {rc} ]; do sleep 0.05; done"], timeout=30)
+        two_minutes_ago = time.time() - 120
+        os.utime(rc, (two_minutes_ago, two_minutes_ago))
+
+        assert main(["jobs"]) == 0
+        table = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+        assert table[ended] == "failed" and table[running] == "running"
+        assert main(["jobs", "show", ended, "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["workers"][0]["rc"] == 3
+        assert datetime.fromisoformat(record["ended_at"]).timestamp() == int(two_minutes_ago)
+        assert main(["stop", running, "--yes"]) == 0
+
+
+def test_logs_on_a_terminal_keep_colours_but_no_other_escape_while_a_pipe_gets_exact_bytes(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import pty
+
+    script = r"printf '\033]0;PWNED\007\033[2Jred: \033[31mR\033[0m\n 5%%\r99%%\n'"
+    assert main(["launch", "demo-v4-8", "--follow", "--", script]) == 0
+    header, *piped = capsys.readouterr().out.split("\n")[:-1]
+    assert piped == ["[w0] \x1b]0;PWNED\x07\x1b[2Jred: \x1b[31mR\x1b[0m", "[w0]  5%\r99%"]
+    master, slave = pty.openpty()
+    terminal = io.TextIOWrapper(io.FileIO(slave, "w", closefd=False), write_through=True)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["logs", header.split()[1]]) == 0
+    monkeypatch.undo()
+    shown = os.read(master, 65536).decode()
+    os.close(master)
+    os.close(slave)
+    assert shown.replace("\r\n", "\n").split("\n")[:-1] == [
+        "[w0] red: \x1b[0;38;5;1mR\x1b[0m",
+        "[w0] 99%",
+    ]
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "console.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def test_exec_forwards_stdin_to_every_worker_and_never_waits_for_an_unread_one() -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home):
+        piped = subprocess.run(
+            [sys.executable, "-m", "console.cli", "exec", "demo-v4-8", "--", "cat"],
+            input=b"hi\n",
+            capture_output=True,
+            timeout=60,
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert piped.stdout == b"[w0] hi\n"
+        both = _cli("exec", "demo-v4-16", "--", "cat", stdin=subprocess.PIPE)
+        out, err = both.communicate(b"one\n" + b"x" * 300_000 + b"\ntwo\n", timeout=60)
+        assert both.returncode == 0, err
+        for w in (0, 1):
+            mine = [line for line in out.decode().splitlines() if line.startswith(f"[w{w}] ")]
+            assert mine == [f"[w{w}] one", f"[w{w}] {'x' * 300_000}", f"[w{w}] two"]
+        # An input that never ends, to a command that never reads it: done when it is.
+        endless = _cli("exec", "demo-v4-8", "--", "echo done", stdin=subprocess.PIPE)
+        try:
+            assert endless.stdout is not None
+            assert endless.stdout.readline() == b"[w0] done\n"
+            assert endless.wait(timeout=60) == 0
+        finally:
+            endless.kill()
+            assert endless.stdin is not None
+            endless.stdin.close()

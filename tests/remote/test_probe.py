@@ -135,3 +135,225 @@ def test_a_held_lock_is_never_removed(place: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+# ----- "ours" is the ssh login user's, even when sudo made the probe root ----------------------
+HOLDER = Path(__file__).resolve().parents[1] / "hold_tpu.py"
+LOGIN_USER = "tpuc-login"
+
+
+def _holder_env(place: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "TPUCONSOLE_LOCKFILE": str(place / "libtpu_lockfile"),
+        "TPUCONSOLE_DEVICES": str(place / "dev" / "accel*"),
+    }
+
+
+def _start_holder(place: Path, *args: str, as_user: str = "") -> subprocess.Popen:
+    """A real TPU process (chips held), started as `as_user` through setpriv (no fork)."""
+    command = [SYSTEM_PYTHON, str(place / "hold_tpu.py"), *args]
+    if as_user:
+        command = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--init-groups"]
+        command += [SYSTEM_PYTHON, str(place / "hold_tpu.py"), *args]
+    proc = subprocess.Popen(
+        command, env=_holder_env(place), stdout=subprocess.PIPE, text=True, cwd=place
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def login_user(place: Path) -> Iterator[str]:
+    """A real unprivileged user, the TPU VM's ssh login; the probe may run as root for it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second user and run processes as it")
+    if not os.path.exists(SYSTEM_PYTHON) or not shutil.which("setpriv"):
+        pytest.skip("needs /usr/bin/python3 and setpriv to run processes as another user")
+    if not _ensure_user(LOGIN_USER):
+        pytest.skip("needs useradd to create a second user")
+    shutil.copy(HOLDER, place / "hold_tpu.py")
+    (place / "hold_tpu.py").chmod(0o644)
+    yield LOGIN_USER
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
+@pytest.mark.parametrize("told", ["--login-uid", "SUDO_UID"])
+def test_as_root_for_a_login_user_only_that_users_stale_process_is_planned(
+    place: Path, login_user: str, told: str
+) -> None:
+    mine = _start_holder(place, "chips", as_user=login_user)
+    roots = _start_holder(place, "chips")
+    try:
+        uid = str(_uid(login_user))
+        args = args_for(place) + (["--login-uid", uid] if told == "--login-uid" else [])
+        env = {**os.environ, "SUDO_UID": uid} if told == "SUDO_UID" else None
+        out = subprocess.run(
+            [SYSTEM_PYTHON, "-", *args],
+            input=PROBE.read_bytes(),
+            capture_output=True,
+            check=True,
+            env=env,
+        )
+        report = ProbeReport.from_json(0, json.loads(out.stdout))
+        assert report.root and report.login_user == login_user
+        ours = {x.pid: x.ours for x in report.lingering}
+        assert ours == {mine.pid: True, roots.pid: False}
+        plan = plan_for(report)
+        assert [k.pid for k in plan.kills] == [mine.pid]
+        assert any(f"pid {roots.pid} belongs to user root: not touched" in n for n in plan.notes)
+    finally:
+        for proc in (mine, roots):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def sudoer(login_user: str) -> Iterator[str]:
+    """The login user with passwordless sudo, as on a TPU VM; removed again afterwards."""
+    if not shutil.which("sudo"):
+        pytest.skip("needs sudo (scripts/install-test-deps.sh installs it)")
+    rule = Path("/etc/sudoers.d") / f"tpuconsole-test-{login_user}"
+    rule.parent.mkdir(mode=0o755, exist_ok=True)
+    rule.write_text(f"{login_user} ALL=(ALL) NOPASSWD: ALL\n")
+    rule.chmod(0o440)
+    try:
+        check = subprocess.run(
+            ["setpriv", f"--reuid={login_user}", f"--regid={login_user}", "--init-groups",
+             "sudo", "-n", "true"],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        if check.returncode != 0:
+            pytest.skip(f"sudo -n does not work here for {login_user}: {check.stderr.strip()}")
+        yield login_user
+    finally:
+        rule.unlink()
+
+
+def _as_login_user(place: Path, user: str, mode: list[str]) -> dict:
+    """The console's own probe command, run as the login user, which sudo makes root."""
+    from console.services.probe import probe_command
+
+    out = subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+         "sh", "-c", probe_command(mode)],
+        input=PROBE.read_bytes(),
+        capture_output=True,
+        check=True,
+        env={**_holder_env(place), "HOME": str(place)},
+        cwd=place,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_through_sudo_clean_stops_the_login_users_stale_process_and_spares_roots(
+    place: Path, sudoer: str
+) -> None:
+    from console.services.probe import _step_json
+
+    mine = _start_holder(place, "chips", as_user=sudoer)
+    roots = _start_holder(place, "chips")
+    try:
+        report = ProbeReport.from_json(0, _as_login_user(place, sudoer, ["probe"]))
+        assert report.sudo == "used" and report.root and report.login_user == sudoer
+        plan = plan_for(report, grace_s=2)
+        assert [k.pid for k in plan.kills] == [mine.pid]
+        # Even a plan that names root's process (an old or a tampered one) does not reach it.
+        kills = [*plan.kills, *(replace_pid(plan.kills[0], roots.pid, report))]
+        doc = {"kills": [_step_json(k) for k in kills], "locks": []}
+        raw = _as_login_user(place, sudoer, ["clean", json.dumps(doc)])
+        results = [r["result"] for r in raw["results"]]
+        assert results[0] == "ended after SIGTERM"
+        assert results[1] == f"refused: pid {roots.pid} runs as user root, not as {sudoer}"
+        mine.wait(timeout=10)
+        assert _alive(roots.pid), "root's process was signalled"
+        after = ProbeReport.from_json(0, raw["after"])
+        assert [x.pid for x in after.lingering] == [roots.pid]
+    finally:
+        for proc in (mine, roots):
+            proc.kill()
+            proc.wait()
+
+
+def replace_pid(step, pid: int, report: ProbeReport):
+    """The same kill step aimed at another holder of the report, with that one's identity."""
+    import dataclasses
+
+    holder = next(h for h in report.holders if h.pid == pid)
+    return [
+        dataclasses.replace(step, pid=pid, start_ticks=holder.start_ticks, cmdline=holder.cmdline)
+    ]
+
+
+def test_the_probe_is_python_3_8_syntax() -> None:
+    """It runs on a bare VM's python3: no syntax newer than 3.8 may slip in."""
+    import ast
+
+    ast.parse(PROBE.read_text(), feature_version=(3, 8))
+    for name in ("removeprefix", "removesuffix", "zip(strict", "| None", "match "):
+        assert name not in PROBE.read_text(), name
+
+
+# ----- a lockfile that is no regular file -------------------------------------------------------
+def _bystander_holding(path: Path) -> subprocess.Popen:
+    """Someone else's process holding a POSIX lock on a file of its own."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, time\n"
+            f"fd = os.open({str(path)!r}, os.O_CREAT | os.O_RDWR, 0o644)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo"])
+def test_a_lockfile_that_is_no_regular_file_is_reported_never_followed(
+    place: Path, kind: str
+) -> None:
+    lock = place / "libtpu_lockfile"
+    precious = place / "someone-elses.db"
+    bystander = _bystander_holding(precious)
+    try:
+        if kind == "symlink":
+            lock.symlink_to(precious)
+        elif kind == "directory":
+            lock.mkdir()
+        else:
+            os.mkfifo(lock)
+        raw = run_probe(args_for(place))
+        report = ProbeReport.from_json(0, raw)
+        assert report.odd_lock == kind and not report.stale_lock and not report.clean
+        assert report.lock_holders == () and report.lingering == ()
+        plan = plan_for(report)
+        assert plan.empty and any("not followed" in n for n in plan.notes)
+        if kind == "symlink":
+            assert report.lock_target == str(precious)
+        # A plan made before it was swapped in is not carried out through it either.
+        raw = run_probe(args_for(place, ["clean", json.dumps({"locks": [{"path": str(lock)}]})]))
+        assert raw["results"][0]["done"] is False
+        assert f"is a {kind} now, not a lockfile" in raw["results"][0]["result"]
+        assert os.path.lexists(lock) and precious.exists()
+        assert bystander.poll() is None, "the bystander was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()

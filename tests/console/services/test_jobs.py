@@ -382,3 +382,60 @@ async def test_stopping_a_job_that_already_ended_settles_its_record(jobs: JobSer
     assert await jobs.stop(job, node) == {0: "gone"}
     stored = jobs.get(job.job_id)
     assert stored.status == "failed" and stored.workers[0].rc == 3
+
+
+async def test_stop_ends_what_the_command_left_running_in_its_session_and_says_so(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "sleep 60 & echo started")  # the command ends at once
+    pid = job.workers[0].pid
+    await _remote_text(
+        jobs.remote, node, f"until [ -f .tpuconsole/jobs/{job.job_id}/rc ]; do sleep 0.05; done"
+    )
+    outcome = await jobs.stop(job, node, grace_s=2)
+    said = "stopped: 1 process it left running in its session (its command had ended with rc=0)"
+    assert outcome == {0: said}
+    stored = jobs.get(job.job_id)
+    assert stored.status == "killed" and stored.note == f"w0: {said}"
+    left = await _remote_text(jobs.remote, node, f"ps -o stat= --sid {pid} | grep -v '^Z' | wc -l")
+    assert left.strip() == "0"
+
+
+async def test_jobs_nobody_follows_are_settled_from_their_workers_folders(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    ended = await jobs.launch(node, "all", "exit 0")
+    running = await jobs.launch(node, "all", "sleep 60")
+    vanished = await jobs.launch(node, "0", "sleep 60")
+    d = f".tpuconsole/jobs/{vanished.job_id}"
+    await _remote_text(jobs.remote, node, f"kill -9 $(cat {d}/pid); rm -f {d}/rc*")
+    for w in (0, 1):
+        await _remote_text(
+            jobs.remote,
+            node,
+            f"until [ -f .tpuconsole/jobs/{ended.job_id}/rc ]; do sleep 0.05; done",
+            worker=w,
+        )
+    settled = await jobs.settle_ended()
+    assert sorted(settled) == sorted([ended.job_id, vanished.job_id])
+    assert jobs.get(ended.job_id).status == "succeeded"
+    assert [w.rc for w in jobs.get(ended.job_id).workers] == [0, 0]
+    assert jobs.get(running.job_id).status == "running"
+    lost = jobs.get(vanished.job_id)
+    assert lost.status == "lost" and "vanished without an exit code" in lost.note
+    await jobs.stop(running, node, grace_s=0.5)
+
+
+async def test_a_followed_job_ends_when_its_rc_was_written_not_when_someone_looked(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "true")
+    rc = f".tpuconsole/jobs/{job.job_id}/rc"
+    await _remote_text(jobs.remote, node, f"until [ -f {rc} ]; do sleep 0.05; done")
+    await _remote_text(jobs.remote, node, f"touch -d '2026-01-02 03:04:05 UTC' {rc}")
+    await jobs.follow(job, node, lambda w, t: None)
+    ended = jobs.get(job.job_id).ended_at
+    assert ended is not None and ended.isoformat() == "2026-01-02T03:04:05+00:00"

@@ -13,6 +13,7 @@ from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.lifecycle import CreateRequest, LifecycleService, Progress, default_name
 from console.services.remote import RemoteService
+from tests.conftest import worker_output
 
 
 @pytest.fixture
@@ -137,6 +138,8 @@ async def test_a_lost_job_keeps_what_its_logs_showed_until_the_vm_went(
     node = await remote.fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "echo 'Train step 1 training loss: 0.5'; sleep 30")
     assert lifecycle.observe(await remote.fleet.list_nodes()) == []
+    log = f".tpuconsole/jobs/{job.job_id}/log"
+    await worker_output(remote, node, f"until grep -q 'Train step' {log}; do sleep 0.05; done")
     await jobs.follow(job, node, lambda w, t: None, follow=False)  # the line is in the copy
     sandbox.fleet.delete("us-central2-b", "demo-v4-8")
     lifecycle.observe(await remote.fleet.list_nodes())

@@ -132,3 +132,22 @@ async def test_the_pool_reconnects_after_a_worker_comes_back(
     sandbox.set_worker_down(ZONE, "demo-v4-8", 0, False)
     assert (await remote.run(node, "all", "true")).worst_status == 0
     assert remote.pool.connects == 2
+
+
+async def test_shared_input_reaches_a_live_worker_whole_while_another_is_down(
+    sandbox: Sandbox, remote: RemoteService
+) -> None:
+    import io
+
+    from console.services.remote import SharedInput
+
+    node = await remote.fleet.find_node("demo-v4-16")
+    sandbox.set_worker_down(ZONE, "demo-v4-16", 1, True)
+    data = b"".join(b"line %d\n" % i for i in range(50_000))  # far more than the queues hold
+    source = io.BytesIO(data)
+    lines: list[WorkerLine] = []
+    result = await remote.run(
+        node, "all", "wc -l", lines.append, stdin=SharedInput(lambda: source.read(4096))
+    )
+    assert [o.ok for o in result.outcomes] == [True, False]
+    assert [(ln.worker, ln.text.strip()) for ln in lines if ln.stream == "out"] == [(0, "50000")]

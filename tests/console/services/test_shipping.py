@@ -57,3 +57,50 @@ async def test_a_missing_local_folder_is_a_clear_error(
     node = await remote.fleet.find_node("demo-v4-8")
     with pytest.raises(FleetError, match="is not a folder"):
         await Shipper(remote).upload(node, "all", tmp_path / "nope", "x")
+
+
+def _folder_with_links(tmp_path: Path) -> Path:
+    """A plugin folder as people have them: links to a shared file and folder, a stale link,
+    a link back up the tree."""
+    outside = tmp_path / "shared"
+    (outside / "lib").mkdir(parents=True)
+    (outside / "secret.cfg").write_text("key = 1\n")
+    (outside / "lib" / "helper.py").write_text("HELP = True\n")
+    root = tmp_path / "plugins"
+    (root / "sub").mkdir(parents=True)
+    (root / "main.py").write_text("print('main')\n")
+    (root / "config.cfg").symlink_to(outside / "secret.cfg")
+    (root / "lib").symlink_to(outside / "lib")
+    (root / "gone.py").symlink_to(tmp_path / "nowhere.py")
+    (root / "sub" / "up").symlink_to("..")
+    return root
+
+
+@pytest.mark.parametrize("method", ["tar", "sftp"])
+async def test_a_symlink_is_sent_as_what_it_points_to_never_as_a_link(
+    remote: RemoteService, tmp_path: Path, method: str
+) -> None:
+    root = _folder_with_links(tmp_path)
+    node = await remote.fleet.find_node("demo-v4-8")
+    # What an older upload may have left there: a link on the worker, to a file of the worker's.
+    await worker_output(
+        remote, node, "mkdir -p work/p && echo mine > victim && ln -sfn ~/victim work/p/config.cfg"
+    )
+    (outcome,) = await Shipper(remote).upload(node, "all", root, "work/p", method=method)
+    assert sorted(outcome.sent) == ["config.cfg", "lib/helper.py", "main.py"]
+    assert outcome.refused == (
+        f"gone.py: a link to {tmp_path / 'nowhere.py'}, which does not exist",
+        "sub/up: a link to .., a folder it is in (a loop)",
+    )
+    assert "2 not sent: gone.py: a link to" in outcome.describe() and outcome.failed
+    # Folders go with their files (`sub` holds none that can be sent).
+    _, tree = await worker_output(remote, node, "cd work/p && find . -printf '%y %p\\n' | sort")
+    assert tree.splitlines() == [
+        "d .",
+        "d ./lib",
+        "f ./config.cfg",
+        "f ./lib/helper.py",
+        "f ./main.py",
+    ]
+    assert await _cat(remote, node, "work/p/config.cfg", 0) == "key = 1"
+    assert await _cat(remote, node, "victim", 0) == "mine"  # not written through the old link

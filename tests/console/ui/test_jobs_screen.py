@@ -53,3 +53,21 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         newest = await jobs.launch(node, "all", "true")  # launched while the list is open
         await until(pilot, lambda: table.ordered_rows[0].key.value == newest.job_id)
         assert [r.key.value for r in table.ordered_rows][1:] == [bad.job_id, good.job_id]
+
+
+async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_it(
+    jobs: JobService,
+) -> None:
+    from tests.conftest import worker_output
+
+    fleet = jobs.remote.fleet
+    node = await fleet.find_node("demo-v4-8")
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        job = await jobs.launch(node, "all", "exit 4")  # as `tpuconsole launch` would, elsewhere
+        rc = f".tpuconsole/jobs/{job.job_id}/rc"
+        await worker_output(jobs.remote, node, f"until [ -f {rc} ]; do sleep 0.05; done")
+        await pilot.press("j")
+        table = app.screen.query_one("#jobs")
+        await until(pilot, lambda: str(table.get_cell(job.job_id, "status")) == "failed")
+        assert str(table.get_cell(job.job_id, "workers")) == "w0=4"

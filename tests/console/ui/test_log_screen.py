@@ -198,3 +198,51 @@ async def test_search_and_filter_of_a_big_log_leave_the_keys_working(
             assert "No line contains" not in screen_text(app)  # the stopped search said nothing
     finally:
         gate.set()
+
+
+async def test_the_last_line_without_a_newline_is_shown_once_the_job_ends(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "printf 'one\\ntwo\\nlast words'")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(job)
+        await app.push_screen(screen)
+        await until(pilot, lambda: screen.ended[0] == "rc=0" and len(screen.index) == 3)
+        assert shown(screen) == [(0, "one"), (0, "two"), (0, "last words")]
+
+
+CONTROLS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+async def test_job_output_cannot_drive_the_terminal_but_its_colours_and_bars_show(
+    jobs: JobService,
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "printf 'before\\n"
+        "\\033]0;PWNED TITLE\\007\\033[2J\\033[H\\033[5;10Hmoved\\033[3Aup\\033[?1049h\\n"
+        "\\033[31mred\\033[0m and \\033[1;32mbold green\\033[0m\\n"
+        " 10%%\\r 50%%\\r100%% done\\n'"
+    )
+    job = await jobs.launch(node, "all", script)
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(job)
+        await app.push_screen(screen)
+        await until(pilot, lambda: screen.ended[0] == "rc=0" and len(screen.index) == 4)
+        await pilot.pause()
+        rows = ["".join(s.text for s in strip) for strip in app.screen._compositor.render_strips()]
+        assert not any(set(row) & CONTROLS for row in rows), "a control reached the screen"
+        assert f"job {job.job_id} on demo-v4-8" in rows[0]  # the header is where it was
+        shown_rows = [row.split("│", 1)[1].strip() for row in rows if row.startswith("w0 │")]
+        assert shown_rows == ["before", "movedup", "red and bold green", "100% done"]
+        colours = {
+            s.text: s.style
+            for y in range(screen.view.size.height)
+            for s in screen.view.render_line(y)
+            if s.style is not None and s.style.color is not None and "w0" not in s.text
+        }
+        assert colours["red"].color.number == 1
+        assert colours["bold green"].color.number == 2 and colours["bold green"].bold
