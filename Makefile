@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/logtail.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/multi_engine.py
+	$(BIN)/python bench/long_lines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -246,3 +246,58 @@ async def test_job_output_cannot_drive_the_terminal_but_its_colours_and_bars_sho
         }
         assert colours["red"].color.number == 1
         assert colours["bold green"].color.number == 2 and colours["bold green"].bold
+
+
+def bar_rows(app: TpuConsoleApp) -> list[str]:
+    rows = [strip.text for strip in app.screen._compositor.render_strips()]
+    return [row.split("│ ", 1)[1].rstrip() for row in rows if row.startswith("w0 │")]
+
+
+async def test_a_running_progress_bar_is_counted_and_shown_at_its_latest_state(
+    jobs: JobService, sandbox: Sandbox
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "printf 'epoch 1\\n'; for p in 10 60; do printf '\\r%3d%%|%s' $p 'bar'; "
+        "until [ -f \"$HOME/go-$p\" ]; do sleep 0.05; done; done; printf '\\r100%%|bar\\ndone\\n'"
+    )
+    job = await jobs.launch(node, "all", script)
+    home = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0).root
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(job)
+        await app.push_screen(screen)
+        status = screen.query_one("#log-status")
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", " 10%|bar"])
+        assert "2/2 lines" in status.text  # the bar is a line while it runs
+        (home / "go-10").touch()
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", " 60%|bar"])
+        assert "2/2 lines" in status.text
+        (home / "go-60").touch()
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", "100%|bar", "done"])
+        await until(pilot, lambda: "3/3 lines" in status.text and screen.ended[0] == "rc=0")
+
+
+async def test_a_30_mb_line_is_one_row_shown_in_part_and_read_once(jobs: JobService) -> None:
+    from datetime import UTC, datetime
+
+    from console.models import Job, JobWorker
+    from console.services.lines import VISIBLE_BYTES
+
+    job = Job("1-10e10e", "demo-v4-8", ZONE, "big", datetime.now(UTC), workers=(JobWorker(0),))
+    jobs.history.record_launch(job)
+    copy = jobs.log_path(job.job_id, 0)
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"before\n" + b"x" * (30 << 20) + b"\nafter\n")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(jobs.get(job.job_id))
+        await app.push_screen(screen)
+        await until(pilot, lambda: bar_rows(app)[-1:] == ["after"])
+        await until(pilot, lambda: "3/3 lines" in screen.query_one("#log-status").text)
+        shown = screen.index.text(1)
+        assert shown.startswith("x" * 1000)
+        assert shown.endswith(f" … [{(30 << 20) - VISIBLE_BYTES:,} more bytes]")
+        for key in ("up", "up", "home", "end", "down", "end"):  # each redraw reads 16 KiB at most
+            await pilot.press(key)
+        assert bar_rows(app)[0] == "before"
