@@ -64,16 +64,16 @@ def openssh_runs(endpoint, targets) -> list[float]:
     ssh = shutil.which("ssh")
     if ssh is None:
         return []
-    ports = "\n".join(str(t.port) for t in targets) + "\n"
+    hosts = "\n".join(t.host for t in targets) + "\n"
     cmd = (
-        f"xargs -P 64 -I PORT {ssh} -q -i {endpoint.user_key} -p PORT -o BatchMode=yes "
-        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-        f"{getpass.getuser()}@127.0.0.1 {COMMAND}"
+        f"xargs -P 64 -I HOST {ssh} -q -i {endpoint.user_key} -p {endpoint.ssh_port} "
+        "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        f"{getpass.getuser()}@HOST {COMMAND}"
     )
     times = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        subprocess.run(cmd, shell=True, input=ports, text=True, check=True)
+        subprocess.run(cmd, shell=True, input=hosts, text=True, check=True)
         times.append(time.perf_counter() - start)
     return times
 

@@ -19,6 +19,7 @@ from console.adapters.ssh_pool import SshOptions  # noqa: E402
 from console.adapters.tpu_api import TpuApi  # noqa: E402
 from console.sandbox.fleet_state import SandboxFleet, SandboxNode  # noqa: E402
 from console.sandbox.runtime import SandboxEndpoint, read_served_endpoint  # noqa: E402
+from console.sandbox.ssh_workers import load_or_create_key  # noqa: E402
 from console.services.fleet import FleetService  # noqa: E402
 from console.services.remote import RemoteService  # noqa: E402
 
@@ -26,6 +27,12 @@ ZONE = "us-central2-b"
 
 
 def write_fleet(home: Path, nodes: int, accelerator_type: str) -> None:
+    """Nodes with your key already in their metadata, as an earlier gcloud ssh leaves them:
+    what is measured is connecting and running, not the key's first propagation."""
+    key = load_or_create_key(home / "sandbox" / "keys" / "user_ed25519")
+    public = " ".join(key.export_public_key("openssh").decode().split()[:2])
+    user = getpass.getuser()
+    metadata = {"ssh-keys": f"{user}:{public} {user}"}
     fleet = SandboxFleet(path=home / "sandbox" / "state.json")
     for i in range(nodes):
         fleet.add_node(
@@ -37,6 +44,8 @@ def write_fleet(home: Path, nodes: int, accelerator_type: str) -> None:
                 "READY",
                 5000 + i,
                 time.time(),
+                metadata=dict(metadata),
+                guest_metadata=dict(metadata),
             )
         )
     fleet.save()
@@ -78,6 +87,9 @@ def client_fleet(endpoint: SandboxEndpoint) -> FleetService:
 def client_remote(fleet: FleetService, endpoint: SandboxEndpoint, home: Path) -> RemoteService:
     """A fresh ssh pool to the served sandbox's workers, as the benchmarked user."""
     options = SshOptions(
-        user=getpass.getuser(), key_path=endpoint.user_key, known_hosts_path=home / "known_hosts"
+        user=getpass.getuser(),
+        key_path=endpoint.user_key,
+        known_hosts_path=home / "known_hosts",
+        port=endpoint.ssh_port,
     )
     return RemoteService(fleet, options)

@@ -59,6 +59,17 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _add_reach(parser: argparse.ArgumentParser) -> None:
+    """How ssh reaches the workers, for every command that ssh's (gcloud's flag names)."""
+    parser.add_argument(
+        "--iap",
+        "--tunnel-through-iap",
+        dest="iap",
+        action="store_true",
+        help="tunnel ssh through Identity-Aware Proxy, as gcloud's --tunnel-through-iap",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpuconsole",
@@ -78,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON objects, one per node")
     ex = sub.add_parser("exec", help="run a command on a node's workers, like ssh --worker=all")
     _add_common(ex, top=False)
+    _add_reach(ex)
     ex.add_argument("node", help="node name")
     ex.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     ex.add_argument("--internal-ip", action="store_true", help="dial workers' internal IPs")
     ex.epilog = "The command follows --; a single argument is run as shell text, as ssh does."
     sync = sub.add_parser("sync", help="upload a folder to a node's workers (changed files only)")
     _add_common(sync, top=False)
+    _add_reach(sync)
     sync.add_argument("node", help="node name")
     sync.add_argument("local", help="local folder")
     sync.add_argument(
@@ -97,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--sftp", action="store_true", help="use SFTP instead of tar")
     probe = sub.add_parser("probe", help="what holds each worker's TPU: lockfile, processes")
     _add_common(probe, top=False)
+    _add_reach(probe)
     probe.add_argument("node", help="node name")
     probe.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     probe.add_argument("--json", action="store_true", help="print the raw reports as JSON")
     clean = sub.add_parser("clean", help="clear stale lockfiles and lingering processes")
     _add_common(clean, top=False)
+    _add_reach(clean)
     clean.add_argument("node", help="node name")
     clean.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     mode = clean.add_mutually_exclusive_group()
@@ -109,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--yes", "-y", action="store_true", help="carry out the plan unasked")
     create = sub.add_parser("create", help="create a TPU VM and wait for it, with progress")
     _add_common(create, top=False)
+    _add_reach(create)
     create.add_argument("name", help="node name, e.g. sgl-v4-8-20261123-0900")
     create.add_argument("--type", required=True, dest="accelerator_type", help="e.g. v4-8")
     create.add_argument("--version", default="tpu-ubuntu2204-base", help="runtime version")
@@ -136,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("--yes", "-y", action="store_true", help="do not ask")
     launch = sub.add_parser("launch", help="start a detached job on a node's workers")
     _add_common(launch, top=False)
+    _add_reach(launch)
     launch.add_argument(
         "target",
         nargs="+",
@@ -170,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.epilog = "The command follows --; a single argument is run as shell text."
     logs = sub.add_parser("logs", help="print a job's logs, [wN]-prefixed; -f follows them")
     _add_common(logs, top=False)
+    _add_reach(logs)
     logs.add_argument("job", help="job id, or its leading number")
     logs.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
     logs.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
@@ -178,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--json", action="store_true", help="print JSON")
     jobs = sub.add_parser("jobs", help="recent jobs from the history; `jobs stop JOB` stops one")
     _add_common(jobs, top=False)
+    _add_reach(jobs)
     jobs.add_argument("action", nargs="?", choices=["list", "show", "stop"], default="list")
     jobs.add_argument("job", nargs="?", help="with show/stop: the job id or its leading number")
     jobs.add_argument("--json", action="store_true", help="print JSON objects, one per job")
@@ -303,7 +322,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(f"[w{line.worker}] {_for(stream, line.text)}", file=stream, flush=True)
 
     async def go():
-        remote = source.remote(internal_ip=args.internal_ip)
+        remote = _remote(source, args)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
@@ -471,11 +490,22 @@ async def _stale_cleared(jobs_service, node, args) -> bool:
     return all(r.done for r in results)
 
 
-def _job_services(source, settings, args):
+def _remote(source, args: argparse.Namespace | None = None):
+    """The ssh fan-out, as the flags ask, telling on stderr what it does to reach the VMs."""
+    remote = source.remote(
+        internal_ip=getattr(args, "internal_ip", False), iap=getattr(args, "iap", False)
+    )
+    remote.notices.append(lambda text: print(f"tpuconsole: {text}", file=sys.stderr, flush=True))
+    return remote
+
+
+def _job_services(source, settings, args: argparse.Namespace, *, tui: bool = False):
+    """Jobs on the fan-out; the TUI's tells nothing on stderr (the screen is the terminal)."""
     from console.services.jobs import JobService
 
     history = _history(settings, args)
-    return JobService(source.remote(), history, settings.home)
+    remote = source.remote() if tui else _remote(source, args)
+    return JobService(remote, history, settings.home)
 
 
 def cmd_jobs_family(args: argparse.Namespace) -> int:
@@ -489,6 +519,10 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
             "demo-v4-8), or a node and a command after -- (tpuconsole launch NODE -- "
             "python x.py)"
         )
+    if args.command == "launch" and len(args.target) == 1:
+        from console.services.jobs import check_command
+
+        check_command(command_from_argv(args.remote_argv))  # before a probe touches the node
     source = open_fleet_source(settings)
     jobs_service = _job_services(source, settings, args)
 
@@ -601,7 +635,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings)
 
     async def go():
-        remote = source.remote()
+        remote = _remote(source, args)
         try:
             zone = args.zone[0] if args.zone else ""
             node = await source.fleet.find_node(args.node, zone)
@@ -665,7 +699,7 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings)
 
     async def go() -> int:
-        remote = source.remote()
+        remote = _remote(source, args)
         prober = ProbeService(remote)
         try:
             zone = args.zone[0] if args.zone else ""
@@ -740,7 +774,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         ONGOING.sentence = _ongoing_operation(progress, _where(source), node_zone[0])
 
     async def go() -> int:
-        remote = source.remote()
+        remote = _remote(source, args)
         from console.services.jobs import JobService
 
         jobs = JobService(remote, history, settings.home)
@@ -920,12 +954,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         print(f"TPU API (gRPC, insecure): {sandbox.api_address}")
         print(f"project: {sandbox.project}")
         print(f"ssh key: {sandbox.user_key_path}")
+        print(f"ssh port: {sandbox.ssh_port} (every worker, each on its own loopback address)")
+        print("a node lets you in once your key is in its ssh-keys metadata (tpuconsole adds it)")
         for node in sorted(sandbox.fleet.nodes.values(), key=lambda n: n.key):
             for w in range(node.hosts):
-                port = sandbox.worker_port(node.zone, node.name, w)
+                place = sandbox.worker_address(node.zone, node.name, w)
                 where = (
-                    f"ssh -i {sandbox.user_key_path} -p {port} 127.0.0.1"
-                    if port
+                    f"ssh -i {sandbox.user_key_path} -p {place[1]} {place[0]}"
+                    if place
                     else f"(no ssh: {node.state})"
                 )
                 print(f"  {node.zone}/{node.name} w{w}: {where}")
@@ -967,7 +1003,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from console.services.probe import ProbeService
 
-        jobs = _job_services(source, settings, args)
+        jobs = _job_services(source, settings, args, tui=True)
         from console.services.lifecycle import LifecycleService
 
         app = TpuConsoleApp(

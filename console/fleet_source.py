@@ -6,9 +6,11 @@ The one place that may start the sandbox; everything after it sees only a FleetS
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from console.adapters.os_login import OsLoginApi, adc_account
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
 from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, read_served_endpoint
@@ -27,22 +29,46 @@ class FleetSource:
     sandbox: Sandbox | None = None
     endpoint: SandboxEndpoint | None = None
 
-    def remote(self, *, internal_ip: bool = False) -> RemoteService:
-        """Commands on the workers, dialled as configured (internal IPs if asked either way)."""
+    def remote(self, *, internal_ip: bool = False, iap: bool = False) -> RemoteService:
+        """Commands on the workers, dialled as configured (internal IPs or IAP if asked)."""
+        s = self.settings
+        endpoint = self.endpoint
+        if endpoint is not None:
+            address = endpoint.api_address
+
+            def oslogin() -> OsLoginApi:
+                return OsLoginApi.for_sandbox(address)
+
+            account: str | Callable[[], str] = endpoint.account
+        else:
+            oslogin = OsLoginApi.for_google
+            account = s.account or adc_account  # asked only when a node uses OS Login
         return RemoteService(
-            self.fleet, self.ssh_options(), internal_ip=internal_ip or self.settings.internal_ip
+            self.fleet,
+            self.ssh_options(),
+            internal_ip=internal_ip or s.internal_ip,
+            iap=iap or s.tunnel_through_iap,
+            proxy_command=s.ssh_proxy_command,
+            os_login=s.os_login,
+            oslogin_api=oslogin,
+            account=account,
         )
 
     def ssh_options(self) -> SshOptions:
-        """gcloud's choices (local login name, its key) unless configured; the sandbox's key."""
+        """gcloud's choices (local login name, its key, port 22) unless configured.
+
+        The sandbox brings its own key, and its own port: its workers' sshds listen on one
+        port of their loopback addresses, which it sets here as a user sets `[ssh] port`.
+        """
         s = self.settings
         key = s.ssh_key or (self.endpoint.user_key if self.endpoint else DEFAULT_KEY)
+        port = s.ssh_port or (self.endpoint.ssh_port if self.endpoint else 0) or 22
         return SshOptions(
             user=s.ssh_user or getpass.getuser(),
             key_path=str(Path(key).expanduser()),
             known_hosts_path=s.home / "known_hosts",
             jump_host=s.ssh_jump_host,
-            proxy_command=s.ssh_proxy_command,
+            port=port,
         )
 
     @property

@@ -24,7 +24,9 @@ class Worker:
     index: int
     internal_ip: str
     external_ip: str = ""
-    port: int = 22
+    # The endpoint's `port`: 8470, the TPU runtime's, on every real node. Shown, never dialled:
+    # ssh goes to port 22 (or `[ssh] port`), as gcloud's does.
+    runtime_port: int = 0
 
     def address(self, internal: bool = False) -> str:
         """The address ssh dials: external unless asked for internal or none exists."""
@@ -91,6 +93,8 @@ class Node:
     description: str = ""
     health_description: str = ""
     topology: str = ""
+    # The node's metadata (`ssh-keys`, `enable-oslogin`, `startup-script`, ...), as the API has it.
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

@@ -17,14 +17,16 @@ import pytest
 from console.adapters.history_db import HistoryStore
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import CallPolicy, TpuApi
-from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxTiming
+from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxFleet, SandboxTiming
 from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
 
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
-FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3)
+FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3, key_propagation_s=0.15)
+# The default fleet's nodes ("zone/name"), however many other issues add to it.
+DEFAULT_NODES = tuple(sorted(SandboxFleet.default(None).nodes))
 # Retries short enough that a test of "gave up" ends quickly.
 QUICK_POLICY = CallPolicy(timeout_s=5, retry_initial_s=0.01, retry_max_s=0.05, retry_total_s=1.0)
 
@@ -35,7 +37,12 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TPUCONSOLE_HOME", str(tmp_path / "tpuconsole-home"))
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    for name in ("CLOUDSDK_CORE_PROJECT", "CLOUDSDK_COMPUTE_ZONE", "CLOUDSDK_ACTIVE_CONFIG_NAME"):
+    for name in (
+        "CLOUDSDK_CORE_PROJECT",
+        "CLOUDSDK_COMPUTE_ZONE",
+        "CLOUDSDK_ACTIVE_CONFIG_NAME",
+        "CLOUDSDK_CORE_ACCOUNT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -70,6 +77,7 @@ def ssh_options_for(sandbox: Sandbox, tmp_path: Path, **overrides) -> SshOptions
         "user": "tester",
         "key_path": str(sandbox.user_key_path),
         "known_hosts_path": tmp_path / "known_hosts",
+        "port": sandbox.ssh_port,  # the sandbox's one sshd port, as `[ssh] port` would say
         "connect_timeout_s": 5,
         "connect_attempts": 2,
         "retry_base_s": 0.05,
@@ -110,6 +118,15 @@ async def until(pilot, condition, limit: int = 1500) -> None:
     raise AssertionError("condition not reached")
 
 
+async def cursor_to(pilot, key: str) -> None:
+    """Move the fleet table's cursor down to a node by key presses, as a user would."""
+    for _ in range(200):
+        if pilot.app.screen.cursor_node_key() == key:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"the cursor never reached {key}")
+
+
 async def worker_output(
     remote: RemoteService, node, command: str, worker: int = 0
 ) -> tuple[int, str]:
@@ -127,3 +144,27 @@ async def worker_output(
 def screen_text(app) -> str:
     """What the terminal shows now, as plain text: every row of the active screen, toasts too."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def grant_key(sandbox: Sandbox, api: TpuApi, zone: str, name: str, user: str) -> None:
+    """Put the sandbox user's key in a node's `ssh-keys` through the API, as an earlier
+    `gcloud compute tpus tpu-vm ssh` would have, and wait for its guest agent to install it.
+
+    Only for tests that are not about propagation: those let the console do it.
+    """
+    import asyncio
+
+    from console.services.ssh_access import with_user_key
+
+    public = " ".join(Path(f"{sandbox.user_key_path}.pub").read_text().split()[:2])
+    node = await api.get_node(zone, name)
+    entry = f"{user}:{public} {user}"
+    await api.wait_operation(
+        await api.update_metadata(zone, name, with_user_key(node.metadata, entry)), poll_s=0.05
+    )
+    blob = public.split()[1]
+    for _ in range(500):  # the guest agent's delay: a condition, not a sleep
+        if sandbox.fleet.authorized(zone, name, user, blob):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the key never reached {name}")

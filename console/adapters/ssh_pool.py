@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import shlex
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,14 @@ class SshTarget:
     worker: int
     label: str
     host_keys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA…"; empty: trust on first use
+    user: str = ""  # "" = SshOptions.user; an OS Login node has its POSIX user here
+    proxy_command: tuple[str, ...] = ()  # argv whose stdin/stdout carry the connection (IAP)
+    node: str = ""  # "zone/name" of its node, for the access hook
+
+
+# Called when a worker refuses our key: True if the key was just put where the VM will find
+# it (keep trying while it lands), False if nothing more can be done. It may raise SshError.
+AccessHook = Callable[[SshTarget], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,12 @@ class SshOptions:
     connect_timeout_s: float = 10.0
     keepalive_s: float = 30.0
     jump_host: str = ""
-    proxy_command: str = ""
+    port: int = 22  # what gcloud dials; `[ssh] port` (and the sandbox) may say otherwise
     max_sessions: int = 8
     max_connects: int = 32
     connect_attempts: int = 3
     retry_base_s: float = 0.2
+    key_wait_s: float = 60.0  # how long a key just added may take to reach the VM (gcloud: 50)
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class SshPool:
     _connecting: dict[str, asyncio.Future] = field(default_factory=dict)
     _gate: asyncio.Semaphore | None = None
     _client_keys: list | None = None
+    on_auth_failure: AccessHook | None = None
     connects: int = 0  # how many connections were opened, for tests and benchmarks
 
     def __post_init__(self) -> None:
@@ -162,6 +174,23 @@ class SshPool:
             ) from None
         return self._client_keys
 
+    def public_key(self) -> str:
+        """`type blob` of the user's key: its .pub file beside it (as gcloud), else derived."""
+        path = Path(self.options.key_path).expanduser()
+        pub = path.with_name(path.name + ".pub")
+        if pub.exists():
+            parts = pub.read_text().split()
+            if len(parts) >= 2:
+                return f"{parts[0]} {parts[1]}"
+        keys = self._load_client_keys()
+        if not keys:
+            raise SshError(
+                f"No public key beside {path} and the key itself is locked.",
+                f"Write it with `ssh-keygen -y -f {path} > {pub}`.",
+                kind="key",
+            )
+        return _key_text(keys[0])
+
     # ----- connections -------------------------------------------------------------------------
     async def connection(self, target: SshTarget) -> _Pooled:
         pooled = self._pool.get(target.alias)
@@ -185,21 +214,41 @@ class SshPool:
         return pooled
 
     async def _connect_with_retries(self, target: SshTarget) -> _Pooled:
+        """Link failures are retried a few times; a refused key once the hook has placed it
+        is retried until `key_wait_s`, as gcloud retries while a new key propagates."""
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.options.max_connects)
         delay = self.options.retry_base_s
-        for attempt in range(1, self.options.connect_attempts + 1):
+        attempt = 0
+        key_deadline: float | None = None
+        while True:
+            attempt += 1
             try:
                 async with self._gate:
                     return await self._connect(target)
             except SshError as exc:
+                if exc.kind == "auth" and self.on_auth_failure is not None:
+                    if key_deadline is None:
+                        if not await self.on_auth_failure(target):
+                            raise
+                        key_deadline = time.monotonic() + self.options.key_wait_s
+                        delay = self.options.retry_base_s
+                    elif time.monotonic() >= key_deadline:
+                        raise SshError(
+                            f"{exc.reason} Still refused {self.options.key_wait_s:.0f} s after "
+                            "the key was added.",
+                            exc.remedy,
+                            kind="auth",
+                        ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 1.5, 3.0)
+                    continue
                 if exc.kind in {"auth", "host_key", "key", "config"} or (
-                    attempt == self.options.connect_attempts
+                    attempt >= self.options.connect_attempts
                 ):
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
 
     async def _connect(self, target: SshTarget) -> _Pooled:
         client_keys = self._load_client_keys()
@@ -216,16 +265,17 @@ class SshPool:
             return holder["client"]
 
         kwargs: dict = {}
-        if self.options.jump_host:
+        if target.proxy_command:  # asyncssh runs the argv as given: no shell, no %h expansion
+            kwargs["proxy_command"] = list(target.proxy_command)
+        elif self.options.jump_host:
             kwargs["tunnel"] = self.options.jump_host
-        if self.options.proxy_command:
-            kwargs["proxy_command"] = self.options.proxy_command
+        user = target.user or self.options.user
         try:
             conn, _ = await asyncssh.create_connection(
                 factory,
                 target.host,
                 target.port,
-                username=self.options.user,
+                username=user,
                 client_keys=client_keys,
                 known_hosts=known,
                 host_key_alias=target.alias,
@@ -239,10 +289,11 @@ class SshPool:
             raise self._host_key_error(target) from None
         except asyncssh.PermissionDenied:
             raise SshError(
-                f"{target.label}: the VM refused the key for user {self.options.user!r}.",
-                "gcloud adds ~/.ssh/google_compute_engine.pub to the VM's metadata on the first "
-                "`gcloud compute tpus tpu-vm ssh`; with OS Login, grant roles/compute.osLogin. "
-                "Keys can take a minute to reach a new VM.",
+                f"{target.label}: the VM refused the key {self.options.key_path} for user "
+                f"{user!r}.",
+                "The key must be in the node's or the project's `ssh-keys` metadata as "
+                f"`{user}:<public key> {user}` (the console adds it to the node's), or, with "
+                "OS Login, in your OS Login profile with roles/compute.osLogin granted.",
                 kind="auth",
             ) from None
         except TimeoutError:
@@ -259,9 +310,10 @@ class SshPool:
                 kind="refused",
             ) from None
         except (OSError, asyncssh.Error) as exc:
-            raise SshError(
-                f"{target.label}: {exc}.", "Check the VM's state and the network.", kind="lost"
-            ) from None
+            remedy = "Check the VM's state and the network."
+            if target.proxy_command:
+                remedy = f"The proxy command {shlex.join(target.proxy_command)!r} failed; " + remedy
+            raise SshError(f"{target.label}: {exc}.", remedy, kind="lost") from None
         self.connects += 1
         if tofu and holder["client"].seen_key is not None:
             self.known_hosts.record(target.alias, [_key_text(holder["client"].seen_key)])

@@ -18,6 +18,7 @@ from google.api_core.retry import if_exception_type
 from google.api_core.retry_async import AsyncRetry
 from google.cloud import tpu_v2
 from google.cloud.tpu_v2.services.tpu.transports import TpuGrpcAsyncIOTransport
+from google.protobuf import field_mask_pb2
 
 from console.models import AcceleratorTypeInfo, FleetError, Node, Worker
 
@@ -88,6 +89,16 @@ def _short(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
+def worker_endpoints(msg: tpu_v2.Node) -> list[tpu_v2.NetworkEndpoint]:
+    """One endpoint per worker: a node on N networks lists N endpoints per worker, in order.
+
+    gcloud's rule (`tpu_vm/ssh.py` ParseWorkerFlag): the workers are the endpoints at indexes
+    `i % max(1, len(networkConfigs)) == 0`; a node with the single `network_config` has one each.
+    """
+    nets = max(1, len(msg.network_configs))
+    return [ep for i, ep in enumerate(msg.network_endpoints) if i % nets == 0]
+
+
 def node_from_message(msg: tpu_v2.Node) -> Node:
     """Our Node from the API's; zone and project come from the resource name."""
     parts = msg.name.split("/")
@@ -97,9 +108,9 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
             index=i,
             internal_ip=ep.ip_address,
             external_ip=ep.access_config.external_ip if ep.access_config else "",
-            port=ep.port or 22,
+            runtime_port=ep.port,
         )
-        for i, ep in enumerate(msg.network_endpoints)
+        for i, ep in enumerate(worker_endpoints(msg))
     )
     create_time = msg.create_time if msg.create_time and msg.create_time.year > 1970 else None
     health = msg.health.name if msg.health else ""
@@ -121,7 +132,40 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
         description=msg.description,
         health_description=msg.health_description,
         topology=msg.accelerator_config.topology if msg.accelerator_config else "",
+        metadata=dict(msg.metadata),
     )
+
+
+@dataclass(frozen=True)
+class WorkerAttributes:
+    """What one worker's VM published about itself in its guest attributes."""
+
+    host_keys: tuple[tuple[str, str], ...] = ()  # (key type, base64 blob), ssh-* and ecdsa-* only
+    hostname: str = ""  # its Compute Engine instance name, e.g. t1v-n-d86a1b40-w-0 (for IAP)
+
+
+def _host_key_types_ok(key_type: str) -> bool:
+    return key_type.startswith(("ssh-", "ecdsa-"))
+
+
+def worker_attributes(entries: dict[tuple[str, str], str]) -> WorkerAttributes:
+    """Read guest attributes as gcloud does.
+
+    The guest agent writes one attribute per host key, `hostkeys/<type>` = the bare base64 blob
+    (guest-agent `instance_setup.go`: the `.pub` line split on spaces, `vals[0]`/`vals[1]`).
+    gcloud (`tpu_vm/ssh.py` GetFromGuestAttributes) finds `hostname` by key alone, whatever its
+    namespace; so do we. A value that is not one bare blob is not a key and is left out.
+    """
+    keys = []
+    hostname = ""
+    for (namespace, key), value in sorted(entries.items()):
+        value = value.strip()
+        if namespace == "hostkeys":
+            if _host_key_types_ok(key) and value and " " not in value:
+                keys.append((key, value))
+        elif key == "hostname" and not hostname:
+            hostname = value
+    return WorkerAttributes(tuple(keys), hostname)
 
 
 class TpuApi:
@@ -234,10 +278,9 @@ class TpuApi:
 
         return await self._call(f"Reading guest attributes of {name}", go)
 
-    async def host_keys(self, zone: str, name: str) -> list[dict[str, str]]:
-        """Each worker's ssh host keys as the VM published them (namespace `hostkeys`)."""
-        attrs = await self.guest_attributes(zone, name, "hostkeys/")
-        return [{k: v for (ns, k), v in worker.items() if ns == "hostkeys"} for worker in attrs]
+    async def worker_attributes(self, zone: str, name: str) -> list[WorkerAttributes]:
+        """Each worker's host keys and hostname, in worker order, in one call (as gcloud)."""
+        return [worker_attributes(w) for w in await self.guest_attributes(zone, name)]
 
     async def accelerator_types(self, zone: str) -> list[AcceleratorTypeInfo]:
         async def go() -> list[AcceleratorTypeInfo]:
@@ -268,6 +311,7 @@ class TpuApi:
         spot: bool = False,
         labels: dict[str, str] | None = None,
         description: str = "",
+        metadata: dict[str, str] | None = None,
     ) -> Any:
         node = tpu_v2.Node(
             accelerator_type=accelerator_type,
@@ -275,6 +319,7 @@ class TpuApi:
             scheduling_config=tpu_v2.SchedulingConfig(spot=spot),
             labels=labels or {},
             description=description,
+            metadata=metadata or {},
         )
 
         async def go() -> Any:
@@ -287,6 +332,23 @@ class TpuApi:
             )
 
         return await self._call(f"Creating node {name} in {zone}", go)
+
+    async def update_metadata(self, zone: str, name: str, metadata: dict[str, str]) -> Any:
+        """Replace the node's metadata (UpdateNode, `update_mask="metadata"`), as gcloud does.
+
+        The mask replaces the whole map: pass every entry to keep, not only the changed one.
+        """
+        node = tpu_v2.Node(name=self._node_name(zone, name), metadata=metadata)
+
+        async def go() -> Any:
+            return await self.client.update_node(
+                node=node,
+                update_mask=field_mask_pb2.FieldMask(paths=["metadata"]),
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        return await self._call(f"Updating the metadata of {name}", go)
 
     async def _verb(self, verb: str, zone: str, name: str) -> Any:
         method = getattr(self.client, f"{verb}_node")

@@ -6,8 +6,10 @@ because the sandbox serves from its own thread while tests poke it (preempt, inj
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +18,8 @@ from pathlib import Path
 from console.models import accelerator_shape
 
 SANDBOX_PROJECT = "tpuconsole-sandbox"
+# The account the sandbox's OS Login knows you as (gcloud's `[core] account` on Google Cloud).
+SANDBOX_ACCOUNT = "alice@example.com"
 GONE = "GONE"  # a pending state meaning "the node disappears"
 
 DEFAULT_RUNTIME_VERSIONS = (
@@ -57,6 +61,9 @@ class SandboxTiming:
     start_s: float = 3.0
     stop_s: float = 2.0
     delete_s: float = 2.0
+    # How long the guest agent takes to install keys after a metadata change (it watches the
+    # metadata server; gcloud retries its ssh 10 x 5 s while this happens).
+    key_propagation_s: float = 1.0
 
 
 @dataclass
@@ -75,6 +82,13 @@ class SandboxNode:
     description: str = ""
     symptoms: list[str] = field(default_factory=list)
     pending: list[tuple[float, str]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    networks: int = 1  # network configs: a multi-NIC node lists this many endpoints per worker
+    # What the VM's guest agent has applied so far (instance and project metadata), and when
+    # it next catches up with a change (0: it is in step).
+    guest_metadata: dict[str, str] = field(default_factory=dict)
+    guest_project: dict[str, str] = field(default_factory=dict)
+    guest_sync_at: float = 0.0
 
     @property
     def key(self) -> str:
@@ -84,8 +98,41 @@ class SandboxNode:
     def hosts(self) -> int:
         return accelerator_shape(self.accelerator_type).hosts
 
-    def internal_ip(self, worker: int) -> str:
-        return f"10.{(self.node_id >> 8) % 256}.{self.node_id % 256}.{worker + 2}"
+    def hostname(self, worker: int) -> str:
+        """The worker's instance name, which the VM publishes and IAP tunnels to."""
+        digest = hashlib.sha256(f"{SANDBOX_PROJECT}/{self.node_id}".encode()).hexdigest()
+        return f"t1v-n-{digest[:8]}-w-{worker}"
+
+
+def loopback(node_id: int, worker: int, nic: int) -> str:
+    """A worker's own loopback address: 127.<id hi>.<id lo>.<n>, as a VPC gives each VM its own.
+
+    nic -1 is the "external" address, nic 0.. the internal one of each network; all of them
+    are on this machine's 127/8, so no address the console dials ever leaves it.
+    """
+    if worker > 61 or nic > 2:
+        raise ValueError("the sandbox addresses at most 62 workers on 3 networks")
+    last = 2 + worker + 64 * (nic + 1)
+    return f"127.{(node_id >> 8) % 256}.{node_id % 256}.{last}"
+
+
+def posix_username(account: str) -> str:
+    """OS Login's user name for an account: alice@example.com -> alice_example_com."""
+    return re.sub(r"[^a-z0-9]", "_", account.lower())[:32]
+
+
+def metadata_true(metadata: dict[str, str], key: str) -> bool | None:
+    value = metadata.get(key, "").strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
+def _granted(ssh_keys: str, user: str, blob: str) -> bool:
+    """The guest agent's reading of `ssh-keys`: `user:[options ]type blob [comment]` lines."""
+    for line in ssh_keys.splitlines():
+        name, sep, rest = line.strip().partition(":")
+        if sep and name == user and blob in rest.split():
+            return True
+    return False
 
 
 @dataclass
@@ -159,6 +206,18 @@ def _default_nodes(now: float) -> list[SandboxNode]:
             now - 40 * 60.0,
             labels={"team": "inference"},
         ),
+        SandboxNode(
+            "demo-oslogin-v4-8",
+            "us-central2-b",
+            "v4-8",
+            "tpu-ubuntu2204-base",
+            "READY",
+            1020,
+            now - 2 * hour,
+            labels={"team": "inference"},
+            metadata={"enable-oslogin": "TRUE"},
+            guest_metadata={"enable-oslogin": "TRUE"},
+        ),
     ]
 
 
@@ -174,6 +233,11 @@ class SandboxFleet:
     zones: tuple[str, ...] = tuple(DEFAULT_ACCELERATOR_TYPES)
     spot_chip_quota: dict[str, int] = field(default_factory=lambda: {"us-central2-b": 4})
     default_spot_quota: int = 64
+    # The sandbox's stand-in for Compute Engine's project metadata (`ssh-keys`,
+    # `enable-oslogin`), which the guest agents read beside each node's own.
+    project_metadata: dict[str, str] = field(default_factory=dict)
+    # OS Login: each account's imported public keys ("type blob").
+    oslogin_keys: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # ----- persistence -------------------------------------------------------------------------
@@ -191,6 +255,8 @@ class SandboxFleet:
             return cls.default(path, **kw)
         data = json.loads(path.read_text())
         fleet = cls(path=path, next_id=data.get("next_id", 2000), **kw)
+        fleet.project_metadata = dict(data.get("project_metadata", {}))
+        fleet.oslogin_keys = {k: list(v) for k, v in data.get("oslogin_keys", {}).items()}
         for raw in data.get("nodes", []):
             raw["pending"] = [tuple(p) for p in raw.get("pending", [])]
             node = SandboxNode(**raw)
@@ -208,6 +274,8 @@ class SandboxFleet:
                 "next_id": self.next_id,
                 "nodes": [asdict(n) for n in self.nodes.values()],
                 "operations": [asdict(o) for o in self.operations.values()],
+                "project_metadata": self.project_metadata,
+                "oslogin_keys": self.oslogin_keys,
             }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -229,6 +297,11 @@ class SandboxFleet:
                         break
                     node.state = new_state
                     node.health = "HEALTHY" if new_state == "READY" else ""
+                    if new_state == "READY":  # a booting guest agent reads metadata at once
+                        self._guest_sync(node)
+                if node.guest_sync_at and node.guest_sync_at <= now and node.state == "READY":
+                    self._guest_sync(node)
+                    changes.append((key, node.state, node.state))
             for op in self.operations.values():
                 if op.end_time or op.error:
                     continue
@@ -242,6 +315,83 @@ class SandboxFleet:
             if changes:
                 self.save()
         return changes
+
+    def _guest_sync(self, node: SandboxNode) -> None:
+        node.guest_metadata = dict(node.metadata)
+        node.guest_project = dict(self.project_metadata)
+        node.guest_sync_at = 0.0
+
+    # ----- the guest agent's and OS Login's view: who may log in -------------------------------
+    def authorized(self, zone: str, name: str, user: str, blob: str) -> bool:
+        """Whether the worker's sshd lets `user` in with the key whose blob is `blob`.
+
+        As a TPU VM does: with `enable-oslogin` on (instance metadata first, then project),
+        the OS Login profile whose POSIX user is `user` must hold the key, and the guest
+        agent's metadata keys do not count; otherwise the guest agent's `ssh-keys`, the
+        node's and (unless `block-project-ssh-keys`) the project's, as it last applied them.
+        """
+        with self._lock:
+            node = self.nodes.get(f"{zone}/{name}")
+            if node is None or node.state != "READY":
+                return False
+            instance, project = node.guest_metadata, node.guest_project
+            oslogin = metadata_true(instance, "enable-oslogin")
+            if oslogin is None:
+                oslogin = metadata_true(project, "enable-oslogin")
+            if oslogin:
+                return any(
+                    posix_username(account) == user and any(blob in k.split() for k in keys)
+                    for account, keys in self.oslogin_keys.items()
+                )
+            lines = instance.get("ssh-keys", "")
+            if not metadata_true(instance, "block-project-ssh-keys"):
+                lines += "\n" + project.get("ssh-keys", "")
+            return _granted(lines, user, blob)
+
+    def update_metadata(self, zone: str, name: str, metadata: dict[str, str]) -> SandboxOperation:
+        """UpdateNode with `update_mask="metadata"`: the map is replaced whole."""
+        self.advance()
+        with self._lock:
+            node = self.nodes.get(f"{zone}/{name}")
+            if node is None:
+                raise NotFound(f"Node {name} not found in zone {zone}.")
+            if node.state not in {"READY", "STOPPED"}:
+                raise FailedPrecondition(f"Cannot update node {name} in state {node.state}.")
+            node.metadata = dict(metadata)
+            node.guest_sync_at = time.time() + self.timing.key_propagation_s
+            op = self._new_operation(zone, name, "update", node.state)
+            self.save()
+            return op
+
+    def set_project_metadata(self, key: str, value: str | None) -> None:
+        """Change the stand-in for Compute Engine project metadata; every guest agent follows."""
+        with self._lock:
+            if value is None:
+                self.project_metadata.pop(key, None)
+            else:
+                self.project_metadata[key] = value
+            due = time.time() + self.timing.key_propagation_s
+            for node in self.nodes.values():
+                node.guest_sync_at = due
+        self.save()
+
+    def import_oslogin_key(self, account: str, public_key: str) -> list[str]:
+        with self._lock:
+            keys = self.oslogin_keys.setdefault(account, [])
+            if public_key not in keys:
+                keys.append(public_key)
+            found = list(keys)
+        self.save()
+        return found
+
+    def delete_oslogin_key(self, account: str, public_key: str) -> bool:
+        with self._lock:
+            keys = self.oslogin_keys.get(account, [])
+            if public_key not in keys:
+                return False
+            keys.remove(public_key)
+        self.save()
+        return True
 
     # ----- reads -------------------------------------------------------------------------------
     def list(self, zone: str) -> list[SandboxNode]:
@@ -292,6 +442,8 @@ class SandboxFleet:
         preemptible: bool = False,
         labels: dict[str, str] | None = None,
         description: str = "",
+        metadata: dict[str, str] | None = None,
+        networks: int = 1,
     ) -> SandboxOperation:
         self.advance()
         with self._lock:
@@ -328,6 +480,8 @@ class SandboxFleet:
                 labels=dict(labels or {}),
                 description=description,
                 pending=[(now + self.timing.create_s, "READY")],
+                metadata=dict(metadata or {}),
+                networks=max(1, networks),
             )
             self.next_id += 1
             self.nodes[node.key] = node

@@ -11,28 +11,48 @@ import contextlib
 import fcntl
 import json
 import os
+import random
+import socket
 import threading
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from console.sandbox.fleet_state import SANDBOX_PROJECT, SandboxFleet, SandboxNode, SandboxTiming
+from console.sandbox.fleet_state import (
+    SANDBOX_ACCOUNT,
+    SANDBOX_PROJECT,
+    SandboxFleet,
+    SandboxNode,
+    SandboxTiming,
+    loopback,
+)
+from console.sandbox.oslogin_emulator import SERVICE as OSLOGIN_SERVICE
+from console.sandbox.oslogin_emulator import OsLoginEmulator
 from console.sandbox.tpu_emulator import TpuEmulator
 
 T = TypeVar("T")
 TICK_S = 0.1  # how often states advance and ssh servers follow them
+# The host key types each worker has and publishes, as a TPU VM's sshd does (less ssh-rsa,
+# whose key generation would slow every fresh sandbox down).
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256")
+# Marks this sandbox's ssh port as taken, for other sandboxes on the machine: no worker
+# address is ever 127.0.0.x (node ids start above 255).
+PORT_RESERVATION_ADDRESS = "127.0.0.254"
 
 
 @dataclass(frozen=True)
 class SandboxEndpoint:
-    """What a client needs to use a sandbox: the API address, the project and the ssh key."""
+    """What a client needs to use a sandbox: the API address, the project, the ssh key, the
+    one port its workers' sshds listen on (each on its own address) and your account."""
 
     api_address: str
     project: str
     user_key: str
     home: str
     pid: int
+    ssh_port: int = 22
+    account: str = SANDBOX_ACCOUNT
 
 
 class SandboxBusy(Exception):
@@ -77,6 +97,11 @@ def reset_sandbox(home: Path) -> None:
         shutil.rmtree(workers)
 
 
+def _random_loopback(rng: random.Random) -> str:
+    """An address in 127.128-254.x.y, where the id scheme never goes (sandbox ids stay small)."""
+    return f"127.{rng.randrange(128, 255)}.{rng.randrange(256)}.{rng.randrange(2, 255)}"
+
+
 class Sandbox:
     """Start with `Sandbox.start(home)`; `stop()` shuts everything down and releases the home."""
 
@@ -102,11 +127,16 @@ class Sandbox:
                 else SandboxFleet.load_or_default(state, **kw)
             )
         self.fleet = fleet
-        self.emulator = TpuEmulator(fleet, worker_port=self._port_of, host_keys=self._host_keys_of)
+        self.emulator = TpuEmulator(
+            fleet, worker_address=self._address_of, host_keys=self._host_keys_of
+        )
+        self.emulator.services[OSLOGIN_SERVICE] = OsLoginEmulator(fleet).methods()
         self.faults = self.emulator.faults
         self.user_key_path = self.dir / "keys" / "user_ed25519"
         self._servers: dict[tuple[int, int], Any] = {}
-        self._ports: dict[tuple[int, int], int] = {}
+        self._addresses: dict[tuple[int, int], tuple[str, str]] = {}
+        self._port_holder: socket.socket | None = None
+        self.ssh_port = 0
         self._held_down: set[tuple[int, int]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
@@ -122,6 +152,7 @@ class Sandbox:
     def start(cls, home: Path, **kw: Any) -> Sandbox:
         sandbox = cls(home, **kw)
         sandbox._claim_home()
+        sandbox._reserve_port()
         sandbox._thread = threading.Thread(target=sandbox._main, name="sandbox", daemon=True)
         sandbox._thread.start()
         sandbox._ready.wait()
@@ -138,8 +169,26 @@ class Sandbox:
     @property
     def endpoint(self) -> SandboxEndpoint:
         return SandboxEndpoint(
-            self.api_address, SANDBOX_PROJECT, str(self.user_key_path), str(self.home), os.getpid()
+            self.api_address,
+            SANDBOX_PROJECT,
+            str(self.user_key_path),
+            str(self.home),
+            os.getpid(),
+            self.ssh_port,
+            SANDBOX_ACCOUNT,
         )
+
+    def _reserve_port(self) -> None:
+        """One ssh port for every worker of this sandbox, free of every other sandbox's.
+
+        Several sandboxes run on one machine (tests in parallel) with the same node ids, so
+        the same worker addresses; each holds its port bound on one address of its own, and
+        the kernel never hands that port to another sandbox that asks the same way.
+        """
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind((PORT_RESERVATION_ADDRESS, 0))
+        self._port_holder = holder
+        self.ssh_port = holder.getsockname()[1]
 
     def _claim_home(self) -> None:
         self._lock_fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
@@ -163,6 +212,9 @@ class Sandbox:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None
+        if self._port_holder is not None:
+            self._port_holder.close()
+            self._port_holder = None
 
     def stop(self) -> None:
         if self._thread is None:
@@ -192,6 +244,9 @@ class Sandbox:
         try:
             self.api_address = await self.emulator.start()
             if self.with_ssh:
+                from console.sandbox.ssh_workers import load_or_create_key
+
+                load_or_create_key(self.user_key_path)  # the key the console brings here
                 await self._reconcile()
         except BaseException as exc:  # reported to the thread that called start()
             self._error = exc
@@ -217,19 +272,49 @@ class Sandbox:
     def _worker_key(self, node: SandboxNode, worker: int) -> tuple[int, int]:
         return (node.node_id, worker)
 
-    def _port_of(self, node: SandboxNode, worker: int) -> int:
-        return self._ports.get(self._worker_key(node, worker), 0)
+    def _address_of(self, node: SandboxNode, worker: int) -> tuple[str, str]:
+        """(external, internal): where the worker's sshd listens, as its endpoint says.
 
-    def host_key_path(self, node: SandboxNode, worker: int) -> Path:
-        return self.dir / "keys" / f"host-{node.node_id}-w{worker}"
+        Chosen the first time the worker is seen and kept, as a VM keeps its IPs: the scheme's
+        own addresses, or others in 127/8 when something already listens there at our port.
+        """
+        key = self._worker_key(node, worker)
+        placed = self._addresses.get(key)
+        if placed is None:
+            placed = loopback(node.node_id, worker, -1), loopback(node.node_id, worker, 0)
+            rng = random.Random(f"{self.home}/{node.node_id}/{worker}")
+            for _ in range(50):
+                if all(self._free(address) for address in placed):
+                    break
+                placed = _random_loopback(rng), _random_loopback(rng)
+            self._addresses[key] = placed
+        return placed
+
+    def _free(self, address: str) -> bool:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, self.ssh_port))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
+
+    def host_key_path(self, node: SandboxNode, worker: int, algorithm: str = "ssh-ed25519") -> Path:
+        suffix = "" if algorithm == "ssh-ed25519" else f"-{algorithm}"
+        return self.dir / "keys" / f"host-{node.node_id}-w{worker}{suffix}"
 
     def _host_keys_of(self, node: SandboxNode, worker: int) -> dict[str, str]:
+        """{type: blob} as the guest agent publishes each `.pub` line, split on its spaces."""
         server = self._servers.get(self._worker_key(node, worker))
         if server is None:
             return {}
-        public = server.host_key.export_public_key("openssh").decode().strip()
-        algorithm = public.split()[0]
-        return {algorithm: " ".join(public.split()[:2])}
+        out = {}
+        for key in server.host_keys:
+            kind, blob = key.export_public_key("openssh").decode().split()[:2]
+            out[kind] = blob
+        return out
 
     def worker_place(self, node: SandboxNode, worker: int):
         from console.sandbox.ssh_workers import WorkerPlace
@@ -244,37 +329,61 @@ class Sandbox:
             await self._reconcile_unlocked()
 
     async def _reconcile_unlocked(self) -> None:
-        import asyncssh
-
-        from console.sandbox.ssh_workers import WorkerServer, load_or_create_key
-
         wanted: dict[tuple[int, int], tuple[SandboxNode, int]] = {}
         with self.fleet._lock:
             for node in self.fleet.nodes.values():
                 if node.state == "READY":
                     for w in range(node.hosts):
                         wanted[self._worker_key(node, w)] = (node, w)
+        changed = False
         for key in list(self._servers):
             if key not in wanted or key in self._held_down:
                 await self._servers.pop(key).stop()
-        if not wanted.keys() - self._servers.keys():
-            return
-        user_key = load_or_create_key(self.user_key_path)
-        authorized = asyncssh.import_authorized_keys(user_key.export_public_key("openssh").decode())
+                changed = True
         for key, (node, w) in wanted.items():
             if key in self._servers or key in self._held_down:
                 continue
-            server = WorkerServer(
-                self.worker_place(node, w),
-                load_or_create_key(self.host_key_path(node, w)),
-                authorized,
-            )
+            self._servers[key] = await self._start_worker(node, w)
+            changed = True
+        if changed:
+            self._publish_instances()
+
+    async def _start_worker(self, node: SandboxNode, worker: int):
+        """The worker's sshd on its own two addresses; elsewhere in 127/8 if one is taken."""
+        from console.sandbox.ssh_workers import WorkerServer, load_or_create_key
+
+        key = self._worker_key(node, worker)
+        host_keys = [
+            load_or_create_key(self.host_key_path(node, worker, kind), kind)
+            for kind in HOST_KEY_TYPES
+        ]
+        zone, name = node.zone, node.name
+
+        def authorize(user: str, blob: str) -> bool:
+            return self.fleet.authorized(zone, name, user, blob)
+
+        server = WorkerServer(self.worker_place(node, worker), host_keys, authorize)
+        for _ in range(3):
             try:
-                port = await server.start(self._ports.get(key, 0))
-            except OSError:
-                port = await server.start(0)
-            self._ports[key] = port
-            self._servers[key] = server
+                await server.start(list(self._address_of(node, worker)), self.ssh_port)
+            except OSError:  # taken since it was chosen: choose again
+                self._addresses.pop(key, None)
+                continue
+            return server
+        raise OSError(f"no free loopback address for {node.name} w{worker} at {self.ssh_port}")
+
+    def _publish_instances(self) -> None:
+        """hostname -> [internal address, port]: what IAP would know, for a stand-in gcloud."""
+        table = {}
+        with self.fleet._lock:
+            for node in self.fleet.nodes.values():
+                for w in range(node.hosts):
+                    if self._worker_key(node, w) in self._servers:
+                        table[node.hostname(w)] = [self._address_of(node, w)[1], self.ssh_port]
+        path = self.dir / "instances.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
 
     def set_worker_down(self, zone: str, name: str, worker: int, down: bool) -> None:
         """Stop (or bring back) one worker's ssh server, cutting its connections (fault tests)."""
@@ -286,5 +395,9 @@ class Sandbox:
             self._held_down.discard(key)
         self.call(self._reconcile())
 
-    def worker_port(self, zone: str, name: str, worker: int) -> int:
-        return self._port_of(self.fleet.get(zone, name), worker)
+    def worker_address(self, zone: str, name: str, worker: int) -> tuple[str, int] | None:
+        """(address, port) of a worker's sshd while it runs, else None."""
+        node = self.fleet.get(zone, name)
+        if self._worker_key(node, worker) not in self._servers:
+            return None
+        return self._address_of(node, worker)[0], self.ssh_port

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,11 +92,11 @@ class WorkerPlace:
         return env
 
 
-def load_or_create_key(path: Path) -> asyncssh.SSHKey:
+def load_or_create_key(path: Path, algorithm: str = "ssh-ed25519") -> asyncssh.SSHKey:
     if path.exists():
         return asyncssh.read_private_key(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = asyncssh.generate_private_key("ssh-ed25519")
+    key = asyncssh.generate_private_key(algorithm)
     key.write_private_key(str(path))
     key.write_public_key(str(path) + ".pub")
     os.chmod(path, 0o600)
@@ -120,11 +121,18 @@ async def _feed(reader: asyncssh.SSHReader, proc: LocalProcess) -> None:
         proc.stdin.close()
 
 
-class _TrackedServer(asyncssh.SSHServer):
-    """Remembers its connection so the worker can cut it, as a vanished VM would."""
+# Whether `user` may log in with the key whose base64 blob is given (the guest agent's and
+# OS Login's decision, made by the sandbox from the node's metadata and profiles).
+Authorize = Callable[[str, str], bool]
 
-    def __init__(self, live: set[asyncssh.SSHServerConnection]) -> None:
+
+class _TrackedServer(asyncssh.SSHServer):
+    """Remembers its connection so the worker can cut it, as a vanished VM would; asks the
+    sandbox, for each offered key, whether the VM would accept it for that user."""
+
+    def __init__(self, live: set[asyncssh.SSHServerConnection], authorize: Authorize) -> None:
         self._live = live
+        self._authorize = authorize
         self._conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -134,28 +142,38 @@ class _TrackedServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.discard(self._conn)  # type: ignore[arg-type]
 
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        blob = key.export_public_key("openssh").decode().split()[1]
+        return self._authorize(username, blob)
+
 
 class WorkerServer:
-    """A sandbox worker's sshd: public-key auth with the sandbox user key, `bash -c` per command."""
+    """A sandbox worker's sshd: public keys as its VM would accept them, `bash -c` per command."""
 
     def __init__(
-        self, place: WorkerPlace, host_key: asyncssh.SSHKey, authorized: asyncssh.SSHAuthorizedKeys
+        self, place: WorkerPlace, host_keys: list[asyncssh.SSHKey], authorize: Authorize
     ) -> None:
         self.place = place
-        self.host_key = host_key
-        self.authorized = authorized
+        self.host_keys = host_keys
+        self.authorize = authorize
         self.port = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._live: set[asyncssh.SSHServerConnection] = set()
 
-    async def start(self, port: int = 0) -> int:
+    async def start(self, hosts: list[str], port: int) -> int:
+        """Listen on the worker's own addresses; OSError if one is taken at that port."""
         self.place.materialise()
         self._acceptor = await asyncssh.create_server(
-            lambda: _TrackedServer(self._live),
-            "127.0.0.1",
+            lambda: _TrackedServer(self._live, self.authorize),
+            hosts,
             port,
-            server_host_keys=[self.host_key],
-            authorized_client_keys=self.authorized,
+            server_host_keys=self.host_keys,
             process_factory=self._run,
             sftp_factory=self._sftp,
             encoding=None,
@@ -181,9 +199,10 @@ class WorkerServer:
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or "exec bash"
-        proc = await LocalProcess.spawn(
-            ["bash", "-c", command], cwd=self.place.root, env=self.place.environment()
-        )
+        env = self.place.environment()
+        user = process.get_extra_info("username") or ""
+        env.update(USER=user, LOGNAME=user)  # as sshd sets them for the user who logged in
+        proc = await LocalProcess.spawn(["bash", "-c", command], cwd=self.place.root, env=env)
         feeder = asyncio.create_task(_feed(process.stdin, proc))
         try:
             assert proc.stdout is not None and proc.stderr is not None

@@ -29,11 +29,16 @@ from console.sandbox.fleet_state import (
     SandboxFleet,
     SandboxNode,
     SandboxOperation,
+    loopback,
 )
 
 DEFAULT_PAGE_SIZE = 50
+# The TPU runtime's port, on every endpoint of every real node (PerfKitBenchmarker's and other
+# public fixtures: {"ipAddress": "10.0.0.1", "accessConfig": {...}, "port": 8470}). Not ssh.
+RUNTIME_PORT = 8470
 HostKeys = Callable[[SandboxNode, int], dict[str, str]]
-WorkerPort = Callable[[SandboxNode, int], int]
+# A worker's (external, internal) address, as the sandbox placed its sshd.
+WorkerAddress = Callable[[SandboxNode, int], tuple[str, str]]
 
 
 class _Abort(Exception):
@@ -119,28 +124,55 @@ class TpuEmulator:
         self,
         fleet: SandboxFleet,
         *,
-        worker_port: WorkerPort | None = None,
+        worker_address: WorkerAddress | None = None,
         host_keys: HostKeys | None = None,
     ) -> None:
         self.fleet = fleet
         self.faults = FaultPlan()
-        self.worker_port = worker_port or (lambda node, w: 0)
+        self.worker_address = worker_address or (
+            lambda node, w: (loopback(node.node_id, w, -1), loopback(node.node_id, w, 0))
+        )
         self.host_keys = host_keys or (lambda node, w: {})
+        # More gRPC services on the same server (OS Login): name -> methods, as in handlers().
+        self.services: dict[str, dict[str, tuple]] = {}
         self.calls: dict[str, int] = {}
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
     # ----- conversions -------------------------------------------------------------------------
-    def node_message(self, node: SandboxNode) -> cloud_tpu.Node:
+    def endpoints(self, node: SandboxNode) -> list[cloud_tpu.NetworkEndpoint]:
+        """Every network's endpoint of worker 0, then of worker 1, ...: gcloud takes every
+        `len(networkConfigs)`-th as a worker. Only the first network has an external IP."""
         reachable = node.state in {"READY", "CREATING", "STARTING", "STOPPING"}
-        endpoints = [
-            cloud_tpu.NetworkEndpoint(
-                ip_address=node.internal_ip(w),
-                port=self.worker_port(node, w) if reachable else 0,
-                access_config=cloud_tpu.AccessConfig(external_ip="127.0.0.1" if reachable else ""),
+        out = []
+        for w in range(node.hosts):
+            external, internal = self.worker_address(node, w)
+            for nic in range(node.networks):
+                out.append(
+                    cloud_tpu.NetworkEndpoint(
+                        ip_address=internal if nic == 0 else loopback(node.node_id, w, nic),
+                        port=RUNTIME_PORT,
+                        access_config=cloud_tpu.AccessConfig(
+                            external_ip=external if reachable and nic == 0 else ""
+                        ),
+                    )
+                )
+        return out
+
+    def network_configs(self, node: SandboxNode) -> list[cloud_tpu.NetworkConfig]:
+        base = f"projects/{SANDBOX_PROJECT}"
+        return [
+            cloud_tpu.NetworkConfig(
+                network=f"{base}/global/networks/{'default' if k == 0 else f'net-{k}'}",
+                subnetwork=f"{base}/regions/{node.zone.rsplit('-', 1)[0]}/subnetworks/"
+                + ("default" if k == 0 else f"net-{k}"),
+                enable_external_ips=k == 0,
             )
-            for w in range(node.hosts)
+            for k in range(node.networks)
         ]
+
+    def node_message(self, node: SandboxNode) -> cloud_tpu.Node:
+        endpoints = self.endpoints(node)
         msg = cloud_tpu.Node(
             name=f"projects/{SANDBOX_PROJECT}/locations/{node.zone}/nodes/{node.name}",
             description=node.description,
@@ -152,6 +184,7 @@ class TpuEmulator:
             ),
             network_endpoints=endpoints,
             labels=node.labels,
+            metadata=node.metadata,
             id=node.node_id,
             symptoms=[
                 cloud_tpu.Symptom(
@@ -163,6 +196,10 @@ class TpuEmulator:
                 for s in node.symptoms
             ],
         )
+        if node.networks > 1:  # the v2 Node's repeated `network_configs`, one per network
+            msg.network_configs = self.network_configs(node)
+        else:
+            msg.network_config = self.network_configs(node)[0]
         if node.health:
             msg.health = cloud_tpu.Node.Health[node.health]
         msg.create_time = datetime.fromtimestamp(node.create_time, tz=UTC)
@@ -223,8 +260,29 @@ class TpuEmulator:
             preemptible=sched.preemptible,
             labels=dict(req.node.labels),
             description=req.node.description,
+            metadata=dict(req.node.metadata),
+            networks=len(req.node.network_configs),
         )
         return self.operation_message(op)
+
+    def update_node(self, req: cloud_tpu.UpdateNodeRequest) -> operations_pb2.Operation:
+        """Only the paths named in `update_mask` change; the API refuses an empty mask."""
+        zone, name = _parse(req.node.name, expect="node")
+        paths = list(req.update_mask.paths)
+        if not paths:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "update_mask must name a field.")
+        unknown = sorted(set(paths) - {"metadata", "labels", "description"})
+        if unknown:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Cannot update field(s) {', '.join(unknown)}."
+            )
+        node = self.fleet.get(zone, name)
+        if "labels" in paths:
+            node.labels = dict(req.node.labels)
+        if "description" in paths:
+            node.description = req.node.description
+        metadata = dict(req.node.metadata) if "metadata" in paths else dict(node.metadata)
+        return self.operation_message(self.fleet.update_metadata(zone, name, metadata))
 
     def _node_verb(self, verb: str, name: str) -> operations_pb2.Operation:
         zone, node = _parse(name, expect="node")
@@ -241,13 +299,15 @@ class TpuEmulator:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"Node {name} is {node.state}; guest attributes need a running VM.",
             )
-        wanted = {int(w) for w in req.worker_ids} or set(range(node.hosts))
+        wanted = {int(w) for w in req.worker_ids if w != ""} or set(range(node.hosts))
+        namespace, _, only_key = req.query_path.partition("/")
         out = []
         for w in sorted(wanted):
             items = [
-                cloud_tpu.GuestAttributesEntry(namespace="hostkeys", key=k, value=v)
-                for k, v in self.host_keys(node, w).items()
-                if not req.query_path or req.query_path.startswith("hostkeys")
+                entry
+                for entry in self.guest_attributes(node, w)
+                if (not req.query_path or entry.namespace == namespace)
+                and (not only_key or entry.key == only_key)
             ]
             out.append(
                 cloud_tpu.GuestAttributes(
@@ -256,6 +316,21 @@ class TpuEmulator:
                 )
             )
         return cloud_tpu.GetGuestAttributesResponse(guest_attributes=out)
+
+    def guest_attributes(self, node: SandboxNode, worker: int) -> list:
+        """What a TPU VM worker publishes, in the writers' own shapes.
+
+        `hostkeys/<type>` = the bare base64 blob, one per host key: the guest agent splits each
+        `.pub` line on spaces and writes `writeGuestAttributes("hostkeys/"+vals[0], vals[1])`
+        (GoogleCloudPlatform/guest-agent, google_guest_agent/instance_setup.go).
+        `hostname` = the worker's instance name, which gcloud's IAP path reads by key alone
+        (gcloud tpu_vm/ssh.py GetFromGuestAttributes(..., 'hostname'), any namespace); it is
+        not the guest agent's, no public source names its namespace, so it has none here.
+        """
+        entry = cloud_tpu.GuestAttributesEntry
+        published = self.host_keys(node, worker)
+        keys = [entry(namespace="hostkeys", key=k, value=v) for k, v in published.items()]
+        return [*keys, entry(namespace="", key="hostname", value=node.hostname(worker))]
 
     def list_accelerator_types(
         self, req: cloud_tpu.ListAcceleratorTypesRequest
@@ -332,6 +407,11 @@ class TpuEmulator:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             except QuotaExceeded as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except Exception as exc:  # other services' errors carry their own status code
+                code = getattr(exc, "code", None)
+                if not isinstance(code, grpc.StatusCode):
+                    raise
+                await context.abort(code, getattr(exc, "message", str(exc)))
 
         return handle
 
@@ -431,10 +511,17 @@ class TpuEmulator:
                 lambda r: "",
             ),
         }
+        tpu["UpdateNode"] = (
+            self.update_node,
+            proto_plus(cloud_tpu.UpdateNodeRequest),
+            op_ser,
+            lambda r: r.node.name.split("/")[3],
+        )
         return [
             self._service("google.cloud.tpu.v2.Tpu", tpu),
             self._service("google.longrunning.Operations", ops),
             self._service("google.cloud.location.Locations", locations),
+            *(self._service(name, methods) for name, methods in self.services.items()),
         ]
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

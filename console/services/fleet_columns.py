@@ -116,7 +116,7 @@ def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
                 "index": w.index,
                 "internal_ip": w.internal_ip,
                 "external_ip": w.external_ip,
-                "port": w.port,
+                "runtime_port": w.runtime_port,
             }
             for w in node.workers
         ],

@@ -34,6 +34,15 @@ EndSink = Callable[[int, int | None], None]
 _WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
 
 
+def check_command(command: str) -> None:
+    """A job runs something: an empty or blank command is refused before anything is done."""
+    if not command.strip():
+        raise FleetError(
+            "Nothing to launch: the command is empty.",
+            "Give the command after --, e.g. tpuconsole launch NODE -- python train.py.",
+        )
+
+
 def job_script(command: str, env: Mapping[str, str] | None = None) -> str:
     """The `cmd` file: exports first, each value quoted, then the command as given."""
     exports = [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()]
@@ -88,11 +97,7 @@ class JobService:
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
         """
-        if not command.strip():
-            raise FleetError(
-                "Nothing to launch: the command is empty.",
-                "Give the command after --, e.g. tpuconsole launch NODE -- python train.py.",
-            )
+        check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
             job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",

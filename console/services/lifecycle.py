@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
-from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent
+from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent, SshError
 from console.services.diagnosis import from_condition
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
+from console.services.ssh_access import SSH_KEYS
 
 DEFAULT_RUNTIME = "tpu-ubuntu2204-base"
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -181,6 +182,7 @@ class LifecycleService:
         api = self.fleet.api
         notes: list[str] = []
         spot = request.spot
+        metadata = self._key_metadata(notes)
 
         async def send(spot: bool):
             return await api.create_node(
@@ -190,6 +192,7 @@ class LifecycleService:
                 request.runtime_version,
                 spot=spot,
                 labels=request.labels,
+                metadata=metadata,
             )
 
         try:
@@ -241,6 +244,17 @@ class LifecycleService:
                     Progress(node.name, "bootstrap", job.status.upper(), 0.0, f"job {job.job_id}")
                 )
         return CreateOutcome(node, spot, tuple(notes), ok, failed, startup_job)
+
+    def _key_metadata(self, notes: list[str]) -> dict[str, str]:
+        """Your key in the new node's `ssh-keys`, so its first boot installs it (not with OS
+        Login configured: there the key goes to your OS Login profile when you first ssh)."""
+        if self.remote is None or self.remote.access.os_login == "true":
+            return {}
+        try:
+            return {SSH_KEYS: self.remote.access.entry()}
+        except SshError as exc:
+            notes.append(f"no ssh key put in its metadata: {exc.reason}")
+            return {}
 
     async def check_ssh(
         self, node: Node, progress: ProgressSink | None = None

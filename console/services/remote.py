@@ -12,10 +12,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshOptions, SshPool, SshTarget
+from console.adapters.tpu_api import WorkerAttributes
 from console.models import FleetError, Node, SshError, parse_worker_selection
 from console.services.fleet import FleetService
 from console.services.lines import LineSplitter, decode
+from console.services.ssh_access import SshAccess
 
 SSH_FAILURE_STATUS = 255  # what ssh itself exits with when it cannot run the command
 
@@ -156,16 +159,66 @@ def command_from_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+IAP_HELP = (
+    "IAP needs each worker's `hostname` guest attribute: check that the "
+    "compute.disableGuestAttributesAccess policy is not enforced, that the node is READY and "
+    "HEALTHY, and that your firewall lets IAP (35.235.240.0/20) reach port 22."
+)
+
+
+def iap_command(hostname: str, port: int, zone: str, project: str) -> tuple[str, ...]:
+    """gcloud's IAP tunnel for one worker, by its instance name, as `--tunnel-through-iap`."""
+    return (
+        "gcloud",
+        "compute",
+        "start-iap-tunnel",
+        hostname,
+        str(port),
+        "--listen-on-stdin",
+        "--zone",
+        zone,
+        "--project",
+        project,
+    )
+
+
 class RemoteService:
+    """Commands on workers, reached as `gcloud compute tpus tpu-vm ssh` reaches them."""
+
     def __init__(
-        self, fleet: FleetService, options: SshOptions, *, internal_ip: bool = False
+        self,
+        fleet: FleetService,
+        options: SshOptions,
+        *,
+        internal_ip: bool = False,
+        iap: bool = False,
+        proxy_command: str = "",
+        os_login: str = "auto",
+        oslogin_api: Callable[[], OsLoginApi] | None = None,
+        account: str | Callable[[], str] = "",
     ) -> None:
         self.fleet = fleet
         self.pool = SshPool(options)
         self.internal_ip = internal_ip
+        self.iap = iap
+        self.proxy_command = tuple(shlex.split(proxy_command))
+        self.access = SshAccess(
+            fleet,
+            self.pool,
+            options.user,
+            os_login=os_login,
+            oslogin_api=oslogin_api,
+            account=account,
+        )
+
+    @property
+    def notices(self) -> list[Callable[[str], None]]:
+        """Where "adding your ssh key to NODE's metadata" and the like are told (UI, CLI)."""
+        return self.access.notices
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.access.close()
 
     async def targets(self, node: Node, selection: str = "all") -> list[SshTarget]:
         if node.state != "READY":
@@ -179,22 +232,36 @@ class RemoteService:
             chosen = parse_worker_selection(selection, len(node.workers))
         except ValueError as exc:
             raise FleetError(str(exc)) from None
+        user = await self.access.user_for(node)
         try:
-            published = await self.fleet.api.host_keys(node.zone, node.name)
+            published = await self.fleet.api.worker_attributes(node.zone, node.name)
         except FleetError:
+            if self.iap:
+                raise FleetError(
+                    f"{node.name}: its guest attributes cannot be read.", IAP_HELP
+                ) from None
             published = []  # no guest attributes: trust on first use, then pin
+        port = self.pool.options.port
         targets = []
         for w in chosen:
             worker = node.workers[w]
-            keys = tuple(published[w].values()) if w < len(published) else ()
+            attrs = published[w] if w < len(published) else WorkerAttributes()
+            proxy = self.proxy_command
+            if self.iap:
+                if not attrs.hostname:
+                    raise FleetError(f"{node.name} w{w} publishes no hostname.", IAP_HELP)
+                proxy = iap_command(attrs.hostname, port, node.zone, node.project)
             targets.append(
                 SshTarget(
                     alias=f"tpu.{node.node_id}-{w}",
                     host=worker.address(self.internal_ip),
-                    port=worker.port,
+                    port=port,
                     worker=w,
                     label=f"{node.name} w{w}",
-                    host_keys=keys,
+                    host_keys=tuple(f"{kind} {blob}" for kind, blob in attrs.host_keys),
+                    user=user,
+                    proxy_command=proxy,
+                    node=node.key,
                 )
             )
         return targets

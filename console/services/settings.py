@@ -37,6 +37,10 @@ class Settings:
     internal_ip: bool = False
     ssh_jump_host: str = ""
     ssh_proxy_command: str = ""
+    ssh_port: int = 0  # 0: gcloud's 22 (the sandbox sets its own)
+    tunnel_through_iap: bool = False
+    os_login: str = "auto"  # auto: as each node's enable-oslogin says; "true" for project-wide
+    account: str = ""  # gcloud's [core] account, for OS Login
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -64,6 +68,7 @@ def read_gcloud_configuration(env: Mapping[str, str], user_home: Path) -> tuple[
     values = {
         "project": parser.get("core", "project", fallback=""),
         "zone": parser.get("compute", "zone", fallback=""),
+        "account": parser.get("core", "account", fallback=""),
     }
     return name, values
 
@@ -161,6 +166,17 @@ def resolve_settings(
             "Set e.g. refresh_interval = 10.",
         )
     ssh = ours.get("ssh", {}) if isinstance(ours.get("ssh", {}), dict) else {}
+    port = ssh.get("port", 0)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise FleetError(
+            f"ssh.port in {toml_path} must be a port number.", "Set e.g. port = 22 under [ssh]."
+        )
+    os_login = str(ssh.get("os_login", "auto")).lower()
+    if os_login not in {"auto", "true", "false"}:
+        raise FleetError(
+            f'ssh.os_login in {toml_path} must be true, false or "auto".',
+            "Leave it out of [ssh] to follow each node's enable-oslogin metadata.",
+        )
     return Settings(
         project=chosen_project,
         project_source=project_source,
@@ -175,4 +191,8 @@ def resolve_settings(
         internal_ip=bool(ssh.get("internal_ip", False)),
         ssh_jump_host=str(ssh.get("jump_host", "")),
         ssh_proxy_command=str(ssh.get("proxy_command", "")),
+        ssh_port=port,
+        tunnel_through_iap=bool(ssh.get("tunnel_through_iap", False)),
+        os_login=os_login,
+        account=env.get("CLOUDSDK_CORE_ACCOUNT", "") or gcloud["account"],
     )

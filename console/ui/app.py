@@ -74,6 +74,11 @@ class TpuConsoleApp(App):
         if not self.is_headless:
             self.set_interval(TERMINAL_CHECK_S, self._exit_if_terminal_gone)
         self.call_after_refresh(self._freeze_startup_objects)
+        # "adding your ssh key to NODE's metadata" and the like, as they happen.
+        services = (self.jobs, self.prober, self.lifecycle)
+        remotes = {id(r): r for s in services if (r := getattr(s, "remote", None)) is not None}
+        for remote in remotes.values():
+            remote.notices.append(lambda text: self.notify(text, timeout=8))
         if self.jobs is not None:
             self.run_worker(self._reconcile_jobs(), group="reconcile")
 

@@ -91,7 +91,9 @@ class NodeDetailScreen(Screen):
             yield Static(id="summary", markup=False)
             yield Static("Workers", classes="section", markup=False)
             table: DataTable = PlainTable(id="workers", cursor_type="row")
-            for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "SSH PORT"):
+            # The endpoint's port is the TPU runtime's (8470), not ssh's: ssh dials port 22
+            # or `[ssh] port`, as gcloud does.
+            for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "RUNTIME PORT"):
                 table.add_column(title, key=title.lower())
             yield table
             yield Static("Events", classes="section", markup=False)
@@ -117,7 +119,7 @@ class NodeDetailScreen(Screen):
                 f"w{w.index}",
                 w.internal_ip or "-",
                 w.external_ip or "-",
-                str(w.port) if w.external_ip else "-",
+                str(w.runtime_port) if w.runtime_port else "-",
                 key=str(w.index),
             )
 

@@ -15,19 +15,21 @@ import pytest
 
 from console.cli import main
 from console.sandbox.runtime import Sandbox
-from tests.conftest import FAST
+from tests.conftest import DEFAULT_NODES, FAST
 
 
 def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "--json"]) == 0
     nodes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_name = {n["name"]: n for n in nodes}
-    assert set(by_name) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8", "demo-v5e-8"}
+    assert set(by_name) == {key.split("/")[1] for key in DEFAULT_NODES}
     spot = by_name["demo-spot-v4-8"]
     assert (spot["state"], spot["spot"], spot["provisioning"]) == ("PREEMPTED", True, "spot")
     v416 = by_name["demo-v4-16"]
     assert [w["index"] for w in v416["workers"]] == [0, 1]
-    assert all(w["port"] > 0 and w["external_ip"] == "127.0.0.1" for w in v416["workers"])
+    # The endpoint's port is the TPU runtime's, 8470, as on every real node; not ssh's.
+    assert [w["runtime_port"] for w in v416["workers"]] == [8470, 8470]
+    assert all(w["external_ip"].startswith("127.") for w in v416["workers"])
     assert v416["zone"] == "us-central2-b" and v416["accelerator_version"] == "v4"
     assert v416["age_seconds"] > 0 and v416["runtime_version"] == "tpu-ubuntu2204-base"
 
@@ -38,7 +40,7 @@ def test_ls_table_marks_the_sandbox_and_shows_states(capsys: pytest.CaptureFixtu
     assert out.startswith("SANDBOX")
     header, *rows = out.splitlines()[1:]
     assert header.split()[:4] == ["NAME", "ZONE", "TYPE", "STATE"]
-    assert len(rows) == 4
+    assert len(rows) == len([k for k in DEFAULT_NODES if k.startswith("us-central2-b/")])
     assert any(r.split()[0] == "demo-spot-v4-8" and "PREEMPTED" in r.split() for r in rows)
 
 
@@ -55,7 +57,8 @@ def test_ls_exits_non_zero_and_names_an_unreachable_zone(
         )
         assert main(["ls", "--json"]) == 1
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 4
+    listed = {json.loads(line)["zone"] for line in captured.out.splitlines()}
+    assert listed == {"us-central2-b"}
     assert "zone europe-west4-a unreachable" in captured.err
     assert "API not enabled" in captured.err
 
@@ -96,6 +99,8 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
                 break
         assert lines[0].startswith("TPU API (gRPC, insecure): 127.0.0.1:")
         assert any("demo-v4-16 w1: ssh -i" in line for line in lines)
+        port = int(next(ln for ln in lines if ln.startswith("ssh port:")).split()[2])
+        assert port != 22 and any(f"-p {port} 127." in line for line in lines)
         assert any("demo-spot-v4-8 w0: (no ssh: PREEMPTED)" in line for line in lines)
         ls = subprocess.run(
             [sys.executable, "-m", "console.cli", "ls", "--json"],
@@ -105,7 +110,7 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
             timeout=60,
         )
         assert ls.returncode == 0, ls.stderr
-        assert len(ls.stdout.splitlines()) == 5
+        assert len(ls.stdout.splitlines()) == len(DEFAULT_NODES)
     finally:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
@@ -180,6 +185,35 @@ def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
     assert "not a valid int" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("node", "preset", "flags"),
+    [
+        ("demo-v4-8", "single-host-sglang", "--steps 10 --rollout-devices 2 "
+         "--sglang-mem-fraction-static 0.8"),
+        ("demo-v4-16", "multi-host-vanilla", "--steps 10 --rollout-devices 8 --rollout-engine "
+         "vanilla --local-model-dir /tmp/models/Qwen__Qwen3-4B-Instruct-2507"),
+    ],
+)  # fmt: skip
+def test_the_seeds_grpo_commands_dry_run_clean_on_their_nodes(
+    node: str, preset: str, flags: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["launch", "grpo", node, "--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"python -u -m remote.grpo {flags}" in out
+    assert "REFUSE" not in out and "WARN" not in out
+
+
+def test_grpo_with_sglang_rollout_on_a_multi_host_node_is_refused_before_launch(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ["launch", "grpo", "demo-v4-16", "--preset", "single-host-sglang", "--dry-run"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "REFUSE: demo-v4-16 has 2 hosts" in captured.out
+    assert "rollout_engine=vanilla" in captured.out
+    assert "refused by preflight; nothing launched" in captured.err
+
+
 def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home, timing=FAST):
@@ -212,6 +246,33 @@ def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFi
         assert "cli-node: deleted" in capsys.readouterr().out
         assert main(["delete", "demo-v4-8"]) == 2  # no terminal to ask, no --yes
         assert "add --yes" in capsys.readouterr().err
+
+
+def test_create_with_startup_runs_the_command_as_a_job(capsys: pytest.CaptureFixture) -> None:
+    """The key goes into the new node's metadata at create, so its first boot lets us in."""
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST) as sandbox:
+        startup = 'echo "booted as $USER" > ~/booted; cat ~/booted'
+        args = ["create", "boot-node", "--zone", "us-central1-a", "--type", "v3-8"]
+        assert main([*args, "--wait", "--startup", startup]) == 0
+        captured = capsys.readouterr()
+        assert "adding your ssh key" not in captured.err  # it was there from the start
+        job = next(ln for ln in captured.out.splitlines() if ln.startswith("bootstrap: job "))
+        job_id = job.split()[2]
+        assert main(["logs", job_id, "--follow"]) == 0
+        user = sandbox.fleet.get("us-central1-a", "boot-node").metadata["ssh-keys"].split(":")[0]
+        assert capsys.readouterr().out.splitlines() == [f"[w0] booted as {user}"]
+
+
+def test_exec_adds_your_key_to_a_nodes_metadata_and_says_so(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["exec", "demo-v4-8", "--", "echo", "in"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "[w0] in\n"
+    assert "tpuconsole: adding your ssh key to demo-v4-8's metadata" in captured.err
+    assert main(["exec", "demo-v4-8", "--", "echo", "again"]) == 0
+    assert "adding your ssh key" not in capsys.readouterr().err
 
 
 def test_probe_and_clean_from_the_command_line(capsys: pytest.CaptureFixture) -> None:

@@ -31,11 +31,12 @@ def home() -> Path:
 
 
 def one_sentence(err: str) -> str:
-    """stderr must be one `tpuconsole:` line, with no traceback."""
+    """stderr must end in one `tpuconsole:` sentence, with no traceback; lines before it may
+    only be the console's own notes (what it does to reach the VMs)."""
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tpuconsole: "), err
-    return lines[0]
+    assert lines and all(line.startswith("tpuconsole: ") for line in lines), err
+    return lines[-1]
 
 
 def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:

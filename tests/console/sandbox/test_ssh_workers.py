@@ -10,6 +10,7 @@ import pytest
 
 from console.adapters.tpu_api import TpuApi
 from console.sandbox.runtime import Sandbox
+from tests.conftest import grant_key
 
 ZONE = "us-central2-b"
 
@@ -17,14 +18,21 @@ ZONE = "us-central2-b"
 async def _connect(
     sandbox: Sandbox, api: TpuApi, zone: str, name: str, worker: int, key: str | None = None
 ) -> asyncssh.SSHClientConnection:
+    """Straight asyncssh to the worker's published address at the sandbox's port, its
+    published host keys pinned, as an earlier gcloud ssh (which put the key in) left it."""
+    if key is None:
+        await grant_key(sandbox, api, zone, name, "tester")
     node = await api.get_node(zone, name)
-    keys = (await api.host_keys(zone, name))[worker]
-    port = node.workers[worker].port
-    known = asyncssh.import_known_hosts("".join(f"[127.0.0.1]:{port} {v}\n" for v in keys.values()))
+    attrs = (await api.worker_attributes(zone, name))[worker]
+    host = node.workers[worker].external_ip
+    known = asyncssh.import_known_hosts(
+        "".join(f"tpu.{node.node_id}-{worker} {kind} {blob}\n" for kind, blob in attrs.host_keys)
+    )
     return await asyncssh.connect(
-        "127.0.0.1",
-        port,
+        host,
+        sandbox.ssh_port,
         known_hosts=known,
+        host_key_alias=f"tpu.{node.node_id}-{worker}",
         username="tester",
         client_keys=[key or str(sandbox.user_key_path)],
     )
@@ -90,15 +98,15 @@ async def test_a_key_the_sandbox_does_not_know_is_refused(
 
 
 async def test_a_stopped_node_no_longer_answers_ssh(sandbox: Sandbox, api: TpuApi) -> None:
-    port = (await api.get_node(ZONE, "demo-v4-8")).workers[0].port
+    host = (await api.get_node(ZONE, "demo-v4-8")).workers[0].external_ip
     await api.wait_operation(await api.stop_node(ZONE, "demo-v4-8"), poll_s=0.05)
     node = await api.get_node(ZONE, "demo-v4-8")
     assert node.state == "STOPPED" and node.workers[0].external_ip == ""
     sandbox.call(sandbox._reconcile())  # the servers follow the state on the next tick at latest
     with pytest.raises(OSError):
         await asyncssh.connect(
-            "127.0.0.1",
-            port,
+            host,
+            sandbox.ssh_port,
             known_hosts=None,
             client_keys=[str(sandbox.user_key_path)],
             connect_timeout=2,
@@ -106,6 +114,7 @@ async def test_a_stopped_node_no_longer_answers_ssh(sandbox: Sandbox, api: TpuAp
 
 
 def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Path) -> None:
+    from console.sandbox.fleet_state import SandboxFleet
     from console.sandbox.runtime import reset_sandbox
 
     home = tmp_path / "h"
@@ -117,7 +126,7 @@ def test_state_persists_across_restarts_and_reset_restores_defaults(tmp_path: Pa
     reset_sandbox(home)
     with Sandbox.start(home) as third:
         assert "us-central1-a/kept" not in third.fleet.nodes
-        assert len(third.fleet.nodes) == 5
+        assert set(third.fleet.nodes) == set(SandboxFleet.default(None).nodes)
 
 
 def test_a_second_process_joins_the_served_sandbox_instead_of_starting_one(

@@ -29,7 +29,7 @@ def lifecycle(remote: RemoteService, history: HistoryStore) -> LifecycleService:
 
 
 async def test_create_reports_creating_then_ready_and_checks_ssh(
-    lifecycle: LifecycleService, history: HistoryStore
+    lifecycle: LifecycleService, history: HistoryStore, sandbox: Sandbox
 ) -> None:
     seen: list[Progress] = []
     outcome = await lifecycle.create(
@@ -38,6 +38,10 @@ async def test_create_reports_creating_then_ready_and_checks_ssh(
     states = [p.state for p in seen if p.verb == "create"]
     assert states[0] == "CREATING" and states[-1] == "READY"
     assert outcome.node.state == "READY" and outcome.ssh_ok == (0, 1) and not outcome.ssh_failed
+    # Your key was in its metadata from the create on: no update was needed to get in.
+    assert outcome.node.metadata["ssh-keys"] == lifecycle.remote.access.entry()
+    assert lifecycle.remote.access.entry().startswith("tester:ssh-ed25519 ")
+    assert sandbox.emulator.calls.get("UpdateNode", 0) == 0
     kinds = [e.kind for e in history.events_for("us-central2-b", "fresh-v4-16")]
     assert kinds[0] == "create" and "ssh" in kinds
 

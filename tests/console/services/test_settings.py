@@ -69,3 +69,31 @@ def test_a_broken_config_file_says_which_file_and_what_to_do(tmp_path: Path) -> 
     with pytest.raises(FleetError) as err:
         resolve_settings(env=env, user_home=tmp_path)
     assert "config.toml" in err.value.reason and "TOML" in err.value.remedy
+
+
+def test_ssh_is_reached_as_configured_under_ssh(tmp_path: Path) -> None:
+    env = _ours(
+        tmp_path,
+        '[ssh]\nport = 2222\ntunnel_through_iap = true\nos_login = true\nuser = "me"\n',
+    )
+    s = resolve_settings(env=env, user_home=tmp_path)
+    assert (s.ssh_port, s.tunnel_through_iap, s.os_login, s.ssh_user) == (2222, True, "true", "me")
+    plain = resolve_settings(env={}, user_home=tmp_path / "elsewhere")
+    assert (plain.ssh_port, plain.tunnel_through_iap, plain.os_login) == (0, False, "auto")
+
+
+@pytest.mark.parametrize("line", ['port = "ssh"', "port = 70000", 'os_login = "maybe"'])
+def test_a_bad_ssh_setting_is_refused_with_the_fix(tmp_path: Path, line: str) -> None:
+    env = _ours(tmp_path, f"[ssh]\n{line}\n")
+    with pytest.raises(FleetError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "ssh." in err.value.reason and "[ssh]" in err.value.remedy
+
+
+def test_the_os_login_account_is_gclouds_core_account(tmp_path: Path) -> None:
+    env = _gcloud(tmp_path, "default", "p", "z")
+    path = tmp_path / "gcloud" / "configurations" / "config_default"
+    path.write_text(path.read_text().replace("[core]\n", "[core]\naccount = bob@example.com\n"))
+    assert resolve_settings(env=env, user_home=tmp_path).account == "bob@example.com"
+    env |= {"CLOUDSDK_CORE_ACCOUNT": "carol@example.com"}
+    assert resolve_settings(env=env, user_home=tmp_path).account == "carol@example.com"

@@ -13,7 +13,7 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.cleanup_screen import CleanupScreen
 from console.ui.health_screen import HealthScreen
-from tests.conftest import fleet_for, ssh_options_for, until
+from tests.conftest import cursor_to, fleet_for, ssh_options_for, until
 
 ZONE = "us-central2-b"
 HOLDER = Path(__file__).resolve().parents[2] / "hold_tpu.py"
@@ -44,8 +44,7 @@ async def test_k_shows_the_plan_and_y_leaves_the_node_clean(
     key = "us-central2-b/demo-v4-8"
     async with app.run_test(size=(170, 40)) as pilot:
         await until(pilot, lambda: lock_cell(app, key) == "1 lingering")
-        await pilot.press("down", "down", "down", "down")
-        assert app.screen.cursor_node_key() == key
+        await cursor_to(pilot, key)
         await pilot.press("K")
         assert isinstance(app.screen, CleanupScreen)
         dialog = app.screen
@@ -87,11 +86,32 @@ async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, tmp_path: Path) ->
                 for i in range(health.query_one("#health", DataTable).row_count)
             )
         ]
-        await pilot.press("escape", "down", "down", "down", "down", "K")
+        await pilot.press("escape")
+        await cursor_to(pilot, key)
+        await pilot.press("K")
         dialog = app.screen
         await until(pilot, lambda: getattr(dialog, "state", "") == "confirm")
         await pilot.press("n")
         assert not isinstance(app.screen, CleanupScreen)
         assert place.lockfile.exists()
+    await remote.close()
+    await fleet.close()
+
+
+async def test_the_first_probe_of_a_node_says_it_adds_your_key(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A new sandbox, like a new VM, has your key in no metadata: the console says it adds it."""
+    fleet = fleet_for(sandbox)
+    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    key = "us-central2-b/demo-v4-8"
+    async with app.run_test(size=(170, 40)) as pilot:
+        await until(pilot, lambda: lock_cell(app, key) == "clean")
+
+        def told() -> list[str]:
+            return [n.message for n in app._notifications]
+
+        assert "adding your ssh key to demo-v4-8's metadata" in told()
     await remote.close()
     await fleet.close()

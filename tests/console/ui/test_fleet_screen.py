@@ -18,7 +18,7 @@ from console.services.fleet import FleetService
 from console.ui.app import TpuConsoleApp
 from console.ui.help_screen import HelpScreen
 from console.ui.node_detail import NodeDetailScreen
-from tests.conftest import fleet_for
+from tests.conftest import DEFAULT_NODES, cursor_to, fleet_for
 
 SIZE = (160, 40)
 
@@ -53,13 +53,7 @@ async def test_table_shows_every_sandbox_node_with_its_state(sandbox: Sandbox) -
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        assert row_keys(app) == [
-            "europe-west4-a/demo-v5e-8",
-            "us-central2-b/demo-spot-v4-8",
-            "us-central2-b/demo-v3-8",
-            "us-central2-b/demo-v4-16",
-            "us-central2-b/demo-v4-8",
-        ]
+        assert row_keys(app) == list(DEFAULT_NODES)
         assert cell(app, "us-central2-b/demo-spot-v4-8", "state") == "PREEMPTED"
         assert cell(app, "us-central2-b/demo-spot-v4-8", "provisioning") == "spot"
         assert cell(app, "us-central2-b/demo-v4-16", "workers") == "2"
@@ -75,15 +69,14 @@ async def test_slash_filters_rows_and_escape_brings_them_back(sandbox: Sandbox) 
         await pilot.press("enter")  # keeps the filter, back to the table
         assert row_keys(app) == ["us-central2-b/demo-v4-16"]
         await pilot.press("escape")
-        assert len(row_keys(app)) == 5
+        assert len(row_keys(app)) == len(DEFAULT_NODES)
 
 
 async def test_r_refreshes_and_the_cursor_stays_on_its_node(sandbox: Sandbox) -> None:
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        await pilot.press("down", "down", "down")
-        assert app.screen.cursor_node_key() == "us-central2-b/demo-v4-16"
+        await cursor_to(pilot, "us-central2-b/demo-v4-16")
         # A node that sorts above the cursor appears, another one leaves.
         sandbox.fleet.create("europe-west4-a", "aaa-new", "v5litepod-8", "v2-alpha-tpuv5-lite")
         sandbox.fleet.delete("us-central2-b", "demo-v3-8")
@@ -105,7 +98,7 @@ async def test_sort_keys_order_by_column_and_reverse(sandbox: Sandbox) -> None:
         assert row_keys(app)[0] == "us-central2-b/demo-v3-8"
         await pilot.press("N")
         assert [k.split("/")[1] for k in row_keys(app)] == sorted(
-            ["demo-v5e-8", "demo-spot-v4-8", "demo-v3-8", "demo-v4-16", "demo-v4-8"]
+            k.split("/")[1] for k in DEFAULT_NODES
         )
 
 
@@ -113,7 +106,8 @@ async def test_enter_opens_the_node_detail_and_escape_returns(sandbox: Sandbox) 
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        await pilot.press("down", "down", "down", "enter")
+        await cursor_to(pilot, "us-central2-b/demo-v4-16")
+        await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, NodeDetailScreen)
         workers = app.screen.query_one("#workers", DataTable)
@@ -129,7 +123,8 @@ async def test_detail_of_a_preempted_node_explains_what_to_do(sandbox: Sandbox) 
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        await pilot.press("down", "enter")
+        await cursor_to(pilot, "us-central2-b/demo-spot-v4-8")
+        await pilot.press("enter")
         summary = text_of(app.screen.query_one("#summary", Static))
         assert "preempted by the Compute Engine scheduler" in summary
         assert "delete it and create again" in summary

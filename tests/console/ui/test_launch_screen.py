@@ -10,7 +10,7 @@ from console.services.probe import ProbeService
 from console.ui.app import TpuConsoleApp
 from console.ui.launch_screen import LaunchScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import until
+from tests.conftest import DEFAULT_NODES, until
 
 pytest.importorskip("jax")
 
@@ -24,7 +24,7 @@ def console(jobs: JobService) -> TpuConsoleApp:
 async def open_form(app: TpuConsoleApp, pilot, node_key: str) -> LaunchScreen:
     """Down the fleet table to the node, by key presses, and `n`."""
     table = app.screen.query_one("#fleet", DataTable)
-    await until(pilot, lambda: table.row_count == 5)
+    await until(pilot, lambda: table.row_count == len(DEFAULT_NODES))
     for _ in range(table.row_count):
         if app.screen.cursor_node_key() == node_key:
             break

@@ -18,7 +18,7 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen, TypedConfirmScreen
 from console.ui.create_screen import CreateScreen
-from tests.conftest import fleet_for, ssh_options_for, until
+from tests.conftest import DEFAULT_NODES, cursor_to, fleet_for, ssh_options_for, until
 
 
 def rows(app: TpuConsoleApp) -> dict[str, str]:
@@ -39,7 +39,7 @@ async def app(sandbox: Sandbox, tmp_path: Path):
 
 async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) -> None:
     async with app.run_test(size=(170, 50)) as pilot:
-        await until(pilot, lambda: len(rows(app)) == 5)
+        await until(pilot, lambda: len(rows(app)) == len(DEFAULT_NODES))
         await pilot.press("c")
         form = app.screen
         assert isinstance(form, CreateScreen)
@@ -67,8 +67,9 @@ async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) ->
 
 async def test_stop_asks_first_and_then_stops(app: TpuConsoleApp) -> None:
     async with app.run_test(size=(170, 50)) as pilot:
-        await until(pilot, lambda: len(rows(app)) == 5)
-        await pilot.press("down", "down", "down", "down", "s")
+        await until(pilot, lambda: len(rows(app)) == len(DEFAULT_NODES))
+        await cursor_to(pilot, "us-central2-b/demo-v4-8")
+        await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen)
         assert "stop demo-v4-8" in str(app.screen.query_one("#confirm", Static).content)
         await pilot.press("y")
@@ -79,7 +80,7 @@ async def test_delete_all_in_a_zone_needs_the_zones_name_typed(
     app: TpuConsoleApp, sandbox: Sandbox
 ) -> None:
     async with app.run_test(size=(170, 50)) as pilot:
-        await until(pilot, lambda: len(rows(app)) == 5)
+        await until(pilot, lambda: len(rows(app)) == len(DEFAULT_NODES))
         await pilot.press("D")  # the cursor is on demo-v5e-8, in europe-west4-a
         dialog = app.screen
         assert isinstance(dialog, TypedConfirmScreen)
@@ -105,7 +106,7 @@ def test_create_form_snapshot(snap_compare, tmp_path: Path) -> None:
         )
 
         async def form_loaded(pilot: Pilot) -> None:
-            await until(pilot, lambda: len(rows(app)) == 5)
+            await until(pilot, lambda: len(rows(app)) == len(DEFAULT_NODES))
             await pilot.press("c")
             await until(
                 pilot,
