@@ -18,7 +18,7 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add
@@ -77,8 +77,9 @@ class LogIndex:
         self._workers = array("H")
         self._offsets = array("Q")
         # Per worker, its entries and their offsets (both rising): a byte offset found by a
-        # bulk scan of one copy becomes its row by bisection.
-        self._entries_of = {w: array("Q") for w in paths}
+        # bulk scan of one copy becomes its row by bisection. One worker's are the whole index.
+        self._single = len(paths) == 1
+        self._entries_of = {w: array("I") for w in paths}
         self._offsets_of = {w: array("Q") for w in paths}
         self._handles: dict[int, BinaryIO] = {}
         self._cache: OrderedDict[int, str] = OrderedDict()
@@ -196,10 +197,17 @@ class LogIndex:
         first_new = len(self._offsets)
         self._offsets.extend(starts)
         self._workers.extend(repeat(worker, len(starts)))
-        self._entries_of[worker].extend(range(first_new, first_new + len(starts)))
-        self._offsets_of[worker].extend(starts)
+        if not self._single:
+            self._entries_of[worker].extend(range(first_new, first_new + len(starts)))
+            self._offsets_of[worker].extend(starts)
         self._extend_visible(range(first_new, len(self._offsets)))
         return first_new
+
+    def _of(self, worker: int) -> tuple[Sequence[int], Sequence[int]]:
+        """The worker's entries and their offsets, rising."""
+        if self._single:
+            return range(len(self._offsets)), self._offsets
+        return self._entries_of[worker], self._offsets_of[worker]
 
     def mark_ended(self, worker: int) -> None:
         """The worker's job has ended and its copy is complete: a last line there without a
@@ -275,7 +283,7 @@ class LogIndex:
             return self._matching(text, workers, upto, query), upto
         if workers == frozenset(self.paths):
             return array("Q", range(upto)), upto
-        chosen = [self._entries_of[w][: bisect_left(self._entries_of[w], upto)] for w in workers]
+        chosen = [self._of(w)[0][: bisect_left(self._of(w)[0], upto)] for w in workers]
         return array("Q", sorted(e for part in chosen for e in part)), upto
 
     def _matching(
@@ -301,11 +309,9 @@ class LogIndex:
         needle = text.encode().lower()
         begins = {}
         for w in workers:
-            first = bisect_left(self._entries_of[w], after + 1)
-            begins[w] = (
-                first,
-                self._offsets_of[w][first] if first < len(self._offsets_of[w]) else None,
-            )
+            entries, offsets = self._of(w)
+            first = bisect_left(entries, after + 1)
+            begins[w] = (first, offsets[first] if first < len(offsets) else None)
         if not query.total:  # a search that wraps set it for both of its passes
             query.total = sum(
                 self._scanned[w] - (b or 0) for w, (_, b) in begins.items() if b is not None
@@ -317,7 +323,7 @@ class LogIndex:
                 at, begin = begins[worker]
                 if begin is None:
                     continue
-                entries, offsets = self._entries_of[worker], self._offsets_of[worker]
+                entries, offsets = self._of(worker)
                 count = bisect_left(entries, upto)
                 starts = _matching_line_starts(
                     self.paths[worker], begin, self._scanned[worker], needle, query
