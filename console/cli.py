@@ -570,7 +570,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)
                     print(
                         f"{job.job_id:<12} {job.status:<8} {job.started_at:%Y-%m-%d %H:%M} "
-                        f"{job.zone}/{job.node}  {pids}  {_clip(job.headline, 80)}"
+                        f"{job.zone}/{job.node}  {pids}  {job.short_command(80)}"
                     )
                 return 0
             if args.command == "launch":
@@ -883,10 +883,6 @@ def _job_json(job) -> dict:
         "metrics": job.metrics,
         "diagnoses": list(job.diagnoses),
     }
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _print_job(job) -> None:

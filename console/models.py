@@ -272,12 +272,21 @@ class Job:
         A template's job ends with its program after lines that prepare the environment, so
         its last line is the telling one; a command typed by hand is told by its first.
         """
+        return self.short_command(None)
+
+    def short_command(self, width: int | None) -> str:
+        """`headline` in at most `width` characters, the `… (+N lines)` mark kept whole."""
         lines = [line.strip() for line in self.command.splitlines() if line.strip()]
         if not lines:
             return "(empty command)"
         main = lines[-1] if self.kind != "custom" else lines[0]
         more = len(lines) - 1
-        return main + (f" … (+{more} line{'s' if more != 1 else ''})" if more else "")
+        count = f"(+{more} line{'s' if more != 1 else ''})"
+        mark = f" … {count}" if more else ""
+        if width is not None and len(main) + len(mark) > width:
+            mark = f" {count}" if more else ""  # the clipped line's own … says it goes on
+            main = main[: max(1, width - len(mark) - 1)] + "…"
+        return main + mark
 
 
 @dataclass(frozen=True)

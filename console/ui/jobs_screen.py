@@ -21,9 +21,6 @@ COMMAND_WIDTH = 60
 
 
 def _cells(job: Job) -> tuple:
-    headline = job.headline
-    if len(headline) > COMMAND_WIDTH:
-        headline = headline[: COMMAND_WIDTH - 1] + "…"
     return (
         job.job_id,
         job.status,
@@ -31,7 +28,7 @@ def _cells(job: Job) -> tuple:
         " ".join(f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers),
         job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
         result_cell(job),
-        headline,
+        job.short_command(COMMAND_WIDTH),
     )
 
 
