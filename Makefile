@@ -46,6 +46,7 @@ bench: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python bench/logtail.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/multi_engine.py
+	$(BIN)/python bench/long_lines.py
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV) .pytest_cache

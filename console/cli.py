@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -51,6 +52,12 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--home",
         default=default(""),
         help="data directory (default: $TPUCONSOLE_HOME or the user data dir)",
+    )
+    parser.add_argument(
+        "--fresh-history",
+        action="store_true",
+        default=default(False),
+        help="if the job history is damaged, keep it aside and start a new one",
     )
 
 
@@ -211,11 +218,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace):
-    from console.services.settings import resolve_settings
+    from console.services.settings import ensure_home, resolve_settings
 
-    return resolve_settings(
+    settings = resolve_settings(
         project=args.project, zones=args.zone, sandbox=args.sandbox, home=args.home
     )
+    ensure_home(settings.home)
+    return settings
+
+
+def _history(settings, args: argparse.Namespace):
+    """The job history; a damaged one is refused (a copy kept) unless --fresh-history says go."""
+    from console.adapters.history_db import HistoryDamaged, HistoryStore
+
+    path = settings.home / "history.db"
+    try:
+        return HistoryStore(path)
+    except HistoryDamaged as exc:
+        if not getattr(args, "fresh_history", False):
+            raise
+        HistoryStore.set_aside(path)
+        print(
+            f"tpuconsole: started a fresh job history; the damaged one is kept at {exc.copy}",
+            file=sys.stderr,
+        )
+        return HistoryStore(path)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -230,6 +257,23 @@ def _fail_error(exc: FleetError) -> int:
     """One sentence with the API's code; exit 3 when the cloud had no room, else 2."""
     code = f" [{exc.code}]" if exc.code and exc.code.isupper() else ""
     return _fail(f"{exc}{code}", NO_ROOM_EXIT if exc.no_room else 2)
+
+
+class _Ongoing:
+    """What goes on without us if Ctrl-C stops this command now, and how to follow it.
+
+    Commands set it as their work starts somewhere else (an operation in the cloud, a cleanup
+    on the workers, a detached job); on Ctrl-C it is the sentence said before exit 130.
+    """
+
+    sentence = ""
+
+
+ONGOING = _Ongoing()
+
+
+def _where(source) -> str:
+    return "in the sandbox" if source.is_sandbox else "in Google Cloud"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -295,7 +339,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from console.services.remote import command_from_argv
 
     argv = args.remote_argv
-    if not argv:
+    if not command_from_argv(argv).strip():
         return _fail("exec needs a command after --, e.g. tpuconsole exec NODE -- hostname")
     settings = _settings(args)
     source = open_fleet_source(settings)
@@ -344,6 +388,13 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
     from console.models import parse_worker_selection
     from console.services.lines import copy_lines
 
+    chosen = {w.worker for w in job.workers}
+    if selection != "all":
+        try:
+            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        except ValueError as exc:
+            ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
+            raise FleetError(str(exc), f"Job {job.job_id} ran on {ran_on}.") from None
     printed = 0
 
     def show(worker: int, text: str) -> None:
@@ -360,9 +411,6 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
         if printed:  # the copy was replayed already; the worker was lost after
             print(f"tpuconsole: lost {job.node}: {exc}", file=sys.stderr)
             return 1
-        chosen = {w.worker for w in job.workers}
-        if selection != "all":
-            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
         for w in sorted(chosen):
             for line in copy_lines(jobs_service.log_path(job.job_id, w)):
                 _print_line(w, line)
@@ -379,6 +427,14 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
             file=sys.stderr,
         )
     return worst
+
+
+def _job_goes_on(job) -> str:
+    number = job.job_id.split("-")[0]
+    return (
+        f"Job {job.job_id} runs on on the workers; follow it again with `tpuconsole logs "
+        f"{number} -f`, stop it with `tpuconsole stop {number}`."
+    )
 
 
 async def _template_plan(jobs_service, node, args):
@@ -470,12 +526,13 @@ def _remote(source, args: argparse.Namespace | None = None):
     return remote
 
 
-def _job_services(source, settings, args: argparse.Namespace | None = None):
-    from console.adapters.history_db import HistoryStore
+def _job_services(source, settings, args: argparse.Namespace, *, tui: bool = False):
+    """Jobs on the fan-out; the TUI's tells nothing on stderr (the screen is the terminal)."""
     from console.services.jobs import JobService
 
-    remote = _remote(source, args) if args is not None else source.remote()
-    return JobService(remote, HistoryStore(settings.home / "history.db"), settings.home)
+    history = _history(settings, args)
+    remote = source.remote() if tui else _remote(source, args)
+    return JobService(remote, history, settings.home)
 
 
 def cmd_jobs_family(args: argparse.Namespace) -> int:
@@ -489,6 +546,10 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
             "demo-v4-8), or a node and a command after -- (tpuconsole launch NODE -- "
             "python x.py)"
         )
+    if args.command == "launch" and len(args.target) == 1:
+        from console.services.jobs import check_command
+
+        check_command(command_from_argv(args.remote_argv))  # before a probe touches the node
     source = open_fleet_source(settings)
     jobs_service = _job_services(source, settings, args)
 
@@ -536,7 +597,7 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)
                     print(
                         f"{job.job_id:<12} {job.status:<8} {job.started_at:%Y-%m-%d %H:%M} "
-                        f"{job.zone}/{job.node}  {pids}  {job.command.splitlines()[-1][:60]}"
+                        f"{job.zone}/{job.node}  {pids}  {job.short_command(80)}"
                     )
                 return 0
             if args.command == "launch":
@@ -573,8 +634,11 @@ def cmd_jobs_family(args: argparse.Namespace) -> int:
                     return 1
                 if not args.follow:
                     return 0
+                ONGOING.sentence = _job_goes_on(job)
                 return await _stream_job(source, jobs_service, job, "all", True)
             job = jobs_service.get(args.job)
+            if args.follow and job.open:
+                ONGOING.sentence = _job_goes_on(job)
             return await _stream_job(source, jobs_service, job, args.worker, args.follow)
         finally:
             await jobs_service.remote.close()
@@ -634,6 +698,24 @@ def print_plans(probes, plans) -> None:
             print(f"w{plan.worker}: note: {note}")
 
 
+def still_held(name: str, after) -> list[str]:
+    """A sentence for each worker whose TPU someone still holds once the plan has run."""
+    from console.services.probe import describe_holders
+
+    out = []
+    for probe in after:
+        if probe.report is None:
+            out.append(f"{name} w{probe.worker}: cannot tell after the cleanup: {probe.error}")
+            continue
+        holders = describe_holders(probe.report)
+        if holders:
+            out.append(
+                f"{name} w{probe.worker}: the TPU is still held after the cleanup: {holders}; "
+                f"`tpuconsole probe {name}` shows it, stop what holds (or restarts) it."
+            )
+    return out
+
+
 def cmd_probe_family(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -674,11 +756,20 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
                 if input("Carry out this plan? [y/N] ").strip().lower() != "y":
                     print("nothing done")
                     return 1
+            print("carrying out the plan…", flush=True)
+            ONGOING.sentence = (
+                f"The cleanup of {node.name} may go on on the workers (a process is signalled "
+                f"and waited for there); `tpuconsole probe {node.name}` shows what is left."
+            )
             results, after = await prober.execute(node, todo)
+            ONGOING.sentence = ""
             for r in results:
                 print(f"w{r.worker}: {'done' if r.done else 'NOT DONE'}: {r.result}")
             print(f"{node.name} after cleanup: {node_status(after)}")
-            return 0 if all(r.done for r in results) else 1
+            held = still_held(node.name, after)
+            for sentence in held:
+                print(f"tpuconsole: {sentence}", file=sys.stderr)
+            return 0 if all(r.done for r in results) and not held else 1
         finally:
             await remote.close()
             await source.fleet.close()
@@ -690,7 +781,6 @@ def cmd_probe_family(args: argparse.Namespace) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
-    from console.adapters.history_db import HistoryStore
     from console.fleet_source import open_fleet_source
     from console.services.lifecycle import (
         CreateRequest,
@@ -706,11 +796,13 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
             return _fail("create needs --zone (where the TPU VM goes)")
         zone = settings.default_zone
         print(f"zone: {zone} (from {settings.default_zone_source})", flush=True)
+    history = _history(settings, args)
     source = open_fleet_source(settings)
-    history = HistoryStore(settings.home / "history.db")
+    node_zone = [zone]  # the node's zone once it is found (stop/start/delete may omit --zone)
 
     def show(progress) -> None:
         print(progress.line(), flush=True)
+        ONGOING.sentence = _ongoing_operation(progress, _where(source), node_zone[0])
 
     async def go() -> int:
         remote = _remote(source, args)
@@ -757,6 +849,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
                 f"{node.accelerator_type}, now {node.state})?",
             ):
                 return 1
+            node_zone[0] = node.zone
             after = await life.change(args.command, node, show)
             print(f"{args.name}: {after.state if after else 'deleted'}")
             return 0
@@ -769,6 +862,31 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         return asyncio.run(go())
     finally:
         source.close()
+
+
+# The state that ends each operation: after it, nothing of it goes on without us.
+_DONE_STATE = {"create": "READY", "start": "READY", "stop": "STOPPED", "delete": "GONE"}
+
+
+def _ongoing_operation(progress, where: str, zone: str) -> str:
+    """The sentence for Ctrl-C while an operation is followed: it goes on without us."""
+    verb, name = progress.verb, progress.node
+    if verb == "bootstrap":
+        job = progress.message.removeprefix("job ")
+        return (
+            f"The bootstrap job {job} runs on on the workers; follow it with "
+            f"`tpuconsole logs {job.split('-')[0]} -f`."
+        )
+    if verb not in _DONE_STATE or progress.state == _DONE_STATE[verb]:
+        return ""
+    undo = (
+        f", or delete the node with `tpuconsole delete {name} --zone {zone}`"
+        if verb == "create"
+        else ""
+    )
+    return (
+        f"The {verb} of {name} goes on {where}; follow it with `tpuconsole ls --zone {zone}`{undo}."
+    )
 
 
 JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
@@ -809,24 +927,10 @@ def _job_json(job) -> dict:
 
 def _print_job(job) -> None:
     """`jobs show`: the record as a person reads it, results and diagnoses last."""
-    ended = f" → {job.ended_at.astimezone():%Y-%m-%d %H:%M:%S}" if job.ended_at else ""
-    print(f"job {job.job_id}  {job.status}  {job.kind}  on {job.zone}/{job.node}")
-    print(f"  time: {job.started_at.astimezone():%Y-%m-%d %H:%M:%S}{ended}")
-    if job.params:
-        print("  params: " + " ".join(f"{k}={v}" for k, v in job.params.items()))
-    for w in job.workers:
-        rc = "running" if w.rc is None and job.open else f"rc={w.rc}"
-        print(f"  w{w.worker}: pid {w.pid or '-'} {w.error or rc}")
-    if job.note:
-        print(f"  note: {job.note}")
-    print("  command:")
-    for line in job.command.splitlines():
-        print(f"    {line}")
-    summary = job.metrics.get("summary", "")
-    print(f"  results: {summary or 'none recorded'}")
-    for d in job.diagnoses:
-        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
-        print(f"  {where}{d['title']}\n    evidence: {d['evidence']}\n    remedy: {d['remedy']}")
+    from console.services.job_record import job_record_lines
+
+    for line in job_record_lines(job):
+        print(line)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -935,7 +1039,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     try:
         from console.services.probe import ProbeService
 
-        jobs = _job_services(source, settings)
+        jobs = _job_services(source, settings, args, tui=True)
         from console.services.lifecycle import LifecycleService
 
         app = TpuConsoleApp(
@@ -986,10 +1090,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetError as exc:
         return _fail_error(exc)
     except KeyboardInterrupt:
+        if ONGOING.sentence:
+            print(f"\ntpuconsole: interrupted. {ONGOING.sentence}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `tpuconsole ls --json | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except BrokenPipeError:
+        return _reader_went_away()
+    except sqlite3.DatabaseError as exc:  # the checks on opening passed; it broke since
+        return _fail(f"the job history failed while in use ({exc}); nothing else was changed.")
+
+
+def _reader_went_away() -> int:
+    """Whoever read our output stopped (`| head`): stop quietly, as `seq 1 1e9 | head` does.
+
+    No sentence (it would land under head's output, which is what the user asked for) and no
+    traceback; the status is the shell's for a process ended by SIGPIPE. Later writes, and the
+    interpreter's own flush at exit, go to /dev/null.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

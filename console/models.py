@@ -308,32 +308,33 @@ class SshError(FleetError):
 
 
 def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
-    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason."""
+    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason.
+
+    Each range is checked against the node's workers before any is expanded: a typo such as
+    `0-999999999` is an error at once, not a billion-element set.
+    """
     text = (selection or "all").strip().lower()
     if text == "all":
         return tuple(range(count))
-    chosen: set[int] = set()
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
-        part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                chosen.update(range(lo, hi + 1))
-            else:
-                chosen.add(int(part))
+            lo_text, dash, hi_text = part.strip().partition("-")
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
         except ValueError:
+            lo, hi = 0, -1
+        if not 0 <= lo <= hi:
+            raise ValueError(f"Bad worker selection {selection!r}: use all, 0, 1,3 or 0-2.")
+        if hi >= count:
+            first = max(lo, count)
+            missing = f"Worker {hi} does" if first == hi else f"Workers {first}-{hi} do"
             raise ValueError(
-                f"Bad worker selection {selection!r}: use all, 0, 1,3 or 0-2."
-            ) from None
-    outside = sorted(w for w in chosen if not 0 <= w < count)
-    if outside:
-        raise ValueError(
-            f"Worker {outside[0]} does not exist: the node has {count} worker"
-            f"{'s' if count != 1 else ''} (0-{count - 1})."
-        )
-    return tuple(sorted(chosen))
+                f"{missing} not exist: the node has {count} "
+                f"worker{'s' if count != 1 else ''} (0-{count - 1})."
+            )
+        spans.append((lo, hi))
+    return tuple(sorted({w for lo, hi in spans for w in range(lo, hi + 1)}))
 
 
 OPEN_STATUSES = ("launching", "running")
@@ -377,6 +378,29 @@ class Job:
     @property
     def node_key(self) -> str:
         return f"{self.zone}/{self.node}"
+
+    @property
+    def headline(self) -> str:
+        """The command in one line, for lists: the line that says what runs, `…` if there is more.
+
+        A template's job ends with its program after lines that prepare the environment, so
+        its last line is the telling one; a command typed by hand is told by its first.
+        """
+        return self.short_command(None)
+
+    def short_command(self, width: int | None) -> str:
+        """`headline` in at most `width` characters, the `… (+N lines)` mark kept whole."""
+        lines = [line.strip() for line in self.command.splitlines() if line.strip()]
+        if not lines:
+            return "(empty command)"
+        main = lines[-1] if self.kind != "custom" else lines[0]
+        more = len(lines) - 1
+        count = f"(+{more} line{'s' if more != 1 else ''})"
+        mark = f" … {count}" if more else ""
+        if width is not None and len(main) + len(mark) > width:
+            mark = f" {count}" if more else ""  # the clipped line's own … says it goes on
+            main = main[: max(1, width - len(mark) - 1)] + "…"
+        return main + mark
 
 
 @dataclass(frozen=True)

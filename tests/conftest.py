@@ -140,6 +140,11 @@ async def worker_output(
     return result.worst_status, "\n".join(out)
 
 
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text: every row of the active screen, toasts too."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
 async def grant_key(sandbox: Sandbox, api: TpuApi, zone: str, name: str, user: str) -> None:
     """Put the sandbox user's key in a node's `ssh-keys` through the API, as an earlier
     `gcloud compute tpus tpu-vm ssh` would have, and wait for its guest agent to install it.

@@ -41,6 +41,7 @@ class FleetService:
         self._api: TpuApi | None = None
         self._configured_zones = tuple(zones)
         self._zones: tuple[str, ...] = tuple(zones)
+        self._real_zones: set[str] = set()  # zones known to be the project's
         self.label = label
         self.zones_source = zones_source or ("configured" if zones else DISCOVERED)
         self.recheck_s = recheck_s
@@ -70,6 +71,7 @@ class FleetService:
         """The configured zones, or every location the project can see (asked once)."""
         if not self._zones:
             self._zones = tuple(await self.api.list_zones())
+            self._real_zones.update(self._zones)
         return self._zones
 
     def _due(self, zones: Sequence[str]) -> tuple[str, ...]:
@@ -78,6 +80,27 @@ class FleetService:
         return tuple(
             z for z in zones if now - self._no_access.get(z, -self.recheck_s) >= self.recheck_s
         )
+
+    async def _check_empty_zones(self, empty: Sequence[str]) -> None:
+        """A zone that lists no node must be one of the project's: `--zone nowhere-1` is a typo,
+        not an empty zone. Asked only then, and once per zone."""
+        unsure = [z for z in empty if z not in self._real_zones]
+        if not unsure:
+            return
+        try:
+            known = set(await self.api.list_zones())
+        except FleetError:
+            return  # the locations cannot be listed now: say nothing rather than guess
+        self._real_zones.update(known)
+        unknown = [z for z in unsure if z not in known]
+        if unknown:
+            raise FleetError(
+                f"{', '.join(unknown)} {'is not a zone' if len(unknown) == 1 else 'are not zones'}"
+                f" of project {self.project} ({len(known)} zones have TPUs: "
+                f"{', '.join(sorted(known)[:6])}{', …' if len(known) > 6 else ''}).",
+                "Check the spelling, or leave --zone out to list every zone.",
+                code="INVALID_ARGUMENT",
+            )
 
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
         """All nodes in every zone, concurrently; zones that fail come back as unreachable.
@@ -110,6 +133,9 @@ class FleetService:
                     failures.append(result)
             else:
                 nodes.extend(result)
+        answered = {n.zone for n in nodes} | {f.zone for f in failures}
+        empty = [z for z in wanted if z not in answered and z not in self._no_access]
+        await self._check_empty_zones(empty)
         legacy = tuple(sorted(n.key for n in nodes if n.legacy))
         shown = sorted((n for n in nodes if not n.legacy), key=lambda n: (n.zone, n.name))
         no_access = tuple(z for z in known if z in self._no_access) if discovering else ()

@@ -20,6 +20,7 @@ import remote
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
+from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
@@ -31,6 +32,15 @@ _RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, 
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
 _WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
+
+
+def check_command(command: str) -> None:
+    """A job runs something: an empty or blank command is refused before anything is done."""
+    if not command.strip():
+        raise FleetError(
+            "Nothing to launch: the command is empty.",
+            "Give the command after --, e.g. tpuconsole launch NODE -- python train.py.",
+        )
 
 
 def job_script(command: str, env: Mapping[str, str] | None = None) -> str:
@@ -87,6 +97,7 @@ class JobService:
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
         """
+        check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
             job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
@@ -334,15 +345,10 @@ class JobService:
                 contextlib.suppress(FileNotFoundError),
                 self.log_path(job.job_id, w.worker).open("rb") as f,
             ):
-                rest = b""
-                while piece := f.read(_RESULTS_PIECE):
-                    data, cut = rest + piece, (rest + piece).rfind(b"\n") + 1
-                    data, rest = data[:cut], data[cut:]
-                    metrics.feed_chunk(w.worker, data)
-                    diagnoser.feed_chunk(w.worker, data)
-                if rest:
-                    metrics.feed_chunk(w.worker, rest + b"\n")
-                    diagnoser.feed_chunk(w.worker, rest + b"\n")
+                # Runs of whole lines, a long line as its visible part: linear in the copy.
+                for run in bounded_runs(iter(lambda f=f: f.read(_RESULTS_PIECE), b"")):
+                    metrics.feed_chunk(w.worker, run)
+                    diagnoser.feed_chunk(w.worker, run)
         return metrics, diagnoser.found
 
     async def watch(

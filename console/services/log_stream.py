@@ -1,7 +1,8 @@
 """One worker's job log followed from a byte offset, resumed after a drop: no line lost or twice.
 
 Every byte fetched is appended to the local copy, so the copy is always an exact prefix of the
-worker's log and its size the offset to resume from, even after the console restarts. One
+worker's log and its size the offset to resume from, even after the console restarts. Lines are
+delivered in bounded memory: a line longer than lines.VISIBLE_BYTES as its visible part. One
 follower per copy writes (it holds an flock on the copy, across processes); any other follower
 of the same copy reads it from the disk as it grows, and takes over when the writer is done.
 """
@@ -181,7 +182,7 @@ class LogStream:
         from the one the copy ends in. While another follower writes the copy, its bytes are
         read from the disk; the rc comes from the worker once this follower writes.
         """
-        splitter = LineSplitter()
+        splitter = LineSplitter(bounded=True)  # a long line: its visible part, held bounded
         size = self.local_path.stat().st_size if self.local_path.exists() else 0
         self._read = 0
         if not from_start:

@@ -113,6 +113,24 @@ def describe_kill(step: KillStep) -> str:
     )
 
 
+def describe_holders(report: ProbeReport) -> str:
+    """Who holds the worker's TPU now (chips, lock, a lockfile left behind); "" if nobody."""
+    parts = []
+    for h in report.holders:
+        command = h.cmdline if len(h.cmdline) <= 40 else h.cmdline[:39] + "…"
+        devices = ", ".join(d.rsplit("/", 1)[-1] for d in h.devices) or "the lock"
+        parts.append(f"pid {h.pid} ({command}) holds {devices}")
+    listed = {h.pid for h in report.holders}
+    parts += [f"pid {pid} holds the lock" for pid in report.lock_holders if pid not in listed]
+    if report.busy:
+        parts.append("running: " + ", ".join(_job_label(j) for j in report.busy))
+    if report.stale_lock:
+        parts.append(f"{report.lockfile} is still there with no holder")
+    if report.foreign_lock:
+        parts.append(f"{report.lockfile} belongs to {report.lock_owner} (needs root)")
+    return "; ".join(parts)
+
+
 def describe_lock(step: RemoveLockStep) -> str:
     return f"remove {step.path} ({step.why})"
 

@@ -96,6 +96,38 @@ def read_tpuconsole_config(path: Path) -> dict:
         ) from None
 
 
+def _zones_setting(ours: dict, path: Path) -> list[str]:
+    """`zones = ["a", "b"]` (or `zone = "a"`); anything else says how it should look."""
+    key = "zones" if "zones" in ours else "zone"
+    value = ours.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+        raise FleetError(
+            f"{key} in {path} must be a list of zone names, not {value!r}.",
+            'Write e.g. zones = ["us-central2-b", "europe-west4-a"].',
+        )
+    return value
+
+
+def ensure_home(home: Path) -> Path:
+    """The data directory, created if need be; one that cannot be made or written says so."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise FleetError(
+            f"Cannot use {home} as the data directory: {why or exc}.",
+            "Set TPUCONSOLE_HOME (or --home) to a folder you can create and write.",
+        ) from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise FleetError(
+            f"Cannot write in the data directory {home}.",
+            "Set TPUCONSOLE_HOME (or --home) to a folder you can create and write.",
+        )
+    return home
+
+
 def resolve_settings(
     *,
     project: str = "",
@@ -120,9 +152,7 @@ def resolve_settings(
     ]
     chosen_project, project_source = next(((p, s) for p, s in project_choices if p), ("", ""))
 
-    toml_zones = ours.get("zones", ours.get("zone", []))
-    if isinstance(toml_zones, str):
-        toml_zones = [toml_zones]
+    toml_zones = _zones_setting(ours, toml_path)
     env_zones = tuple(z.strip() for z in env.get("CLOUDSDK_COMPUTE_ZONE", "").split(",") if z)
     zone_choices = [
         (tuple(zones), "--zone"),

@@ -132,11 +132,20 @@ class Template:
                 if value:
                     argv.append(p.flag)
             else:
-                argv += [p.flag, str(value)]
+                argv += _flag_and_value(p.flag, str(value))
         rendered = _with_environment(tuple(argv), values)
         if not self.ships_runners:
             return rendered
         return replace(rendered, prelude=(RUNNERS_PRELUDE, *rendered.prelude), ship_runners=True)
+
+
+def _flag_and_value(flag: str, value: str) -> list[str]:
+    """`--flag value`, or `--flag=value` when the value starts with a dash.
+
+    argparse takes a separate `-5+3=?` for an option of its own and refuses the command line;
+    joined with `=` it is the flag's value whatever it holds (remote/bootstrap.sh reads both).
+    """
+    return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
 
 
 # Where remote/ lands on a worker, and how its runners are found there (`python -m remote.x`).

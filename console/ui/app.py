@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from textual.app import App
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
@@ -52,6 +53,21 @@ class TpuConsoleApp(App):
 
     def now(self) -> datetime:
         return self._clock()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification is plain text: they carry node names, job output and errors.
+
+        `markup` is ignored on purpose (see console/ui/plain.py): no caller can turn it on.
+        """
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
         self.push_screen(FleetScreen())

@@ -5,6 +5,7 @@ The runtime version follows the type: each generation's base image, among the zo
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,6 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from console.models import FleetError
 from console.services.lifecycle import CreateRequest, default_name, parse_labels
 from console.services.runtimes import default_runtime
+from console.ui.plain import choices, lines
 
 NAME_PREFIX = "tpu"
 
@@ -46,25 +48,26 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static("[b]Create a TPU VM[/b]")
-            yield Label("Zone")
+            yield Static(Text("Create a TPU VM", style="bold"), markup=False)
+            yield Label("Zone", markup=False)
             yield Select(
-                [(z, z) for z in self.zones],
+                choices(self.zones),
                 value=self.initial_zone or Select.BLANK,
                 id="zone",
                 allow_blank=False,
             )
-            yield Label("Accelerator type")
+            yield Label("Accelerator type", markup=False)
             yield Select([], id="type", prompt="loading…")
-            yield Label("Runtime version")
+            yield Label("Runtime version", markup=False)
             yield Select([], id="version", prompt="loading…")
-            yield Label("Name")
+            yield Label("Name", markup=False)
             yield Input(id="name", placeholder="lowercase, digits and dashes")
-            yield Label("Labels (key=value, comma-separated)")
+            yield Label("Labels (key=value, comma-separated)", markup=False)
             yield Input(id="labels", placeholder="team=rl, owner=me")
             yield Label(
                 "Startup bootstrap (optional): a command run as a job on every worker "
-                "once it answers ssh"
+                "once it answers ssh",
+                markup=False,
             )
             yield Input(id="startup", placeholder="e.g. bash ~/bootstrap.sh")
             yield Checkbox("Spot (cheaper, can be preempted)", id="spot")
@@ -72,7 +75,7 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
                 "On-demand if spot has no room (quota or stockout)",
                 id="fallback",
             )
-            yield Static("", id="create-errors")
+            yield Static("", id="create-errors", markup=False)
             with Horizontal():
                 yield Button("Create (ctrl+s)", id="create", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
@@ -99,9 +102,9 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             return
         self._versions = versions
         version_select = self.query_one("#version", Select)
-        version_select.set_options([(v, v) for v in versions])
+        version_select.set_options(choices(versions))
         type_select = self.query_one("#type", Select)
-        type_select.set_options([(t, t) for t in types])
+        type_select.set_options(choices(types))
         if types:
             type_select.value = types[0]
             self._pick_runtime(types[0])
@@ -153,10 +156,12 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             request = self.request()
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
+            errors.scroll_visible(animate=False)
             return
         problems = request.problems()
         if problems:
-            errors.update("\n".join(problems))
+            errors.update(lines(problems))
+            errors.scroll_visible(animate=False)  # below the fields: bring it into view
             return
         self.dismiss(request)
 

@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -29,6 +28,7 @@ from console.services.fleet_columns import (
     zones_line,
 )
 from console.services.lifecycle import stop_refusal
+from console.ui.plain import PlainTable, lines, styled
 from console.ui.styling import health_text, provisioning_text, state_text
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
@@ -75,7 +75,7 @@ def _same(old: object, new: object) -> bool:
     return look(old) == look(new)
 
 
-class FleetTable(DataTable):
+class FleetTable(PlainTable):
     """The fleet's DataTable, with `enter` shown in the footer as the way into a node."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Details")]
@@ -140,13 +140,13 @@ class FleetScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical():
-            yield Static("", id="banner")
-            yield Static("loading fleet…", id="status")
+            yield Static("", id="banner", markup=False)
+            yield Static("loading fleet…", id="status", markup=False)
             table = FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
             for column in COLUMNS:
                 table.add_column(column.title, key=column.key)
             yield table
-        yield Static("", id="ops")
+        yield Static("", id="ops", markup=False)
         yield Input(placeholder="filter: name, zone, type, state, label=value …", id="filter")
         yield Footer()
 
@@ -184,16 +184,18 @@ class FleetScreen(Screen):
             return
         if error is not None:
             self.last_error = error
-            self._show_banner([f"[b]{escape(error.reason)}[/b] {escape(error.remedy)}"])
+            self._show_banner([styled((error.reason, "bold"), " ", error.remedy)])
         elif snapshot is not None:
             self.last_error = None
             self.snapshot = self._keep_last_known(snapshot)
             self.loaded_at = self.app.now()
             self._show_banner(
                 [
-                    f"[b]Zone {escape(where)} unreachable:[/b] {escape(f.reason)} "
-                    f"{escape(f.remedy)}"
-                    + (" (showing its last known nodes)" if f.zone in self._carried_zones else "")
+                    styled(
+                        (f"Zone {where} unreachable:", "bold"),
+                        f" {f.reason} {f.remedy}",
+                        " (showing its last known nodes)" if f.zone in self._carried_zones else "",
+                    )
                     for where, f in unreachable_groups(snapshot)
                 ]
             )
@@ -215,30 +217,32 @@ class FleetScreen(Screen):
         nodes = tuple(sorted((*snapshot.nodes, *carried), key=lambda n: (n.zone, n.name)))
         return replace(snapshot, nodes=nodes)
 
-    def _show_banner(self, lines: list[str]) -> None:
+    def _show_banner(self, texts: list[Text]) -> None:
         banner = self.query_one("#banner", Static)
-        banner.update("\n".join(lines))
-        banner.set_class(bool(lines), "shown")
+        banner.update(lines(texts))
+        banner.set_class(bool(texts), "shown")
 
-    def _status_text(self, loading: bool = False) -> str:
-        badge = "[b reverse yellow] SANDBOX [/] " if self.app.mode == "SANDBOX" else ""
+    def _status_text(self, loading: bool = False) -> Text:
+        badge = (
+            styled((" SANDBOX ", "b reverse #ffff00"), " ") if self.app.mode == "SANDBOX" else ""
+        )
         parts = []
         if self.snapshot is not None:
             shown = self.table.row_count
             total = len(self.snapshot.nodes)
             parts.append(f"{shown} of {total} nodes" if self.filter_text else f"{total} nodes")
-            parts.append(escape(zones_line(self.snapshot)))
+            parts.append(zones_line(self.snapshot))
             if self.snapshot.unreachable:
                 parts.append(f"{len(self.snapshot.unreachable)} unreachable")
             if self.loaded_at:
                 parts.append(f"as of {self.loaded_at.astimezone():%H:%M:%S}")
         if self.filter_text:
-            parts.append(f"filter: {escape(repr(self.filter_text))}")
+            parts.append(f"filter: {self.filter_text!r}")
         arrow = "↓" if self.sort_reverse else "↑"
         parts.append(f"sort: {self.sort_column}{arrow}")
         if loading:
             parts.append("refreshing…")
-        return badge + " · ".join(parts)
+        return styled(badge, " · ".join(parts))
 
     def _render_rows(self) -> None:
         """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
@@ -471,14 +475,14 @@ class FleetScreen(Screen):
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def _show_ops(self) -> None:
-        lines = [
+        shown = [
             line
             for key, kept in self.operations.items()
             for line in (*kept, self._live.get(key, ""))
             if line
         ]
         for ops in self.query("#ops").results(Static):  # none while the app closes
-            ops.update(Text("\n".join(lines)))
+            ops.update(lines(shown))
 
     def _progress(self, key: str):
         """Each try's outcome stays on screen ("✗ …"), the live state replaces itself ("⟳ …")."""

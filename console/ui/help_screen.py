@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
+from console.ui.plain import plain, styled
+
 _KEY_NAMES = {"slash": "/", "question_mark": "?", "enter": "⏎", "escape": "esc"}
 
 
@@ -27,7 +29,7 @@ def key_table(screen: Screen) -> Table:
                     Text(key, style="dim"), Text(f"{binding.description} — {note}", style="dim")
                 )
             else:
-                table.add_row(key, binding.description)
+                table.add_row(plain(key), plain(binding.description))
     return table
 
 
@@ -48,6 +50,7 @@ class HelpScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(f"[b]Keys[/b] — {type(self.under).__name__.removesuffix('Screen')}\n")
-            yield Static(key_table(self.under))
-            yield Static("\n[dim]esc or ? closes this help[/dim]")
+            name = type(self.under).__name__.removesuffix("Screen")
+            yield Static(styled(("Keys", "bold"), f" — {name}\n"), markup=False)
+            yield Static(key_table(self.under), markup=False)
+            yield Static(Text("\nesc or ? closes this help", style="dim"), markup=False)

@@ -5,7 +5,6 @@ It re-reads the node on `r` and on the app's refresh interval, so a preemption s
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -16,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.models import FleetError, Node, format_age
+from console.ui.plain import PlainTable, plain, styled
 from console.ui.styling import health_text, provisioning_text, state_text
 
 
@@ -91,7 +91,7 @@ def summary_table(node: Node, now) -> Table:
     if node.description:
         rows.append(("description", node.description))
     for label, value in rows:
-        grid.add_row(label, value)
+        grid.add_row(label, plain(value))  # a str cell of a Rich table would be read as markup
     for i, symptom in enumerate(node.symptoms):
         when = (
             symptom.create_time.astimezone().strftime(" (%m-%d %H:%M)")
@@ -147,18 +147,18 @@ class NodeDetailScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="detail-banner")
+        yield Static("", id="detail-banner", markup=False)
         with VerticalScroll():
-            yield Static(id="summary")
-            yield Static("Workers", classes="section")
-            table: DataTable = DataTable(id="workers", cursor_type="row")
+            yield Static(id="summary", markup=False)
+            yield Static("Workers", classes="section", markup=False)
+            table: DataTable = PlainTable(id="workers", cursor_type="row")
             # The endpoint's port is the TPU runtime's (8470), not ssh's: ssh dials port 22
             # or `[ssh] port`, as gcloud does.
             for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "RUNTIME PORT"):
                 table.add_column(title, key=title.lower())
             yield table
-            yield Static("Events", classes="section")
-            events: DataTable = DataTable(id="events", cursor_type="row")
+            yield Static("Events", classes="section", markup=False)
+            events: DataTable = PlainTable(id="events", cursor_type="row")
             for title in ("WHEN", "WHAT", "SEEN BY", "DETAIL"):
                 events.add_column(title, key=title.lower())
             yield events
@@ -207,7 +207,7 @@ class NodeDetailScreen(Screen):
         try:
             node = await self.app.fleet.get_node(self.node.zone, self.node.name)
         except FleetError as exc:
-            banner.update(f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}")
+            banner.update(styled((exc.reason, "bold"), " ", exc.remedy))
             banner.add_class("shown")
             return
         banner.remove_class("shown")

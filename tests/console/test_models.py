@@ -30,6 +30,9 @@ def test_worker_selection_accepts_gcloud_forms(text: str, count: int, expected: 
         ("4", "does not exist"),
         ("x", "Bad worker selection"),
         ("3-1", "Bad worker selection"),
+        ("0-", "Bad worker selection"),
+        ("-1", "Bad worker selection"),
+        ("2-999999999", "Workers 4-999999999 do not exist: the node has 4 workers"),
     ],
 )
 def test_worker_selection_rejects_with_a_reason(text: str, message: str) -> None:

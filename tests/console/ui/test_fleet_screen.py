@@ -50,10 +50,10 @@ def cell(app: TpuConsoleApp, key: str, column: str) -> str:
 
 
 def text_of(static: Static) -> str:
-    """What the user reads in a Static, whether it holds markup, Text or a Rich table."""
+    """What the user reads in a Static, whether it holds plain text, Text or a Rich table."""
     console = Console(width=200, record=True, file=io.StringIO())
     content = static.content
-    console.print(Text.from_markup(content) if isinstance(content, str) else content)
+    console.print(Text(content) if isinstance(content, str) else content)
     return console.export_text()
 
 
