@@ -145,6 +145,7 @@ class Sandbox:
         self._stop: asyncio.Event | None = None
         self._lock_fh: Any = None
         self._reconciling: asyncio.Lock | None = None
+        self._running_workers: set[tuple[int, int]] | None = None  # READY at the last sweep
         self.api_address = ""
 
     # ----- lifecycle ---------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class Sandbox:
         self._thread.join(timeout=10)
         self._thread = None
         self.fleet.save()
+        self._end_gone_workers()  # a node preempted or deleted just now takes its processes
         self._release_home()
 
     def __enter__(self) -> Sandbox:
@@ -242,6 +244,7 @@ class Sandbox:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         try:
+            await asyncio.to_thread(self._end_gone_workers)
             self.api_address = await self.emulator.start()
             if self.with_ssh:
                 from console.sandbox.ssh_workers import load_or_create_key
@@ -257,6 +260,9 @@ class Sandbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
             self.fleet.advance()
+            gone = self._take_gone_workers()
+            if gone:
+                await asyncio.to_thread(self._end_workers, gone)
             if self.with_ssh:
                 await self._reconcile()
         for server in list(self._servers.values()):
@@ -267,6 +273,46 @@ class Sandbox:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the sandbox's own loop from any other thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # ----- the processes of workers whose VM is gone ------------------------------------------
+    def _ready_workers(self) -> set[tuple[int, int]]:
+        with self.fleet._lock:
+            return {
+                (n.node_id, w)
+                for n in self.fleet.nodes.values()
+                if n.state == "READY"
+                for w in range(n.hosts)
+            }
+
+    def _take_gone_workers(self) -> set[tuple[int, int]]:
+        """Workers that ran when last looked (any on disk, the first time) whose VM does not
+        run now; from now on, the ones that run are those of READY nodes."""
+        if self._running_workers is None:
+            self._running_workers = set()
+            workers = self.dir / "workers"
+            for node_dir in workers.iterdir() if workers.is_dir() else ():
+                for worker_dir in node_dir.iterdir() if node_dir.name.isdigit() else ():
+                    if worker_dir.name[:1] == "w" and worker_dir.name[1:].isdigit():
+                        self._running_workers.add((int(node_dir.name), int(worker_dir.name[1:])))
+        ready = self._ready_workers()
+        gone, self._running_workers = self._running_workers - ready, ready
+        return gone
+
+    def _end_workers(self, gone: set[tuple[int, int]]) -> None:
+        """Kill every process of workers whose node was deleted, preempted or stopped.
+
+        A real VM takes its processes with it; here they would run on, holding this
+        machine's CPU and what they hold (ports, files), while the console says the node is
+        gone. Only processes the worker started are found (worker_processes.py).
+        """
+        from console.sandbox.worker_processes import kill_worker_processes
+
+        if gone:
+            workers = self.dir / "workers"
+            kill_worker_processes(workers / str(node_id) / f"w{w}" for node_id, w in gone)
+
+    def _end_gone_workers(self) -> None:
+        self._end_workers(self._take_gone_workers())
 
     # ----- ssh workers -------------------------------------------------------------------------
     def _worker_key(self, node: SandboxNode, worker: int) -> tuple[int, int]:

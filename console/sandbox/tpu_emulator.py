@@ -24,11 +24,14 @@ from console.sandbox.fleet_state import (
     SANDBOX_PROJECT,
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     QuotaExceeded,
     SandboxFleet,
     SandboxNode,
     SandboxOperation,
+    UnknownLocation,
+    check_labels,
     loopback,
 )
 
@@ -278,6 +281,7 @@ class TpuEmulator:
             )
         node = self.fleet.get(zone, name)
         if "labels" in paths:
+            check_labels(dict(req.node.labels))
             node.labels = dict(req.node.labels)
         if "description" in paths:
             node.description = req.node.description
@@ -407,6 +411,10 @@ class TpuEmulator:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             except QuotaExceeded as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except InvalidArgument as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except UnknownLocation as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             except Exception as exc:  # other services' errors carry their own status code
                 code = getattr(exc, "code", None)
                 if not isinstance(code, grpc.StatusCode):
