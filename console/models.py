@@ -219,6 +219,14 @@ class SshError(FleetError):
         self.kind = kind
 
 
+class NodeGone(FleetError):
+    """The VM a job ran on is no more (deleted, preempted, stopped): its job ended with it."""
+
+    def __init__(self, reason: str, state: str) -> None:
+        super().__init__(reason, code="NODE_GONE")
+        self.state = state  # what the API says of it now; GONE when it no longer exists
+
+
 def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
     """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason."""
     text = (selection or "all").strip().lower()

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ class SandboxEndpoint:
     pid: int
     ssh_port: int = 22
     account: str = SANDBOX_ACCOUNT
+    # Started by a command for itself and any other (console/sandbox/serving.py): it stops once
+    # no process uses it, and gives way to `tpuconsole sandbox serve`.
+    background: bool = False
 
 
 class SandboxBusy(Exception):
@@ -67,25 +71,66 @@ def sandbox_dir(home: Path) -> Path:
     return home / "sandbox"
 
 
-def read_served_endpoint(home: Path) -> SandboxEndpoint | None:
-    """The endpoint of a sandbox another live process serves for this home, if any."""
+def home_claimed(home: Path) -> bool:
+    """Whether a process holds the home's serve lock (probed shared, so probes never collide)."""
     lock_path = sandbox_dir(home) / "serve.lock"
-    info = sandbox_dir(home) / "serve.json"
-    if not lock_path.exists() or not info.exists():
-        return None
+    if not lock_path.exists():
+        return False
     with open(lock_path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return SandboxEndpoint(**json.loads(info.read_text()))
+            return True
         fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _published(home: Path) -> SandboxEndpoint | None:
+    """serve.json, if a live process wrote it (a killed server leaves its file behind)."""
+    try:
+        endpoint = SandboxEndpoint(**json.loads((sandbox_dir(home) / "serve.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return endpoint if _alive(endpoint.pid) else None
+
+
+def read_served_endpoint(home: Path) -> SandboxEndpoint | None:
+    """The endpoint of a sandbox another live process serves for this home, if any."""
+    return _published(home) if home_claimed(home) else None
+
+
+def wait_served_endpoint(home: Path, timeout_s: float = 60.0) -> SandboxEndpoint | None:
+    """The served endpoint, waiting while the home is claimed but not published yet (a server
+    starting up, or a command changing the saved state); None once nobody holds the home."""
+    deadline = time.monotonic() + timeout_s
+    while home_claimed(home):
+        endpoint = _published(home)
+        if endpoint is not None:
+            return endpoint
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"{sandbox_dir(home)} has been claimed for {timeout_s:.0f} s by a process that "
+                "publishes no endpoint; `fuser -v` on its serve.lock names it."
+            )
+        time.sleep(0.05)
     return None
 
 
 def reset_sandbox(home: Path) -> None:
     """Start afresh: the default fleet, new worker directories; keys are kept."""
-    if read_served_endpoint(home) is not None:
-        raise SandboxBusy(read_served_endpoint(home))  # type: ignore[arg-type]
+    served = read_served_endpoint(home)
+    if served is not None:
+        raise SandboxBusy(served)
     base = sandbox_dir(home)
     for name in ("state.json",):
         with contextlib.suppress(FileNotFoundError):
@@ -113,8 +158,12 @@ class Sandbox:
         timing: SandboxTiming | None = None,
         fleet: SandboxFleet | None = None,
         now: float | None = None,
+        publish: bool = True,
+        background: bool = False,
     ) -> None:
         self.home = Path(home)
+        self.publishes = publish  # False: a command that changes the saved state and leaves
+        self.background = background
         self.dir = sandbox_dir(self.home)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.with_ssh = ssh
@@ -160,7 +209,8 @@ class Sandbox:
         if sandbox._error is not None:
             sandbox._release_home()
             raise sandbox._error
-        sandbox._publish()
+        if sandbox.publishes:
+            sandbox._publish()
         return sandbox
 
     @property
@@ -177,6 +227,7 @@ class Sandbox:
             os.getpid(),
             self.ssh_port,
             SANDBOX_ACCOUNT,
+            self.background,
         )
 
     def _reserve_port(self) -> None:
@@ -191,25 +242,39 @@ class Sandbox:
         self._port_holder = holder
         self.ssh_port = holder.getsockname()[1]
 
-    def _claim_home(self) -> None:
-        self._lock_fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            endpoint = read_served_endpoint(self.home)
-            if endpoint is None:
-                raise RuntimeError("sandbox home is locked but publishes no endpoint") from None
-            raise SandboxBusy(endpoint) from None
+    def _claim_home(self, timeout_s: float = 60.0) -> None:
+        """Hold the home's serve lock, or raise SandboxBusy with the endpoint of who does.
+
+        A home claimed by a process that has not published yet (starting, or changing the
+        saved state) is waited for, never mistaken for a broken one.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                endpoint = wait_served_endpoint(self.home, max(0.1, deadline - time.monotonic()))
+                if endpoint is not None:
+                    raise SandboxBusy(endpoint) from None
+                continue  # released meanwhile, or only probed for an instant: claim again
+            self._lock_fh = fh
+            with contextlib.suppress(FileNotFoundError):  # a killed server's, now stale
+                (self.dir / "serve.json").unlink()
+            return
 
     def _publish(self) -> None:
         info = self.dir / "serve.json"
-        info.write_text(json.dumps(asdict(self.endpoint)))
+        tmp = info.with_name(f"serve.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self.endpoint)))
+        os.replace(tmp, info)  # readers never see half a file
 
     def _release_home(self) -> None:
         if self._lock_fh is not None:
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / "serve.json").unlink()
+            if self.publishes:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / "serve.json").unlink()
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None

@@ -6,7 +6,7 @@ The UI and the headless `ls` both read the fleet through `FleetService.list_node
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from console.adapters.tpu_api import TpuApi
@@ -14,6 +14,8 @@ from console.models import FleetError, FleetSnapshot, Node, ZoneFailure
 
 # Enough to overlap every zone of a large project without a burst the API would throttle.
 MAX_ZONES_IN_FLIGHT = 32
+# What a gone server looks like from here: worth asking where the API is served now.
+LINK_CODES = frozenset({"UNAVAILABLE", "RETRY", "DEADLINE_EXCEEDED"})
 
 
 class FleetService:
@@ -27,6 +29,9 @@ class FleetService:
         self._configured_zones = tuple(zones)
         self._zones: tuple[str, ...] = tuple(zones)
         self.label = label
+        # Where the API is served now, when that can move (a sandbox served again elsewhere):
+        # True if it moved, and the channel must be opened anew.
+        self.relink: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def api(self) -> TpuApi:
@@ -43,6 +48,13 @@ class FleetService:
             await self._api.close()
             self._api = None
 
+    async def reconnect(self) -> None:
+        """Drop the channel; the next call opens one to wherever the factory says now."""
+        await self.close()
+
+    async def _moved(self) -> bool:
+        return self.relink is not None and await self.relink()
+
     async def zones(self) -> tuple[str, ...]:
         """The configured zones, or every location the project can see (asked once)."""
         if not self._zones:
@@ -51,6 +63,7 @@ class FleetService:
 
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
         """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
+        await self._moved()  # a look at where the API is served costs a file read, not a call
         api = self.api  # missing credentials fail the whole listing, not each zone
         wanted = tuple(zones) if zones else await self.zones()
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
@@ -85,12 +98,17 @@ class FleetService:
         return FleetSnapshot(tuple(nodes), tuple(failures), tuple(zones), datetime.now(UTC))
 
     async def get_node(self, zone: str, name: str) -> Node:
+        try:
+            return await self.api.get_node(zone, name)
+        except FleetError as exc:
+            if exc.code not in LINK_CODES or not await self._moved():
+                raise
         return await self.api.get_node(zone, name)
 
     async def find_node(self, name: str, zone: str = "") -> Node:
         """A node by name alone, as users type it; ambiguous or missing names say so."""
         if zone:
-            return await self.api.get_node(zone, name)
+            return await self.get_node(zone, name)
         snapshot = await self.list_nodes()
         found = [n for n in snapshot.nodes if n.name == name]
         if len(found) == 1:

@@ -38,6 +38,7 @@ class TpuConsoleApp(App):
         mode: str = "",
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
+        others_using: Callable[[], list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.fleet = fleet
@@ -49,6 +50,9 @@ class TpuConsoleApp(App):
         self.refresh_s = refresh_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self.sub_title = mode
+        # The other processes on the sandbox this console serves, which quitting would strand
+        # (None: it serves none).
+        self.others_using = others_using
 
     def now(self) -> datetime:
         return self._clock()
@@ -101,6 +105,34 @@ class TpuConsoleApp(App):
         if self.jobs is not None:
             await self.jobs.remote.close()
         await self.fleet.close()
+
+    async def action_quit(self) -> None:
+        """Quit; first ask, naming them, when other processes use the sandbox served here."""
+        others = self.others_using() if self.others_using is not None else []
+        if not others:
+            self.exit()
+            return
+        from console.ui.confirm_screen import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):
+            return  # already asking
+        count = f"{len(others)} other process{'es' if len(others) > 1 else ''}"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Quit? This console serves the sandbox, and {count} use it:",
+                [
+                    *others,
+                    "Quitting stops serving it here; the first of them that needs it serves it "
+                    "again from the saved state (their jobs run on), and the others follow.",
+                ],
+            ),
+            answered,
+        )
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
