@@ -907,7 +907,7 @@ def _serve_in_background(home: Path) -> int:
         return 0
     try:
         print(f"{datetime.now():%H:%M:%S} serving {home} (pid {sandbox.endpoint.pid})", flush=True)
-        why = serve_until_unused(home, stop)
+        why = serve_until_unused(sandbox, stop)
         print(f"{datetime.now():%H:%M:%S} stopping: {why}", flush=True)
     finally:
         sandbox.stop()

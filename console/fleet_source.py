@@ -17,6 +17,7 @@ from pathlib import Path
 from console.adapters.os_login import OsLoginApi, adc_account
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
+from console.models import FleetError
 from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, wait_served_endpoint
 from console.sandbox.serving import (
     SandboxClient,
@@ -119,7 +120,7 @@ class FleetSource:
         if not self.joined:
             return False
         async with self._relinking:
-            endpoint = await asyncio.to_thread(ensure_served, self.settings.home)
+            endpoint = await asyncio.to_thread(_served, self.settings.home)
             if endpoint == self.endpoint:
                 return False
             before, self.endpoint = self.endpoint, endpoint
@@ -143,6 +144,18 @@ class FleetSource:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def _served(home: Path) -> SandboxEndpoint:
+    """The sandbox's endpoint (a background server started if none serves), or FleetError."""
+    try:
+        return ensure_served(home)
+    except RuntimeError as exc:
+        raise FleetError(
+            f"The sandbox cannot be served: {exc}",
+            f"See {home / 'sandbox' / 'serve.log'}; `tpuconsole sandbox serve` shows why.",
+            code="UNAVAILABLE",
+        ) from None
 
 
 def _join_or_serve(settings: Settings) -> tuple[SandboxEndpoint, Sandbox | None]:
@@ -172,7 +185,10 @@ def open_fleet_source(settings: Settings, *, serve_here: bool = False) -> FleetS
         if serve_here:
             endpoint, sandbox = _join_or_serve(settings)
         else:
-            endpoint, sandbox = ensure_served(settings.home), None
+            endpoint, sandbox = _served(settings.home), None
+    except RuntimeError as exc:  # claimed by a process that never published: say so
+        client.close()
+        raise FleetError(f"The sandbox cannot be served: {exc}") from None
     except BaseException:
         client.close()
         raise

@@ -270,6 +270,15 @@ class Sandbox:
         tmp.write_text(json.dumps(asdict(self.endpoint)))
         os.replace(tmp, info)  # readers never see half a file
 
+    def unpublish(self) -> None:
+        """Still serving, but no new process joins: they wait until it publishes again or goes
+        (a background server about to stop looks once more for a late user)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "serve.json").unlink()
+
+    def republish(self) -> None:
+        self._publish()
+
     def _release_home(self) -> None:
         if self._lock_fh is not None:
             if self.publishes:
@@ -289,8 +298,9 @@ class Sandbox:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
         self._thread = None
-        self.fleet.save()
-        self._end_gone_workers()  # a node preempted or deleted just now takes its processes
+        if self.dir.is_dir():  # not when its home was deleted under it: nothing to keep
+            self.fleet.save()
+            self._end_gone_workers()  # a node preempted or deleted just now takes its processes
         self._release_home()
 
     def __enter__(self) -> Sandbox:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from console.sandbox.runtime import (
+    Sandbox,
     SandboxEndpoint,
     home_claimed,
     read_served_endpoint,
@@ -230,9 +231,15 @@ def replacing_background(home: Path, timeout_s: float = START_TIMEOUT_S) -> Iter
         yield stop_background(home)
 
 
-def serve_until_unused(home: Path, stop: threading.Event, idle_s: float = IDLE_S) -> str:
-    """Wait until no process has used the sandbox for `idle_s`, the home is gone, or `stop`;
-    says which."""
+def serve_until_unused(sandbox: Sandbox, stop: threading.Event, idle_s: float = IDLE_S) -> str:
+    """Serve until no process has used the sandbox for `idle_s`, its home is gone, or `stop`;
+    says which.
+
+    Before stopping for want of users it unpublishes and looks once more: a process that
+    registered just before, and read the endpoint, is seen then (it registers before it reads)
+    and keeps it serving; one that comes after finds nothing published and waits for the next.
+    """
+    home = sandbox.home
     idle_since: float | None = None
     while not stop.wait(0.2):
         if not (sandbox_dir(home) / "serve.lock").exists():
@@ -241,6 +248,11 @@ def serve_until_unused(home: Path, stop: threading.Event, idle_s: float = IDLE_S
             idle_since = None
             continue
         idle_since = idle_since or time.monotonic()
-        if time.monotonic() - idle_since >= idle_s:
+        if time.monotonic() - idle_since < idle_s:
+            continue
+        sandbox.unpublish()
+        if not users(home):
             return f"no process used it for {idle_s:.0f} s"
+        sandbox.republish()
+        idle_since = None
     return "asked to stop"

@@ -64,18 +64,24 @@ class FleetService:
     async def list_nodes(self, zones: Sequence[str] | None = None) -> FleetSnapshot:
         """All nodes in every zone, concurrently; zones that fail come back as unreachable."""
         await self._moved()  # a look at where the API is served costs a file read, not a call
-        api = self.api  # missing credentials fail the whole listing, not each zone
         wanted = tuple(zones) if zones else await self.zones()
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
 
-        async def one(zone: str) -> list[Node] | ZoneFailure:
-            async with gate:
-                try:
-                    return await api.list_nodes(zone)
-                except FleetError as exc:
-                    return ZoneFailure(zone, exc.reason, exc.remedy)
+        async def every_zone() -> list[list[Node] | ZoneFailure]:
+            api = self.api  # missing credentials fail the whole listing, not each zone
 
-        results = await asyncio.gather(*(one(z) for z in wanted))
+            async def one(zone: str) -> list[Node] | ZoneFailure:
+                async with gate:
+                    try:
+                        return await api.list_nodes(zone)
+                    except FleetError as exc:
+                        return ZoneFailure(zone, exc.reason, exc.remedy)
+
+            return await asyncio.gather(*(one(z) for z in wanted))
+
+        results = await every_zone()
+        if all(isinstance(r, ZoneFailure) for r in results) and await self._moved():
+            results = await every_zone()  # the API is served elsewhere now: ask it there
         nodes: list[Node] = []
         failures: list[ZoneFailure] = []
         for result in results:

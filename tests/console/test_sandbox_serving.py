@@ -173,22 +173,41 @@ def test_a_joined_follower_takes_over_when_the_server_quits_and_the_others_follo
         _stop(server)
 
 
-def test_logs_follow_ends_at_once_with_the_fate_of_a_node_deleted_mid_job() -> None:
+@pytest.mark.parametrize(
+    ("fate", "said"),
+    [("delete", ("is being deleted", "was deleted")), ("preempt", ("was preempted",))],
+)
+def test_logs_follow_ends_at_once_with_the_fate_of_a_node_gone_mid_job(
+    fate: str, said: tuple[str, ...]
+) -> None:
+    zone, name = "europe-west4-a", "short-lived"
     with Sandbox.start(_home(), timing=FAST) as sandbox:
-        job = _launch("echo started; exec sleep 600")
+        sandbox.fleet.create(zone, name, "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True)
+        for _ in range(int(LIMIT_S / 0.05)):
+            if sandbox.worker_address(zone, name, 0) is not None:
+                break
+            time.sleep(0.05)
+        job = _launch("echo started; exec sleep 600", name)
         pid = int(json.loads(_run("jobs", "show", job, "--json").stdout)["workers"][0]["pid"])
         follower = Reader(_cli("logs", job, "-f"))
         follower.wait_for("[w0] started")
-        sandbox.fleet.delete("us-central2-b", "demo-v4-8")
+        if fate == "delete":
+            sandbox.fleet.delete(zone, name)
+        else:
+            sandbox.fleet.preempt(zone, name)
         # Once the API says so, not after ssh's outage budget (it was 5 minutes).
         rc, lines, err = follower.finish()
         assert (rc, lines) == (1, ["[w0] started"])
-        said = err.strip().splitlines()
-        assert len(said) == 1 and said[0].startswith("tpuconsole: demo-v4-8 ")
-        assert f"while job {job} ran; its processes went with it" in said[0]
-        assert said[0].endswith(f"`tpuconsole logs {job.split('-')[0]}` shows every line it wrote.")
+        [sentence] = err.strip().splitlines()
+        assert any(
+            sentence.startswith(f"tpuconsole: {name} {s} while job {job} ran;") for s in said
+        )
+        assert sentence.endswith(
+            f"its processes went with it, and `tpuconsole logs {job.split('-')[0]}` shows every "
+            "line it wrote."
+        )
         record = json.loads(_run("jobs", "show", job, "--json").stdout)
-        assert record["status"] == "lost" and "demo-v4-8" in record["note"]
+        assert record["status"] == "lost" and name in record["note"]
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
