@@ -74,8 +74,9 @@ SIGNATURES: tuple[Signature, ...] = (
         "ids from a mesh spanning hosts but no nnodes/node_rank/dist_init_addr, so each host "
         "schedules on its own while the program runs cross-host collectives (also sglang-jax "
         "#1216: compilation cache on a device subset without device 0, fixed by #1225).",
-        "Use --rollout-engine vanilla on multi-host, a host-local rollout mesh, or sglang-jax's "
-        "multi-node mode with only node_rank 0 taking requests.",
+        "On multi-host use --rollout-engine vanilla, or sglang-jax as separate single-host "
+        "servers outside the training job (a host-local rollout mesh and sglang-jax's "
+        "multi-node mode do not work in process; remote/grpo.py refuses them).",
         anchors=("continuator has halted",),
     ),
     Signature(
@@ -115,6 +116,16 @@ SIGNATURES: tuple[Signature, ...] = (
         "JAX see several processes.",
         "Run it on one worker (--worker 0) of a single-host node, e.g. a v4-8.",
         anchors=("process_count==1",),
+    ),
+    Signature(
+        "grpo_sglang_multi_process_refused",
+        "In-process sglang-jax rollout refused on a multi-host job",
+        # To the end of the line: the refusal quotes the continuator error it prevents.
+        r"in-process sglang-jax rollout cannot run in a job of \d+ processes.*",
+        "remote/grpo.py refuses it before loading anything: in-process sglang-jax cannot span "
+        "hosts (the seeds' run died with 'The program continuator has halted unexpectedly').",
+        "Re-run with --rollout-engine vanilla, or run sglang-jax as separate single-host servers.",
+        anchors=("in-process sglang-jax rollout cannot run",),
     ),
 )
 

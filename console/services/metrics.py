@@ -1,6 +1,7 @@
-"""Results read from the runners' own lines: per-engine timings, training loss, the DONE line.
+"""Results read from the runners' own lines: per-engine timings, loss and reward, the DONE line.
 
-The formats are the seeds' runners' (remote/multi_engine.py and the GRPO script print them).
+The formats are the seeds' runners' (remote/multi_engine.py and the GRPO script print them;
+`Train step N reward_mean=R` is remote/grpo.py's, beside Tunix's loss line).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from console.services.lines import matching_lines
 ENGINE_RE = re.compile(r"\[engine (\d+)\] generate_sec=([0-9.]+)")
 DONE_ENGINES_RE = re.compile(r"DONE: engines=(\d+) wall_sec=([0-9.]+)")
 LOSS_RE = re.compile(r"Train step (\d+) training loss: ([-0-9.eE+]+)")
+REWARD_RE = re.compile(r"Train step (\d+) reward_mean=([-0-9.eE+]+)")
 DONE_STEPS_RE = re.compile(r"DONE: steps=(\d+) elapsed_sec=([0-9.]+)")
-_ANY_RESULT = re.compile(rb"\[engine \d+\] generate_sec=|DONE: |Train step \d+ training loss")
-_RESULT_ANCHORS = (b"generate_sec=", b"DONE: ", b"training loss")
+_ANY_RESULT = re.compile(
+    rb"\[engine \d+\] generate_sec=|DONE: |Train step \d+ (?:training loss|reward_mean=)"
+)
+_RESULT_ANCHORS = (b"generate_sec=", b"DONE: ", b"training loss", b"reward_mean=")
 CONCURRENT_SLACK = 1.25  # wall time within 25% of the slowest engine counts as concurrent
 
 
@@ -25,6 +29,7 @@ class JobMetrics:
 
     engine_sec: dict[tuple[int, int], float] = field(default_factory=dict)  # (worker, engine)
     losses: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # worker -> steps
+    rewards: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # worker -> steps
     done: dict[int, str] = field(default_factory=dict)  # worker -> the DONE line
     wall_sec: dict[int, float] = field(default_factory=dict)
 
@@ -34,6 +39,8 @@ class JobMetrics:
             self.engine_sec[(worker, int(m.group(1)))] = float(m.group(2))
         elif m := LOSS_RE.search(line):
             self.losses.setdefault(worker, []).append((int(m.group(1)), float(m.group(2))))
+        elif m := REWARD_RE.search(line):
+            self.rewards.setdefault(worker, []).append((int(m.group(1)), float(m.group(2))))
         elif m := DONE_ENGINES_RE.search(line) or DONE_STEPS_RE.search(line):
             self.done[worker] = line.strip()
             self.wall_sec[worker] = float(m.group(2))
@@ -53,6 +60,7 @@ class JobMetrics:
         return {
             "summary": self.summary(),
             "losses": {str(w): s for w, s in sorted(self.losses.items())},
+            "rewards": {str(w): s for w, s in sorted(self.rewards.items())},
             "engine_sec": {f"w{w}/e{e}": t for (w, e), t in sorted(self.engine_sec.items())},
             "done": {str(w): line for w, line in sorted(self.done.items())},
         }
@@ -77,12 +85,14 @@ class JobMetrics:
         for worker, series in sorted(self.losses.items()):
             if worker not in self.done and series:
                 step, loss = series[-1]
-                parts.append(f"w{worker}: step {step}, loss {loss:.4f}")
+                reward = self.rewards.get(worker)
+                tail = f", reward {reward[-1][1]:.4g}" if reward else ""
+                parts.append(f"w{worker}: step {step}, loss {loss:.4f}{tail}")
         return "; ".join(parts)
 
 
 def sparkline(values: list[float], width: int = 30) -> str:
-    """A loss curve in one line of block characters."""
+    """A curve (loss, reward) in one line of block characters."""
     if not values:
         return ""
     values = values[-width:]

@@ -46,7 +46,7 @@ def preflight(
         )
         return checks
     shape = node.shape
-    if template.uses_sglang and shape.version in {"v2", "v3"}:
+    if _runs_sglang(template, values) and shape.version in {"v2", "v3"}:
         checks.append(
             Check(
                 "refuse",
@@ -123,6 +123,15 @@ def _multi_engine_checks(
         )
 
 
+def _runs_sglang(template: Template, values: Mapping[str, Any]) -> bool:
+    if template.name == "grpo":
+        engine = values.get("rollout_engine")
+        if engine is None and values.get("model") == "toy":
+            engine = "vanilla"  # the runner's default for its toy
+        return (engine or template.param("rollout_engine").runner_default) == "sglang_jax"
+    return template.uses_sglang
+
+
 def _grpo_checks(
     template: Template,
     values: Mapping[str, Any],
@@ -130,32 +139,45 @@ def _grpo_checks(
     workers: tuple[int, ...],
     checks: list[Check],
 ) -> None:
-    engine = _value(template, values, "rollout_engine")
-    multi_node = _value(template, values, "sglang_nnodes") > 1
-    if multi_node and not values.get("sglang_dist_init_addr"):
+    hosts = len(node.workers)
+    if hosts > 1 and _runs_sglang(template, values):
+        # remote/grpo.py refuses it on every worker too; said here before anything starts.
         checks.append(
             Check(
                 "refuse",
-                "sglang-jax multi-node mode needs the address of node rank 0.",
-                "Set sglang_dist_init_addr to HOST:PORT of worker 0 (its internal IP).",
+                f"{node.name} has {hosts} hosts and the rollout is in-process sglang-jax, which "
+                "cannot span processes: the seeds' run died with 'The program continuator has "
+                "halted unexpectedly' (each host's scheduler ran alone while the program ran "
+                "across hosts).",
+                "Set rollout_engine=vanilla (the seeds' multi-host run), or run sglang-jax as "
+                "separate single-host servers outside this job.",
             )
         )
-    if len(node.workers) > 1 and engine == "sglang_jax" and not multi_node:
+    devices = _value(template, values, "rollout_devices")
+    if node.shape.chips and devices > node.shape.chips:
+        checks.append(
+            Check(
+                "refuse",
+                f"rollout_devices {devices} on {node.name}, which has {node.shape.chips} chips.",
+                f"Set rollout_devices to at most {node.shape.chips}.",
+            )
+        )
+    checkpoints = str(values.get("checkpoint_dir") or "")
+    if hosts > 1 and checkpoints and not checkpoints.startswith("gs://"):
         checks.append(
             Check(
                 "warn",
-                f"{node.name} is multi-host and the rollout is in-process sglang-jax with no "
-                "multi-node settings: the seeds' run failed with 'program continuator has halted'.",
-                "Use rollout_engine=vanilla, a host-local rollout mesh, or sglang-jax multi-node "
-                "mode with only node_rank 0 taking requests.",
+                f"checkpoint_dir {checkpoints} is on each host's own disk; orbax writes one "
+                "checkpoint from all hosts together.",
+                "Use a directory every host sees, such as gs://BUCKET/path.",
             )
         )
-    if len(node.workers) > 1 and len(workers) != len(node.workers):
+    if hosts > 1 and len(workers) != hosts:
         checks.append(
             Check(
                 "refuse",
                 f"GRPO on multi-host {node.name} must run on every worker "
-                f"({len(workers)} of {len(node.workers)} chosen).",
+                f"({len(workers)} of {hosts} chosen).",
                 "Use --worker all.",
             )
         )

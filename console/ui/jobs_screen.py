@@ -42,7 +42,9 @@ def result_cell(job: Job) -> Text:
         return Text(first.removeprefix("DONE: ")[:48], style="green")
     if losses:
         step, loss = next(iter(losses.values()))[-1]
-        return Text(f"step {step} loss {loss:.4g}")
+        rewards = next(iter((job.metrics.get("rewards") or {}).values()), None)
+        reward = f" reward {rewards[-1][1]:.4g}" if rewards else ""
+        return Text(f"step {step} loss {loss:.4g}{reward}")
     return Text("")
 
 

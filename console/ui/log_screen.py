@@ -36,6 +36,20 @@ RECORD_SYNC_S = 2.0  # how often the job record is re-read (status, findings mad
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
 
 
+def _training_line(worker: int, metrics: JobMetrics) -> str:
+    """Loss and mean reward side by side: sparklines with their latest values, no markup."""
+    parts = [f"w{worker}"]
+    for label, series in (
+        ("loss", metrics.losses.get(worker)),
+        ("reward", metrics.rewards.get(worker)),
+    ):
+        if series:
+            step, value = series[-1]
+            spark = sparkline([v for _, v in series], width=20)
+            parts.append(f"{label} {spark} step {step}: {value:.6g}")
+    return "   ".join(parts)
+
+
 class StatusLine(Widget):
     """One line of markup that redraws itself alone: a Static would relayout the screen."""
 
@@ -203,11 +217,8 @@ class LogScreen(Screen):
             lines.append(
                 f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
             )
-        for worker, series in sorted(self.metrics.losses.items()):
-            step, loss = series[-1]
-            lines.append(
-                f"w{worker} loss {sparkline([v for _, v in series])} step {step}: {loss:.6g}"
-            )
+        for worker in sorted({*self.metrics.losses, *self.metrics.rewards}):
+            lines.append(_training_line(worker, self.metrics))
         panel = self.query_one("#log-diagnosis", Static)
         panel.update("\n".join(lines))
         panel.set_class(bool(lines), "shown")

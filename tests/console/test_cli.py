@@ -185,6 +185,35 @@ def test_launch_template_dry_run_shows_preflight_and_the_exact_command(
     assert "not a valid int" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("node", "preset", "flags"),
+    [
+        ("demo-v4-8", "single-host-sglang", "--steps 10 --rollout-devices 2 "
+         "--sglang-mem-fraction-static 0.8"),
+        ("demo-v4-16", "multi-host-vanilla", "--steps 10 --rollout-devices 8 --rollout-engine "
+         "vanilla --local-model-dir /tmp/models/Qwen__Qwen3-4B-Instruct-2507"),
+    ],
+)  # fmt: skip
+def test_the_seeds_grpo_commands_dry_run_clean_on_their_nodes(
+    node: str, preset: str, flags: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["launch", "grpo", node, "--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"python -u -m remote.grpo {flags}" in out
+    assert "REFUSE" not in out and "WARN" not in out
+
+
+def test_grpo_with_sglang_rollout_on_a_multi_host_node_is_refused_before_launch(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ["launch", "grpo", "demo-v4-16", "--preset", "single-host-sglang", "--dry-run"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "REFUSE: demo-v4-16 has 2 hosts" in captured.out
+    assert "rollout_engine=vanilla" in captured.out
+    assert "refused by preflight; nothing launched" in captured.err
+
+
 def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home, timing=FAST):

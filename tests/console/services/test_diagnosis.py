@@ -39,6 +39,19 @@ def test_each_seed_failure_is_diagnosed_with_cause_and_remedy(key: str) -> None:
     assert found.cause and found.remedy
 
 
+def test_the_grpo_runner_refusal_is_itself_not_the_failure_it_quotes() -> None:
+    from remote import grpo
+
+    line = "ERROR: " + grpo.MULTI_PROCESS_REFUSAL % 2  # the runner's own words
+    assert "program continuator has halted" in line
+    (found,) = Diagnoser().feed_line(1, line)
+    assert found.key == "grpo_sglang_multi_process_refused"
+    assert "vanilla" in found.remedy and "single-host servers" in found.remedy
+    (halted,) = Diagnoser().feed_line(1, SEED_LINES["continuator_halted"])
+    assert "host-local rollout mesh" not in halted.remedy.split("(")[0]
+    assert "--rollout-engine vanilla" in halted.remedy
+
+
 def test_the_owner_sees_the_lock_remedy_for_tpu_in_use() -> None:
     (found,) = Diagnoser().feed_line(0, SEED_LINES["tpu_in_use"])
     assert "K" in found.remedy and "tpuconsole clean" in found.remedy
@@ -86,6 +99,15 @@ def test_results_read_per_engine_loss_and_done() -> None:
     for step, loss in enumerate([0.9, 0.7, 0.4], start=1):
         grpo.feed(1, f"Train step {step} training loss: {loss}")
     assert grpo.losses[1][-1] == (3, 0.4) and "loss 0.4000" in grpo.summary()
+    # remote/grpo.py's reward line, beside Tunix's loss line; read in bulk as in a live log.
+    chunk = b"".join(
+        f"Train step {s} reward_mean={r} kl=0.001\n".encode()
+        for s, r in [(1, -2.0), (2, 0.25), (3, 1.5e-1)]
+    )
+    assert grpo.feed_chunk(1, chunk)
+    assert grpo.rewards == {1: [(1, -2.0), (2, 0.25), (3, 0.15)]}
+    assert "reward 0.15" in grpo.summary()
+    assert grpo.as_json()["rewards"] == {"1": [(1, -2.0), (2, 0.25), (3, 0.15)]}
     assert sparkline([0.9, 0.7, 0.4]) == "█▅▁"
 
 

@@ -32,20 +32,44 @@ async def test_sglang_on_tpu_v3_is_refused(api: TpuApi) -> None:
     assert any(c.level == "refuse" and "TPU version must be 4" in c.message for c in checks)
 
 
-async def test_multi_host_grpo_with_sglang_rollout_warns_and_partial_workers_refuse(
+async def test_multi_host_grpo_with_sglang_rollout_is_refused_with_the_two_ways_that_work(
     api: TpuApi,
 ) -> None:
     node = await _node(api, "demo-v4-16")
     checks = preflight(GRPO, GRPO.values("single-host-sglang"), node, "all")
-    assert [c.level for c in checks] == ["warn"]
-    assert "continuator" in checks[0].message and "vanilla" in checks[0].remedy
+    assert [c.level for c in checks] == ["refuse"]
+    assert "continuator" in checks[0].message
+    assert "rollout_engine=vanilla" in checks[0].remedy
+    assert "separate single-host servers" in checks[0].remedy
+    # No template value makes in-process sglang-jax span the hosts: what the runner refuses.
+    for name in GRPO.values(""):
+        assert "nnodes" not in name and "node_rank" not in name
+    assert not [p.name for p in GRPO.all_params if "nnodes" in p.name or "dist_init" in p.name]
     assert preflight(GRPO, GRPO.values("multi-host-vanilla"), node, "all") == []
-    multi_node = {"sglang_nnodes": "2", "sglang_dist_init_addr": "10.0.0.2:5000"}
-    assert preflight(GRPO, GRPO.values("single-host-sglang", multi_node), node, "all") == []
-    no_address = GRPO.values("single-host-sglang", {"sglang_nnodes": "2"})
-    assert [c.level for c in preflight(GRPO, no_address, node, "all")] == ["refuse"]
+    assert preflight(GRPO, GRPO.values("toy"), node, "all") == []  # the toy runs vanilla
+    toy_default = GRPO.values("", {"model": "toy"})  # engine left to the runner: vanilla
+    assert preflight(GRPO, toy_default, node, "all") == []
     partial = preflight(GRPO, GRPO.values("multi-host-vanilla"), node, "0")
     assert [c.level for c in partial] == ["refuse"]
+    single = await _node(api, "demo-v4-8")
+    assert preflight(GRPO, GRPO.values("single-host-sglang"), single, "all") == []
+
+
+async def test_grpo_rollout_devices_and_multi_host_checkpoints_are_checked(api: TpuApi) -> None:
+    v416 = await _node(api, "demo-v4-16")
+    too_many = GRPO.values("multi-host-vanilla", {"rollout_devices": "16"})
+    assert [(c.level, c.message) for c in preflight(GRPO, too_many, v416, "all")] == [
+        ("refuse", "rollout_devices 16 on demo-v4-16, which has 8 chips.")
+    ]
+    local = GRPO.values("multi-host-vanilla", {"checkpoint_dir": "/tmp/ckpt"})
+    assert [c.level for c in preflight(GRPO, local, v416, "all")] == ["warn"]
+    shared = GRPO.values("multi-host-vanilla", {"checkpoint_dir": "gs://bucket/grpo"})
+    assert preflight(GRPO, shared, v416, "all") == []
+    v3 = await _node(api, "demo-v3-8")
+    vanilla_v3 = preflight(GRPO, GRPO.values("", {"rollout_engine": "vanilla"}), v3, "all")
+    assert not [c for c in vanilla_v3 if "TPU version" in c.message]  # no sgl-jax, no v4 need
+    sglang_v3 = preflight(GRPO, GRPO.values("single-host-sglang"), v3, "all")
+    assert any("TPU version must be 4" in c.message for c in sglang_v3)
 
 
 async def test_multi_engine_needs_a_single_host_and_enough_chips(api: TpuApi) -> None:

@@ -57,9 +57,30 @@ def test_multi_engine_presets_are_the_seeds_runs_flag_for_flag(preset, overrides
 
 
 @pytest.mark.parametrize("preset", list(SEED_GRPO))
-def test_grpo_presets_are_the_seeds_runs_flag_for_flag(preset: str) -> None:
+def test_grpo_presets_are_the_seeds_runs_flag_for_flag_and_the_runner_takes_them(
+    preset: str,
+) -> None:
     rendered = GRPO.render(GRPO.values(preset))
     assert list(rendered.argv[4:]) == shlex.split(SEED_GRPO[preset])
+    # The rendered command as a worker runs it, with --dry-run: the runner's own parse.
+    probe = Rendered((sys.executable, *rendered.argv[1:], "--dry-run"), {}, ())
+    out = subprocess.run(["bash", "-c", probe.shell()], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout.removeprefix("PLAN: "))
+    assert plan["model_dir"] == "/tmp/models/Qwen__Qwen3-4B-Instruct-2507"
+    assert plan["steps"] == 10
+
+
+def test_every_grpo_parameter_is_a_flag_the_runner_accepts() -> None:
+    from remote import grpo
+
+    values = {p.name: p.runner_default for p in GRPO.params if p.runner_default is not None}
+    values |= {"local_model_dir": "/m", "dataset": "/d.parquet", "checkpoint_dir": "/c"}
+    values |= {"sglang_context_length": 1024, "sglang_max_total_tokens": 4096}
+    argv = GRPO.render(GRPO.values("", {k: str(v) for k, v in values.items()})).argv
+    args = grpo.parse_args(list(argv[4:]))
+    for p in GRPO.params:
+        assert getattr(args, p.name) == p.parse(str(values[p.name])), p.name
 
 
 def test_environment_as_the_seeds_set_it() -> None:

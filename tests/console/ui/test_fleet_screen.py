@@ -24,9 +24,21 @@ SIZE = (160, 40)
 
 
 async def settled(pilot: Pilot) -> None:
-    """Wait for the refresh workers to finish and the screen to take their result."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    """Wait for the refresh and probe workers to finish and the table to lay out their result.
+
+    A DataTable sizes its columns on its next idle, and a refresh may start probes as it
+    ends, so one pause is not enough on a loaded machine: wait until nothing is pending.
+    """
+    table = pilot.app.screen.query_one("#fleet", DataTable)
+    for _ in range(500):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        busy = any(w.is_running for w in pilot.app.workers)
+        pending = table._require_update_dimensions or table._updated_cells or table._new_rows
+        if not busy and not pending:
+            await pilot.pause()  # the repaint after the last layout
+            return
+    raise AssertionError("the fleet screen never settled")
 
 
 def row_keys(app: TpuConsoleApp) -> list[str]:

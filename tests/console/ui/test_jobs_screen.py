@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from console.models import Job
 from console.services.jobs import JobService
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
-from console.ui.jobs_screen import JobsScreen
+from console.ui.jobs_screen import JobsScreen, result_cell
 from console.ui.log_screen import LogScreen
 from tests.conftest import until
 
@@ -49,10 +53,20 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         assert str(table.get_cell(good.job_id, "result")) == "engines=4 wall_sec=1.250"
         assert str(table.get_cell(good.job_id, "status")) == "succeeded"
         assert str(table.get_cell(bad.job_id, "result")) == "w0: The TPU is already in use"
-        assert table.columns["result"].content_width >= len("w0: The TPU is already in use")
+        # The table widens a column when it next lays out, not inside update_cell: wait for it.
+        wide = len("w0: The TPU is already in use")
+        await until(pilot, lambda: table.columns["result"].content_width >= wide)
         newest = await jobs.launch(node, "all", "true")  # launched while the list is open
         await until(pilot, lambda: table.ordered_rows[0].key.value == newest.job_id)
         assert [r.key.value for r in table.ordered_rows][1:] == [bad.job_id, good.job_id]
+
+
+def test_a_training_job_row_shows_its_last_step_loss_and_reward() -> None:
+    job = Job("5-abcdef", "n", "z", "python -u -m remote.grpo", datetime.now(UTC), kind="grpo")
+    running = replace(job, metrics={"losses": {"0": [[1, 0.5], [2, -0.04]]}})
+    assert result_cell(running).plain == "step 2 loss -0.04"
+    rewarded = replace(running, metrics={**running.metrics, "rewards": {"0": [[2, 1.25]]}})
+    assert result_cell(rewarded).plain == "step 2 loss -0.04 reward 1.25"
 
 
 async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_it(

@@ -132,6 +132,28 @@ async def test_hang_and_silence_are_judged_only_while_the_job_runs(
         await jobs.stop(jobs.get(hanging.job_id), node, grace_s=0.5)
 
 
+async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(jobs: JobService) -> None:
+    """The lines remote/grpo.py and Tunix print, from both workers of a slice."""
+    node = await jobs.remote.fleet.find_node("demo-v4-16")
+    script = (
+        "for s in 1 2 3; do "
+        'echo "INFO:absl:Train step $s training loss: 0.0$s  - training perplexity: 1.0"; '
+        'echo "Train step $s reward_mean=$((s * 25)).5 kl=0.001"; done'
+    )
+    job = await jobs.launch(node, "all", script, kind="grpo")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = LogScreen(jobs.get(job.job_id))
+        await app.push_screen(screen)
+        panel = screen.query_one("#log-diagnosis")
+        await until(pilot, lambda: "step 3: 75.5" in str(panel.content).split("w1")[-1])
+        lines = [line for line in str(panel.content).splitlines() if line.startswith("w")]
+        for worker, line in enumerate(lines):
+            assert line == f"w{worker}   loss ▁▄█ step 3: 0.03   reward ▁▄█ step 3: 75.5"
+        # The job's end is recorded before the history closes under it.
+        await until(pilot, lambda: jobs.get(job.job_id).status == "succeeded")
+
+
 async def test_the_last_line_without_a_newline_is_shown_once_the_job_ends(
     jobs: JobService,
 ) -> None:
