@@ -116,7 +116,7 @@ class TpuConsoleApp(App):
 
         if isinstance(self.screen, ConfirmScreen):
             return  # already asking
-        count = f"{len(others)} other process{'es' if len(others) > 1 else ''}"
+        count = "1 other process uses" if len(others) == 1 else f"{len(others)} other processes use"
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -124,11 +124,12 @@ class TpuConsoleApp(App):
 
         self.push_screen(
             ConfirmScreen(
-                f"Quit? This console serves the sandbox, and {count} use it:",
+                f"Quit? This console serves the sandbox, and {count} it:",
                 [
                     *others,
-                    "Quitting stops serving it here; the first of them that needs it serves it "
-                    "again from the saved state (their jobs run on), and the others follow.",
+                    "Quitting stops serving it here: what they run over ssh now is cut, and the "
+                    "first of them to need it again serves it from the saved state (jobs run "
+                    "on, `logs -f` resumes); the others follow.",
                 ],
             ),
             answered,

@@ -97,25 +97,23 @@ def _launch(command: str, node: str = "demo-v4-8") -> str:
     return out.split()[1]  # "job 1-ab12cd running on ..."
 
 
-def _worker_home(node: str = "demo-v4-8") -> Path:
-    out = _run("exec", node, "--worker", "0", "--", 'echo "$HOME"').stdout
-    return Path(out.split(" ", 1)[1].strip())
-
-
 # A job whose first half is written before the test disturbs the sandbox and whose second half
-# waits for the test's go (a file on the worker), so the disturbance always falls mid-job.
-GATED = (
-    "for i in $(seq 1 100); do echo line $i; done; "
-    "while [ ! -e ~/go ]; do sleep 0.05; done; "
-    "for i in $(seq 101 200); do echo line $i; done"
-)
+# waits for the test's go (a file it names), so the disturbance always falls mid-job.
+def _gated(gate: Path) -> str:
+    return (
+        "for i in $(seq 1 100); do echo line $i; done; "
+        f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+        "for i in $(seq 101 200); do echo line $i; done"
+    )
+
+
 ALL_LINES = [f"[w0] line {i}" for i in range(1, 201)]
 
 
-def _copies_match(job: str, worker_home: Path) -> None:
-    """The local copy is byte for byte the worker's log."""
-    local = (_home() / "logs" / job / "w0.log").read_bytes()
-    assert local == (worker_home / ".tpuconsole" / "jobs" / job / "log").read_bytes()
+def _copies_match(job: str) -> None:
+    """The local copy is byte for byte the worker's log (in the worker's folder, README)."""
+    [remote] = _home().glob(f"sandbox/workers/*/w0/.tpuconsole/jobs/{job}/log")
+    assert (_home() / "logs" / job / "w0.log").read_bytes() == remote.read_bytes()
 
 
 def _stop(reader: Reader, sig: int = signal.SIGTERM) -> None:
@@ -124,47 +122,47 @@ def _stop(reader: Reader, sig: int = signal.SIGTERM) -> None:
         reader.proc.wait(timeout=LIMIT_S)
 
 
-def test_logs_follow_resumes_when_the_sandbox_is_killed_and_served_again() -> None:
+def test_logs_follow_resumes_when_the_sandbox_is_killed_and_served_again(tmp_path: Path) -> None:
     first = _serve()
     second = None
     try:
-        job = _launch(GATED)
-        worker_home = _worker_home()
+        job = _launch(_gated(tmp_path / "go"))
         follower = Reader(_cli("logs", job, "-f"))
         follower.wait_for("[w0] line 100")
         first.proc.kill()  # as `kill -9` does: no goodbye, a stale serve.json left behind
         first.proc.wait(timeout=LIMIT_S)
         second = _serve()
-        (worker_home / "go").touch()
+        (tmp_path / "go").touch()
         rc, lines, err = follower.finish()
         assert (rc, lines) == (0, ALL_LINES), err
         served = read_served_endpoint(_home())
         assert served is not None and served.pid == second.proc.pid
         assert f"going on with the one pid {second.proc.pid} serves" in err.splitlines()[-2]
         assert err.splitlines()[-1] == "tpuconsole: w0 rc=0"
-        _copies_match(job, worker_home)
+        _copies_match(job)
     finally:
         _stop(first)
         if second is not None:
             _stop(second)
 
 
-def test_a_joined_follower_takes_over_when_the_server_quits_and_the_others_follow() -> None:
+def test_a_joined_follower_takes_over_when_the_server_quits_and_the_others_follow(
+    tmp_path: Path,
+) -> None:
     server = _serve()
     try:
-        jobs = [_launch(GATED), _launch(GATED, "demo-v4-16")]
-        homes = [_worker_home(), _worker_home("demo-v4-16")]
+        gate = _gated(tmp_path / "go")
+        jobs = [_launch(gate), _launch(gate, "demo-v4-16")]
         _run("create", "made-before", "--zone", "us-central1-a", "--type", "v3-8")
         followers = [Reader(_cli("logs", job, "-f", "--worker", "0")) for job in jobs]
         for follower in followers:
             follower.wait_for("[w0] line 100")
         _stop(server)  # the console that served quits
-        for home in homes:
-            (home / "go").touch()
-        for job, home, follower in zip(jobs, homes, followers, strict=True):
+        (tmp_path / "go").touch()
+        for job, follower in zip(jobs, followers, strict=True):
             rc, lines, err = follower.finish()
             assert (rc, lines) == (0, ALL_LINES), err
-            _copies_match(job, home)
+            _copies_match(job)
         taken = json.loads((_home() / "sandbox" / "serve.json").read_text())
         assert taken["background"] and taken["pid"] not in {server.proc.pid}
         listed = [json.loads(x)["name"] for x in _run("ls", "--json").stdout.splitlines()]
@@ -261,7 +259,7 @@ async def test_the_tui_asks_before_quitting_under_the_processes_it_serves() -> N
             await pilot.press("q")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             shown = " ".join(app.screen.lines) + app.screen.title_text
-            assert "1 other process use it" in shown and named in shown
+            assert "1 other process uses it" in shown and named in shown
             await pilot.press("n")
             await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
             assert app.is_running
