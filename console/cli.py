@@ -858,16 +858,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def _serve(home: Path) -> int:
     """The foreground server: a background one that serves now gives way (its users follow)."""
     from console.sandbox.runtime import Sandbox, SandboxBusy
-    from console.sandbox.serving import replacing_background
 
     try:
-        with replacing_background(home) as replaced:
-            sandbox = Sandbox.start(home)
+        sandbox = Sandbox.start(home)
     except SandboxBusy as busy:
         return _fail(f"{busy}; use it as it is, or stop it first.")
     try:
-        if replaced is not None:
-            print(f"took over from the background server (pid {replaced.pid})")
+        if sandbox.replaced is not None:
+            print(f"took over from the background server (pid {sandbox.replaced.pid})")
         print(f"TPU API (gRPC, insecure): {sandbox.api_address}")
         print(f"project: {sandbox.project}")
         print(f"ssh key: {sandbox.user_key_path}")
@@ -919,13 +917,9 @@ def _preempt(settings, name: str) -> int:
     (a background server gives way: its users follow to the next one)."""
     from console.sandbox.fleet_state import FailedPrecondition, NotFound
     from console.sandbox.runtime import Sandbox, SandboxBusy
-    from console.sandbox.serving import replacing_background
 
     try:
-        with (
-            replacing_background(settings.home),
-            Sandbox.start(settings.home, ssh=False, publish=False) as sandbox,
-        ):
+        with Sandbox.start(settings.home, ssh=False, publish=False) as sandbox:
             matches = [n for n in sandbox.fleet.nodes.values() if n.name == name]
             if not matches:
                 return _fail(f"no sandbox node named {name!r}; `tpuconsole ls` lists them.")

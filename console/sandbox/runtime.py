@@ -164,6 +164,7 @@ class Sandbox:
         self.home = Path(home)
         self.publishes = publish  # False: a command that changes the saved state and leaves
         self.background = background
+        self.replaced: SandboxEndpoint | None = None  # the background server that gave way
         self.dir = sandbox_dir(self.home)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.with_ssh = ssh
@@ -200,8 +201,17 @@ class Sandbox:
     # ----- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def start(cls, home: Path, **kw: Any) -> Sandbox:
+        """Serve the home here. A background server that serves it gives way (its users follow
+        to this one); any other server raises SandboxBusy."""
         sandbox = cls(home, **kw)
-        sandbox._claim_home()
+        if sandbox.background:
+            sandbox._claim_home()
+        else:
+            from console.sandbox.serving import replacing_background
+
+            with replacing_background(sandbox.home) as replaced:
+                sandbox._claim_home()
+            sandbox.replaced = replaced
         sandbox._reserve_port()
         sandbox._thread = threading.Thread(target=sandbox._main, name="sandbox", daemon=True)
         sandbox._thread.start()

@@ -222,8 +222,10 @@ def stop_background(home: Path, timeout_s: float = 30.0) -> SandboxEndpoint | No
 
 
 @contextlib.contextmanager
-def replacing_background(home: Path, timeout_s: float = START_TIMEOUT_S) -> Iterator[object]:
-    """While held, nobody starts a background server; one that serves has stopped.
+def replacing_background(
+    home: Path, timeout_s: float = START_TIMEOUT_S
+) -> Iterator[SandboxEndpoint | None]:
+    """While held, nobody starts a background server; one that served has stopped.
 
     Yields the endpoint of the one that stopped, or None.
     """

@@ -242,6 +242,26 @@ def test_any_number_of_commands_at_once_on_a_sandbox_nobody_serves() -> None:
     assert len(numbers) == len(set(numbers)) == 3  # concurrent launches get numbers of their own
 
 
+def test_a_commands_background_server_gives_way_to_one_a_user_starts_and_then_stops() -> None:
+    _run("ls")  # nobody served: it started a background server and joined it
+    background = read_served_endpoint(_home())
+    assert background is not None and background.background
+    with Sandbox.start(_home(), ssh=False) as mine:  # as `tpuconsole sandbox serve` does
+        assert mine.replaced == background
+        assert read_served_endpoint(_home()) == mine.endpoint
+        _run("ls")  # joins this one; starts nothing
+        assert read_served_endpoint(_home()) == mine.endpoint
+    _run("ls")
+    again = read_served_endpoint(_home())
+    assert again is not None and again.background
+    for _ in range(int(LIMIT_S / 0.05)):  # nobody uses it now: it stops by itself
+        if not home_claimed(_home()):
+            break
+        time.sleep(0.05)
+    assert not home_claimed(_home())
+    assert "stopping: no process used it for 5 s" in (_home() / "sandbox" / "serve.log").read_text()
+
+
 async def test_the_tui_asks_before_quitting_under_the_processes_it_serves() -> None:
     settings = resolve_settings(project="", zones=[], sandbox=True, home=str(_home()))
     source = open_fleet_source(settings, serve_here=True)
