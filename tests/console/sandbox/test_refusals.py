@@ -66,7 +66,11 @@ async def test_an_unknown_zone_is_refused_as_google_refuses_it(api: TpuApi) -> N
         assert refused.value.code == "PERMISSION_DENIED"
         assert "Location nowhere-9 is not found or access is unauthorized." in refused.value.reason
     for zone in await api.list_zones():
-        assert "lost" not in {n.name for n in await api.list_nodes(zone)}
+        try:
+            listed = {n.name for n in await api.list_nodes(zone)}
+        except FleetError:  # a listed zone this project has no TPU access in
+            continue
+        assert "lost" not in listed
 
 
 async def test_a_runtime_version_the_zone_does_not_list_is_refused(api: TpuApi) -> None:
