@@ -211,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sandbox, top=False)
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     sandbox_sub.add_parser("reset", help="start the sandbox afresh with the default fleet")
-    sandbox_sub.add_parser("serve", help="serve the sandbox in the foreground for other tools")
+    serve = sandbox_sub.add_parser(
+        "serve", help="serve the sandbox in the foreground for other tools"
+    )
+    serve.add_argument(
+        "--background",
+        action="store_true",
+        help="what commands start on their own: serve until no process uses the sandbox",
+    )
     preempt = sandbox_sub.add_parser("preempt", help="preempt a sandbox spot node, as GCE would")
     preempt.add_argument("node", help="node name, e.g. one you created with --spot")
     return parser
@@ -385,7 +392,7 @@ def _print_line(worker: int, text: str) -> None:
 
 async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it."""
-    from console.models import parse_worker_selection
+    from console.models import NodeGone, parse_worker_selection
     from console.services.lines import copy_lines
 
     chosen = {w.worker for w in job.workers}
@@ -407,6 +414,9 @@ async def _stream_job(source, jobs_service, job, selection: str, follow: bool) -
         rcs = await jobs_service.follow(
             job, node, show, selection=selection, follow=follow, from_start=True
         )
+    except NodeGone as gone:  # the job ended with its VM: say so at once, in one sentence
+        print(f"tpuconsole: {gone.reason}", file=sys.stderr)
+        return 1
     except FleetError as exc:
         if printed:  # the copy was replayed already; the worker was lost after
             print(f"tpuconsole: lost {job.node}: {exc}", file=sys.stderr)
@@ -970,11 +980,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from console.sandbox.runtime import Sandbox, SandboxBusy, reset_sandbox
+    from console.sandbox.runtime import SandboxBusy, reset_sandbox
+    from console.sandbox.serving import stop_background, users
 
     settings = _settings(args)
     if args.sandbox_command == "reset":
         try:
+            if not users(settings.home):  # a background server nobody uses gives way
+                stop_background(settings.home)
             reset_sandbox(settings.home)
         except SandboxBusy as busy:
             return _fail(f"{busy}. Stop that process first (Ctrl-C in its terminal).")
@@ -982,11 +995,22 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         return 0
     if args.sandbox_command == "preempt":
         return _preempt(settings, args.node)
+    if args.background:
+        return _serve_in_background(settings.home)
+    return _serve(settings.home)
+
+
+def _serve(home: Path) -> int:
+    """The foreground server: a background one that serves now gives way (its users follow)."""
+    from console.sandbox.runtime import Sandbox, SandboxBusy
+
     try:
-        sandbox = Sandbox.start(settings.home)
+        sandbox = Sandbox.start(home)
     except SandboxBusy as busy:
         return _fail(f"{busy}; use it as it is, or stop it first.")
     try:
+        if sandbox.replaced is not None:
+            print(f"took over from the background server (pid {sandbox.replaced.pid})")
         print(f"TPU API (gRPC, insecure): {sandbox.api_address}")
         print(f"project: {sandbox.project}")
         print(f"ssh key: {sandbox.user_key_path}")
@@ -1011,13 +1035,36 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_in_background(home: Path) -> int:
+    """What a command starts when nobody serves the sandbox: it serves until unused."""
+    from console.sandbox.runtime import Sandbox, SandboxBusy
+    from console.sandbox.serving import serve_until_unused
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        sandbox = Sandbox.start(home, background=True)
+    except SandboxBusy as busy:
+        print(f"{datetime.now():%H:%M:%S} {busy}: nothing to do", flush=True)
+        return 0
+    try:
+        print(f"{datetime.now():%H:%M:%S} serving {home} (pid {sandbox.endpoint.pid})", flush=True)
+        why = serve_until_unused(sandbox, stop)
+        print(f"{datetime.now():%H:%M:%S} stopping: {why}", flush=True)
+    finally:
+        sandbox.stop()
+    return 0
+
+
 def _preempt(settings, name: str) -> int:
-    """Edit the stored sandbox state; a serving process would overwrite it, so refuse then."""
+    """Edit the stored sandbox state; a serving process would overwrite it, so refuse then
+    (a background server gives way: its users follow to the next one)."""
     from console.sandbox.fleet_state import FailedPrecondition, NotFound
     from console.sandbox.runtime import Sandbox, SandboxBusy
 
     try:
-        with Sandbox.start(settings.home, ssh=False) as sandbox:
+        with Sandbox.start(settings.home, ssh=False, publish=False) as sandbox:
             matches = [n for n in sandbox.fleet.nodes.values() if n.name == name]
             if not matches:
                 return _fail(f"no sandbox node named {name!r}; `tpuconsole ls` lists them.")
@@ -1035,7 +1082,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from console.ui.app import TpuConsoleApp
 
     settings = _settings(args)
-    source = open_fleet_source(settings)
+    source = open_fleet_source(settings, serve_here=True)
     try:
         from console.services.probe import ProbeService
 
@@ -1049,6 +1096,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
             lifecycle=LifecycleService(source.fleet, jobs.history, jobs.remote, jobs=jobs),
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
+            others_using=source.stranded_by_quit,
         )
         app.run()
         jobs.history.close()

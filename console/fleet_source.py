@@ -1,19 +1,31 @@
-"""Which fleet the console talks to: the sandbox (started here or joined) or Google Cloud.
+"""Which fleet the console talks to: the sandbox (served here or joined) or Google Cloud.
 
-The one place that may start the sandbox; everything after it sees only a FleetService.
+The one place that may start the sandbox; everything after it sees only a FleetService. A
+process on the sandbox registers itself as one of its users, and follows it when it is served
+again elsewhere (a new API address, ssh port, or a background server started just now).
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from console.adapters.os_login import OsLoginApi, adc_account
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
-from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, read_served_endpoint
+from console.models import FleetError
+from console.sandbox.runtime import Sandbox, SandboxBusy, SandboxEndpoint, wait_served_endpoint
+from console.sandbox.serving import (
+    SandboxClient,
+    SandboxUser,
+    ensure_served,
+    this_process,
+    users,
+)
 from console.services.fleet import FleetService
 from console.services.remote import RemoteService
 from console.services.settings import Settings
@@ -21,29 +33,31 @@ from console.services.settings import Settings
 DEFAULT_KEY = "~/.ssh/google_compute_engine"  # the key gcloud creates and installs
 
 
-@dataclass
+@dataclass(eq=False)
 class FleetSource:
     fleet: FleetService
     label: str
     settings: Settings
     sandbox: Sandbox | None = None
     endpoint: SandboxEndpoint | None = None
+    client: SandboxClient | None = None
+    _remotes: weakref.WeakSet = field(default_factory=weakref.WeakSet)
+    _relinking: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def remote(self, *, internal_ip: bool = False, iap: bool = False) -> RemoteService:
         """Commands on the workers, dialled as configured (internal IPs or IAP if asked)."""
         s = self.settings
-        endpoint = self.endpoint
-        if endpoint is not None:
-            address = endpoint.api_address
+        if self.endpoint is not None:
 
             def oslogin() -> OsLoginApi:
-                return OsLoginApi.for_sandbox(address)
+                assert self.endpoint is not None
+                return OsLoginApi.for_sandbox(self.endpoint.api_address)
 
-            account: str | Callable[[], str] = endpoint.account
+            account: str | Callable[[], str] = self.endpoint.account
         else:
             oslogin = OsLoginApi.for_google
             account = s.account or adc_account  # asked only when a node uses OS Login
-        return RemoteService(
+        remote = RemoteService(
             self.fleet,
             self.ssh_options(),
             internal_ip=internal_ip or s.internal_ip,
@@ -52,7 +66,10 @@ class FleetSource:
             os_login=s.os_login,
             oslogin_api=oslogin,
             account=account,
+            relink=self.relink if self.joined else None,
         )
+        self._remotes.add(remote)
+        return remote
 
     def ssh_options(self) -> SshOptions:
         """gcloud's choices (local login name, its key, port 22) unless configured.
@@ -75,15 +92,75 @@ class FleetSource:
     def is_sandbox(self) -> bool:
         return self.endpoint is not None
 
+    @property
+    def joined(self) -> bool:
+        """On a sandbox another process serves (which may go, and be served again)."""
+        return self.endpoint is not None and self.sandbox is None
+
+    def others_using(self) -> list[SandboxUser]:
+        """The other processes that use the sandbox (what a serving console strands on quit)."""
+        if self.endpoint is None:
+            return []
+        return users(self.settings.home, besides=self.client.pid if self.client else None)
+
+    def stranded_by_quit(self) -> list[str]:
+        """What quitting would strand: none unless this process serves the sandbox, else every
+        other process using it, as `pid N: its command`."""
+        if self.sandbox is None:
+            return []
+        return [f"pid {u.pid}: {u.what}" for u in self.others_using()]
+
+    async def relink(self) -> bool:
+        """After a lost link: where the sandbox is served now (again, by another process, or by
+        a background server started here because nobody does); True if that moved.
+
+        The API channel, the OS Login client and every ssh pool's port follow the move; the
+        nodes' addresses and host keys are asked again by whoever re-resolves them.
+        """
+        if not self.joined:
+            return False
+        async with self._relinking:
+            endpoint = await asyncio.to_thread(_served, self.settings.home)
+            if endpoint == self.endpoint:
+                return False
+            before, self.endpoint = self.endpoint, endpoint
+        await self.fleet.reconnect()
+        port = self.ssh_options().port
+        remotes = list(self._remotes)
+        for remote in remotes:
+            await remote.use_port(port)
+        if remotes and before is not None:
+            remotes[0].access.say(
+                f"the sandbox's server (pid {before.pid}) went away; going on with the one "
+                f"pid {endpoint.pid} serves (ssh port {endpoint.ssh_port})"
+            )
+        return True
+
     def close(self) -> None:
-        """Stop a sandbox this process started; a joined one belongs to its own process."""
+        """Stop a sandbox this process serves; a joined one belongs to its own process."""
         if self.sandbox is not None:
             self.sandbox.stop()
             self.sandbox = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
-def _join_or_start(settings: Settings) -> tuple[SandboxEndpoint, Sandbox | None]:
-    endpoint = read_served_endpoint(settings.home)
+def _served(home: Path) -> SandboxEndpoint:
+    """The sandbox's endpoint (a background server started if none serves), or FleetError."""
+    try:
+        return ensure_served(home)
+    except RuntimeError as exc:
+        raise FleetError(
+            f"The sandbox cannot be served: {exc}",
+            f"See {home / 'sandbox' / 'serve.log'}; `tpuconsole sandbox serve` shows why.",
+            code="UNAVAILABLE",
+        ) from None
+
+
+def _join_or_serve(settings: Settings) -> tuple[SandboxEndpoint, Sandbox | None]:
+    """The console's own way: join whoever serves the sandbox, else serve it here."""
+    endpoint = wait_served_endpoint(settings.home)
     if endpoint is not None:
         return endpoint, None
     try:
@@ -93,20 +170,39 @@ def _join_or_start(settings: Settings) -> tuple[SandboxEndpoint, Sandbox | None]
     return sandbox.endpoint, sandbox
 
 
-def open_fleet_source(settings: Settings) -> FleetSource:
-    if settings.sandbox:
-        endpoint, sandbox = _join_or_start(settings)
+def open_fleet_source(settings: Settings, *, serve_here: bool = False) -> FleetSource:
+    """The fleet to use. On the sandbox, a command joins its server (a background one started
+    for it if none serves); the TUI (`serve_here`) serves it itself when nobody does."""
+    if not settings.sandbox:
         fleet = FleetService(
-            lambda: TpuApi.for_sandbox(endpoint.api_address, endpoint.project),
+            lambda: TpuApi.for_google(settings.project, endpoint=settings.api_endpoint),
             settings.zones,
-            label="SANDBOX",
+            label=f"project {settings.project}",
             zones_source=settings.zones_source,
         )
-        return FleetSource(fleet, "SANDBOX", settings, sandbox, endpoint)
-    fleet = FleetService(
-        lambda: TpuApi.for_google(settings.project, endpoint=settings.api_endpoint),
-        settings.zones,
-        label=f"project {settings.project}",
-        zones_source=settings.zones_source,
-    )
-    return FleetSource(fleet, f"project {settings.project}", settings)
+        return FleetSource(fleet, f"project {settings.project}", settings)
+    client = SandboxClient(settings.home, this_process())  # before any server looks for users
+    try:
+        if serve_here:
+            endpoint, sandbox = _join_or_serve(settings)
+        else:
+            endpoint, sandbox = _served(settings.home), None
+    except RuntimeError as exc:  # claimed by a process that never published: say so
+        client.close()
+        raise FleetError(f"The sandbox cannot be served: {exc}") from None
+    except BaseException:
+        client.close()
+        raise
+    holder: list[FleetSource] = []
+
+    def api() -> TpuApi:
+        current = holder[0].endpoint
+        assert current is not None
+        return TpuApi.for_sandbox(current.api_address, current.project)
+
+    fleet = FleetService(api, settings.zones, label="SANDBOX", zones_source=settings.zones_source)
+    source = FleetSource(fleet, "SANDBOX", settings, sandbox, endpoint, client)
+    holder.append(source)
+    if source.joined:
+        fleet.relink = source.relink
+    return source

@@ -100,6 +100,32 @@ def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
     return AcceleratorShape(version=family, chips=chips, hosts=hosts, device_kind=device_kind)
 
 
+# Google's label rules, as gcloud checks them before it calls and the API enforces them
+# (googlecloudsdk/command_lib/util/args/labels_util.py: keys `[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]
+# {0,62}`, values `[\p{Ll}\p{Lo}\p{N}_-]{0,63}`; Resource Manager's "Requirements for labels":
+# at most 64 labels on a resource, international characters allowed).
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 63
+
+
+def _label_char(c: str, first: bool) -> bool:
+    """gcloud's test: a lowercase (or caseless) letter; after the first, also a digit, - or _."""
+    lower = c.isalpha() and (c.islower() or not c.isupper())
+    return lower if first else lower or c.isdigit() or c in "-_"
+
+
+def label_fault(text: str, *, key: bool) -> str:
+    """What breaks Google's rule for a label key (or value), in a few words; "" when none."""
+    if key and not text:
+        return "is empty"
+    if len(text) > MAX_LABEL_CHARS:
+        return f"is {len(text)} characters long (at most {MAX_LABEL_CHARS})"
+    for index, c in enumerate(text):
+        if not _label_char(c, first=key and index == 0):
+            return f"contains invalid character {c!r} at index {index}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Symptom:
     """Something the API noticed on a node, on one worker or on the whole slice."""
@@ -305,6 +331,14 @@ class SshError(FleetError):
     def __init__(self, reason: str, remedy: str = "", *, kind: str = "lost") -> None:
         super().__init__(reason, remedy, code=kind)
         self.kind = kind
+
+
+class NodeGone(FleetError):
+    """The VM a job ran on is no more (deleted, preempted, stopped): its job ended with it."""
+
+    def __init__(self, reason: str, state: str) -> None:
+        super().__init__(reason, code="NODE_GONE")
+        self.state = state  # what the API says of it now; GONE when it no longer exists
 
 
 def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:

@@ -76,6 +76,10 @@ class HistoryDamaged(FleetError):
         self.copy = copy
 
 
+class JobNumberTaken(Exception):
+    """A job number (the `17` of `17-3fa2c1`) another launch recorded first."""
+
+
 class HistoryStore:
     """Small synchronous writes (WAL, one row at a time); callers run them between awaits.
 
@@ -166,8 +170,15 @@ class HistoryStore:
         return int(row[0])
 
     def record_launch(self, job: Job) -> None:
+        """Write the job; JobNumberTaken if another launch (another process) took its number."""
+        number = job.job_id.split("-")[0] + "-"
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the number's check and its use, one writer
+            taken = self._db.execute(
+                "SELECT 1 FROM jobs WHERE substr(job_id, 1, ?) = ?", (len(number), number)
+            ).fetchone()
+            if taken:
+                raise JobNumberTaken(job.job_id)
             self._db.execute(
                 "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env,"
                 " params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

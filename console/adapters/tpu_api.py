@@ -136,6 +136,13 @@ def _remedy(exc: gexc.GoogleAPICallError, project: str) -> str:
 
 
 def _generic_remedy(exc: gexc.GoogleAPICallError, project: str) -> str:
+    if isinstance(exc, gexc.PermissionDenied) and "is not found or access" in str(exc.message):
+        return "Check the zone's name: `tpuconsole ls` lists the zones your project sees."
+    if isinstance(exc, gexc.InvalidArgument) and "RuntimeVersion" in str(exc.message):
+        return (
+            "Choose a version the zone offers (the create form lists them; gcloud compute tpus "
+            "tpu-vm versions list --zone ZONE)."
+        )
     if isinstance(exc, gexc.PermissionDenied):
         return (
             f"Check that project {project!r} is right and that your account may use the TPU "

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from console.models import accelerator_shape
+from console.models import MAX_LABELS, accelerator_shape, label_fault
 
 SANDBOX_PROJECT = "tpuconsole-sandbox"
 SANDBOX_PROJECT_NUMBER = 100000000001  # what the default compute service account is named by
@@ -97,6 +97,10 @@ class NoAccess(Exception):
     """The project has no TPU access in this zone (PERMISSION_DENIED)."""
 
 
+class UnknownLocation(Exception):
+    """A zone the project cannot see: Google answers PERMISSION_DENIED, not NOT_FOUND."""
+
+
 class AlreadyExists(Exception):
     pass
 
@@ -130,6 +134,41 @@ class CreateRate:
             return False
         self.tokens -= 1.0
         return True
+
+
+# The TPU API's answer for a zone it does not know (HTTP 403 / PERMISSION_DENIED), as SkyPilot's
+# TPU VM code catches it from nodes.list (sky/provision/gcp/instance_utils.py) and gpuhunt#98
+# quotes it from google-cloud-tpu: "Location europe-west1-b is not found or access is
+# unauthorized."
+UNKNOWN_LOCATION_TEXT = "Location {zone} is not found or access is unauthorized."
+# A runtime version the zone does not offer: INVALID_ARGUMENT, worded as Cloud TPU words a
+# field it refuses (tensorflow/tpu#877: 'Cloud TPU received an invalid argument. The field
+# "TensorflowVersion" cannot be "2.4".'); the TPU VM API's exact text is not public.
+BAD_RUNTIME_TEXT = (
+    'Cloud TPU received an invalid argument. The field "RuntimeVersion" cannot be "{v}".'
+)
+# Labels outside Google's rules (console.models.label_fault): INVALID_ARGUMENT, as the TPU API
+# refused one in GoogleCloudPlatform/ml-testing-accelerators#461: 'resource labels are invalid:
+# value "pt-r1.9-..." contains invalid character '.' at index 5 for key "test-name"'. Only that
+# form is published; keys and lengths are told the same way.
+BAD_LABELS_TEXT = "resource labels are invalid: {what}"
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    """Refuse labels as the TPU API does (INVALID_ARGUMENT, its wording)."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(
+            BAD_LABELS_TEXT.format(what=f"{len(labels)} labels (at most {MAX_LABELS})")
+        )
+    for key, value in labels.items():
+        fault = label_fault(key, key=True)
+        if fault:
+            raise InvalidArgument(BAD_LABELS_TEXT.format(what=f'key "{key}" {fault}'))
+        fault = label_fault(value, key=False)
+        if fault:
+            raise InvalidArgument(
+                BAD_LABELS_TEXT.format(what=f'value "{value}" {fault} for key "{key}"')
+            )
 
 
 @dataclass(frozen=True)
@@ -522,12 +561,19 @@ class SandboxFleet:
         return True
 
     # ----- reads -------------------------------------------------------------------------------
+    def _known_zone(self, zone: str) -> None:
+        """Every call naming a zone that ListLocations does not list is refused, as Google's."""
+        if zone not in self.zones:
+            raise UnknownLocation(UNKNOWN_LOCATION_TEXT.format(zone=zone))
+
     def list(self, zone: str) -> list[SandboxNode]:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             return sorted((n for n in self.nodes.values() if n.zone == zone), key=lambda n: n.name)
 
     def get(self, zone: str, name: str) -> SandboxNode:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             node = self.nodes.get(f"{zone}/{name}")
@@ -546,6 +592,7 @@ class SandboxFleet:
         return DEFAULT_ACCELERATOR_TYPES.get(zone, ("v4-8", "v5litepod-8"))
 
     def runtime_versions(self, zone: str) -> tuple[str, ...]:
+        """What ListRuntimeVersions lists for the zone; CreateNode accepts only these."""
         return runtime_versions_for(self.accelerator_types(zone))
 
     def check_access(self, zone: str, permission: str, resource: str) -> None:
@@ -583,6 +630,10 @@ class SandboxFleet:
         metadata: dict[str, str] | None = None,
         networks: int = 1,
     ) -> SandboxOperation:
+        self._known_zone(zone)
+        check_labels(labels or {})
+        if runtime_version not in self.runtime_versions(zone):
+            raise InvalidArgument(BAD_RUNTIME_TEXT.format(v=runtime_version))
         self.advance()
         with self._lock:
             if f"{zone}/{name}" in self.nodes:
@@ -632,6 +683,7 @@ class SandboxFleet:
     def _transition(
         self, zone: str, name: str, verb: str, allowed: set[str], via: str, to: str, after: float
     ) -> SandboxOperation:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             node = self.nodes.get(f"{zone}/{name}")

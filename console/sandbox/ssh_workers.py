@@ -242,6 +242,18 @@ class _TrackedServer(asyncssh.SSHServer):
         return self._authorize(username, blob)
 
 
+class _WorkerSftp(asyncssh.SFTPServer):
+    """SFTP as OpenSSH's sftp-server serves it: relative paths from the user's HOME, absolute
+    ones as they are, where the worker's shell (and so `tar -C /abs`) puts them too."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, home: Path) -> None:
+        super().__init__(chan)
+        self._home = str(home).encode()
+
+    def map_path(self, path: bytes) -> bytes:
+        return path if path.startswith(b"/") else os.path.join(self._home, path)
+
+
 class WorkerServer:
     """A sandbox worker's sshd: public keys as its VM would accept them, `bash -c` per command."""
 
@@ -273,8 +285,7 @@ class WorkerServer:
         return self.port
 
     def _sftp(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
-        # Relative paths land in the worker's HOME, as on a VM; the chroot keeps them there.
-        return asyncssh.SFTPServer(chan, chroot=str(self.place.root).encode())
+        return _WorkerSftp(chan, self.place.root)
 
     async def stop(self) -> None:
         """Drop the server and every open connection, as when a VM goes away."""

@@ -32,6 +32,8 @@ from console.sandbox.fleet_state import (
     SandboxFleet,
     SandboxNode,
     SandboxOperation,
+    UnknownLocation,
+    check_labels,
     loopback,
 )
 
@@ -299,6 +301,7 @@ class TpuEmulator:
             )
         node = self.fleet.get(zone, name)
         if "labels" in paths:
+            check_labels(dict(req.node.labels))
             node.labels = dict(req.node.labels)
         if "description" in paths:
             node.description = req.node.description
@@ -434,7 +437,7 @@ class TpuEmulator:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except InvalidArgument as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except NoAccess as exc:
+            except (NoAccess, UnknownLocation) as exc:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             except Exception as exc:  # other services' errors carry their own status code
                 code = getattr(exc, "code", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from console.adapters.tpu_api import TpuApi
@@ -22,6 +22,8 @@ MAX_ZONES_IN_FLIGHT = 32
 NO_ACCESS_RECHECK_S = 1800.0
 NO_ACCESS_CODES = frozenset({"PERMISSION_DENIED", "NOT_FOUND"})
 DISCOVERED = "discovered"
+# What a gone server looks like from here: worth asking where the API is served now.
+LINK_CODES = frozenset({"UNAVAILABLE", "RETRY", "DEADLINE_EXCEEDED"})
 
 
 class FleetService:
@@ -47,6 +49,9 @@ class FleetService:
         self.recheck_s = recheck_s
         self._clock = clock
         self._no_access: dict[str, float] = {}  # discovered zone -> when it last said so
+        # Where the API is served now, when that can move (a sandbox served again elsewhere):
+        # True if it moved, and the channel must be opened anew.
+        self.relink: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def api(self) -> TpuApi:
@@ -66,6 +71,13 @@ class FleetService:
     @property
     def discovering(self) -> bool:
         return not self._configured_zones
+
+    async def reconnect(self) -> None:
+        """Drop the channel; the next call opens one to wherever the factory says now."""
+        await self.close()
+
+    async def _moved(self) -> bool:
+        return self.relink is not None and await self.relink()
 
     async def zones(self) -> tuple[str, ...]:
         """The configured zones, or every location the project can see (asked once)."""
@@ -109,20 +121,30 @@ class FleetService:
         v1 TPU Nodes are left out (their names in `legacy`), as `gcloud compute tpus tpu-vm
         list` leaves them out.
         """
-        api = self.api  # missing credentials fail the whole listing, not each zone
+        await self._moved()  # a look at where the API is served costs a file read, not a call
+        _ = self.api  # missing credentials fail the whole listing, not each zone
         discovering = self.discovering and not zones
         known = tuple(zones) if zones else await self.zones()
         wanted = self._due(known) if discovering else known
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
 
-        async def one(zone: str) -> list[Node] | ZoneFailure:
-            async with gate:
-                try:
-                    return await api.list_nodes(zone)
-                except FleetError as exc:
-                    return ZoneFailure(zone, exc.reason, exc.remedy, exc.code)
+        async def every_zone() -> dict[str, list[Node] | ZoneFailure]:
+            api = self.api
 
-        results = dict(zip(wanted, await asyncio.gather(*(one(z) for z in wanted)), strict=True))
+            async def one(zone: str) -> list[Node] | ZoneFailure:
+                async with gate:
+                    try:
+                        return await api.list_nodes(zone)
+                    except FleetError as exc:
+                        return ZoneFailure(zone, exc.reason, exc.remedy, exc.code)
+
+            answers = await asyncio.gather(*(one(z) for z in wanted))
+            return dict(zip(wanted, answers, strict=True))
+
+        results = await every_zone()
+        failed = [r for r in results.values() if isinstance(r, ZoneFailure)]
+        if results and len(failed) == len(results) and await self._moved():
+            results = await every_zone()  # the API is served elsewhere now: ask it there
         if discovering:
             self._note_access(results)
         nodes: list[Node] = []
@@ -182,12 +204,17 @@ class FleetService:
         return FleetSnapshot(tuple(nodes), tuple(failures), tuple(zones), datetime.now(UTC))
 
     async def get_node(self, zone: str, name: str) -> Node:
+        try:
+            return await self.api.get_node(zone, name)
+        except FleetError as exc:
+            if exc.code not in LINK_CODES or not await self._moved():
+                raise
         return await self.api.get_node(zone, name)
 
     async def find_node(self, name: str, zone: str = "") -> Node:
         """A node by name alone, as users type it; ambiguous or missing names say so."""
         if zone:
-            return await self.api.get_node(zone, name)
+            return await self.get_node(zone, name)
         snapshot = await self.list_nodes()
         found = [n for n in snapshot.nodes if n.name == name]
         if len(found) == 1:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import remote
-from console.adapters.history_db import HistoryStore
-from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
+from console.adapters.history_db import HistoryStore, JobNumberTaken
+from console.adapters.ssh_pool import SshTarget
+from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_worker_selection
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
 from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
@@ -28,6 +29,9 @@ from console.services.remote import RemoteService
 RUNNERS_LOCAL = Path(remote.__file__).resolve().parent  # the runners this console ships
 DRAIN_S = 15.0  # how long a stop waits for the follower to take the job's last lines
 LAUNCH_GRACE_S = 600.0  # a job launching longer than this, with no pid, never started
+# How often a follower asks after the node itself: a deleted VM's connection may hang rather
+# than close, and the job's end should not wait for ssh's keepalives to notice.
+NODE_CHECK_S = 15.0
 _RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, GIL held briefly
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
@@ -100,7 +104,7 @@ class JobService:
         check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
-            job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
+            job_id="",
             node=node.name,
             zone=node.zone,
             command=command,
@@ -110,7 +114,7 @@ class JobService:
             env=dict(env or {}),
             params=dict(params or {}),
         )
-        self.history.record_launch(job)  # before anything runs: the record is never lost
+        job = self._record(job)  # before anything runs: the record is never lost
         if ship_runners:
             failed = await self._ship_runners(targets)
             if failed:
@@ -140,6 +144,17 @@ class JobService:
         note = "" if len(started) == len(workers) else result.summary()
         self.history.set_status(job.job_id, status, note)
         return replace(job, workers=tuple(workers), status=status)
+
+    def _record(self, job: Job) -> Job:
+        """The job in the history under a number of its own, however many launch at once."""
+        for _ in range(100):
+            numbered = replace(job, job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}")
+            try:
+                self.history.record_launch(numbered)
+            except JobNumberTaken:
+                continue  # another console launched at the same moment: take the next
+            return numbered
+        raise FleetError("Could not give the job a number in the history.", "Try again.")
 
     def _not_started(self, job: Job, failed: dict[int, str]) -> Job:
         workers = []
@@ -182,10 +197,69 @@ class JobService:
                 job.job_id,
                 w.pid,
                 self.log_path(job.job_id, w.worker),
+                resolve=self._resolver(job, node, w.worker),
             )
             for w in job.workers
             if w.worker in wanted and w.pid and w.worker in targets
         ]
+
+    def _resolver(self, job: Job, node: Node, worker: int):
+        """Where a follower finds its worker again after a lost link: the API followed to
+        wherever it is served now, then the node asked again (addresses, port, host keys)."""
+
+        async def resolve() -> SshTarget:
+            await self.remote.relink()
+            fresh = await self.node_now(job, node)
+            [target] = await self.remote.targets(fresh, str(worker))
+            return target
+
+        return resolve
+
+    async def node_now(self, job: Job, node: Node) -> Node:
+        """The job's node as the API has it now; NodeGone if the VM it ran on is no more."""
+        number = job.job_id.split("-")[0]
+        kept = f"`tpuconsole logs {number}` shows every line it wrote"
+        try:
+            fresh = await self.remote.fleet.get_node(job.zone, job.node)
+        except FleetError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            raise NodeGone(
+                f"{job.node} was deleted while job {job.job_id} ran; its processes went with "
+                f"it, and {kept}.",
+                "GONE",
+            ) from None
+        if node.node_id and fresh.node_id and fresh.node_id != node.node_id:
+            raise NodeGone(
+                f"{job.node} was deleted and created again while job {job.job_id} ran; the "
+                f"job went with the old VM, and {kept}.",
+                "GONE",
+            )
+        if fresh.state != "READY":
+            fate = {
+                "PREEMPTED": "was preempted",
+                "DELETING": "is being deleted",
+                "STOPPING": "is stopping",
+                "STOPPED": "was stopped",
+                "TERMINATED": "was terminated",
+            }.get(fresh.state, f"went {fresh.state}")
+            raise NodeGone(
+                f"{job.node} {fate} while job {job.job_id} ran; its processes went with it, "
+                f"and {kept}.",
+                fresh.state,
+            )
+        return fresh
+
+    async def _watch_node(self, job: Job, node: Node) -> None:
+        """Raise NodeGone as soon as the API says the job's VM is no more; else never return."""
+        while True:
+            await asyncio.sleep(NODE_CHECK_S)
+            try:
+                await self.node_now(job, node)
+            except NodeGone:
+                raise
+            except FleetError:
+                continue  # the API cannot say now: the streams will tell, or the next look
 
     async def follow(
         self,
@@ -216,7 +290,14 @@ class JobService:
                 on_end(stream.worker, rc)
             return rc
 
-        results = await asyncio.gather(*(one(s) for s in streams), return_exceptions=True)
+        try:
+            results = await self._all_or_gone(job, node, [one(s) for s in streams], follow)
+        except NodeGone as gone:
+            current = self.history.get(job.job_id)
+            if current is not None and current.open:
+                self.history.set_status(job.job_id, "lost", gone.reason)
+            await self.record_results(job)  # what its logs said up to the end
+            raise
         rcs: dict[int, int | None] = {}
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, BaseException):
@@ -227,6 +308,25 @@ class JobService:
             self._settle(job, rcs, _latest([s.ended_at for s in streams]))
             await self.record_results(job)  # whatever the status: a killed job's last lines too
         return rcs
+
+    async def _all_or_gone(self, job: Job, node: Node, followers: list, follow: bool) -> list:
+        """Every follower's result (or exception), unless the node goes first: then NodeGone at
+        once, the other followers stopped, rather than each waiting out its own outage."""
+        tasks = [asyncio.ensure_future(f) for f in followers]
+        watcher = asyncio.ensure_future(self._watch_node(job, node)) if follow else None
+        try:
+            pending = {*tasks, *([watcher] if watcher else [])}
+            while not all(t.done() for t in tasks):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and isinstance(task.exception(), NodeGone):
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in [*tasks, *([watcher] if watcher else [])]:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, *([watcher] if watcher else []), return_exceptions=True)
+        return [t.exception() or t.result() for t in tasks]
 
     def _settle(
         self, job: Job, rcs: dict[int, int | None], ended_at: datetime | None = None

@@ -18,7 +18,16 @@ from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
 from console.adapters.tpu_api import QUOTA_RE
-from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent, SshError
+from console.models import (
+    LEAVING_REASONS,
+    MAX_LABELS,
+    FleetError,
+    FleetSnapshot,
+    Node,
+    NodeEvent,
+    SshError,
+    label_fault,
+)
 from console.services.diagnosis import from_condition
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
@@ -93,9 +102,20 @@ class CreateRequest:
             out.append("Choose a zone.")
         if not self.accelerator_type:
             out.append("Choose an accelerator type.")
-        for key in self.labels:
-            if not re.match(r"^[a-z][-_a-z0-9]{0,62}$", key):
-                out.append(f"Label key {key!r}: lowercase, starting with a letter.")
+        if len(self.labels) > MAX_LABELS:
+            out.append(f"{len(self.labels)} labels: Google allows at most {MAX_LABELS}.")
+        # Google's rules, checked here as gcloud checks them, so the API never has to refuse.
+        for key, value in self.labels.items():
+            if fault := label_fault(key, key=True):
+                out.append(
+                    f"Label key {key!r} {fault}: keys start with a lowercase letter and hold "
+                    "only lowercase letters, digits, - and _ (at most 63)."
+                )
+            elif fault := label_fault(value, key=False):
+                out.append(
+                    f"Label {key}={value!r}: the value {fault}; values hold only lowercase "
+                    "letters, digits, - and _ (at most 63)."
+                )
         return out
 
 

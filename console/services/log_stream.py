@@ -15,14 +15,17 @@ import os
 import queue
 import shlex
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import SshError
+from console.models import FleetError, NodeGone, SshError
 from console.services.lines import LineSplitter, decode
 
 LineSink = Callable[[int, str], None]
+# Where the worker is now: its node asked again (addresses, port, host keys), after a lost
+# link. Raises NodeGone when the VM is no more, FleetError when the API cannot say.
+Resolve = Callable[[], Awaitable[SshTarget]]
 # Failures worth waiting out: the link, not the key or the host's identity.
 TRANSIENT = {"lost", "refused", "timeout"}
 COPY_POLL_S = 0.1  # how often a follower that does not write looks for new bytes in the copy
@@ -149,9 +152,11 @@ class LogStream:
         local_path: Path,
         *,
         max_outage_s: float = 300.0,
+        resolve: Resolve | None = None,
     ) -> None:
         self.pool = pool
         self.target = target
+        self.resolve = resolve
         self.job_id = job_id
         self.pid = pid
         self.local_path = local_path
@@ -249,8 +254,14 @@ class LogStream:
 
         while True:
             try:
-                await self.pool.run(self.target, self._command(follow), on_stdout=take)
-                break
+                result = await self.pool.run(self.target, self._command(follow), on_stdout=take)
+                if result.exit_signal is not None:  # killed, not ended: its VM is going away
+                    raise SshError(
+                        f"{self.target.label}: the log's reader was killed "
+                        f"(SIG{result.exit_signal}).",
+                        kind="lost",
+                    )
+                return await self.read_rc() if follow else None
             except SshError as exc:
                 if exc.kind not in TRANSIENT:
                     raise
@@ -261,7 +272,19 @@ class LogStream:
                 self.reconnects += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        return await self.read_rc() if follow else None
+                await self._resolve_again()
+
+    async def _resolve_again(self) -> None:
+        """Ask where the worker is now: a sandbox served again listens elsewhere, a VM stopped
+        and started has new addresses. A VM that is gone ends the follow (NodeGone)."""
+        if self.resolve is None:
+            return
+        try:
+            self.target = await self.resolve()
+        except NodeGone:
+            raise
+        except FleetError:
+            pass  # the API cannot say now either: dial where it was, within the outage budget
 
     async def read_rc(self) -> int | None:
         """The job's exit status on this worker; `ended_at` becomes when the rc was written."""

@@ -149,7 +149,13 @@ class SshAccess:
             ssh_keys = node.metadata.get(SSH_KEYS, "")
             if has_user_key(ssh_keys, user, self.pool.public_key()):
                 added = self._added.get(target.node)
-                return added is not None and time.monotonic() - added < RECENT_S
+                if added is not None:
+                    return time.monotonic() - added < RECENT_S
+                # There, but not put there by us: another command running now (or a
+                # teammate's gcloud) may have just added it, and the guest agent takes a while.
+                # Waited for once, as for a key we added; refused after that, it is refused.
+                self._added[target.node] = time.monotonic()
+                return True
             self.say(f"adding your ssh key to {name}'s metadata")
             await self._add_key(node, target)
             self._added[target.node] = time.monotonic()

@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import FleetError, Job
+from console.models import FleetError, Job, NodeGone
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
 from console.services.log_index import LogIndex, Query, QueryCancelled
 from console.services.metrics import JobMetrics, sparkline
@@ -259,7 +259,9 @@ class LogScreen(Screen):
             banner = self.query_one("#log-banner", Static)
             banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
             banner.add_class("shown")
-            if not self.job.open:  # nothing more will come: a last line without newline is one
+            # Nothing more will come (the job ended, or its VM with it): a last line without
+            # newline is one.
+            if not self.job.open or isinstance(exc, NodeGone):
                 for w in self.job.workers:
                     self.index.mark_ended(w.worker)
         self._changed = True

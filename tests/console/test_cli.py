@@ -563,3 +563,43 @@ def test_exec_forwards_stdin_to_every_worker_and_never_waits_for_an_unread_one()
             endless.kill()
             assert endless.stdin is not None
             endless.stdin.close()
+
+
+@pytest.mark.parametrize(
+    ("label", "said"),
+    [
+        ("k=V", "Label k='V': the value contains invalid character 'V' at index 0;"),
+        ("k=a b", "Label k='a b': the value contains invalid character ' ' at index 1;"),
+        ("k=$(id)", "Label k='$(id)': the value contains invalid character '$' at index 0;"),
+        ("k=" + "x" * 64, "the value is 64 characters long (at most 63);"),
+        ("Team=rl", "Label key 'Team' contains invalid character 'T' at index 0:"),
+    ],
+)
+def test_create_refuses_labels_outside_googles_rules_in_one_sentence_before_calling(
+    capsys: pytest.CaptureFixture, label: str, said: str
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        args = ["create", "labelled", "--zone", "us-central1-a", "--type", "v3-8"]
+        assert main([*args, "--label", label]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and err.count(". ") == 0
+        assert "us-central1-a/labelled" not in sandbox.fleet.nodes
+        assert sandbox.emulator.calls.get("CreateNode", 0) == 0  # refused here, not by the API
+
+
+def test_create_in_an_unknown_zone_or_with_a_bogus_version_says_what_google_said(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        assert main(["create", "lost", "--zone", "nowhere-9", "--type", "v4-8"]) == 2
+        err = capsys.readouterr().err
+        assert "Location nowhere-9 is not found or access is unauthorized." in err
+        assert "`tpuconsole ls` lists the zones" in err
+        args = ["create", "odd", "--zone", "us-central1-a", "--type", "v3-8", "--version"]
+        assert main([*args, "bogus"]) == 2
+        err = capsys.readouterr().err
+        assert 'The field "RuntimeVersion" cannot be "bogus"' in err
+        assert "Choose a version the zone offers" in err
+        assert not {"nowhere-9/lost", "us-central1-a/odd"} & set(sandbox.fleet.nodes)
