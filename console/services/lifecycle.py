@@ -232,7 +232,8 @@ class LifecycleService:
         """
         problems = request.problems()
         if problems:
-            raise FleetError(" ".join(problems), code="INVALID_ARGUMENT")
+            # Refused here, before the API is asked: no API code to show beside it.
+            raise FleetError(" ".join(problems), field="create")
         request = await self._with_runtime(request, progress)
         notes: list[str] = []
         metadata = self._key_metadata(notes)
@@ -474,11 +475,7 @@ class LifecycleService:
         while True:
             node = await self.fleet.get_node(node.zone, node.name)
             result = await self.remote.run(node, "all", "true")
-            retryable = [
-                o
-                for o in result.failed
-                if o.error is not None and o.error.kind in {"refused", "timeout", "lost"}
-            ]
+            retryable = [o for o in result.failed if o.error is not None and o.error.transient]
             if not retryable or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(delay)

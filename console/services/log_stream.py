@@ -19,15 +19,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import FleetError, NodeGone, SshError
+from console.models import FleetError, NodeGone, SshError, SshLost
 from console.services.lines import LineSplitter, decode
 
 LineSink = Callable[[int, str], None]
 # Where the worker is now: its node asked again (addresses, port, host keys), after a lost
 # link. Raises NodeGone when the VM is no more, FleetError when the API cannot say.
 Resolve = Callable[[], Awaitable[SshTarget]]
-# Failures worth waiting out: the link, not the key or the host's identity.
-TRANSIENT = {"lost", "refused", "timeout"}
 COPY_POLL_S = 0.1  # how often a follower that does not write looks for new bytes in the copy
 COPY_PIECE = 1 << 20  # a reader's read from the copy: the lines of a piece are delivered at once
 
@@ -256,14 +254,13 @@ class LogStream:
             try:
                 result = await self.pool.run(self.target, self._command(follow), on_stdout=take)
                 if result.exit_signal is not None:  # killed, not ended: its VM is going away
-                    raise SshError(
+                    raise SshLost(
                         f"{self.target.label}: the log's reader was killed "
                         f"(SIG{result.exit_signal}).",
-                        kind="lost",
                     )
                 return await self.read_rc() if follow else None
             except SshError as exc:
-                if exc.kind not in TRANSIENT:
+                if not exc.transient:
                     raise
                 now = loop.time()
                 self._outage_started = self._outage_started or now
