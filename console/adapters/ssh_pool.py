@@ -11,11 +11,12 @@ import contextlib
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+from google.api_core.retry import exponential_sleep_generator
 
 from console.models import (
     SshAuthError,
@@ -39,6 +40,17 @@ PREFERRED_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
+
+
+def backoff(initial: float, maximum: float, multiplier: float = 2.0) -> Iterator[float]:
+    """Waits between tries: google-api-core's truncated exponential backoff, the one the Google
+    clients use, so no loop of ours grows its own delays.
+
+    Its waits are jittered, uniform in [0, bound]; the bounds here are twice the delays asked
+    for, so on average each wait is `initial`, `initial * multiplier`, … up to `maximum`, and a
+    count of tries is as patient as its delays say.
+    """
+    return exponential_sleep_generator(initial * 2, maximum * 2, multiplier)
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,10 @@ class SshPool:
         is retried until `key_wait_s`, as gcloud retries while a new key propagates."""
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.options.max_connects)
-        delay = self.options.retry_base_s
+        # Google's truncated exponential backoff (google-api-core's, jittered), one schedule
+        # for the link and one, gentler, while a just-added key reaches the VM.
+        delays = backoff(self.options.retry_base_s, 5.0)
+        key_delays = backoff(self.options.retry_base_s, 3.0, 1.5)
         attempt = 0
         key_deadline: float | None = None
         while True:
@@ -237,20 +252,17 @@ class SshPool:
                         if not await self.on_auth_failure(target):
                             raise
                         key_deadline = time.monotonic() + self.options.key_wait_s
-                        delay = self.options.retry_base_s
                     elif time.monotonic() >= key_deadline:
                         raise SshAuthError(
                             f"{exc.reason} Still refused {self.options.key_wait_s:.0f} s after "
                             "the key was added.",
                             exc.remedy,
                         ) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 1.5, 3.0)
+                    await asyncio.sleep(next(key_delays))
                     continue
                 if not isinstance(exc, SshLinkError) or (attempt >= self.options.connect_attempts):
                     raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(next(delays))
 
     async def _connect(self, target: SshTarget) -> _Pooled:
         client_keys = self._load_client_keys()

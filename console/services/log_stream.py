@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from console.adapters.ssh_pool import SshPool, SshTarget
+from console.adapters.ssh_pool import SshPool, SshTarget, backoff
 from console.models import FleetError, NodeGone, SshError, SshLost
 from console.services.lines import LineSplitter, decode
 
@@ -233,7 +233,7 @@ class LogStream:
     ) -> int | None:
         """As the copy's writer: the worker's bytes beyond the copy, into it, resumed on drops."""
         self._outage_started: float | None = None
-        delay = 0.2
+        delays = backoff(0.2, 5.0)
         loop = asyncio.get_running_loop()
         # From the copy's true end: if it lost bytes since this follower read them (deleted
         # meanwhile), they are fetched again for the copy, not delivered twice.
@@ -267,8 +267,7 @@ class LogStream:
                 if now - self._outage_started > self.max_outage_s:
                     raise
                 self.reconnects += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(next(delays))
                 await self._resolve_again()
 
     async def _resolve_again(self) -> None:
