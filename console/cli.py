@@ -262,8 +262,11 @@ NO_ROOM_EXIT = 3
 
 def _fail_error(exc: FleetError) -> int:
     """One sentence with the API's code; exit 3 when the cloud had no room, else 2."""
-    code = f" [{exc.code}]" if exc.code and exc.code.isupper() else ""
-    return _fail(f"{exc}{code}", NO_ROOM_EXIT if exc.no_room else 2)
+    said = str(exc)
+    if exc.code and exc.code.isupper():  # the API's code inside the sentence, before its stop
+        stop = "." if said.endswith(".") else ""
+        said = f"{said.removesuffix('.')} [{exc.code}]{stop}"
+    return _fail(said, NO_ROOM_EXIT if exc.no_room else 2)
 
 
 class _Ongoing:
