@@ -334,7 +334,7 @@ class WorkerSelectionError(FleetError):
     """
 
     def __init__(self, reason: str, remedy: str = "") -> None:
-        super().__init__(reason, remedy, code="INVALID_ARGUMENT", field="worker")
+        super().__init__(reason, remedy, field="worker")  # ours, not the API's: no code
 
 
 class ConfigError(ConsoleError):

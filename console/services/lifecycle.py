@@ -233,8 +233,7 @@ class LifecycleService:
         """
         problems = request.problems()
         if problems:
-            # Refused here, before the API is asked: no API code to show beside it.
-            raise FleetError(" ".join(problems), field="create")
+            raise FleetError(" ".join(problems), code="INVALID_ARGUMENT")
         request = await self._with_runtime(request, progress)
         notes: list[str] = []
         metadata = self._key_metadata(notes)
