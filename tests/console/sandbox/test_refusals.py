@@ -91,7 +91,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _gone(pids: list[int], limit_s: float = 30.0) -> bool:
+async def _gone(pids: list[int], limit_s: float = 120.0) -> bool:
     for _ in range(int(limit_s / 0.05)):
         if not any(_alive(p) for p in pids):
             return True
@@ -115,7 +115,7 @@ async def test_a_gone_nodes_job_processes_go_with_it_and_nothing_else_does(
     status, child = await worker_output(
         jobs.remote,
         node,
-        "for i in $(seq 100); do [ -s ~/child ] && break; sleep 0.05; done; cat ~/child",
+        "until [ -s ~/child ]; do sleep 0.05; done; cat ~/child",  # the job writes it soon
     )
     assert status == 0 and child.isdigit()
     env = dict(os.environ, TPUCONSOLE_SANDBOX="1", HOME=str(tmp_path))
