@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="a command run as a job on every worker once READY (with --wait)",
     )
+    from console.cli_queued import add_create_flags
+
+    add_create_flags(create)
     for verb in ("stop", "start", "delete"):
         change = sub.add_parser(verb, help=f"{verb} a TPU VM and wait for it")
         _add_common(change, top=False)
@@ -309,10 +312,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
         snapshot = asyncio.run(go())
     finally:
         source.close()
+    from console.cli_queued import queued_as_json, queued_table
+    from console.services.queued_resources import groups
+
     now = datetime.now(UTC)
     if args.json:
         for node in snapshot.nodes:
             print(json.dumps(node_as_json(node, now)))
+        for group in groups(snapshot):
+            print(json.dumps(queued_as_json(group, now)))
         if snapshot.no_access or snapshot.legacy:
             print(f"tpuconsole: {zones_line(snapshot)}", file=sys.stderr)
     else:
@@ -320,6 +328,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print("SANDBOX fleet (no Google Cloud project configured; see README)")
         print(zones_line(snapshot))
         print(render_table(snapshot, now))
+        for line in queued_table(snapshot, now):
+            print(line)
     for where, failure in unreachable_groups(snapshot):
         print(
             f"tpuconsole: zone {where} unreachable: {failure.reason} {failure.remedy}",
@@ -821,6 +831,14 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         jobs = JobService(remote, history, settings.home)
         life = LifecycleService(source.fleet, history, remote, jobs=jobs)
         try:
+            if args.command == "create" and args.queued:
+                from console.cli_queued import create_queued
+
+                return await create_queued(args, zone, source.fleet, life, show)
+            if args.command == "delete":
+                done = await _delete_queued(args, zone, source.fleet, life, show)
+                if done is not None:
+                    return done
             if args.command == "create":
                 request = CreateRequest(
                     args.name,
@@ -872,6 +890,26 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         return asyncio.run(go())
     finally:
         source.close()
+
+
+async def _delete_queued(args, zone: str, fleet, life, show) -> int | None:
+    """`delete NAME` for a node of a queued resource or a request by name; None: neither."""
+    from console.cli_queued import delete_queued, request_named
+    from console.services.queued_resources import QueuedResourceService
+
+    service = QueuedResourceService(fleet, life)
+    try:
+        node = await fleet.find_node(args.name, zone)
+    except FleetError as exc:
+        if exc.code != "NOT_FOUND":
+            raise
+        node = None
+    qr = await service.request_of(node) if node is not None else None
+    if qr is None and node is None:
+        qr = await request_named(fleet, args.name, zone)
+    if qr is None:
+        return None
+    return await delete_queued(service, node, qr, lambda q: _confirmed(args, q), show)
 
 
 # The state that ends each operation: after it, nothing of it goes on without us.

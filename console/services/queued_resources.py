@@ -130,8 +130,8 @@ class QuotaFinding:
     @property
     def remedy(self) -> str:
         return (
-            f"Delete the request (gcloud compute tpus queued-resources delete {self.request.name} "
-            f"--zone {self.request.zone}) to free its quota."
+            f"Delete the request to free its quota: `tpuconsole delete {self.request.name} "
+            f"--zone {self.request.zone}` (gcloud compute tpus queued-resources delete)."
         )
 
 
@@ -315,7 +315,9 @@ class QueuedResourceService:
     @staticmethod
     def delete_question(node: Node | None, qr: QueuedResource) -> str:
         """What the confirmation says: the request goes, with every node it has."""
-        nodes = ", ".join(qr.node_names) or "no node"
+        nodes = ", ".join(qr.node_names) or "none"
+        if qr.state in {"CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "FAILED"}:
+            nodes = f"none yet: {nodes} never came"
         first = f"{node.name} belongs to queued resource {qr.name}. " if node is not None else ""
         return (
             f"{first}Delete queued resource {qr.name} in {qr.zone} ({qr.state}) with force: "
