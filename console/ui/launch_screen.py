@@ -192,8 +192,7 @@ class LaunchScreen(ModalScreen):
         except FleetError as exc:
             self.error = f"{exc.reason} {exc.remedy}".strip()
             self.checks = []
-            name = exc.reason.split(":", 1)[0]
-            for field in self.query(f"#p-{name}"):
+            for field in self.query(f"#p-{exc.field}") if exc.field else ():
                 field.add_class("-bad")
             checks_box.update(Text(self.error, style="red"))
             command_box.update("")

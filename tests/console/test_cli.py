@@ -114,7 +114,7 @@ def test_ls_json_keys_are_the_documented_ones(capsys: pytest.CaptureFixture) -> 
     lines = [tuple(json.loads(line)) for line in capsys.readouterr().out.splitlines()]
     assert [k for k in lines if k[0] == "name"] and all(k == JSON_KEYS for k in lines[:-1])
     # After the nodes, one object per queued resource, its first key telling it apart.
-    from console.cli_queued import QUEUED_JSON_KEYS
+    from console.cli.queued import QUEUED_JSON_KEYS
 
     queued = readme.split("<!-- ls-json-queued-keys -->")[1]
     assert tuple(re.findall(r"^\| `([a-z_]+)` \|", queued, flags=re.M)) == QUEUED_JSON_KEYS

@@ -1,7 +1,7 @@
 """The headless commands' queued-resource parts: `ls` rows and JSON, `create --queued`, delete.
 
-Kept apart from cli.py in small functions, so they move as they are into the `cli/` package
-and its `present/` text once those exist (issue #16).
+The text and JSON (`queued_table`, `queued_as_json`) are plain functions, ready to move into
+`console/present/` beside the node table.
 """
 
 from __future__ import annotations
