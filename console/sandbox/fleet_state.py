@@ -394,7 +394,7 @@ def _default_nodes(now: float) -> list[SandboxNode]:
                 "READY",
                 1030 + i,
                 now - 2.6 * hour,
-                labels={"team": "rl"},
+                labels={"team": "pretrain"},
                 queued_resource="demo-multislice",
                 multislice=True,
             )
@@ -443,7 +443,7 @@ def _default_queued(now: float) -> list[SandboxQueuedResource]:
             now - 3 * hour,
             node_count=2,
             node_id_prefix="demo-ms",
-            labels={"team": "rl"},
+            labels={"team": "pretrain"},
             state_since=now - 2.5 * hour,
         ),
         SandboxQueuedResource(
