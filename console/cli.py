@@ -1084,16 +1084,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
     settings = _settings(args)
     source = open_fleet_source(settings, serve_here=True)
     try:
-        from console.services.probe import ProbeService
+        from console.services.session import Services
 
         jobs = _job_services(source, settings, args, tui=True)
-        from console.services.lifecycle import LifecycleService
-
         app = TpuConsoleApp(
-            source.fleet,
-            jobs=jobs,
-            prober=ProbeService(jobs.remote),
-            lifecycle=LifecycleService(source.fleet, jobs.history, jobs.remote, jobs=jobs),
+            Services.build(jobs),
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
             others_using=source.stranded_by_quit,

@@ -9,28 +9,20 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from console.models import FleetError, Node, WorkerPlan
 from console.services.probe import describe_kill, describe_lock, node_status, plan_for
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import lines, styled
 
 
-class CleanupScreen(ModalScreen[dict | None]):
+class CleanupScreen(ConsoleModal[dict | None]):
     BINDINGS = [
         Binding("y", "confirm", "Yes, clean"),
         Binding("n,escape", "cancel", "No"),
         Binding("enter", "close", "Close", show=False),
     ]
-
-    DEFAULT_CSS = """
-    CleanupScreen { align: center middle; }
-    CleanupScreen > VerticalScroll {
-        width: 90%; height: auto; max-height: 85%; border: thick $warning; padding: 1 2;
-        background: $panel;
-    }
-    """
 
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__()
@@ -85,8 +77,8 @@ class CleanupScreen(ModalScreen[dict | None]):
             for plan in plans:
                 for step in plan.kills:
                     out.append(styled(f"  w{plan.worker}: ", (describe_kill(step), "yellow")))
-                for step in plan.locks:
-                    out.append(styled(f"  w{plan.worker}: ", (describe_lock(step), "yellow")))
+                for lock in plan.locks:
+                    out.append(styled(f"  w{plan.worker}: ", (describe_lock(lock), "yellow")))
                 for note in plan.notes:
                     out.append(styled(f"  w{plan.worker}: ", (note, "dim")))
         todo = any(not p.empty for plans in self.plans.values() for p in plans)

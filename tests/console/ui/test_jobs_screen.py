@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from console.models import Job
 from console.services.jobs import JobService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
 from console.ui.jobs_screen import JobsScreen, result_cell
@@ -14,11 +15,11 @@ from console.ui.log_screen import LogScreen
 from tests.conftest import until
 
 
-async def test_x_stops_the_job_and_r_runs_it_again(jobs: JobService) -> None:
+async def test_x_stops_the_job_and_r_runs_it_again(jobs: JobService, services: Services) -> None:
     fleet = jobs.remote.fleet
     node = await fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "sleep 60")
-    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(160, 40)) as pilot:
         await pilot.press("j")
         assert isinstance(app.screen, JobsScreen)
@@ -36,6 +37,7 @@ async def test_x_stops_the_job_and_r_runs_it_again(jobs: JobService) -> None:
 
 async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
     jobs: JobService,
+    services: Services,
 ) -> None:
     fleet = jobs.remote.fleet
     node = await fleet.find_node("demo-v4-8")
@@ -43,7 +45,7 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
     bad = await jobs.launch(
         node, "all", "echo 'RuntimeError: TPU is already in use by process 4242'; exit 1"
     )
-    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(160, 40)) as pilot:
         await pilot.press("j")
         table = app.screen.query_one("#jobs")
@@ -71,12 +73,13 @@ def test_a_training_job_row_shows_its_last_step_loss_and_reward() -> None:
 
 async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_it(
     jobs: JobService,
+    services: Services,
 ) -> None:
     from tests.conftest import worker_output
 
     fleet = jobs.remote.fleet
     node = await fleet.find_node("demo-v4-8")
-    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(160, 40)) as pilot:
         job = await jobs.launch(node, "all", "exit 4")  # as `tpuconsole launch` would, elsewhere
         rc = f".tpuconsole/jobs/{job.job_id}/rc"

@@ -17,8 +17,7 @@ from textual.widgets import DataTable, Input
 from console.sandbox.fleet_state import SandboxNode
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService
-from console.services.probe import ProbeService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.cleanup_screen import CleanupScreen
 from console.ui.create_screen import CreateScreen
@@ -62,15 +61,7 @@ def hostile_node(sandbox: Sandbox) -> SandboxNode:
 
 
 def console(jobs: JobService, **kw) -> TpuConsoleApp:
-    fleet = jobs.remote.fleet
-    return TpuConsoleApp(
-        fleet,
-        jobs=jobs,
-        prober=ProbeService(jobs.remote),
-        lifecycle=LifecycleService(fleet, jobs.history, jobs.remote, jobs=jobs),
-        mode="SANDBOX",
-        **kw,
-    )
+    return TpuConsoleApp(Services.build(jobs), mode="SANDBOX", **kw)
 
 
 async def cursor_to(app: TpuConsoleApp, pilot, key: str) -> None:
