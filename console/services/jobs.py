@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ class JobService:
         self,
         job: Job,
         node: Node,
-        on_line: LineSink,
+        on_line: LineSink | None,
         *,
         selection: str = "all",
         follow: bool = True,
@@ -320,7 +321,7 @@ class JobService:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if not task.cancelled() and isinstance(task.exception(), NodeGone):
-                        raise task.exception()  # type: ignore[misc]
+                        raise task.exception()
         finally:
             for task in [*tasks, *([watcher] if watcher else [])]:
                 if not task.done():
@@ -418,10 +419,10 @@ class JobService:
             task.cancel()
         for future in nodes.values():
             future.cancel()
-        settled = []
+        settled: list[str] = []
         for task in done:
-            if not task.cancelled() and task.exception() is None and task.result():
-                settled.append(task.result())
+            if not task.cancelled() and task.exception() is None and (note := task.result()):
+                settled.append(note)
         return settled
 
     async def record_results(self, job: Job) -> None:
@@ -446,7 +447,7 @@ class JobService:
                 self.log_path(job.job_id, w.worker).open("rb") as f,
             ):
                 # Runs of whole lines, a long line as its visible part: linear in the copy.
-                for run in bounded_runs(iter(lambda f=f: f.read(_RESULTS_PIECE), b"")):
+                for run in bounded_runs(iter(partial(f.read, _RESULTS_PIECE), b"")):
                     metrics.feed_chunk(w.worker, run)
                     diagnoser.feed_chunk(w.worker, run)
         return metrics, diagnoser.found

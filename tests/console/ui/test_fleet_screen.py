@@ -18,9 +18,10 @@ from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
 from console.services.session import Services
 from console.ui.app import TpuConsoleApp
+from console.ui.confirm_screen import ConfirmScreen
 from console.ui.help_screen import HelpScreen
 from console.ui.node_detail import NodeDetailScreen
-from tests.conftest import DEFAULT_NODES, cursor_to, services_on
+from tests.conftest import DEFAULT_NODES, cursor_to, services_on, until
 
 SIZE = (160, 40)
 
@@ -271,3 +272,24 @@ async def test_the_table_and_detail_show_reserved_timeout_and_a_state_newer_than
         await pilot.press("enter")
         summary = text_of(app.screen.query_one("#summary", Static))
         assert "a state newer than this console's API client" in summary
+
+
+def test_stop_confirmation_snapshot(snap_compare, tmp_path: Path) -> None:
+    """The dialog base of console.tcss: a warning frame over the fleet, centred."""
+    sandbox = Sandbox.start(tmp_path / "snap-home", now=FIXED.timestamp())
+    try:
+        with services_on(sandbox, tmp_path) as services:
+            app = TpuConsoleApp(
+                services, mode="SANDBOX", clock=lambda: FIXED, probe_interval_s=None
+            )
+
+            async def asked(pilot: Pilot) -> None:
+                await settled(pilot)
+                await cursor_to(pilot, "us-central2-b/demo-v4-8")
+                await pilot.press("s")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.pause()
+
+            assert snap_compare(app, terminal_size=(160, 24), run_before=asked)
+    finally:
+        sandbox.stop()
