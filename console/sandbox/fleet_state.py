@@ -476,7 +476,7 @@ class SandboxFleet:
                 state = target.state if target else GONE
                 if state == op.done_state:
                     op.end_time = now
-                elif node is None or state in {"PREEMPTED", "TERMINATED"}:
+                elif target is None or state in {"PREEMPTED", "TERMINATED"}:
                     op.error = f"Node {op.node_name} ended {state} before the {op.verb} finished."
                     op.end_time = now
             if changes:

@@ -361,10 +361,12 @@ class JobService:
         or that the process is still running, or that it vanished without one. A job nobody
         followed would otherwise show `running` until someone did. Returns the job ids settled.
         """
+        if jobs is None:  # every 10 s from the jobs screen: read on a thread, not the loop
+            jobs = await asyncio.to_thread(self.history.recent, 200)
         watched = {j for j, task in self._watchers.items() if not task.done()}
         candidates = [
             j
-            for j in (self.history.recent(200) if jobs is None else jobs)
+            for j in jobs
             if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
         ]
         nodes: dict[str, asyncio.Future] = {}
@@ -492,7 +494,7 @@ class JobService:
         from console.models import FleetError
 
         notes = []
-        for job in self.history.recent(200):
+        for job in await asyncio.to_thread(self.history.recent, 200):
             if not job.open:
                 continue
             if job.status == "launching" and not any(w.pid for w in job.workers):

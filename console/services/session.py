@@ -13,6 +13,7 @@ from console.services.fleet import FleetService
 from console.services.job_monitor import JobMonitor
 from console.services.jobs import JobService
 from console.services.lifecycle import LifecycleService
+from console.services.lock_watch import LockWatch
 from console.services.probe import ProbeService
 from console.services.remote import RemoteService
 
@@ -23,16 +24,19 @@ class Services:
     jobs: JobService
     prober: ProbeService
     lifecycle: LifecycleService
+    locks: LockWatch
 
     @classmethod
     def build(cls, jobs: JobService) -> Services:
         """The usual wiring: every service over the jobs' fan-out, its fleet and its history."""
         fleet = jobs.remote.fleet
+        prober = ProbeService(jobs.remote)
         return cls(
             fleet=fleet,
             jobs=jobs,
-            prober=ProbeService(jobs.remote),
+            prober=prober,
             lifecycle=LifecycleService(fleet, jobs.history, jobs.remote, jobs=jobs),
+            locks=LockWatch(prober),
         )
 
     @property

@@ -6,7 +6,6 @@ Rows are updated by node key, so refreshes never move the cursor or the scroll p
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from datetime import datetime
 
@@ -73,8 +72,6 @@ class FleetScreen(ConsoleScreen[None]):
         self.refreshing = False
         self.last_error: FleetError | None = None
         self.loaded_at: datetime | None = None
-        self.probes: dict[str, list[WorkerProbe]] = {}  # node key -> the latest
-        self.probed_at: dict[str, float] = {}
         self.marked: set[str] = set()
         self._carried_zones: set[str] = set()
 
@@ -320,38 +317,26 @@ class FleetScreen(ConsoleScreen[None]):
         self.app.push_screen(LogScreen(latest))
 
     # ----- the TPU lock column, cleanup and health ---------------------------------------------
-    def lock_status(self, node: Node) -> str:
-        from console.services.probe import node_status
+    @property
+    def probes(self) -> dict[str, list[WorkerProbe]]:
+        """Node key -> its workers' latest probe (the session's, shared with health, cleanup)."""
+        return self.services.locks.probes
 
-        probes = self.probes.get(node.key)
-        return node_status(probes) if probes else "-"
+    def lock_status(self, node: Node) -> str:
+        return self.services.locks.status(node)
 
     def _probe_due_nodes(self) -> None:
         """Probe READY nodes whose last probe is older than the probe interval."""
         if self.app.probe_interval_s is None or self.snapshot is None:
             return  # probing only when asked
-        now = time.monotonic()
-        due = [
-            n
-            for n in self.snapshot.nodes
-            if n.state == "READY"
-            and now - self.probed_at.get(n.key, -1e9) >= self.app.probe_interval_s
-        ]
+        due = self.services.locks.due(self.snapshot.nodes, self.app.probe_interval_s)
         if due:
             self._probe(due)
 
     @work(group="probe")
     async def _probe(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            self.probed_at[node.key] = time.monotonic()
-
-        async def one(node: Node) -> None:
-            try:
-                self.probes[node.key] = await self.services.prober.probe(node)
-            except FleetError as exc:
-                self.notify(f"{node.name}: {exc}", severity="warning")
-
-        await asyncio.gather(*(one(n) for n in nodes))
+        for node, exc in await self.services.locks.probe(nodes):
+            self.notify(f"{node.name}: {exc}", severity="warning")
         self._render_rows()
 
     def action_probe(self) -> None:

@@ -31,6 +31,8 @@ def key_table(screen: Screen) -> Table:
                 )
             else:
                 table.add_row(plain(key), plain(binding.description))
+    # The app's own keys, on every screen.
+    table.add_row(plain(": ctrl+p"), plain("Jump to a node, a screen or an action by name"))
     return table
 
 

@@ -213,7 +213,7 @@ async def test_question_mark_lists_every_key_including_sort_keys(
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = "".join(text_of(s) for s in app.screen.query(Static))
-        for words in ("Refresh", "Filter", "Sort by age", "Sort by name", "Quit"):
+        for words in ("Refresh", "Filter", "Sort by age", "Sort by name", "Quit", "Jump to a node"):
             assert words in text
         await pilot.press("question_mark")
         assert not isinstance(app.screen, HelpScreen)

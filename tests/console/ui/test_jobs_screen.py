@@ -23,6 +23,7 @@ async def test_x_stops_the_job_and_r_runs_it_again(jobs: JobService, services: S
     async with app.run_test(size=(160, 40)) as pilot:
         await pilot.press("j")
         assert isinstance(app.screen, JobsScreen)
+        await until(pilot, lambda: app.screen.query_one("#jobs").row_count == 1)
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmScreen)
         assert f"job {job.job_id}" in str(app.screen.query_one("#confirm").content)
@@ -51,6 +52,8 @@ async def test_the_list_shows_each_jobs_result_or_its_first_known_failure(
         table = app.screen.query_one("#jobs")
         for job in (good, bad):
             await jobs.follow(job, node, lambda w, t: None)
+        # The list is read off the event loop: its rows arrive a moment after the screen.
+        await until(pilot, lambda: bad.job_id in table.rows)
         await until(pilot, lambda: str(table.get_cell(bad.job_id, "result")) != "")
         assert str(table.get_cell(good.job_id, "result")) == "engines=4 wall_sec=1.250"
         assert str(table.get_cell(good.job_id, "status")) == "succeeded"
@@ -86,5 +89,6 @@ async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_i
         await worker_output(jobs.remote, node, f"until [ -f {rc} ]; do sleep 0.05; done")
         await pilot.press("j")
         table = app.screen.query_one("#jobs")
+        await until(pilot, lambda: job.job_id in table.rows)
         await until(pilot, lambda: str(table.get_cell(job.job_id, "status")) == "failed")
         assert str(table.get_cell(job.job_id, "workers")) == "w0=4"

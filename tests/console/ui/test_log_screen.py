@@ -54,6 +54,7 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("j")
         assert isinstance(app.screen, JobsScreen)
+        await until(pilot, lambda: app.screen.query_one("#jobs").row_count == 1)
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, LogScreen)

@@ -86,8 +86,10 @@ async def test_a_job_command_with_inst_tags_opens_the_jobs_list_every_time(
             assert isinstance(app.screen, JobsScreen)
             await until(pilot, lambda: COMMAND in screen_text(app))
             await pilot.press("escape")
-        await pilot.press("j", "d")
-        assert isinstance(app.screen, JobDetailScreen)
+        await pilot.press("j")
+        await until(pilot, lambda: COMMAND in screen_text(app))  # the list, read off the loop
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen))
         assert f"job {job.job_id}" in screen_text(app) and COMMAND in screen_text(app)
     assert app.return_code in (None, 0)
 
