@@ -365,9 +365,7 @@ class JobService:
             jobs = await asyncio.to_thread(self.history.recent, 200)
         watched = {j for j, task in self._watchers.items() if not task.done()}
         candidates = [
-            j
-            for j in jobs
-            if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
+            j for j in jobs if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
         ]
         nodes: dict[str, asyncio.Future] = {}
 
