@@ -278,18 +278,40 @@ class AcceleratorTypeInfo:
     topology: str = ""
 
 
-class FleetError(Exception):
-    """A failure the user can act on: what happened and what to do about it.
+class ConsoleError(Exception):
+    """A failure the user can act on: what happened (`reason`) and what to do (`remedy`).
+
+    `field` names the input at fault (a template parameter, `worker`, a config key) so a form
+    can mark it without reading the text. `main()` prints `str(error)` as one sentence and exits
+    with `exit_code` (2: it could not run); nothing else turns these into exit statuses.
+    """
+
+    def __init__(self, reason: str, remedy: str = "", *, field: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.remedy = remedy
+        self.field = field
+
+    @property
+    def exit_code(self) -> int:
+        return 2
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.remedy}".strip() if self.remedy else self.reason
+
+
+class FleetError(ConsoleError):
+    """A failure from the fleet (the API, the sandbox, the workers).
 
     `code` is the API's gRPC status name (RESOURCE_EXHAUSTED, ...); `kind` what it means for
     the console: quota, stockout, rate_limit, reserved_capacity, unknown_type, pod_stop, or
     "" when the code says it all.
     """
 
-    def __init__(self, reason: str, remedy: str = "", *, code: str = "", kind: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.remedy = remedy
+    def __init__(
+        self, reason: str, remedy: str = "", *, code: str = "", kind: str = "", field: str = ""
+    ) -> None:
+        super().__init__(reason, remedy, field=field)
         self.code = code
         self.kind = kind
 
@@ -298,8 +320,25 @@ class FleetError(Exception):
         """The cloud had no room (capacity, quota or rate): retry later, elsewhere or on-demand."""
         return self.kind in CAPACITY_KINDS
 
-    def __str__(self) -> str:
-        return f"{self.reason} {self.remedy}".strip() if self.remedy else self.reason
+    @property
+    def exit_code(self) -> int:
+        """3 when the cloud had no room (retry later, elsewhere or on-demand), else 2."""
+        return 3 if self.no_room else 2
+
+
+class WorkerSelectionError(FleetError):
+    """A `--worker` value that names no worker of the node (or is not a selection at all).
+
+    A FleetError so that every path that reaches workers (and already says a FleetError in one
+    sentence) says this one too; `field` is "worker" for the forms.
+    """
+
+    def __init__(self, reason: str, remedy: str = "") -> None:
+        super().__init__(reason, remedy, code="INVALID_ARGUMENT", field="worker")
+
+
+class ConfigError(ConsoleError):
+    """A config.toml (or gcloud configuration) the console cannot use; `field` is the key."""
 
 
 CAPACITY_KINDS = frozenset({"quota", "stockout", "rate_limit", "reserved_capacity"})
@@ -323,14 +362,66 @@ def format_age(seconds: float | None) -> str:
 
 
 class SshError(FleetError):
-    """An ssh failure on one worker, with its kind so summaries can group them.
+    """An ssh failure on one worker. Each way it fails is a subclass; `kind` names the class
+    in summaries (`w1 timeout: ...`) and is never matched as text: test with isinstance."""
 
-    kinds: auth, host_key, timeout, refused, lost, key, config
-    """
+    kind = "lost"
 
-    def __init__(self, reason: str, remedy: str = "", *, kind: str = "lost") -> None:
-        super().__init__(reason, remedy, code=kind)
-        self.kind = kind
+    def __init__(self, reason: str, remedy: str = "") -> None:
+        super().__init__(reason, remedy, code=type(self).kind, kind=type(self).kind)
+
+    @property
+    def no_room(self) -> bool:
+        return False
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try on the same connection settings (the link, not the setup)."""
+        return isinstance(self, SshLinkError)
+
+
+class SshAuthError(SshError):
+    """The worker refused who we are (the key, the user, OS Login)."""
+
+    kind = "auth"
+
+
+class SshHostKeyError(SshError):
+    """The worker's host key differs from the published or pinned one."""
+
+    kind = "host_key"
+
+
+class SshKeyError(SshError):
+    """Our own private key cannot be read or used."""
+
+    kind = "key"
+
+
+class SshConfigError(SshError):
+    """The configuration to reach it (a jump host, a proxy, a worker setup) does not work."""
+
+    kind = "config"
+
+
+class SshLinkError(SshError):
+    """The network path failed: worth trying again."""
+
+    kind = "lost"
+
+
+class SshTimeout(SshLinkError):
+    kind = "timeout"
+
+
+class SshRefused(SshLinkError):
+    kind = "refused"
+
+
+class SshLost(SshLinkError):
+    """The connection dropped (or never came up for a reason the others do not name)."""
+
+    kind = "lost"
 
 
 class NodeGone(FleetError):
@@ -342,7 +433,7 @@ class NodeGone(FleetError):
 
 
 def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
-    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason.
+    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises WorkerSelectionError with the reason.
 
     Each range is checked against the node's workers before any is expanded: a typo such as
     `0-999999999` is an error at once, not a billion-element set.
@@ -359,11 +450,13 @@ def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
         except ValueError:
             lo, hi = 0, -1
         if not 0 <= lo <= hi:
-            raise ValueError(f"Bad worker selection {selection!r}: use all, 0, 1,3 or 0-2.")
+            raise WorkerSelectionError(
+                f"Bad worker selection {selection!r}:", "use all, 0, 1,3 or 0-2."
+            )
         if hi >= count:
             first = max(lo, count)
             missing = f"Worker {hi} does" if first == hi else f"Workers {first}-{hi} do"
-            raise ValueError(
+            raise WorkerSelectionError(
                 f"{missing} not exist: the node has {count} "
                 f"worker{'s' if count != 1 else ''} (0-{count - 1})."
             )

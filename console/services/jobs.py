@@ -187,10 +187,7 @@ class JobService:
         targets = {t.worker: t for t in await self.remote.targets(node, "all")}
         wanted = {w.worker for w in job.workers}
         if selection != "all":
-            try:
-                wanted &= set(parse_worker_selection(selection, len(node.workers)))
-            except ValueError as exc:
-                raise FleetError(str(exc)) from None
+            wanted &= set(parse_worker_selection(selection, len(node.workers)))
         return [
             LogStream(
                 self.remote.pool,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
+from console.adapters.ssh_pool import backoff
 from console.adapters.tpu_api import QUOTA_RE
 from console.models import (
     LEAVING_REASONS,
@@ -232,7 +233,8 @@ class LifecycleService:
         """
         problems = request.problems()
         if problems:
-            raise FleetError(" ".join(problems), code="INVALID_ARGUMENT")
+            # Refused here, before the API is asked: no API code to show beside it.
+            raise FleetError(" ".join(problems), field="create")
         request = await self._with_runtime(request, progress)
         notes: list[str] = []
         metadata = self._key_metadata(notes)
@@ -471,19 +473,14 @@ class LifecycleService:
         # As gcloud does: a fresh VM may refuse ssh for a while after READY (sshd starting,
         # keys propagating); retry the link failures, not the auth or host-key ones.
         deadline = time.monotonic() + self.ssh_wait_s
-        delay = 0.1
+        delays = backoff(0.1, 5.0)
         while True:
             node = await self.fleet.get_node(node.zone, node.name)
             result = await self.remote.run(node, "all", "true")
-            retryable = [
-                o
-                for o in result.failed
-                if o.error is not None and o.error.kind in {"refused", "timeout", "lost"}
-            ]
+            retryable = [o for o in result.failed if o.error is not None and o.error.transient]
             if not retryable or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(next(delays))
         ok = tuple(o.worker for o in result.outcomes if o.ok)
         failed = tuple(f"w{o.worker}: {o.describe()}" for o in result.failed)
         detail = "all workers answer" if not failed else "; ".join(failed)

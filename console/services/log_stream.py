@@ -18,16 +18,14 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import FleetError, NodeGone, SshError
+from console.adapters.ssh_pool import SshPool, SshTarget, backoff
+from console.models import FleetError, NodeGone, SshError, SshLost
 from console.services.lines import LineSplitter, decode
 
 LineSink = Callable[[int, str], None]
 # Where the worker is now: its node asked again (addresses, port, host keys), after a lost
 # link. Raises NodeGone when the VM is no more, FleetError when the API cannot say.
 Resolve = Callable[[], Awaitable[SshTarget]]
-# Failures worth waiting out: the link, not the key or the host's identity.
-TRANSIENT = {"lost", "refused", "timeout"}
 COPY_POLL_S = 0.1  # how often a follower that does not write looks for new bytes in the copy
 COPY_PIECE = 1 << 20  # a reader's read from the copy: the lines of a piece are delivered at once
 
@@ -235,7 +233,7 @@ class LogStream:
     ) -> int | None:
         """As the copy's writer: the worker's bytes beyond the copy, into it, resumed on drops."""
         self._outage_started: float | None = None
-        delay = 0.2
+        delays = backoff(0.2, 5.0)
         loop = asyncio.get_running_loop()
         # From the copy's true end: if it lost bytes since this follower read them (deleted
         # meanwhile), they are fetched again for the copy, not delivered twice.
@@ -256,22 +254,20 @@ class LogStream:
             try:
                 result = await self.pool.run(self.target, self._command(follow), on_stdout=take)
                 if result.exit_signal is not None:  # killed, not ended: its VM is going away
-                    raise SshError(
+                    raise SshLost(
                         f"{self.target.label}: the log's reader was killed "
                         f"(SIG{result.exit_signal}).",
-                        kind="lost",
                     )
                 return await self.read_rc() if follow else None
             except SshError as exc:
-                if exc.kind not in TRANSIENT:
+                if not exc.transient:
                     raise
                 now = loop.time()
                 self._outage_started = self._outage_started or now
                 if now - self._outage_started > self.max_outage_s:
                     raise
                 self.reconnects += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(next(delays))
                 await self._resolve_again()
 
     async def _resolve_again(self) -> None:

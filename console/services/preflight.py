@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from console.models import LEAVING_REASONS, Node, parse_worker_selection
+from console.models import LEAVING_REASONS, Node, WorkerSelectionError, parse_worker_selection
 from console.services.probe import WorkerProbe, node_status, odd_lock_note
 from console.services.templates import Template
 
@@ -57,7 +57,7 @@ def preflight(
         )
     try:
         workers = parse_worker_selection(selection, len(node.workers))
-    except ValueError as exc:
+    except WorkerSelectionError as exc:
         checks.append(Check("refuse", str(exc)))
         return checks
     if template.name == "multi-engine":

@@ -242,10 +242,7 @@ class RemoteService:
                 else "Wait for READY, or start the node."
             )
             raise FleetError(f"{node.name} is {node.state}; ssh needs a READY node.", remedy)
-        try:
-            chosen = parse_worker_selection(selection, len(node.workers))
-        except ValueError as exc:
-            raise FleetError(str(exc)) from None
+        chosen = parse_worker_selection(selection, len(node.workers))
         user = await self.access.user_for(node)
         try:
             published = await self.fleet.api.worker_attributes(node.zone, node.name)

@@ -12,6 +12,7 @@ from console.adapters.history_db import HistoryStore
 from console.services.fleet import FleetService
 from console.services.job_monitor import JobMonitor
 from console.services.jobs import JobService
+from console.services.launch import LaunchService
 from console.services.lifecycle import LifecycleService
 from console.services.lock_watch import LockWatch
 from console.services.probe import ProbeService
@@ -25,6 +26,7 @@ class Services:
     prober: ProbeService
     lifecycle: LifecycleService
     locks: LockWatch
+    launcher: LaunchService  # launch and upload, with clean-first: the CLI's own workflow
 
     @classmethod
     def build(cls, jobs: JobService) -> Services:
@@ -37,6 +39,7 @@ class Services:
             prober=prober,
             lifecycle=LifecycleService(fleet, jobs.history, jobs.remote, jobs=jobs),
             locks=LockWatch(prober),
+            launcher=LaunchService(jobs, prober),
         )
 
     @property

@@ -12,6 +12,7 @@ zone), it is the default zone for `create`, as it is for gcloud's single-zone co
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
-from console.models import FleetError
+from console.models import ConfigError, FleetError
 
 DEFAULT_REFRESH_S = 10.0
 
@@ -68,7 +69,7 @@ def read_gcloud_configuration(env: Mapping[str, str], user_home: Path) -> tuple[
         try:
             parser.read(path)
         except configparser.Error as exc:
-            raise FleetError(
+            raise ConfigError(
                 f"Cannot read gcloud configuration {path}: {exc}",
                 f"Fix it with `gcloud config configurations describe {name}`.",
             ) from None
@@ -85,15 +86,63 @@ def tpuconsole_config_path(env: Mapping[str, str], user_home: Path) -> Path:
     return Path(base) / "tpuconsole" / "config.toml"
 
 
+# config.toml's schema: every key the console reads, and the tables that hold more. A key not
+# here is refused with its file and the nearest known key, so a typo (`projcet = "p"`) never
+# quietly drops the user onto the sandbox. The README's "config.toml" sections list the same.
+CONFIG_KEYS: dict[str, object] = {
+    "project": str,
+    "zones": list,
+    "zone": str,
+    "refresh_interval": float,
+    "api_endpoint": str,
+    "ssh": {
+        "user": str,
+        "key": str,
+        "port": int,
+        "internal_ip": bool,
+        "tunnel_through_iap": bool,
+        "os_login": (bool, str),
+        "jump_host": str,
+        "proxy_command": str,
+    },
+}
+
+
+def check_config_keys(doc: dict, path: Path, schema: dict | None = None, prefix: str = "") -> None:
+    """Refuse a key the console does not know, naming the file and the closest known key."""
+    schema = CONFIG_KEYS if schema is None else schema
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
+            hint = (
+                f"Did you mean {prefix}{close[0]}?"
+                if close
+                else ("Known keys: " + ", ".join(f"{prefix}{k}" for k in schema) + ".")
+            )
+            raise ConfigError(f"Unknown key {name!r} in {path}.", hint, field=name)
+        inner = schema[key]
+        if isinstance(inner, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{name} in {path} must be a table ([{name}]), not {value!r}.",
+                    f"Write its keys under a [{name}] line.",
+                    field=name,
+                )
+            check_config_keys(value, path, inner, prefix=f"{name}.")
+
+
 def read_tpuconsole_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise FleetError(
+        raise ConfigError(
             f"Cannot read {path}: {exc}.", "Fix the file (it is TOML) or move it away."
         ) from None
+    check_config_keys(doc, path)
+    return doc
 
 
 def _zones_setting(ours: dict, path: Path) -> list[str]:
@@ -103,9 +152,10 @@ def _zones_setting(ours: dict, path: Path) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
-        raise FleetError(
+        raise ConfigError(
             f"{key} in {path} must be a list of zone names, not {value!r}.",
             'Write e.g. zones = ["us-central2-b", "europe-west4-a"].',
+            field=key,
         )
     return value
 
@@ -170,21 +220,25 @@ def resolve_settings(
     use_sandbox = sandbox or not chosen_project
     refresh = ours.get("refresh_interval", DEFAULT_REFRESH_S)
     if not isinstance(refresh, (int, float)) or refresh <= 0:
-        raise FleetError(
+        raise ConfigError(
             f"refresh_interval in {toml_path} must be a positive number of seconds.",
             "Set e.g. refresh_interval = 10.",
+            field="refresh_interval",
         )
     ssh = ours.get("ssh", {}) if isinstance(ours.get("ssh", {}), dict) else {}
     port = ssh.get("port", 0)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise FleetError(
-            f"ssh.port in {toml_path} must be a port number.", "Set e.g. port = 22 under [ssh]."
+        raise ConfigError(
+            f"ssh.port in {toml_path} must be a port number.",
+            "Set e.g. port = 22 under [ssh].",
+            field="ssh.port",
         )
     os_login = str(ssh.get("os_login", "auto")).lower()
     if os_login not in {"auto", "true", "false"}:
-        raise FleetError(
+        raise ConfigError(
             f'ssh.os_login in {toml_path} must be true, false or "auto".',
             "Leave it out of [ssh] to follow each node's enable-oslogin metadata.",
+            field="ssh.os_login",
         )
     return Settings(
         project=chosen_project,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import FleetError, Node, SshError
+from console.models import FleetError, Node, SshAuthError, SshError
 from console.services.fleet import FleetService
 
 SSH_KEYS = "ssh-keys"
@@ -132,8 +132,8 @@ class SshAccess:
         except SshError:
             raise
         except FleetError as exc:  # the pool reports ssh failures only, one per worker
-            raise SshError(
-                f"{target.label}: the VM refused your key; {exc.reason}", exc.remedy, kind="auth"
+            raise SshAuthError(
+                f"{target.label}: the VM refused your key; {exc.reason}", exc.remedy
             ) from None
 
     async def _grant(self, target: SshTarget) -> bool:
@@ -170,16 +170,14 @@ class SshAccess:
             await api.wait_operation(operation, timeout_s=120, poll_s=0.2)
         except FleetError as exc:
             if exc.code != "PERMISSION_DENIED":
-                raise SshError(
+                raise SshAuthError(
                     f"{target.label}: the VM refused your key, and adding it to {node.name}'s "
                     f"metadata failed: {exc.reason}",
                     exc.remedy,
-                    kind="auth",
                 ) from None
-            raise SshError(
+            raise SshAuthError(
                 f"{target.label}: the VM refused your key, and you may not add it to "
                 f"{node.name}'s metadata (permission tpu.nodes.update denied).",
                 "Ask for a role with tpu.nodes.update (roles/tpu.admin), or have someone add "
                 f"`{self.entry()}` to the node's or the project's ssh-keys metadata.",
-                kind="auth",
             ) from None

@@ -32,7 +32,9 @@ class Param:
             return None
         text = str(raw)
         if "\0" in text:
-            raise FleetError(f"{self.name}: a NUL character cannot be passed to a program.")
+            raise FleetError(
+                f"{self.name}: a NUL character cannot be passed to a program.", field=self.name
+            )
         try:
             if self.kind == "int":
                 value: Any = int(text)
@@ -46,14 +48,16 @@ class Param:
                 value = text
         except ValueError:
             raise FleetError(
-                f"{self.name}: {text!r} is not a valid {self.kind}.", self.help
+                f"{self.name}: {text!r} is not a valid {self.kind}.", self.help, field=self.name
             ) from None
         if self.choices and value not in self.choices:
-            raise FleetError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}.")
+            raise FleetError(
+                f"{self.name}: {value!r} is not one of {', '.join(self.choices)}.", field=self.name
+            )
         if self.minimum is not None and value < self.minimum:
-            raise FleetError(f"{self.name}: {value} is below {self.minimum}.")
+            raise FleetError(f"{self.name}: {value} is below {self.minimum}.", field=self.name)
         if self.maximum is not None and value > self.maximum:
-            raise FleetError(f"{self.name}: {value} is above {self.maximum}.")
+            raise FleetError(f"{self.name}: {value} is above {self.maximum}.", field=self.name)
         return value
 
 
@@ -120,7 +124,9 @@ class Template:
             command = str(values.get("command") or "").strip()
             if not command:
                 raise FleetError(
-                    f"{self.name}: give the command to run.", "Example: command=nvidia-smi"
+                    f"{self.name}: give the command to run.",
+                    "Example: command=nvidia-smi",
+                    field="command",
                 )
             return replace(_with_environment((), values), script=command)
         argv = list(self.program)
@@ -156,7 +162,11 @@ RUNNERS_PRELUDE = 'export PYTHONPATH="$HOME/.tpuconsole/runners${PYTHONPATH:+:$P
 def _sync(values: Mapping[str, Any]) -> Rendered:
     local = str(values.get("local_dir") or "").strip()
     if not local:
-        raise FleetError("sync: give the local folder to upload.", "Example: local_dir=~/plugins")
+        raise FleetError(
+            "sync: give the local folder to upload.",
+            "Example: local_dir=~/plugins",
+            field="local_dir",
+        )
     remote = str(values.get("remote_dir") or "").strip() or default_remote_dir(local)
     return Rendered((), {}, upload=(local, remote))
 

@@ -18,10 +18,6 @@ from textual.binding import Binding
 from textual.notifications import SeverityLevel
 
 from console.models import FleetError
-from console.services.fleet import FleetService
-from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService
-from console.services.probe import ProbeService
 from console.services.session import Services
 from console.ui.commands import ConsoleCommands
 from console.ui.fleet_screen import FleetScreen
@@ -61,23 +57,6 @@ class TpuConsoleApp(App[None]):
         # The other processes on the sandbox this console serves, which quitting would strand
         # (None: it serves none).
         self.others_using = others_using
-
-    # The workflows H16a moves into services/ still say `self.app.prober`: the same services.
-    @property
-    def fleet(self) -> FleetService:
-        return self.services.fleet
-
-    @property
-    def jobs(self) -> JobService:
-        return self.services.jobs
-
-    @property
-    def prober(self) -> ProbeService:
-        return self.services.prober
-
-    @property
-    def lifecycle(self) -> LifecycleService:
-        return self.services.lifecycle
 
     def now(self) -> datetime:
         return self._clock()

@@ -11,10 +11,21 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.models import FleetError, Node, WorkerPlan
-from console.services.probe import describe_kill, describe_lock, node_status, plan_for
+from console.models import FleetError, Node
+from console.present.cleanup import plan_entries, result_entries
+from console.services.probe import CleanupPlan
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import lines, styled
+
+# How the shared wording (console/present/cleanup.py) is coloured here.
+TONES = {
+    "unreachable": "red",
+    "step": "yellow",
+    "note": "dim",
+    "clean": "",
+    "done": "green",
+    "not_done": "red",
+}
 
 
 class CleanupScreen(ConsoleModal[dict | None]):
@@ -27,7 +38,7 @@ class CleanupScreen(ConsoleModal[dict | None]):
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__()
         self.nodes = nodes
-        self.plans: dict[str, list[WorkerPlan]] = {}
+        self.plans: dict[str, CleanupPlan] = {}
         self.after: dict[str, list] = {}
         self.state = "probing"  # probing | confirm | nothing | running | done
         self.shown = Text()
@@ -47,41 +58,30 @@ class CleanupScreen(ConsoleModal[dict | None]):
 
     @work(exclusive=True, group="cleanup")
     async def _make_plans(self) -> None:
-        prober = self.app.prober
+        prober = self.services.prober
         out: list[Text | str] = [Text("Kill stale: the plan", style="bold"), ""]
 
-        async def one(node: Node):
+        async def one(node: Node) -> tuple[Node, CleanupPlan | None, FleetError | None]:
             try:
-                return node, await prober.probe(node), None
+                return node, await prober.plan_cleanup(node), None
             except FleetError as exc:
-                return node, [], exc
+                return node, None, exc
 
-        for node, probes, error in await asyncio.gather(*(one(n) for n in self.nodes)):
+        for node, plan, error in await asyncio.gather(*(one(n) for n in self.nodes)):
             out.append(
                 styled(
                     (node.name, "bold"),
-                    f" ({node.zone}): {node_status(probes) if not error else 'unreachable'}",
+                    f" ({node.zone}): {plan.status if plan is not None else 'unreachable'}",
                 )
             )
-            if error is not None:
+            if plan is None:
                 out.append(styled("  ", (str(error), "red")))
                 continue
-            self.after[node.key] = probes
-            plans = [plan_for(p.report) for p in probes if p.report is not None]
-            self.plans[node.key] = plans
-            for probe in probes:
-                if probe.report is None:
-                    out.append(
-                        styled(f"  w{probe.worker}: ", (f"unreachable: {probe.error}", "red"))
-                    )
-            for plan in plans:
-                for step in plan.kills:
-                    out.append(styled(f"  w{plan.worker}: ", (describe_kill(step), "yellow")))
-                for lock in plan.locks:
-                    out.append(styled(f"  w{plan.worker}: ", (describe_lock(lock), "yellow")))
-                for note in plan.notes:
-                    out.append(styled(f"  w{plan.worker}: ", (note, "dim")))
-        todo = any(not p.empty for plans in self.plans.values() for p in plans)
+            self.after[node.key] = list(plan.probes)
+            self.plans[node.key] = plan
+            for entry in plan_entries(plan, say_clean=False):
+                out.append(styled(f"  w{entry.worker}: ", (entry.text, TONES[entry.tone])))
+        todo = any(plan.todo for plan in self.plans.values())
         out.append("")
         if todo:
             self.state = "confirm"
@@ -107,25 +107,24 @@ class CleanupScreen(ConsoleModal[dict | None]):
 
     @work(exclusive=True, group="cleanup")
     async def _run(self) -> None:
-        prober = self.app.prober
+        prober = self.services.prober
         out: list[Text | str] = [Text("Kill stale: what happened", style="bold"), ""]
         for node in self.nodes:
-            plans = [p for p in self.plans.get(node.key, []) if not p.empty]
-            if not plans:
+            plan = self.plans.get(node.key)
+            if plan is None or not plan.todo:
                 continue
             try:
-                results, after = await prober.execute(node, plans)
+                done = await prober.clean(plan)
             except FleetError as exc:
                 out.append(styled((node.name, "bold"), ": ", (str(exc), "red")))
                 continue
-            by_worker = {p.worker: p for p in self.after.get(node.key, [])}
-            by_worker.update({p.worker: p for p in after})
-            self.after[node.key] = [by_worker[w] for w in sorted(by_worker)]
-            out.append(styled((node.name, "bold"), f": now {node_status(self.after[node.key])}"))
-            for r in results:
-                mark = ("done:", "green") if r.done else ("NOT DONE:", "red")
-                extra = " (needs root)" if r.needs_root else ""
-                out.append(styled(f"  w{r.worker}: ", mark, f" {r.result}{extra}"))
+            self.after[node.key] = done.now
+            out.append(styled((node.name, "bold"), f": now {done.status}"))
+            for entry in result_entries(done):
+                word, _, rest = entry.text.partition(": ")
+                out.append(
+                    styled(f"  w{entry.worker}: ", (f"{word}:", TONES[entry.tone]), f" {rest}")
+                )
         out += ["", styled(("enter", "bold"), " or esc closes")]
         self.state = "done"
         self.shown = lines(out)

@@ -88,6 +88,8 @@ class CreateScreen(ConsoleModal[CreateRequest | None]):
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
             return
+        if not self.is_attached:  # closed while the API answered
+            return
         self._versions = versions
         version_select = self.query_one("#version", Select)
         version_select.set_options(choices(versions))

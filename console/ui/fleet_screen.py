@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -30,6 +31,9 @@ from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import lines, styled
 from console.ui.widgets.fleet_table import FleetTable
 from console.ui.widgets.ops_panel import OpsPanel
+
+if TYPE_CHECKING:
+    from console.ui.launch_screen import LaunchChoice
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
 
@@ -365,7 +369,7 @@ class FleetScreen(ConsoleScreen[None]):
         from console.ui.cleanup_screen import CleanupScreen
 
         nodes = [n for n in self._chosen_nodes() if n.state == "READY"]
-        if self.app.prober is None or not nodes:
+        if not nodes:
             self.notify("Choose a READY node (space marks several).", severity="warning")
             return
         self.app.push_screen(CleanupScreen(nodes), self._after_cleanup)
@@ -516,59 +520,46 @@ class FleetScreen(ConsoleScreen[None]):
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
 
-    async def _upload(self, node: Node, selection: str, local: str, remote_dir: str) -> None:
-        """The sync template: no job, a notification per outcome."""
-        from pathlib import Path
-
-        from console.services.shipping import Shipper
-
-        self.notify(f"Uploading {local} to {remote_dir} on {node.name}…")
-        outcomes = await Shipper(self.app.jobs.remote).upload(
-            node, selection, Path(local).expanduser(), remote_dir
-        )
-        failed = [o for o in outcomes if o.failed]
-        self.notify(
-            f"{local} -> {node.name}:{remote_dir}\n" + "\n".join(o.describe() for o in outcomes),
-            severity="error" if failed else "information",
-            timeout=15 if failed else 6,
-        )
-
-    def _launch(self, node: Node, choice) -> None:
+    def _launch(self, node: Node, choice: LaunchChoice | None) -> None:
         if choice is not None:
             self._run_launch(node, choice)
 
     @work(group="launch")
-    async def _run_launch(self, node: Node, choice) -> None:
-        from console.services.probe import plan_for
+    async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:
+        """The form's choice through the launch service: clean first if it offered, then the
+        upload or the job (its logs open); any failure is one notification."""
+        from console.present.launch import not_started, upload_lines
+        from console.services.launch import LaunchPlan
         from console.ui.log_screen import LogScreen
 
+        launcher = self.services.launcher
+        plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
+        if plan.rendered.upload is not None:
+            self.notify(f"Uploading {plan.rendered.upload[0]} on {node.name}…")
         try:
-            if choice.clean_first and self.app.prober is not None:
-                probes = await self.app.prober.probe(node, choice.selection)
-                plans = [plan_for(p.report) for p in probes if p.report and not p.report.clean]
-                await self.app.prober.execute(node, [p for p in plans if not p.empty])
-            if choice.rendered.upload:
-                await self._upload(node, choice.selection, *choice.rendered.upload)
-                return
-            job = await self.app.jobs.launch(
-                node,
-                choice.selection,
-                choice.rendered.shell(),
-                kind=choice.kind,
-                env=choice.rendered.env,
-                params=choice.params,
-                ship_runners=choice.rendered.ship_runners,
-            )
+            cleanup = await launcher.plan_cleanup(plan) if choice.clean_first else None
+            launched = await launcher.start(plan, cleanup=cleanup)
         except FleetError as exc:
-            self.notify(
-                f"Launch on {node.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
-            )
+            self.notify(f"Launch on {node.name}: {exc}", severity="error", timeout=30)
             return
-        if job.status == "failed":
+        if launched.cleanup is not None and not launched.cleanup.done:
             self.notify(
-                f"Job {job.job_id} did not start: "
-                + "; ".join(f"w{w.worker}: {w.error}" for w in job.workers if w.error),
+                f"Cleanup on {node.name} left the TPU held ({launched.cleanup.status}); "
+                "nothing launched. K shows the plan.",
                 severity="error",
+                timeout=30,
             )
             return
-        self.app.push_screen(LogScreen(job))
+        if plan.rendered.upload is not None:
+            said = upload_lines(*plan.rendered.upload, launched.uploads)
+            self.notify(
+                "\n".join(line for line, _ in said),
+                severity="error" if launched.failed else "information",
+                timeout=15 if launched.failed else 6,
+            )
+            return
+        assert launched.job is not None
+        if launched.failed:
+            self.notify(not_started(launched), severity="error")
+            return
+        self.app.push_screen(LogScreen(launched.job))

@@ -88,10 +88,10 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
     @work(exclusive=True, group="launch-probe")
     async def _probe(self) -> None:
         """Stale TPU state on the workers turns into an offer in the checks."""
-        if self.app.prober is None or self.node.state != "READY":
+        if self.node.state != "READY":
             return
         try:
-            self.probes = await self.app.prober.probe(self.node)
+            self.probes = await self.services.prober.probe(self.node)
         except FleetError:
             self.probes = []
         self._refresh()
@@ -177,8 +177,7 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
         except FleetError as exc:
             self.error = f"{exc.reason} {exc.remedy}".strip()
             self.checks = []
-            name = exc.reason.split(":", 1)[0]
-            for field in self.query(f"#p-{name}"):
+            for field in self.query(f"#p-{exc.field}") if exc.field else ():
                 field.add_class("-bad")
             checks_box.update(Text(self.error, style="red"))
             command_box.update("")

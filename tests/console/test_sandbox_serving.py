@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from console.adapters.history_db import HistoryStore
-from console.fleet_source import open_fleet_source
 from console.sandbox.runtime import Sandbox, home_claimed, read_served_endpoint
 from console.services.jobs import JobService
 from console.services.session import Services
 from console.services.settings import resolve_settings
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
+from console.wiring import open_fleet_source
 from tests.conftest import FAST, until
 
 LIMIT_S = 120.0  # turns a hang into a failure; none of these waits is a measurement

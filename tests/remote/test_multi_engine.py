@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end through the real runner: minutes
+
 pytest.importorskip("jax")
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("TPUCONSOLE_")}

@@ -18,7 +18,10 @@ from console.cli import main as tpuconsole
 from console.sandbox.engine_env import CHECKOUT, TINY_LLAMA, engine_env
 
 ENGINE = engine_env()
-pytestmark = pytest.mark.skipif(not ENGINE.ready(), reason=ENGINE.missing())
+pytestmark = [
+    pytest.mark.skipif(not ENGINE.ready(), reason=ENGINE.missing()),
+    pytest.mark.slow,
+]
 
 # The seeds' tiny-llama run, small: one token, a 128-token context, one request per engine.
 TINY = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from console.models import FleetError
+from console.models import ConsoleError
 from console.services.settings import resolve_settings
 
 
@@ -78,7 +78,7 @@ def test_sandbox_flag_wins_over_a_configured_project(tmp_path: Path) -> None:
 
 def test_a_broken_config_file_says_which_file_and_what_to_do(tmp_path: Path) -> None:
     env = _ours(tmp_path, "project = \n")
-    with pytest.raises(FleetError) as err:
+    with pytest.raises(ConsoleError) as err:
         resolve_settings(env=env, user_home=tmp_path)
     assert "config.toml" in err.value.reason and "TOML" in err.value.remedy
 
@@ -97,7 +97,7 @@ def test_ssh_is_reached_as_configured_under_ssh(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line", ['port = "ssh"', "port = 70000", 'os_login = "maybe"'])
 def test_a_bad_ssh_setting_is_refused_with_the_fix(tmp_path: Path, line: str) -> None:
     env = _ours(tmp_path, f"[ssh]\n{line}\n")
-    with pytest.raises(FleetError) as err:
+    with pytest.raises(ConsoleError) as err:
         resolve_settings(env=env, user_home=tmp_path)
     assert "ssh." in err.value.reason and "[ssh]" in err.value.remedy
 
@@ -109,3 +109,31 @@ def test_the_os_login_account_is_gclouds_core_account(tmp_path: Path) -> None:
     assert resolve_settings(env=env, user_home=tmp_path).account == "bob@example.com"
     env |= {"CLOUDSDK_CORE_ACCOUNT": "carol@example.com"}
     assert resolve_settings(env=env, user_home=tmp_path).account == "carol@example.com"
+
+
+def test_a_misspelt_key_is_refused_with_its_file_and_the_key_meant(tmp_path: Path) -> None:
+    """`projcet = "p"` used to be ignored: the console opened on the sandbox as if unset."""
+    env = _ours(tmp_path, 'projcet = "p"\n')
+    with pytest.raises(ConsoleError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "'projcet'" in err.value.reason and "config.toml" in err.value.reason
+    assert err.value.remedy == "Did you mean project?"
+    assert err.value.field == "projcet"
+
+
+def test_a_misspelt_key_under_ssh_names_its_table(tmp_path: Path) -> None:
+    env = _ours(tmp_path, '[ssh]\nproxy_comand = "x"\n')
+    with pytest.raises(ConsoleError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "'ssh.proxy_comand'" in err.value.reason
+    assert err.value.remedy == "Did you mean ssh.proxy_command?"
+
+
+def test_every_key_the_readme_shows_is_in_the_schema(tmp_path: Path) -> None:
+    """The README's example config.toml passes the schema as it is written there."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    assert blocks, "the README shows config.toml"
+    for block in blocks:
+        env = _ours(tmp_path, block)
+        resolve_settings(env=env, user_home=tmp_path)

@@ -16,7 +16,10 @@ SIZE = (160, 40)
 
 
 def listed(app: TpuConsoleApp) -> list[str]:
-    """The palette's entries as the user reads them (the name of each, in order)."""
+    """The palette's entries as the user reads them (the name of each, in order); none while
+    the palette is not the screen shown."""
+    if not isinstance(app.screen, CommandPalette):
+        return []
     return [str(option.hit.text) for option in app.screen.query_one(CommandList).options]
 
 
@@ -84,12 +87,12 @@ async def test_the_palette_lists_the_screens_the_nodes_and_the_actions(
         for action in ("Refresh", "Filter", "Launch", "Create", "Stop", "Kill stale", "Help"):
             assert action in names
         # Typing narrows it; choosing an action runs it on the screen underneath.
-        await pilot.press(*"creat")
-        await until(pilot, lambda: listed(app)[:1] == ["Create"])
+        fleet = app.screen_stack[-2]
+        assert isinstance(fleet, FleetScreen) and fleet.sort_column == "zone"
+        await pilot.press(*"sort")
+        await until(pilot, lambda: listed(app)[:1] == ["Sort"])
         await pilot.press("enter")
-        from console.ui.create_screen import CreateScreen
-
-        await until(pilot, lambda: isinstance(app.screen, CreateScreen))
+        await until(pilot, lambda: fleet.sort_column != "zone")  # `o`: the next sort column
 
 
 async def test_a_colon_typed_into_the_filter_stays_in_the_filter(services: Services) -> None:

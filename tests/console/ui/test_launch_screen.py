@@ -92,6 +92,23 @@ async def test_a_custom_command_with_commas_and_quotes_runs_as_typed(
         assert jobs.get(job.job_id).params == {"command": "echo 'a, b' \"$((6 * 7))\""}
 
 
+async def test_the_bad_field_is_marked_from_the_errors_field_not_its_text(
+    jobs: JobService,
+) -> None:
+    """An empty custom command's error begins "custom:" (the template), not the field's name:
+    the form marks the command field because the error names it as its `field`."""
+    app = console(jobs)
+    async with app.run_test(size=(160, 50)) as pilot:
+        form = await open_form(app, pilot, "us-central2-b/demo-v4-8")
+        form.query_one("#template", Select).value = "custom"
+        await until(pilot, lambda: bool(form.query("#p-command")))
+        await until(pilot, lambda: form.query_one("#p-command").has_class("-bad"))
+        assert "give the command to run" in str(form.query_one("#launch-checks", Static).content)
+        form.query_one("#p-command", Input).focus()
+        await pilot.press(*"hostname")
+        assert not form.query_one("#p-command").has_class("-bad")
+
+
 async def test_the_form_works_with_choices_left_empty_and_presets_that_skip_them(
     jobs: JobService,
 ) -> None:

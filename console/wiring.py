@@ -1,19 +1,28 @@
-"""Which fleet the console talks to: the sandbox (served here or joined) or Google Cloud.
+"""The console's wiring: which fleet it talks to, and every service opened and closed together.
 
-The one place that may start the sandbox; everything after it sees only a FleetService. A
-process on the sandbox registers itself as one of its users, and follows it when it is served
-again elsewhere (a new API address, ssh port, or a background server started just now).
+Which fleet: the sandbox (served here or joined) or Google Cloud. The one place that may start
+the sandbox; everything after it sees only a FleetService. A process on the sandbox registers
+itself as one of its users, and follows it when it is served again elsewhere (a new API address,
+ssh port, or a background server started just now).
+
+Every service: `open_services()` is the one async context manager the CLI's commands run in
+(and `Services.build` what the TUI is handed): the fleet, the ssh fan-out, the job history
+(opened on first use, so `ls` never fails on a damaged history), jobs, probes, lifecycle and
+launches; leaving it closes each once, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from console.adapters.history_db import HistoryDamaged, HistoryStore
 from console.adapters.os_login import OsLoginApi, adc_account
 from console.adapters.ssh_pool import SshOptions
 from console.adapters.tpu_api import TpuApi
@@ -27,6 +36,10 @@ from console.sandbox.serving import (
     users,
 )
 from console.services.fleet import FleetService
+from console.services.jobs import JobService
+from console.services.launch import LaunchService
+from console.services.lifecycle import LifecycleService
+from console.services.probe import ProbeService
 from console.services.remote import RemoteService
 from console.services.settings import Settings
 
@@ -206,3 +219,113 @@ def open_fleet_source(settings: Settings, *, serve_here: bool = False) -> FleetS
     if source.joined:
         fleet.relink = source.relink
     return source
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How ssh reaches the workers for one command (the flags beside the configuration)."""
+
+    internal_ip: bool = False
+    iap: bool = False
+
+
+def open_history(
+    settings: Settings, *, fresh: bool = False, say: Callable[[str], None]
+) -> HistoryStore:
+    """The job history; a damaged one is refused (a copy kept) unless `fresh` says go."""
+    path = settings.home / "history.db"
+    try:
+        return HistoryStore(path)
+    except HistoryDamaged as exc:
+        if not fresh:
+            raise
+        HistoryStore.set_aside(path)
+        say(f"started a fresh job history; the damaged one is kept at {exc.copy}")
+        return HistoryStore(path)
+
+
+@dataclass(eq=False)
+class Services:
+    """Every service of one console process, built on one FleetSource."""
+
+    source: FleetSource
+    remote: RemoteService
+    fresh_history: bool = False
+    say: Callable[[str], None] = lambda _text: None
+
+    @classmethod
+    def build(
+        cls,
+        source: FleetSource,
+        *,
+        reach: Reach = Reach(),
+        fresh_history: bool = False,
+        say: Callable[[str], None] | None = None,
+        history: HistoryStore | None = None,
+    ) -> Services:
+        """`say` hears what the fan-out does to reach the VMs (the CLI prints it on stderr;
+        the TUI passes none, its screen being the terminal, and opens `history` itself)."""
+        remote = source.remote(internal_ip=reach.internal_ip, iap=reach.iap)
+        if say is not None:
+            remote.notices.append(say)
+        services = cls(source, remote, fresh_history, say or (lambda _text: None))
+        if history is not None:
+            services.__dict__["history"] = history  # the cached_property's slot
+        return services
+
+    @property
+    def settings(self) -> Settings:
+        return self.source.settings
+
+    @property
+    def fleet(self) -> FleetService:
+        return self.source.fleet
+
+    @cached_property
+    def history(self) -> HistoryStore:
+        return open_history(self.settings, fresh=self.fresh_history, say=self.say)
+
+    @cached_property
+    def jobs(self) -> JobService:
+        return JobService(self.remote, self.history, self.settings.home)
+
+    @cached_property
+    def prober(self) -> ProbeService:
+        return ProbeService(self.remote)
+
+    @cached_property
+    def lifecycle(self) -> LifecycleService:
+        return LifecycleService(self.fleet, self.history, self.remote, jobs=self.jobs)
+
+    @cached_property
+    def launcher(self) -> LaunchService:
+        return LaunchService(self.jobs, self.prober)
+
+    async def aclose(self) -> None:
+        """ssh first (it may still ask the API), then the API, then the history."""
+        try:
+            await self.remote.close()
+            await self.fleet.close()
+        finally:
+            if "history" in self.__dict__:
+                self.history.close()
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    reach: Reach = Reach(),
+    fresh_history: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> AsyncIterator[Services]:
+    """Every service for one command, closed on the way out whatever happens."""
+    source = open_fleet_source(settings)
+    try:
+        services = Services.build(source, reach=reach, fresh_history=fresh_history, say=say)
+        try:
+            yield services
+        finally:
+            await services.aclose()
+    finally:
+        source.close()
