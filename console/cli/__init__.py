@@ -61,8 +61,11 @@ def command_for(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]
 def error_sentence(exc: ConsoleError) -> str:
     """What the user reads: the reason and the remedy, and the API's code when it has one."""
     code = getattr(exc, "code", "")
-    shown = f" [{code}]" if isinstance(exc, FleetError) and code and code.isupper() else ""
-    return f"{exc}{shown}"
+    said = str(exc)
+    if isinstance(exc, FleetError) and code and code.isupper():
+        stop = "." if said.endswith(".") else ""  # the code inside the sentence, before its stop
+        said = f"{said.removesuffix('.')} [{code}]{stop}"
+    return said
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,10 +93,11 @@ class FleetService:
             z for z in zones if now - self._no_access.get(z, -self.recheck_s) >= self.recheck_s
         )
 
-    async def _check_empty_zones(self, empty: Sequence[str]) -> None:
-        """A zone that lists no node must be one of the project's: `--zone nowhere-1` is a typo,
-        not an empty zone. Asked only then, and once per zone."""
-        unsure = [z for z in empty if z not in self._real_zones]
+    async def _check_unknown_zones(self, doubtful: Sequence[str]) -> None:
+        """A zone that lists no node or refuses must be one of the project's to be shown so:
+        `--zone nowhere-1` is a typo, not an empty or forbidden zone. ListLocations is asked
+        only then, and once per zone."""
+        unsure = [z for z in doubtful if z not in self._real_zones]
         if not unsure:
             return
         try:
@@ -156,8 +157,11 @@ class FleetService:
             else:
                 nodes.extend(result)
         answered = {n.zone for n in nodes} | {f.zone for f in failures}
-        empty = [z for z in wanted if z not in answered and z not in self._no_access]
-        await self._check_empty_zones(empty)
+        doubtful = [z for z in wanted if z not in answered and z not in self._no_access]
+        if not discovering:  # a zone the user named that refuses may be a typo: Google says
+            # "Location X is not found or access is unauthorized" for both
+            doubtful += [f.zone for f in failures if f.code in NO_ACCESS_CODES]
+        await self._check_unknown_zones(doubtful)
         legacy = tuple(sorted(n.key for n in nodes if n.legacy))
         shown = sorted((n for n in nodes if not n.legacy), key=lambda n: (n.zone, n.name))
         no_access = tuple(z for z in known if z in self._no_access) if discovering else ()

@@ -293,7 +293,7 @@ def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFi
         )  # 3: the cloud had no room
         err = capsys.readouterr().err
         assert "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI" in err
-        assert err.rstrip().endswith("[RESOURCE_EXHAUSTED]")
+        assert err.rstrip().endswith("[RESOURCE_EXHAUSTED].")
         assert main(["stop", "cli-node", "--yes"]) == 0
         assert "cli-node: STOPPED" in capsys.readouterr().out
         assert main(["start", "cli-node"]) == 0

@@ -327,7 +327,9 @@ def test_ctrl_c_during_create_wait_says_the_create_goes_on_and_how_to_follow_it(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert create.stdout is not None
-        assert create.stdout.readline().startswith("create sig-node: CREATING")
+        said = create.stdout.readline()  # the runtime the type's generation takes comes first
+        assert said.startswith("create sig-node: RUNTIME") and "(default for v4)" in said
+        assert create.stdout.readline().startswith("create sig-node (on-demand): CREATING")
         rc, err = _interrupt(create)
         assert rc == 130
         assert one_sentence(err) == (

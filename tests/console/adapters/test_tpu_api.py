@@ -9,6 +9,7 @@ from console.adapters.tpu_api import CallPolicy, TpuApi, node_from_message
 from console.models import FleetError
 from console.sandbox.fleet_state import SandboxNode
 from console.sandbox.runtime import Sandbox
+from console.services.runtimes import default_runtime
 
 ZONE = "us-central2-b"
 
@@ -236,8 +237,9 @@ async def test_spot_quota_refusals_name_each_generations_metric(
         ("us-central1-a", "v5litepod-8", "TPUV5sPreemptibleLitepodPerProjectPerRegionForTPUAPI"),
     ]:
         sandbox.fleet.spot_chip_quota[zone] = 0
+        version = default_runtime(kind)  # a version the zone lists: the quota is what refuses
         with pytest.raises(FleetError) as err:
-            await api.create_node(zone, "spotty", kind, "x", spot=True)
+            await api.create_node(zone, "spotty", kind, version, spot=True)
         region = zone.rsplit("-", 1)[0]
         assert err.value.reason.endswith(
             f"Quota limit '{metric}' has been exceeded. Limit: 0 in region {region}."

@@ -50,9 +50,9 @@ async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) ->
         await pilot.press("ctrl+u", *"form-made", "tab", *"team=rl", "ctrl+s")
         assert not isinstance(app.screen, CreateScreen)
         await until(pilot, lambda: rows(app).get("us-central1-a/form-made") == "READY")
-        node = await app.fleet.get_node("us-central1-a", "form-made")
+        node = await app.services.fleet.get_node("us-central1-a", "form-made")
         assert node.labels == {"team": "rl"} and node.accelerator_type == "v3-8"
-        history = app.lifecycle.history
+        history = app.services.lifecycle.history
 
         def kinds() -> list[str]:
             return [e.kind for e in history.events_for("us-central1-a", "form-made")]
@@ -60,6 +60,27 @@ async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) ->
         # READY shows as soon as a refresh sees it; the create flow then checks ssh.
         await until(pilot, lambda: "ssh" in kinds())
         assert kinds()[0] == "create"
+
+
+async def test_the_create_form_picks_each_generations_runtime_as_the_type_changes(
+    app: TpuConsoleApp,
+) -> None:
+    """europe-west4-a offers v5e, v3 and v6e: each type brings its generation's image."""
+    async with app.run_test(size=(170, 50)) as pilot:
+        await until(pilot, lambda: fleet_loaded(app))
+        await cursor_to(pilot, "europe-west4-a/demo-v5e-8")
+        await pilot.press("c")
+        form = app.screen
+        assert isinstance(form, CreateScreen)
+        type_select = form.query_one("#type", Select)
+        version = form.query_one("#version", Select)
+        await until(pilot, lambda: type_select.value == "v5litepod-4")
+        assert version.value == "v2-alpha-tpuv5-lite"
+        await pilot.press("tab", "enter", *["down"] * 4, "enter")  # v6e-8, the last offered
+        assert type_select.value == "v6e-8" and version.value == "v2-alpha-tpuv6e"
+        await pilot.press("enter", "up", "enter")  # v3-8
+        assert type_select.value == "v3-8" and version.value == "tpu-ubuntu2204-base"
+        assert form.request().runtime_version == "tpu-ubuntu2204-base"
 
 
 async def test_a_spot_stockout_falls_back_with_every_try_in_the_progress_lines(
@@ -96,9 +117,9 @@ async def test_a_spot_stockout_falls_back_with_every_try_in_the_progress_lines(
         assert failed < fallback < text.index("(on-demand): ")
         assert "spot had no capacity in europe-west4-a (stockout)" in text
         await until(pilot, lambda: rows(app).get(key) == "READY")
-        node = await app.fleet.get_node("europe-west4-a", request.name)
+        node = await app.services.fleet.get_node("europe-west4-a", request.name)
         assert node.provisioning == "on-demand"
-        history = app.lifecycle.history
+        history = app.services.lifecycle.history
 
         def kinds() -> list[str]:
             return [e.kind for e in history.events_for("europe-west4-a", request.name)]

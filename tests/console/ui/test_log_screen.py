@@ -109,7 +109,7 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 86
 
         await pilot.press("s")
-        saved = list((app.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
+        saved = list((app.services.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
         assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 86
 
 
