@@ -428,3 +428,111 @@ LEAVING_REASONS = {
     "TERMINATED": "The VM was terminated (maintenance, a host error, or a policy). Check its "
     "symptoms and the audit log.",
 }
+
+
+# ----- chip metrics: every chip of every worker at a glance -------------------------------------
+@dataclass(frozen=True)
+class ChipReading:
+    """One chip of one worker: its numbers, who holds it, and why a number is missing.
+
+    Numbers are None when unknown; 0 when known to be nothing (no program on the chip).
+    """
+
+    worker: int
+    chip: int
+    hbm_used: int | None = None  # bytes
+    hbm_total: int | None = None  # bytes
+    duty_pct: float | None = None
+    pid: int | None = None  # the process holding the chip, from the probe
+    command: str = ""  # its command line
+    user: str = ""
+    missing: str = ""  # why the numbers are absent, zero or old; "" when fresh
+    stale_s: float = 0.0  # how old numbers kept from an earlier reading are
+
+    @property
+    def hbm_fraction(self) -> float | None:
+        if self.hbm_used is None or not self.hbm_total:
+            return None
+        return self.hbm_used / self.hbm_total
+
+
+# WorkerChips.state values, and what a person reads for each.
+CHIP_STATES = {
+    "ok": "live",
+    "no_program": "no TPU program",
+    "port_closed": "metrics port closed",
+    "forwarding_refused": "ssh forwarding refused",
+    "unreachable": "worker unreachable",
+    "timeout": "no answer in time",
+    "closed": "metrics server went away",
+    "error": "metrics error",
+    "waiting": "not read yet",
+}
+
+
+@dataclass(frozen=True)
+class WorkerChips:
+    """One worker's chips at one poll, with the state of its metrics and, if not live, why."""
+
+    worker: int
+    state: str  # a key of CHIP_STATES
+    chips: tuple[ChipReading, ...] = ()
+    reason: str = ""  # one sentence when the state is not "ok"
+    remedy: str = ""
+    read_at: datetime | None = None  # when the numbers shown were read
+    stale: bool = False  # the numbers are from an earlier poll (see reason)
+
+    @property
+    def label(self) -> str:
+        return CHIP_STATES.get(self.state, self.state)
+
+    @property
+    def peak_duty_pct(self) -> float | None:
+        known = [c.duty_pct for c in self.chips if c.duty_pct is not None]
+        return max(known) if known and not self.stale else None
+
+
+def _span(values: list[Any]) -> tuple[Any, Any] | None:
+    return (min(values), max(values)) if values else None
+
+
+@dataclass(frozen=True)
+class ChipMetrics:
+    """A node's chips at one moment: what the fleet table, node detail, `top` all show."""
+
+    node: str  # "zone/name"
+    name: str
+    taken_at: datetime
+    workers: tuple[WorkerChips, ...]
+    standin: bool = False  # the sandbox's stand-in numbers, not a TPU's
+
+    @property
+    def chips(self) -> tuple[ChipReading, ...]:
+        return tuple(c for w in self.workers for c in w.chips)
+
+    @property
+    def hbm_used_range(self) -> tuple[int, int] | None:
+        """(min, max) bytes in use over every chip with a number."""
+        return _span([c.hbm_used for c in self.chips if c.hbm_used is not None])
+
+    @property
+    def hbm_fraction_range(self) -> tuple[float, float] | None:
+        return _span([f for c in self.chips if (f := c.hbm_fraction) is not None])
+
+    @property
+    def hbm_total(self) -> int | None:
+        known = [c.hbm_total for c in self.chips if c.hbm_total]
+        return max(known) if known else None
+
+    @property
+    def duty_range(self) -> tuple[float, float] | None:
+        """(min, max) duty cycle, percent, over every chip with a number."""
+        return _span([c.duty_pct for c in self.chips if c.duty_pct is not None])
+
+    @property
+    def live(self) -> bool:
+        return all(w.state == "ok" and not w.stale for w in self.workers)
+
+    def problems(self) -> tuple[WorkerChips, ...]:
+        """The workers whose numbers are missing or old, each with its reason."""
+        return tuple(w for w in self.workers if w.state != "ok" or w.stale)
