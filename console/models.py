@@ -536,3 +536,88 @@ class ChipMetrics:
     def problems(self) -> tuple[WorkerChips, ...]:
         """The workers whose numbers are missing or old, each with its reason."""
         return tuple(w for w in self.workers if w.state != "ok" or w.stale)
+
+
+# ----- stacks: every worker's threads, side by side -------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a thread's stack; `path` has the worker's home as `~`, so workers compare."""
+
+    path: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.function} ({self.path}:{self.line})"
+
+
+@dataclass(frozen=True)
+class ThreadStack:
+    """One thread, innermost frame first (as faulthandler and py-spy print them)."""
+
+    name: str  # faulthandler's thread id (0x…) or py-spy's thread name
+    frames: tuple[Frame, ...]
+    main: bool = False
+    current: bool = False  # the thread that handled the signal (faulthandler's "Current thread")
+    state: str = ""  # py-spy's idle/active
+
+
+@dataclass(frozen=True)
+class ProcessStacks:
+    """One process of a job on one worker, and how its stacks were had (or why not)."""
+
+    pid: int
+    command: str
+    method: str  # faulthandler | py-spy | none
+    threads: tuple[ThreadStack, ...] = ()
+    note: str = ""
+    python: bool = True
+
+    @property
+    def main_thread(self) -> ThreadStack | None:
+        return next((t for t in self.threads if t.main), None)
+
+
+@dataclass(frozen=True)
+class WorkerStacks:
+    worker: int
+    processes: tuple[ProcessStacks, ...] = ()
+    error: str = ""  # the worker could not be asked, or its answer not read
+    note: str = ""
+
+    @property
+    def main(self) -> ProcessStacks | None:
+        """The job's main Python process here: the oldest one whose stacks were had."""
+        return next((p for p in self.processes if p.main_thread is not None), None)
+
+    @property
+    def main_stack(self) -> tuple[Frame, ...] | None:
+        process = self.main
+        thread = process.main_thread if process is not None else None
+        return thread.frames if thread is not None else None
+
+
+@dataclass(frozen=True)
+class StackGroup:
+    """Workers whose main threads are at the same place (same functions, whatever the lines)."""
+
+    workers: tuple[int, ...]
+    frames: tuple[Frame, ...]  # the first worker's, innermost first
+    at_sync_point: bool = False  # waiting in a barrier or a multi-host sync
+
+
+@dataclass(frozen=True)
+class StacksReport:
+    """A job's stacks on every worker at one moment, grouped, with the ones that differ."""
+
+    job_id: str
+    node: str
+    taken_at: datetime
+    workers: tuple[WorkerStacks, ...]
+    groups: tuple[StackGroup, ...] = ()  # largest first
+    differing: tuple[int, ...] = ()  # workers whose main thread is elsewhere than the majority
+    verdict: str = ""  # one sentence saying so
+
+    @property
+    def without_stacks(self) -> tuple[int, ...]:
+        return tuple(w.worker for w in self.workers if w.main_stack is None)
