@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from console.models import ChipMetrics, Job, format_age
 from console.services.diagnosis import Diagnosis
+from console.services.settings import DEFAULT_STUCK_AFTER_S
 
-DEFAULT_STUCK_AFTER_S = 600.0  # the log view's SILENT_S: ten minutes without a line
+# DEFAULT_STUCK_AFTER_S (ten minutes, the log view's SILENT_S) is `stuck_after` in config.toml.
 IDLE_DUTY_PCT = 1.0  # at or below this, a chip is doing nothing
 COVERAGE = 0.8  # duty samples must span this much of the window to speak for it
 

@@ -18,6 +18,7 @@ import platformdirs
 from console.models import FleetError
 
 DEFAULT_REFRESH_S = 10.0
+DEFAULT_STUCK_AFTER_S = 600.0  # silent this long, chips idle: "stuck?" (services/hangs.py)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Settings:
     home: Path
     sandbox: bool
     refresh_s: float = DEFAULT_REFRESH_S
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
     api_endpoint: str = ""
     ssh_user: str = ""
     ssh_key: str = ""
@@ -135,6 +137,14 @@ def resolve_settings(
             f"refresh_interval in {toml_path} must be a positive number of seconds.",
             "Set e.g. refresh_interval = 10.",
         )
+    stuck_after = ours.get("stuck_after", DEFAULT_STUCK_AFTER_S)
+    if not isinstance(stuck_after, (int, float)) or isinstance(stuck_after, bool) or (
+        stuck_after <= 0
+    ):
+        raise FleetError(
+            f"stuck_after in {toml_path} must be a positive number of seconds.",
+            "Set e.g. stuck_after = 600 (a job silent that long, its chips idle, is stuck?).",
+        )
     ssh = ours.get("ssh", {}) if isinstance(ours.get("ssh", {}), dict) else {}
     port = ssh.get("port", 0)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -155,6 +165,7 @@ def resolve_settings(
         home=data_home,
         sandbox=use_sandbox,
         refresh_s=float(refresh),
+        stuck_after_s=float(stuck_after),
         api_endpoint=endpoint or str(ours.get("api_endpoint", "")),
         ssh_user=str(ssh.get("user", "")),
         ssh_key=str(ssh.get("key", "")),

@@ -176,7 +176,8 @@ def group_workers(workers: Iterable[WorkerStacks]) -> Grouping:
     elsewhere = "; ".join(
         f"{_names(g.workers)} in {_where(g.frames)}" for g in groups if g is not reference
     )
-    how = "waits" if reference.at_sync_point else "is"
+    many = len(reference.workers) > 1
+    how = ("wait" if many else "waits") if reference.at_sync_point else ("are" if many else "is")
     verb = "are" if len(differing) > 1 else "is"
     return (
         tuple(groups),
