@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The real sgl-jax engine needs Python 3.12 (or 3.13): its environment sits beside .venv.
+# Without one, make says so and goes on; the sandbox then runs the reference engine.
+PYTHON312 ?= python3.12
+ENGINE_VENV := .venv-engine
+ENGINE_STAMP := $(ENGINE_VENV)/.installed
+ENGINE_FILES := scripts/make-engine-env.sh scripts/engine-requirements.txt \
+	scripts/engine-constraints.txt scripts/engine-no-deps.txt scripts/tiny_llama.py
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench clean engine
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tpuconsole needs Python 3.11 or newer")'
@@ -13,10 +20,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,grpo]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(ENGINE_STAMP): $(ENGINE_FILES)
+	@scripts/make-engine-env.sh "$(PYTHON312)" $(ENGINE_VENV)
+
+engine: $(ENGINE_STAMP)
+
+run: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/tpuconsole $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(ENGINE_STAMP)
 	@scripts/install-test-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -28,12 +40,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python bench/fleet_list.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/logtail.py
 	$(BIN)/python bench/probe.py
 	$(BIN)/python bench/multi_engine.py
+	$(BIN)/python bench/long_lines.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(ENGINE_VENV) .pytest_cache

@@ -52,14 +52,19 @@ def write_fleet(home: Path, nodes: int, accelerator_type: str) -> None:
 
 
 @contextmanager
-def served_sandbox(home: Path, nodes: int, accelerator_type: str, *, nice: int = 0):
-    """`nice` lowers the sandbox and its jobs: on real VMs they do not share the console's CPU."""
+def served_sandbox(
+    home: Path, nodes: int, accelerator_type: str, *, nice: int = 0, env: dict | None = None
+):
+    """`nice` lowers the sandbox and its jobs: on real VMs they do not share the console's CPU.
+    `env` runs it from another source tree (PYTHONPATH), for a before/after comparison."""
     write_fleet(home, nodes, accelerator_type)
     prefix = ["nice", "-n", str(nice)] if nice else []
     proc = subprocess.Popen(
         [*prefix, sys.executable, "-m", "console.cli", "--home", str(home), "sandbox", "serve"],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
+        cwd=home,
     )
     try:
         assert proc.stdout is not None

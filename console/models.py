@@ -52,6 +52,34 @@ class AcceleratorShape:
 _TYPE_RE = re.compile(r"^(v\d+[a-z]*?)(?:litepod|lite)?-(\d+)$")
 
 
+# The API's AcceleratorConfig.Type names, and the gcloud-style type prefix each stands for.
+CONFIG_TYPE_PREFIX = {
+    "V2": "v2",
+    "V3": "v3",
+    "V4": "v4",
+    "V5P": "v5p",
+    "V5LITE_POD": "v5litepod",
+    "V6E": "v6e",
+}
+
+
+def type_from_config(config_type: str, topology: str) -> str:
+    """The `acceleratorType` name a chip-based `acceleratorConfig` (type + topology) stands for.
+
+    Why: nodes created with `--type v4 --topology 2x2x2` may carry an empty `acceleratorType`;
+    gcloud's names count TensorCores (two per chip) for v2-v4 and v5p, chips for v5e and v6e.
+    """
+    prefix = CONFIG_TYPE_PREFIX.get(config_type.upper(), "")
+    dims = [int(d) for d in re.findall(r"\d+", topology)]
+    if not prefix or not dims:
+        return ""
+    chips = 1
+    for d in dims:
+        chips *= d
+    count = chips if prefix in {"v5litepod", "v6e"} else chips * 2
+    return f"{prefix}-{count}"
+
+
 def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
     """Decode "v4-16" style names.
 
@@ -72,6 +100,52 @@ def accelerator_shape(accelerator_type: str) -> AcceleratorShape:
     return AcceleratorShape(version=family, chips=chips, hosts=hosts, device_kind=device_kind)
 
 
+# Google's label rules, as gcloud checks them before it calls and the API enforces them
+# (googlecloudsdk/command_lib/util/args/labels_util.py: keys `[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]
+# {0,62}`, values `[\p{Ll}\p{Lo}\p{N}_-]{0,63}`; Resource Manager's "Requirements for labels":
+# at most 64 labels on a resource, international characters allowed).
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 63
+
+
+def _label_char(c: str, first: bool) -> bool:
+    """gcloud's test: a lowercase (or caseless) letter; after the first, also a digit, - or _."""
+    lower = c.isalpha() and (c.islower() or not c.isupper())
+    return lower if first else lower or c.isdigit() or c in "-_"
+
+
+def label_fault(text: str, *, key: bool) -> str:
+    """What breaks Google's rule for a label key (or value), in a few words; "" when none."""
+    if key and not text:
+        return "is empty"
+    if len(text) > MAX_LABEL_CHARS:
+        return f"is {len(text)} characters long (at most {MAX_LABEL_CHARS})"
+    for index, c in enumerate(text):
+        if not _label_char(c, first=key and index == 0):
+            return f"contains invalid character {c!r} at index {index}"
+    return ""
+
+
+@dataclass(frozen=True)
+class Symptom:
+    """Something the API noticed on a node, on one worker or on the whole slice."""
+
+    kind: str  # the API's SymptomType name (a number when newer than the client)
+    details: str = ""
+    worker_id: str = ""
+    create_time: datetime | None = None
+
+    def __str__(self) -> str:
+        where = f"worker {self.worker_id}: " if self.worker_id else ""
+        return where + (self.details or self.kind)
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    source_disk: str
+    mode: str = ""  # READ_WRITE | READ_ONLY
+
+
 @dataclass(frozen=True)
 class Node:
     """A TPU VM (a slice of one or more workers) as the console shows it."""
@@ -88,13 +162,25 @@ class Node:
     workers: tuple[Worker, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     create_time: datetime | None = None
-    symptoms: tuple[str, ...] = ()
+    symptoms: tuple[Symptom, ...] = ()
     node_id: int = 0
     description: str = ""
     health_description: str = ""
     topology: str = ""
+    reserved: bool = False
+    accelerator_config_type: str = ""  # AcceleratorConfig.type: V4, V5LITE_POD, ...
+    # accelerator_type came from accelerator_config (the API gave none); see type_from_config
+    type_from_config: bool = False
+    api_version: str = ""  # V1_ALPHA1 | V1 (legacy TPU Nodes) | V2_ALPHA1 | V2
+    network: str = ""
+    subnetwork: str = ""
+    external_ips: bool | None = None  # network_config.enable_external_ips; None: not said
+    service_account: str = ""
+    service_account_scopes: tuple[str, ...] = ()
+    data_disks: tuple[DataDisk, ...] = ()
     # The node's metadata (`ssh-keys`, `enable-oslogin`, `startup-script`, ...), as the API has it.
     metadata: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -110,21 +196,42 @@ class Node:
         return accelerator_shape(self.accelerator_type)
 
     @property
+    def hosts(self) -> int:
+        """Workers in the slice: the endpoints the API lists, else what the type implies."""
+        return max(len(self.workers), self.shape.hosts)
+
+    @property
+    def multi_host(self) -> bool:
+        return self.hosts > 1
+
+    @property
+    def legacy(self) -> bool:
+        """A TPU Node of the v1 API (no VM to ssh into); gcloud's tpu-vm commands leave it out."""
+        return self.api_version.upper().startswith("V1")
+
+    @property
     def provisioning(self) -> str:
         if self.spot:
             return "spot"
         if self.preemptible:
             return "preemptible"
+        if self.reserved:
+            return "reserved"
         return "on-demand"
 
     @property
     def needs_attention(self) -> bool:
-        return self.state in ALARM_STATES or self.health.startswith("UNHEALTHY")
+        return self.state in ALARM_STATES or health_is_bad(self.health) or self.state.isdigit()
 
     def age_seconds(self, now: datetime) -> float | None:
         if self.create_time is None:
             return None
         return max(0.0, (now - self.create_time).total_seconds())
+
+
+def health_is_bad(health: str) -> bool:
+    """TIMEOUT (the health check got no answer) is as alarming as an UNHEALTHY_* value."""
+    return health == "TIMEOUT" or health.startswith("UNHEALTHY") or health.isdigit()
 
 
 @dataclass(frozen=True)
@@ -134,16 +241,35 @@ class ZoneFailure:
     zone: str
     reason: str
     remedy: str = ""
+    code: str = ""
 
 
 @dataclass(frozen=True)
 class FleetSnapshot:
-    """Every node the console could see at one moment, and the zones it could not reach."""
+    """Every node the console could see at one moment, and the zones it could not reach.
+
+    `zones` are the zones listed (with TPU access); `no_access` the discovered zones that
+    answered PERMISSION_DENIED or NOT_FOUND (the project has no TPU access there), shown as
+    one quiet summary, never as a failure; `legacy` the v1 TPU Nodes left out, as gcloud does.
+    """
 
     nodes: tuple[Node, ...]
     unreachable: tuple[ZoneFailure, ...] = ()
     zones: tuple[str, ...] = ()
     taken_at: datetime | None = None
+    no_access: tuple[str, ...] = ()
+    zones_source: str = ""
+    legacy: tuple[str, ...] = ()
+
+    @property
+    def zones_known(self) -> int:
+        return len(self.zones) + len(self.no_access)
+
+    def access_summary(self) -> str:
+        """ "TPU access in 3 of 41 zones", or just "3 zones" when every zone answered."""
+        if self.no_access:
+            return f"TPU access in {len(self.zones)} of {self.zones_known} zones"
+        return f"{len(self.zones)} zone{'s' if len(self.zones) != 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -152,17 +278,70 @@ class AcceleratorTypeInfo:
     topology: str = ""
 
 
-class FleetError(Exception):
-    """A failure the user can act on: what happened and what to do about it."""
+class ConsoleError(Exception):
+    """A failure the user can act on: what happened (`reason`) and what to do (`remedy`).
 
-    def __init__(self, reason: str, remedy: str = "", *, code: str = "") -> None:
+    `field` names the input at fault (a template parameter, `worker`, a config key) so a form
+    can mark it without reading the text. `main()` prints `str(error)` as one sentence and exits
+    with `exit_code` (2: it could not run); nothing else turns these into exit statuses.
+    """
+
+    def __init__(self, reason: str, remedy: str = "", *, field: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.remedy = remedy
-        self.code = code
+        self.field = field
+
+    @property
+    def exit_code(self) -> int:
+        return 2
 
     def __str__(self) -> str:
         return f"{self.reason} {self.remedy}".strip() if self.remedy else self.reason
+
+
+class FleetError(ConsoleError):
+    """A failure from the fleet (the API, the sandbox, the workers).
+
+    `code` is the API's gRPC status name (RESOURCE_EXHAUSTED, ...); `kind` what it means for
+    the console: quota, stockout, rate_limit, reserved_capacity, unknown_type, pod_stop, or
+    "" when the code says it all.
+    """
+
+    def __init__(
+        self, reason: str, remedy: str = "", *, code: str = "", kind: str = "", field: str = ""
+    ) -> None:
+        super().__init__(reason, remedy, field=field)
+        self.code = code
+        self.kind = kind
+
+    @property
+    def no_room(self) -> bool:
+        """The cloud had no room (capacity, quota or rate): retry later, elsewhere or on-demand."""
+        return self.kind in CAPACITY_KINDS
+
+    @property
+    def exit_code(self) -> int:
+        """3 when the cloud had no room (retry later, elsewhere or on-demand), else 2."""
+        return 3 if self.no_room else 2
+
+
+class WorkerSelectionError(FleetError):
+    """A `--worker` value that names no worker of the node (or is not a selection at all).
+
+    A FleetError so that every path that reaches workers (and already says a FleetError in one
+    sentence) says this one too; `field` is "worker" for the forms.
+    """
+
+    def __init__(self, reason: str, remedy: str = "") -> None:
+        super().__init__(reason, remedy, field="worker")  # ours, not the API's: no code
+
+
+class ConfigError(ConsoleError):
+    """A config.toml (or gcloud configuration) the console cannot use; `field` is the key."""
+
+
+CAPACITY_KINDS = frozenset({"quota", "stockout", "rate_limit", "reserved_capacity"})
 
 
 def format_age(seconds: float | None) -> str:
@@ -183,43 +362,106 @@ def format_age(seconds: float | None) -> str:
 
 
 class SshError(FleetError):
-    """An ssh failure on one worker, with its kind so summaries can group them.
+    """An ssh failure on one worker. Each way it fails is a subclass; `kind` names the class
+    in summaries (`w1 timeout: ...`) and is never matched as text: test with isinstance."""
 
-    kinds: auth, host_key, timeout, refused, lost, key, config
-    """
+    kind = "lost"
 
-    def __init__(self, reason: str, remedy: str = "", *, kind: str = "lost") -> None:
-        super().__init__(reason, remedy, code=kind)
-        self.kind = kind
+    def __init__(self, reason: str, remedy: str = "") -> None:
+        super().__init__(reason, remedy, code=type(self).kind, kind=type(self).kind)
+
+    @property
+    def no_room(self) -> bool:
+        return False
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try on the same connection settings (the link, not the setup)."""
+        return isinstance(self, SshLinkError)
+
+
+class SshAuthError(SshError):
+    """The worker refused who we are (the key, the user, OS Login)."""
+
+    kind = "auth"
+
+
+class SshHostKeyError(SshError):
+    """The worker's host key differs from the published or pinned one."""
+
+    kind = "host_key"
+
+
+class SshKeyError(SshError):
+    """Our own private key cannot be read or used."""
+
+    kind = "key"
+
+
+class SshConfigError(SshError):
+    """The configuration to reach it (a jump host, a proxy, a worker setup) does not work."""
+
+    kind = "config"
+
+
+class SshLinkError(SshError):
+    """The network path failed: worth trying again."""
+
+    kind = "lost"
+
+
+class SshTimeout(SshLinkError):
+    kind = "timeout"
+
+
+class SshRefused(SshLinkError):
+    kind = "refused"
+
+
+class SshLost(SshLinkError):
+    """The connection dropped (or never came up for a reason the others do not name)."""
+
+    kind = "lost"
+
+
+class NodeGone(FleetError):
+    """The VM a job ran on is no more (deleted, preempted, stopped): its job ended with it."""
+
+    def __init__(self, reason: str, state: str) -> None:
+        super().__init__(reason, code="NODE_GONE")
+        self.state = state  # what the API says of it now; GONE when it no longer exists
 
 
 def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
-    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises ValueError with the reason."""
+    """gcloud's `--worker`: `all`, `0`, `1,3`, `0-2`; raises WorkerSelectionError with the reason.
+
+    Each range is checked against the node's workers before any is expanded: a typo such as
+    `0-999999999` is an error at once, not a billion-element set.
+    """
     text = (selection or "all").strip().lower()
     if text == "all":
         return tuple(range(count))
-    chosen: set[int] = set()
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
-        part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                chosen.update(range(lo, hi + 1))
-            else:
-                chosen.add(int(part))
+            lo_text, dash, hi_text = part.strip().partition("-")
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
         except ValueError:
-            raise ValueError(
-                f"Bad worker selection {selection!r}: use all, 0, 1,3 or 0-2."
-            ) from None
-    outside = sorted(w for w in chosen if not 0 <= w < count)
-    if outside:
-        raise ValueError(
-            f"Worker {outside[0]} does not exist: the node has {count} worker"
-            f"{'s' if count != 1 else ''} (0-{count - 1})."
-        )
-    return tuple(sorted(chosen))
+            lo, hi = 0, -1
+        if not 0 <= lo <= hi:
+            raise WorkerSelectionError(
+                f"Bad worker selection {selection!r}:", "use all, 0, 1,3 or 0-2."
+            )
+        if hi >= count:
+            first = max(lo, count)
+            missing = f"Worker {hi} does" if first == hi else f"Workers {first}-{hi} do"
+            raise WorkerSelectionError(
+                f"{missing} not exist: the node has {count} "
+                f"worker{'s' if count != 1 else ''} (0-{count - 1})."
+            )
+        spans.append((lo, hi))
+    return tuple(sorted({w for lo, hi in spans for w in range(lo, hi + 1)}))
 
 
 OPEN_STATUSES = ("launching", "running")
@@ -263,6 +505,29 @@ class Job:
     @property
     def node_key(self) -> str:
         return f"{self.zone}/{self.node}"
+
+    @property
+    def headline(self) -> str:
+        """The command in one line, for lists: the line that says what runs, `…` if there is more.
+
+        A template's job ends with its program after lines that prepare the environment, so
+        its last line is the telling one; a command typed by hand is told by its first.
+        """
+        return self.short_command(None)
+
+    def short_command(self, width: int | None) -> str:
+        """`headline` in at most `width` characters, the `… (+N lines)` mark kept whole."""
+        lines = [line.strip() for line in self.command.splitlines() if line.strip()]
+        if not lines:
+            return "(empty command)"
+        main = lines[-1] if self.kind != "custom" else lines[0]
+        more = len(lines) - 1
+        count = f"(+{more} line{'s' if more != 1 else ''})"
+        mark = f" … {count}" if more else ""
+        if width is not None and len(main) + len(mark) > width:
+            mark = f" {count}" if more else ""  # the clipped line's own … says it goes on
+            main = main[: max(1, width - len(mark) - 1)] + "…"
+        return main + mark
 
 
 @dataclass(frozen=True)
@@ -413,7 +678,7 @@ class NodeEvent:
     at: datetime
     zone: str
     node: str
-    kind: str  # state | create | stop | start | delete | fallback | ssh | alert
+    kind: str  # state | create | failed | retry | fallback | stop | start | delete | ssh | alert
     source: str  # refresh | console | api
     detail: str = ""
 

@@ -28,6 +28,8 @@ WITH_TUNIX=1
 MINICONDA_URL="https://repo.anaconda.com/miniconda/Miniconda3-latest-Linux-x86_64.sh"
 
 while [ $# -gt 0 ]; do
+    # --flag=value (the console writes a value that starts with a dash so) is --flag value.
+    case "$1" in --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;; esac
     case "$1" in
         --env) ENV_KIND="$2"; shift 2 ;;
         --name) NAME="$2"; shift 2 ;;

@@ -662,6 +662,10 @@ def main(argv=None):
     refusal = rollout_refusal(args, jax.process_count(), len(devices))
     if refusal:
         say("ERROR: " + refusal)
+        if jax.process_count() > 1:
+            # Leave together: process 0 hosts the coordination service, and the others die
+            # with a fatal JAX error instead of this refusal if it goes first.
+            jax.distributed.shutdown()
         return 2
     try:
         if args.rollout_engine == "sglang_jax":

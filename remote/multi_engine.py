@@ -2,15 +2,21 @@
 
 `python -u -m remote.multi_engine [flags]`, on the VM. It carries the fixes the seeds found by
 hand: a device-aware zero-penalty cache, engines built and called on their own threads, a
-sequential warm-up, and an exit of its own after `DONE` (engine shutdown leaves threads alive).
-`--engine reference` runs remote/reference_engine.py instead of sgl-jax (tests, the sandbox).
+sequential warm-up, and an exit of its own after `DONE` (engine shutdown leaves threads alive);
+and those found running sgl-jax on CPU: idle schedulers that wait instead of spinning, and a
+last word when sgl-jax ends the process. Its first line names the engine that ran.
+`--engine reference` runs remote/reference_engine.py instead of sgl-jax (for comparison).
+When this Python has no sgl-jax and TPUCONSOLE_SGL_JAX_PYTHON names one that has (the sandbox
+sets it to the checkout's .venv-engine), the runner runs itself there, in the same process.
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -39,16 +45,27 @@ def parse_args(argv):
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--warmup-sequential", action="store_true")
     p.add_argument("--engine-per-thread", action="store_true")
-    # The sandbox sets TPUCONSOLE_ENGINE=reference: its "chips" are CPU devices.
+    # A sandbox without the real engine's environment sets TPUCONSOLE_ENGINE=reference.
     p.add_argument(
         "--engine",
-        default=os.environ.get("TPUCONSOLE_ENGINE", "sgl-jax"),
+        default=os.environ.get("TPUCONSOLE_ENGINE") or "sgl-jax",
         choices=["sgl-jax", "reference"],
     )
+    # Each fix can be left out, to show what it fixes (tests, benchmarks).
     p.add_argument(
         "--no-cache-patch",
         action="store_true",
         help="leave the zero-penalty cache as the engine has it (to show the bug)",
+    )
+    p.add_argument(
+        "--no-signal-patch",
+        action="store_true",
+        help="let sgl-jax install its signal handlers from any thread, as it does",
+    )
+    p.add_argument(
+        "--no-idle-patch",
+        action="store_true",
+        help="leave idle schedulers polling without pause, as sgl-jax 0.1.0rc0 does",
     )
     return p.parse_args(argv)
 
@@ -116,25 +133,83 @@ def engine_factory(args):
     from remote import sgl_jax_adapter
 
     try:
-        engine_class = sgl_jax_adapter.load(jax, say)  # sgl-jax needs Python 3.12+ and a TPU
+        engine_class = sgl_jax_adapter.load(
+            jax,
+            say,
+            cache_patch=not args.no_cache_patch,
+            signal_patch=not args.no_signal_patch,
+            on_sigquit=scheduler_failed,
+        )
     except ImportError as exc:
         raise SystemExit(
             "sgl-jax is not importable here (%s); install it (bootstrap) or use "
             "--engine reference" % exc
         ) from None
+    except sgl_jax_adapter.Unusable as exc:
+        raise SystemExit(str(exc)) from None
 
     devices = {d.id: d for d in jax.local_devices()}
+    backend = jax.default_backend()
 
     def make(device_id):
         with jax.default_device(devices[device_id]):
-            engine = engine_class(**sgl_jax_adapter.engine_kwargs(args, device_id))
-        say(
-            "[engine device %d] %s"
-            % (device_id, sgl_jax_adapter.place_sampler_state(engine, devices[device_id], jax))
-        )
+            engine = engine_class(**sgl_jax_adapter.engine_kwargs(args, device_id, backend))
+        if not args.no_idle_patch:
+            say("[engine device %d] %s" % (device_id, sgl_jax_adapter.quiet_idle_scheduler(engine)))
         return engine
 
     return make
+
+
+def engine_line(args):
+    """The first line of every run: which engine, which version, and why when it matters."""
+    if args.engine == "reference":
+        note = os.environ.get("TPUCONSOLE_ENGINE_NOTE", "")
+        return "engine: reference" + (" (%s)" % note if note else "")
+    from remote.sgl_jax_adapter import installed_version
+
+    version = installed_version()
+    if version is None:
+        return "engine: sgl-jax (not installed in this Python, %s)" % sys.executable
+    return "engine: sgl-jax %s (Python %d.%d)" % ((version,) + tuple(sys.version_info[:2]))
+
+
+def run_in_engine_python(args, argv):
+    """Run this runner again, in this process, under a Python that has sgl-jax.
+
+    TPUCONSOLE_SGL_JAX_PYTHON names it (the sandbox's .venv-engine, or a VM's env). Only when
+    this Python has no sgl-jax, and only once (a loop would be a bug, not a fallback).
+    """
+    target = os.environ.get("TPUCONSOLE_SGL_JAX_PYTHON", "")
+    if args.engine != "sgl-jax" or not target or os.environ.get("TPUCONSOLE_REEXEC"):
+        return
+    from remote.sgl_jax_adapter import installed_version
+
+    if installed_version() is not None or os.path.realpath(target) == os.path.realpath(
+        sys.executable
+    ):
+        return
+    if not os.access(target, os.X_OK):
+        say("engine: TPUCONSOLE_SGL_JAX_PYTHON=%s is not an executable; staying here" % target)
+        return
+    sys.stdout.flush()
+    os.environ["TPUCONSOLE_REEXEC"] = "1"
+    # The same runner code, wherever this Python found it (shipped, or an installed checkout).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = here + (os.pathsep + path if path else "")
+    os.execv(target, [target, "-u", "-m", "remote.multi_engine", *argv])
+
+
+def scheduler_failed(signum, frame):
+    """sgl-jax's SIGQUIT: a scheduler thread hit an exception (logged above) and asked for the
+    process to end. End it, but say so first: the seeds' runs just vanished with rc 131."""
+    say(
+        "ERROR: sgl-jax ended the run: a scheduler failed (SIGQUIT from sgl-jax; its "
+        "traceback is above). Exit status 131."
+    )
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGQUIT)
 
 
 class EngineWorker:
@@ -202,7 +277,13 @@ def on_device(device_id):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    run_in_engine_python(args, argv)
+    say(engine_line(args))
+    if args.engine == "sgl-jax":
+        # The handler for sgl-jax's SIGQUIT is ours from the start, on the main thread.
+        signal.signal(signal.SIGQUIT, scheduler_failed)
     import jax
 
     info = {
@@ -233,8 +314,10 @@ def main(argv=None):
     else:
         engines = [make(d) for d in ids]
         call = [_caller(e, d) for e, d in zip(engines, ids, strict=True)]
+    from remote.sgl_jax_adapter import mesh_device_ids
+
     for i, engine in enumerate(engines):
-        say("[engine %d] OK mesh_device_ids=%s" % (i, getattr(engine, "mesh_device_ids", [])))
+        say("[engine %d] OK mesh_device_ids=%s" % (i, mesh_device_ids(engine)))
     if args.warmup_sequential:
         say("Warmup: sequential generate")
         for i in range(len(engines)):
@@ -263,9 +346,14 @@ def finish(engines, workers):
     DONE and held the TPU; nothing is ever left to clean after a good run.
     """
 
+    from remote.sgl_jax_adapter import socket_files
+
     def shut():
         for engine in engines:
             engine.shutdown()
+            for path in socket_files(engine):  # sgl-jax leaves its sockets' files in TMPDIR
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         for worker in workers:
             worker.requests.put(None)
 

@@ -28,7 +28,15 @@ FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3, key_pr
 # The default fleet's nodes ("zone/name"), however many other issues add to it.
 DEFAULT_NODES = tuple(sorted(SandboxFleet.default(None).nodes))
 # Retries short enough that a test of "gave up" ends quickly.
-QUICK_POLICY = CallPolicy(timeout_s=5, retry_initial_s=0.01, retry_max_s=0.05, retry_total_s=1.0)
+QUICK_POLICY = CallPolicy(
+    timeout_s=5,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    retry_total_s=1.0,
+    rate_initial_s=0.05,
+    rate_max_s=0.2,
+    rate_total_s=10.0,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -118,15 +126,6 @@ async def until(pilot, condition, limit: int = 1500) -> None:
     raise AssertionError("condition not reached")
 
 
-async def cursor_to(pilot, key: str) -> None:
-    """Move the fleet table's cursor down to a node by key presses, as a user would."""
-    for _ in range(200):
-        if pilot.app.screen.cursor_node_key() == key:
-            return
-        await pilot.press("down")
-    raise AssertionError(f"the cursor never reached {key}")
-
-
 async def worker_output(
     remote: RemoteService, node, command: str, worker: int = 0
 ) -> tuple[int, str]:
@@ -139,6 +138,11 @@ async def worker_output(
         lambda line: out.append(line.text) if line.stream == "out" else None,
     )
     return result.worst_status, "\n".join(out)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text: every row of the active screen, toasts too."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def grant_key(sandbox: Sandbox, api: TpuApi, zone: str, name: str, user: str) -> None:
@@ -163,3 +167,28 @@ async def grant_key(sandbox: Sandbox, api: TpuApi, zone: str, name: str, user: s
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the key never reached {name}")
+
+
+def fleet_row_keys(app) -> list[str]:
+    """The fleet table's rows, top to bottom, as node keys (zone/name)."""
+    from textual.widgets import DataTable
+
+    table = app.screen.query_one("#fleet", DataTable)
+    return [row.key.value for row in table.ordered_rows]
+
+
+def fleet_loaded(app) -> bool:
+    """The fleet screen shows the default sandbox nodes."""
+    try:
+        return set(DEFAULT_NODES) <= set(fleet_row_keys(app))
+    except Exception:  # another screen is on top, or the table is not mounted yet
+        return False
+
+
+async def cursor_to(pilot, key: str) -> None:
+    """Move the fleet table's cursor onto a node by pressing up or down, as a user would."""
+    rows = fleet_row_keys(pilot.app)
+    here = rows.index(pilot.app.screen.cursor_node_key())
+    there = rows.index(key)
+    await pilot.press(*(["down"] * (there - here) or ["up"] * (here - there)))
+    assert pilot.app.screen.cursor_node_key() == key

@@ -5,12 +5,14 @@ So a console that crashes, or a VM that vanishes, never loses the record of what
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import OPEN_STATUSES, Job, JobWorker, NodeEvent
+from console.models import OPEN_STATUSES, FleetError, Job, JobWorker, NodeEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,16 +61,85 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+ELSEWHERE = "or set TPUCONSOLE_HOME to another folder to keep a separate history."
+
+
+class HistoryDamaged(FleetError):
+    """The file is not a readable SQLite history; a copy of it is kept at `copy`."""
+
+    def __init__(self, path: Path, why: str, copy: Path) -> None:
+        super().__init__(
+            f"The job history {path} is damaged ({why}); a copy is kept at {copy}.",
+            "Run again with --fresh-history to start a new one (the copy stays).",
+            code="DATA_LOSS",
+        )
+        self.copy = copy
+
+
+class JobNumberTaken(Exception):
+    """A job number (the `17` of `17-3fa2c1`) another launch recorded first."""
+
+
 class HistoryStore:
-    """Small synchronous writes (WAL, one row at a time); callers run them between awaits."""
+    """Small synchronous writes (WAL, one row at a time); callers run them between awaits.
+
+    Opening checks the file: one that is damaged, read-only or from a newer console is a
+    FleetError saying so (never a sqlite traceback, never a file quietly replaced).
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(problems[0])
+            self._migrate()
+            # A write that changes nothing: SQLite opens a file it may not write read-only,
+            # silently, and the first launch would fail instead of this.
+            self._db.execute(f"PRAGMA user_version = {self.schema_version}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise self._refusal(exc) from None
+        except FleetError:
+            self._db.close()
+            raise
+
+    def _refusal(self, exc: sqlite3.DatabaseError) -> FleetError:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+            return FleetError(
+                f"The job history {self.path} cannot be written ({exc}).",
+                f"Make it and its folder writable for you (chmod u+w), {ELSEWHERE}",
+                code="PERMISSION_DENIED",
+            )
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return FleetError(
+                f"The job history {self.path} stayed locked by another process ({exc}).",
+                "Try again in a moment.",
+                code="UNAVAILABLE",
+            )
+        return HistoryDamaged(self.path, str(exc), self._keep_copy())
+
+    def _keep_copy(self) -> Path:
+        """A copy of the damaged file beside it, named by its content: one copy per damage."""
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
+        copy = self.path.with_name(f"{self.path.name}.damaged-{digest}")
+        if not copy.exists():
+            shutil.copyfile(self.path, copy)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        return copy
+
+    @staticmethod
+    def set_aside(path: Path) -> None:
+        """Remove a damaged history (its copy is kept) so that a new one starts in its place."""
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
     def _migrate(self) -> None:
         """Bring the file to the newest schema, one numbered step at a time (PRAGMA user_version).
@@ -78,9 +149,11 @@ class HistoryStore:
         """
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"{self.path} was written by a newer tpuconsole (schema "
-                f"{version}); upgrade tpuconsole to read it."
+            raise FleetError(
+                f"The job history {self.path} was written by a newer tpuconsole (schema "
+                f"{version}; this one reads up to {len(MIGRATIONS)}).",
+                f"Upgrade tpuconsole to read it, {ELSEWHERE}",
+                code="FAILED_PRECONDITION",
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
@@ -97,8 +170,15 @@ class HistoryStore:
         return int(row[0])
 
     def record_launch(self, job: Job) -> None:
+        """Write the job; JobNumberTaken if another launch (another process) took its number."""
+        number = job.job_id.split("-")[0] + "-"
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the number's check and its use, one writer
+            taken = self._db.execute(
+                "SELECT 1 FROM jobs WHERE substr(job_id, 1, ?) = ?", (len(number), number)
+            ).fetchone()
+            if taken:
+                raise JobNumberTaken(job.job_id)
             self._db.execute(
                 "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env,"
                 " params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

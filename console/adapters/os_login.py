@@ -35,6 +35,18 @@ def adc_account() -> str:
     except DefaultCredentialsError:
         return ""
     email = getattr(credentials, "service_account_email", "")
+    if email == "default":
+        # On a Compute Engine VM (a console run from a TPU VM) the metadata server's
+        # credentials call their account "default" until refreshed; the refresh asks the
+        # server's service-accounts/default entry, which names it.
+        import google.auth.transport.requests
+        from google.auth.exceptions import GoogleAuthError
+
+        try:
+            credentials.refresh(google.auth.transport.requests.Request())
+        except GoogleAuthError:
+            return ""
+        email = getattr(credentials, "service_account_email", "")
     return email if isinstance(email, str) and "@" in email else ""
 
 

@@ -11,13 +11,23 @@ import contextlib
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+from google.api_core.retry import exponential_sleep_generator
 
-from console.models import SshError
+from console.models import (
+    SshAuthError,
+    SshError,
+    SshHostKeyError,
+    SshKeyError,
+    SshLinkError,
+    SshLost,
+    SshRefused,
+    SshTimeout,
+)
 
 Chunk = Callable[[bytes], None]
 # Hardware AES first: a wide fan-out spends much of its CPU on per-packet crypto. Every OpenSSH
@@ -30,6 +40,17 @@ PREFERRED_CIPHERS = (
     "aes192-ctr",
     "aes256-ctr",
 )
+
+
+def backoff(initial: float, maximum: float, multiplier: float = 2.0) -> Iterator[float]:
+    """Waits between tries: google-api-core's truncated exponential backoff, the one the Google
+    clients use, so no loop of ours grows its own delays.
+
+    Its waits are jittered, uniform in [0, bound]; the bounds here are twice the delays asked
+    for, so on average each wait is `initial`, `initial * multiplier`, … up to `maximum`, and a
+    count of tries is as patient as its delays say.
+    """
+    return exponential_sleep_generator(initial * 2, maximum * 2, multiplier)
 
 
 @dataclass(frozen=True)
@@ -150,27 +171,24 @@ class SshPool:
             return self._client_keys
         path = Path(self.options.key_path).expanduser()
         if not path.exists():
-            raise SshError(
+            raise SshKeyError(
                 f"No ssh key at {path}.",
                 "Run `gcloud compute tpus tpu-vm ssh NODE --zone ZONE` once to create it, or set "
                 "ssh.key in ~/.config/tpuconsole/config.toml.",
-                kind="key",
             )
         try:
             self._client_keys = [asyncssh.read_private_key(str(path))]
         except asyncssh.KeyEncryptionError:
             if not os.environ.get("SSH_AUTH_SOCK"):
-                raise SshError(
+                raise SshKeyError(
                     f"The ssh key {path} needs a passphrase and no ssh-agent is running.",
                     f"Run `eval $(ssh-agent)` and `ssh-add {path}`, then try again.",
-                    kind="key",
                 ) from None
             return None  # the agent holds it, or authentication will say it does not
         except (asyncssh.KeyImportError, OSError) as exc:
-            raise SshError(
+            raise SshKeyError(
                 f"Cannot read the ssh key {path}: {exc}.",
                 "Point ssh.key at an OpenSSH private key.",
-                kind="key",
             ) from None
         return self._client_keys
 
@@ -184,10 +202,9 @@ class SshPool:
                 return f"{parts[0]} {parts[1]}"
         keys = self._load_client_keys()
         if not keys:
-            raise SshError(
+            raise SshKeyError(
                 f"No public key beside {path} and the key itself is locked.",
                 f"Write it with `ssh-keygen -y -f {path} > {pub}`.",
-                kind="key",
             )
         return _key_text(keys[0])
 
@@ -218,7 +235,10 @@ class SshPool:
         is retried until `key_wait_s`, as gcloud retries while a new key propagates."""
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.options.max_connects)
-        delay = self.options.retry_base_s
+        # Google's truncated exponential backoff (google-api-core's, jittered), one schedule
+        # for the link and one, gentler, while a just-added key reaches the VM.
+        delays = backoff(self.options.retry_base_s, 5.0)
+        key_delays = backoff(self.options.retry_base_s, 3.0, 1.5)
         attempt = 0
         key_deadline: float | None = None
         while True:
@@ -227,28 +247,22 @@ class SshPool:
                 async with self._gate:
                     return await self._connect(target)
             except SshError as exc:
-                if exc.kind == "auth" and self.on_auth_failure is not None:
+                if isinstance(exc, SshAuthError) and self.on_auth_failure is not None:
                     if key_deadline is None:
                         if not await self.on_auth_failure(target):
                             raise
                         key_deadline = time.monotonic() + self.options.key_wait_s
-                        delay = self.options.retry_base_s
                     elif time.monotonic() >= key_deadline:
-                        raise SshError(
+                        raise SshAuthError(
                             f"{exc.reason} Still refused {self.options.key_wait_s:.0f} s after "
                             "the key was added.",
                             exc.remedy,
-                            kind="auth",
                         ) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 1.5, 3.0)
+                    await asyncio.sleep(next(key_delays))
                     continue
-                if exc.kind in {"auth", "host_key", "key", "config"} or (
-                    attempt >= self.options.connect_attempts
-                ):
+                if not isinstance(exc, SshLinkError) or (attempt >= self.options.connect_attempts):
                     raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(next(delays))
 
     async def _connect(self, target: SshTarget) -> _Pooled:
         client_keys = self._load_client_keys()
@@ -288,32 +302,29 @@ class SshPool:
         except asyncssh.HostKeyNotVerifiable:
             raise self._host_key_error(target) from None
         except asyncssh.PermissionDenied:
-            raise SshError(
+            raise SshAuthError(
                 f"{target.label}: the VM refused the key {self.options.key_path} for user "
                 f"{user!r}.",
                 "The key must be in the node's or the project's `ssh-keys` metadata as "
                 f"`{user}:<public key> {user}` (the console adds it to the node's), or, with "
                 "OS Login, in your OS Login profile with roles/compute.osLogin granted.",
-                kind="auth",
             ) from None
         except TimeoutError:
-            raise SshError(
+            raise SshTimeout(
                 f"{target.label}: no answer from {target.host}:{target.port} within "
                 f"{self.options.connect_timeout_s:.0f} s.",
                 "Is the VM READY and reachable (firewall, --internal-ip, IAP)?",
-                kind="timeout",
             ) from None
         except ConnectionRefusedError:
-            raise SshError(
+            raise SshRefused(
                 f"{target.label}: connection refused by {target.host}:{target.port}.",
                 "The VM may be booting, stopped or preempted; refresh its state.",
-                kind="refused",
             ) from None
         except (OSError, asyncssh.Error) as exc:
             remedy = "Check the VM's state and the network."
             if target.proxy_command:
                 remedy = f"The proxy command {shlex.join(target.proxy_command)!r} failed; " + remedy
-            raise SshError(f"{target.label}: {exc}.", remedy, kind="lost") from None
+            raise SshLost(f"{target.label}: {exc}.", remedy) from None
         self.connects += 1
         if tofu and holder["client"].seen_key is not None:
             self.known_hosts.record(target.alias, [_key_text(holder["client"].seen_key)])
@@ -328,12 +339,11 @@ class SshPool:
             if target.host_keys
             else f"the key recorded in {self.known_hosts.path}"
         )
-        return SshError(
+        return SshHostKeyError(
             f"{target.label}: the host key differs from {where} (alias {target.alias}).",
             "A recreated VM has a new node id and so a new alias; a changed key on the same VM "
             "may be an attack. If you trust the change, remove the lines for "
             f"{target.alias} from {self.known_hosts.path}.",
-            kind="host_key",
         )
 
     def _forget(self, alias: str, holder: dict) -> None:
@@ -402,10 +412,9 @@ class SshPool:
                                 await feeding
                 if process.exit_status is None and process.exit_signal is None:
                     self.drop(target)
-                    raise SshError(
+                    raise SshLost(
                         f"{target.label}: the connection closed mid-command.",
                         "It will be retried from where it stopped.",
-                        kind="lost",
                     )
                 signal = process.exit_signal[0] if process.exit_signal else None
                 return RunResult(process.exit_status if signal is None else None, signal)
@@ -413,10 +422,9 @@ class SshPool:
             raise
         except (asyncssh.Error, OSError) as exc:
             self.drop(target)
-            raise SshError(
+            raise SshLost(
                 f"{target.label}: connection lost ({exc}).",
                 "Check the VM's state; the console reconnects on the next try.",
-                kind="lost",
             ) from None
 
 

@@ -1,15 +1,19 @@
 """The Cloud TPU v2 API through google-cloud-tpu's `TpuAsyncClient`, turned into our models.
 
-Every call carries a deadline and a retry on UNAVAILABLE (and DEADLINE_EXCEEDED for reads), and
-every failure leaves here as a `FleetError` saying what happened and what to do.
+Every call carries a deadline and a retry on UNAVAILABLE (and DEADLINE_EXCEEDED for reads),
+writes are retried with backoff through a rate limit, and every failure leaves here as a
+`FleetError` with the API's gRPC code, what it means (quota, stockout, ...) and what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -20,9 +24,23 @@ from google.cloud import tpu_v2
 from google.cloud.tpu_v2.services.tpu.transports import TpuGrpcAsyncIOTransport
 from google.protobuf import field_mask_pb2
 
-from console.models import AcceleratorTypeInfo, FleetError, Node, Worker
+from console.models import (
+    AcceleratorTypeInfo,
+    DataDisk,
+    FleetError,
+    Node,
+    Symptom,
+    Worker,
+    type_from_config,
+)
 
 T = TypeVar("T")
+RetryNote = Callable[[FleetError], None]
+
+# proto-plus warns once per unknown enum value it passes on as an int; we show the number.
+warnings.filterwarnings("ignore", message=r"Unrecognized .* enum value", category=UserWarning)
+
+QUOTA_RE = re.compile(r"Quota (?:limit )?'([^']+)'")
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,11 @@ class CallPolicy:
     retry_initial_s: float = 0.2
     retry_max_s: float = 3.0
     retry_total_s: float = 30.0
+    # A per-minute rate limit on writes ("Maximum number of CreateNode requests per minute")
+    # clears within a minute: back off from 2 s up to 30 s, for up to three minutes.
+    rate_initial_s: float = 2.0
+    rate_max_s: float = 30.0
+    rate_total_s: float = 180.0
 
 
 def _retry(policy: CallPolicy, *, read: bool) -> AsyncRetry:
@@ -48,7 +71,78 @@ def _retry(policy: CallPolicy, *, read: bool) -> AsyncRetry:
     )
 
 
+def error_kind(exc: gexc.GoogleAPICallError) -> str:
+    """What an API error means for the console, from its code and Google's own wording.
+
+    Sources of each text: the stockout ("There is no more capacity in the zone", code 8 inside
+    the create operation: terraform-provider-google#10222, GoogleCloudPlatform/magic-modules
+    #7297), reserved capacity ("Insufficient reserved capacity", code 8: skypilot#4579), the
+    CreateNode rate limit ("Maximum number of CreateNode requests per minute":
+    marin-community/marin#6198), spot quota ("Quota limit 'TPUV6EPreemptible...' has been
+    exceeded", HTTP 429: marin#1612), an unknown type ("the accelerator v4-128 was not found
+    in zone": skypilot#3840; "received an invalid AcceleratorType": SkyPilot's TPU Node code).
+    """
+    text = (exc.message or "").lower()
+    if isinstance(exc, gexc.ResourceExhausted):
+        if "no more capacity" in text:
+            return "stockout"
+        if "insufficient reserved capacity" in text:
+            return "reserved_capacity"
+        if "requests per minute" in text or getattr(exc, "reason", "") == "RATE_LIMIT_EXCEEDED":
+            return "rate_limit"
+        return "quota"
+    if "was not found in zone" in text or "invalid acceleratortype" in text:
+        return "unknown_type"
+    return ""
+
+
+def is_rate_limit(exc: BaseException) -> bool:
+    return isinstance(exc, gexc.ResourceExhausted) and error_kind(exc) == "rate_limit"
+
+
+def _kind_remedy(kind: str, exc: gexc.GoogleAPICallError) -> str:
+    if kind == "stockout":
+        return (
+            "The zone has no free capacity of this type now: try another zone that offers it, "
+            "on-demand instead of spot, or later."
+        )
+    if kind == "reserved_capacity":
+        return (
+            "The reservation has no room left: create without it (on-demand or spot), try "
+            "another zone, or ask Google Cloud support to grow the reservation."
+        )
+    if kind == "rate_limit":
+        return (
+            "Too many create requests in this project this minute (retried with backoff); "
+            "wait a minute and try again."
+        )
+    if kind == "quota":
+        metric = QUOTA_RE.search(exc.message or "")
+        where = f" ({metric.group(1)})" if metric else ""
+        return f"Use on-demand capacity, another region, or ask for more quota{where}."
+    if kind == "unknown_type":
+        return (
+            "Choose a type the zone offers: the create form lists them, as does "
+            "`gcloud compute tpus accelerator-types list --zone Z`."
+        )
+    return ""
+
+
 def _remedy(exc: gexc.GoogleAPICallError, project: str) -> str:
+    kind = error_kind(exc)
+    if kind:
+        return _kind_remedy(kind, exc) or _generic_remedy(exc, project)
+    return _generic_remedy(exc, project)
+
+
+def _generic_remedy(exc: gexc.GoogleAPICallError, project: str) -> str:
+    if isinstance(exc, gexc.PermissionDenied) and "is not found or access" in str(exc.message):
+        return "Check the zone's name: `tpuconsole ls` lists the zones your project sees."
+    if isinstance(exc, gexc.InvalidArgument) and "RuntimeVersion" in str(exc.message):
+        return (
+            "Choose a version the zone offers (the create form lists them; gcloud compute tpus "
+            "tpu-vm versions list --zone ZONE)."
+        )
     if isinstance(exc, gexc.PermissionDenied):
         return (
             f"Check that project {project!r} is right and that your account may use the TPU "
@@ -69,6 +163,13 @@ def fleet_error(exc: BaseException, project: str, what: str) -> FleetError:
     """Turn the client's exceptions into the console's one error type."""
     if isinstance(exc, gexc.RetryError):
         cause = exc.cause if isinstance(exc.cause, gexc.GoogleAPICallError) else None
+        if cause is not None and is_rate_limit(cause):
+            return FleetError(
+                f"{what}: still rate-limited after retrying with backoff: {cause.message}",
+                _kind_remedy("rate_limit", cause),
+                code="RESOURCE_EXHAUSTED",
+                kind="rate_limit",
+            )
         reason = f"{what}: gave up after retries ({exc.cause or exc})."
         return FleetError(
             reason,
@@ -77,7 +178,9 @@ def fleet_error(exc: BaseException, project: str, what: str) -> FleetError:
         )
     if isinstance(exc, gexc.GoogleAPICallError):
         code = exc.grpc_status_code.name if exc.grpc_status_code else str(exc.code)
-        return FleetError(f"{what}: {exc.message}", _remedy(exc, project), code=code)
+        return FleetError(
+            f"{what}: {exc.message}", _remedy(exc, project), code=code, kind=error_kind(exc)
+        )
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return FleetError(
             f"{what}: timed out.", "Check your network and try again.", code="DEADLINE_EXCEEDED"
@@ -87,6 +190,18 @@ def fleet_error(exc: BaseException, project: str, what: str) -> FleetError:
 
 def _short(name: str) -> str:
     return name.rsplit("/", 1)[-1]
+
+
+def enum_name(value: Any, unspecified: str = "") -> str:
+    """An enum's name; a value newer than the client (proto-plus passes an int) as its number."""
+    name = getattr(value, "name", None)
+    if name is None:
+        return str(int(value))
+    return "" if name == unspecified else name
+
+
+def _time(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) and value.year > 1970 else None
 
 
 def worker_endpoints(msg: tpu_v2.Node) -> list[tpu_v2.NetworkEndpoint]:
@@ -100,7 +215,11 @@ def worker_endpoints(msg: tpu_v2.Node) -> list[tpu_v2.NetworkEndpoint]:
 
 
 def node_from_message(msg: tpu_v2.Node) -> Node:
-    """Our Node from the API's; zone and project come from the resource name."""
+    """Our Node from the API's; zone and project come from the resource name.
+
+    Every enum goes through `enum_name`, so a state or health added to the API after this
+    client was built shows as its number instead of crashing the refresh.
+    """
     parts = msg.name.split("/")
     project, zone = (parts[1], parts[3]) if len(parts) >= 6 else ("", "")
     workers = tuple(
@@ -112,27 +231,57 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
         )
         for i, ep in enumerate(worker_endpoints(msg))
     )
-    create_time = msg.create_time if msg.create_time and msg.create_time.year > 1970 else None
-    health = msg.health.name if msg.health else ""
+    config = msg.accelerator_config
+    config_type = enum_name(config.type_, "TYPE_UNSPECIFIED") if config else ""
+    topology = config.topology if config else ""
+    derived = "" if msg.accelerator_type else type_from_config(config_type, topology)
+    sched = msg.scheduling_config
+    # One network: `network_config`; several (multi-NIC): the first of `network_configs`.
+    net = msg.network_config if "network_config" in msg else None
+    if net is None and msg.network_configs:
+        net = msg.network_configs[0]
+    account = msg.service_account
     return Node(
         name=_short(msg.name),
         zone=zone,
         project=project,
-        accelerator_type=msg.accelerator_type,
-        state=msg.state.name if msg.state else "STATE_UNSPECIFIED",
-        health="" if health == "HEALTH_UNSPECIFIED" else health,
-        spot=bool(msg.scheduling_config and msg.scheduling_config.spot),
-        preemptible=bool(msg.scheduling_config and msg.scheduling_config.preemptible),
+        accelerator_type=msg.accelerator_type or derived,
+        state=enum_name(msg.state) or "STATE_UNSPECIFIED",
+        health=enum_name(msg.health, "HEALTH_UNSPECIFIED"),
+        spot=bool(sched and sched.spot),
+        preemptible=bool(sched and sched.preemptible),
+        reserved=bool(sched and sched.reserved),
         runtime_version=msg.runtime_version,
         workers=workers,
         labels=dict(msg.labels),
-        create_time=create_time,
-        symptoms=tuple(s.details or s.symptom_type.name for s in msg.symptoms),
+        create_time=_time(msg.create_time),
+        symptoms=tuple(
+            Symptom(
+                kind=enum_name(s.symptom_type, "SYMPTOM_TYPE_UNSPECIFIED"),
+                details=s.details,
+                worker_id=s.worker_id,
+                create_time=_time(s.create_time),
+            )
+            for s in msg.symptoms
+        ),
         node_id=msg.id,
         description=msg.description,
         health_description=msg.health_description,
-        topology=msg.accelerator_config.topology if msg.accelerator_config else "",
+        topology=topology,
+        accelerator_config_type=config_type,
+        type_from_config=bool(derived),
+        api_version=enum_name(msg.api_version, "API_VERSION_UNSPECIFIED"),
+        network=net.network if net is not None else "",
+        subnetwork=net.subnetwork if net is not None else "",
+        external_ips=net.enable_external_ips if net is not None else None,
+        service_account=account.email if account else "",
+        service_account_scopes=tuple(account.scope) if account else (),
+        data_disks=tuple(
+            DataDisk(d.source_disk, enum_name(d.mode, "DISK_MODE_UNSPECIFIED"))
+            for d in msg.data_disks
+        ),
         metadata=dict(msg.metadata),
+        tags=tuple(msg.tags),
     )
 
 
@@ -227,6 +376,27 @@ class TpuApi:
         except (gexc.GoogleAPICallError, gexc.RetryError, TimeoutError) as exc:
             raise fleet_error(exc, self.project, what) from exc
 
+    def _through_rate_limit(
+        self, what: str, fn: Callable[[], Awaitable[T]], on_retry: RetryNote | None
+    ) -> Callable[[], Awaitable[T]]:
+        """A write retried with backoff while the API rate-limits it (google-api-core's retry).
+
+        Only the rate limit: a quota or a stockout is an answer, not a reason to ask again.
+        """
+
+        def note(exc: Exception) -> None:
+            if on_retry is not None and isinstance(exc, gexc.GoogleAPICallError):
+                on_retry(fleet_error(exc, self.project, what))
+
+        retry = AsyncRetry(
+            predicate=is_rate_limit,
+            initial=self.policy.rate_initial_s,
+            maximum=self.policy.rate_max_s,
+            multiplier=2.0,
+            timeout=self.policy.rate_total_s,
+        )
+        return retry(fn, on_error=note)
+
     # ----- reads -------------------------------------------------------------------------------
     async def list_zones(self) -> list[str]:
         async def go() -> list[str]:
@@ -311,8 +481,10 @@ class TpuApi:
         spot: bool = False,
         labels: dict[str, str] | None = None,
         description: str = "",
+        on_retry: RetryNote | None = None,
         metadata: dict[str, str] | None = None,
     ) -> Any:
+        """The create operation; `on_retry` hears of each rate-limited attempt before its retry."""
         node = tpu_v2.Node(
             accelerator_type=accelerator_type,
             runtime_version=runtime_version,
@@ -331,7 +503,8 @@ class TpuApi:
                 timeout=self.policy.timeout_s,
             )
 
-        return await self._call(f"Creating node {name} in {zone}", go)
+        what = f"Creating node {name} in {zone}"
+        return await self._call(what, self._through_rate_limit(what, go, on_retry))
 
     async def update_metadata(self, zone: str, name: str, metadata: dict[str, str]) -> Any:
         """Replace the node's metadata (UpdateNode, `update_mask="metadata"`), as gcloud does.
@@ -366,7 +539,8 @@ class TpuApi:
                 timeout=self.policy.timeout_s,
             )
 
-        return await self._call(f"{verb.capitalize()} node {name} in {zone}", go)
+        what = f"{verb.capitalize()} node {name} in {zone}"
+        return await self._call(what, self._through_rate_limit(what, go, None))
 
     async def delete_node(self, zone: str, name: str) -> Any:
         return await self._verb("delete", zone, name)
@@ -377,19 +551,37 @@ class TpuApi:
     async def start_node(self, zone: str, name: str) -> Any:
         return await self._verb("start", zone, name)
 
+    @staticmethod
+    async def _result(operation: Any) -> Any:
+        try:
+            return await operation.result()
+        except gexc.GoogleAPICallError as bare:
+            typed = operation_exception(operation.operation)
+            if typed is None:
+                raise
+            raise typed from bare
+
     async def wait_operation(
-        self, operation: Any, *, timeout_s: float = 900.0, poll_s: float = 1.0
+        self,
+        operation: Any,
+        *,
+        timeout_s: float = 900.0,
+        poll_s: float = 1.0,
+        what: str = "",
     ) -> Any:
         """Poll an operation to its end at our own pace (the client's default backs off to 60 s).
 
-        Returns the operation's result (a Node, or Empty for delete); raises FleetError.
+        Returns the operation's result (a Node, or Empty for delete); raises FleetError. An
+        error inside the operation keeps its real code: `AsyncOperation.result()` would raise
+        a bare GoogleAPICallError with none (the sync `Operation` uses `from_grpc_status`), so
+        the code is read from the operation's `error` status here.
         """
         deadline = time.monotonic() + timeout_s
-        what = f"Operation {operation.operation.name.rsplit('/', 1)[-1]}"
+        what = what or f"Operation {operation.operation.name.rsplit('/', 1)[-1]}"
         while True:
             try:
                 if await operation.done(retry=self._read):
-                    return await operation.result()
+                    return await self._result(operation)
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
                 raise fleet_error(exc, self.project, what) from exc
             if time.monotonic() >= deadline:
@@ -399,3 +591,10 @@ class TpuApi:
                     code="DEADLINE_EXCEEDED",
                 )
             await asyncio.sleep(poll_s)
+
+
+def operation_exception(op: Any) -> gexc.GoogleAPICallError | None:
+    """The typed exception (ResourceExhausted for code 8, ...) of a failed operation, if any."""
+    if not op.done or not op.HasField("error"):
+        return None
+    return gexc.from_grpc_status(op.error.code, op.error.message, errors=(op.error,), response=op)

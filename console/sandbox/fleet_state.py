@@ -15,30 +15,90 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from console.models import accelerator_shape
+from console.models import MAX_LABELS, accelerator_shape, label_fault
 
 SANDBOX_PROJECT = "tpuconsole-sandbox"
+SANDBOX_PROJECT_NUMBER = 100000000001  # what the default compute service account is named by
 # The account the sandbox's OS Login knows you as (gcloud's `[core] account` on Google Cloud).
 SANDBOX_ACCOUNT = "alice@example.com"
 GONE = "GONE"  # a pending state meaning "the node disappears"
 
-DEFAULT_RUNTIME_VERSIONS = (
-    "tpu-ubuntu2204-base",
-    "tpu-vm-v4-base",
-    "v2-alpha-tpuv5-lite",
-    "v2-alpha-tpuv6e",
-    "tpu-vm-tf-2.16.1-pjrt",
-)
+# What each generation boots (Cloud TPU docs, "TPU software versions"): v2-v4 share the Ubuntu
+# base images and the TF ones; v5e, v5p and v6e have only their own. A zone lists the versions
+# of the generations it offers.
+RUNTIME_VERSIONS_BY_GENERATION: dict[str, tuple[str, ...]] = {
+    "v2": ("tpu-ubuntu2204-base", "tpu-vm-tf-2.16.1-pjrt"),
+    "v3": ("tpu-ubuntu2204-base", "tpu-vm-tf-2.16.1-pjrt"),
+    "v4": ("tpu-ubuntu2204-base", "tpu-vm-v4-base", "tpu-vm-tf-2.16.1-pjrt"),
+    "v5e": ("v2-alpha-tpuv5-lite",),
+    "v5p": ("v2-alpha-tpuv5",),
+    "v6e": ("v2-alpha-tpuv6e",),
+}
 
 DEFAULT_ACCELERATOR_TYPES: dict[str, tuple[str, ...]] = {
     "us-central2-b": ("v4-8", "v4-16", "v4-32", "v4-64"),
     "us-central1-a": ("v3-8", "v3-32", "v5litepod-8", "v5litepod-16"),
     "europe-west4-a": ("v5litepod-4", "v5litepod-8", "v5litepod-16", "v3-8", "v6e-8"),
+    "us-east5-a": ("v5p-8", "v5p-16"),
 }
+# Listed by ListLocations, but this project has no TPU access there: every call answers
+# PERMISSION_DENIED, as for a TPU Research Cloud project outside its granted zones.
+NO_ACCESS_ZONES: tuple[str, ...] = ("asia-east1-c",)
+# Zone -> type prefixes with no spot capacity: a spot create is accepted, then its operation
+# fails with code 8 (a stockout arrives inside the operation, not on CreateNode).
+SPOT_STOCKOUTS: dict[str, tuple[str, ...]] = {"europe-west4-a": ("v5litepod",)}
+
+# Spot quota metrics by generation, as the API names them in a refusal: v4 from the seeds and
+# marin-community/marin#87, v5e from marin#87, v6e from marin#1612. Generations without a
+# published name have no spot quota in the sandbox.
+SPOT_QUOTA_METRICS = {
+    "v4": "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI",
+    "v5e": "TPUV5sPreemptibleLitepodPerProjectPerRegionForTPUAPI",
+    "v6e": "TPUV6EPreemptiblePerProjectPerRegionForTPUAPI",
+}
+# Google's wording for each refusal, with its source (a test pins each one).
+STOCKOUT_CODE = 8  # RESOURCE_EXHAUSTED, inside the create operation
+STOCKOUT_TEXT = (  # terraform-provider-google#10222, GoogleCloudPlatform/magic-modules#7297
+    'There is no more capacity in the zone "{zone}"; you can try in another zone where Cloud '
+    "TPU Nodes are offered (see https://cloud.google.com/tpu/docs/regions)"
+)
+QUOTA_TEXT = "Quota limit '{metric}' has been exceeded. Limit: {limit} in region {region}."
+UNKNOWN_TYPE_TEXT = (  # skypilot#3840: refused by CreateNode itself (SkyPilot's CREATION_FAILED)
+    "Cloud TPU received a bad request. the accelerator {type} was not found in zone {zone}"
+)
+RATE_LIMIT_TEXT = (  # the phrase marin-community/marin#6198 quotes; the sentence's end is ours
+    "Maximum number of CreateNode requests per minute exceeded."
+)
+POD_STOP_TEXT = (  # Cloud TPU docs, as SkyPilot quotes them; the API's exact wording is not public
+    "TPU VM pods cannot be stopped (node {name} has {hosts} workers)."
+)
+NO_ACCESS_TEXT = "Permission '{permission}' denied on '{resource}'"  # SkyPilot's GCP TPU filter()
+
+
+def runtime_versions_for(types: tuple[str, ...]) -> tuple[str, ...]:
+    generations = {accelerator_shape(t).version for t in types}
+    versions = {v for g in generations for v in RUNTIME_VERSIONS_BY_GENERATION.get(g, ())}
+    return tuple(sorted(versions))
 
 
 class QuotaExceeded(Exception):
     """A spot create beyond the zone's spot chip quota, with the API's own wording."""
+
+
+class RateLimited(Exception):
+    """Too many CreateNode calls this minute (RESOURCE_EXHAUSTED, like a quota refusal)."""
+
+
+class InvalidArgument(Exception):
+    pass
+
+
+class NoAccess(Exception):
+    """The project has no TPU access in this zone (PERMISSION_DENIED)."""
+
+
+class UnknownLocation(Exception):
+    """A zone the project cannot see: Google answers PERMISSION_DENIED, not NOT_FOUND."""
 
 
 class AlreadyExists(Exception):
@@ -51,6 +111,64 @@ class NotFound(Exception):
 
 class FailedPrecondition(Exception):
     pass
+
+
+@dataclass
+class CreateRate:
+    """The project's CreateNode rate quota as a token bucket: `per_minute`, bursts of `burst`.
+
+    91 a minute is the tpu.googleapis.com/qps/create quota marin-community/marin#6198 reports.
+    """
+
+    per_minute: float = 91.0
+    burst: float = 91.0
+    tokens: float = -1.0  # -1: full
+    at: float = 0.0
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.at = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_minute / 60.0)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+# The TPU API's answer for a zone it does not know (HTTP 403 / PERMISSION_DENIED), as SkyPilot's
+# TPU VM code catches it from nodes.list (sky/provision/gcp/instance_utils.py) and gpuhunt#98
+# quotes it from google-cloud-tpu: "Location europe-west1-b is not found or access is
+# unauthorized."
+UNKNOWN_LOCATION_TEXT = "Location {zone} is not found or access is unauthorized."
+# A runtime version the zone does not offer: INVALID_ARGUMENT, worded as Cloud TPU words a
+# field it refuses (tensorflow/tpu#877: 'Cloud TPU received an invalid argument. The field
+# "TensorflowVersion" cannot be "2.4".'); the TPU VM API's exact text is not public.
+BAD_RUNTIME_TEXT = (
+    'Cloud TPU received an invalid argument. The field "RuntimeVersion" cannot be "{v}".'
+)
+# Labels outside Google's rules (console.models.label_fault): INVALID_ARGUMENT, as the TPU API
+# refused one in GoogleCloudPlatform/ml-testing-accelerators#461: 'resource labels are invalid:
+# value "pt-r1.9-..." contains invalid character '.' at index 5 for key "test-name"'. Only that
+# form is published; keys and lengths are told the same way.
+BAD_LABELS_TEXT = "resource labels are invalid: {what}"
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    """Refuse labels as the TPU API does (INVALID_ARGUMENT, its wording)."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(
+            BAD_LABELS_TEXT.format(what=f"{len(labels)} labels (at most {MAX_LABELS})")
+        )
+    for key, value in labels.items():
+        fault = label_fault(key, key=True)
+        if fault:
+            raise InvalidArgument(BAD_LABELS_TEXT.format(what=f'key "{key}" {fault}'))
+        fault = label_fault(value, key=False)
+        if fault:
+            raise InvalidArgument(
+                BAD_LABELS_TEXT.format(what=f'value "{value}" {fault} for key "{key}"')
+            )
 
 
 @dataclass(frozen=True)
@@ -82,6 +200,9 @@ class SandboxNode:
     description: str = ""
     symptoms: list[str] = field(default_factory=list)
     pending: list[tuple[float, str]] = field(default_factory=list)
+    reserved: bool = False
+    api_version: str = "V2"  # V1 / V1_ALPHA1 for a legacy TPU Node
+    tags: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     networks: int = 1  # network configs: a multi-NIC node lists this many endpoints per worker
     # What the VM's guest agent has applied so far (instance and project metadata), and when
@@ -145,6 +266,12 @@ class SandboxOperation:
     done_state: str  # the node state that completes it; GONE for delete
     error: str = ""
     end_time: float = 0.0
+    # No public source says which code an operation gets when its node is deleted or
+    # preempted under it; ABORTED (10) is gRPC's "the operation was cut short".
+    error_code: int = 10
+    fail_at: float = 0.0  # when set, the operation fails then with fail_code / fail_message
+    fail_code: int = 0
+    fail_message: str = ""
 
     @property
     def name(self) -> str:
@@ -218,6 +345,40 @@ def _default_nodes(now: float) -> list[SandboxNode]:
             metadata={"enable-oslogin": "TRUE"},
             guest_metadata={"enable-oslogin": "TRUE"},
         ),
+        # A node on a reservation: PROV says "reserved", not "on-demand".
+        SandboxNode(
+            "demo-reserved-v4-8",
+            "us-central2-b",
+            "v4-8",
+            "tpu-ubuntu2204-base",
+            "READY",
+            1006,
+            now - 8 * hour,
+            reserved=True,
+            labels={"team": "rl"},
+        ),
+        # READY, but its health check timed out: the console flags it.
+        SandboxNode(
+            "demo-v5e-timeout",
+            "us-central1-a",
+            "v5litepod-8",
+            "v2-alpha-tpuv5-lite",
+            "READY",
+            1007,
+            now - 2 * hour,
+            health="TIMEOUT",
+        ),
+        # A state newer than the client (17: past UNKNOWN = 16), sent as its raw number.
+        SandboxNode(
+            "demo-v6e-next",
+            "europe-west4-a",
+            "v6e-8",
+            "v2-alpha-tpuv6e",
+            "17",
+            1008,
+            now - 30 * 60.0,
+            health="",
+        ),
     ]
 
 
@@ -230,9 +391,12 @@ class SandboxFleet:
     operations: dict[int, SandboxOperation] = field(default_factory=dict)
     next_id: int = 2000
     timing: SandboxTiming = field(default_factory=SandboxTiming)
-    zones: tuple[str, ...] = tuple(DEFAULT_ACCELERATOR_TYPES)
+    zones: tuple[str, ...] = tuple(sorted((*DEFAULT_ACCELERATOR_TYPES, *NO_ACCESS_ZONES)))
+    no_access_zones: tuple[str, ...] = NO_ACCESS_ZONES
     spot_chip_quota: dict[str, int] = field(default_factory=lambda: {"us-central2-b": 4})
     default_spot_quota: int = 64
+    spot_stockouts: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SPOT_STOCKOUTS))
+    create_rate: CreateRate = field(default_factory=CreateRate)
     # The sandbox's stand-in for Compute Engine's project metadata (`ssh-keys`,
     # `enable-oslogin`), which the guest agents read beside each node's own.
     project_metadata: dict[str, str] = field(default_factory=dict)
@@ -304,6 +468,9 @@ class SandboxFleet:
                     changes.append((key, node.state, node.state))
             for op in self.operations.values():
                 if op.end_time or op.error:
+                    continue
+                if op.fail_at and now >= op.fail_at:
+                    op.error, op.error_code, op.end_time = op.fail_message, op.fail_code, now
                     continue
                 node = self.nodes.get(f"{op.zone}/{op.node_name}")
                 state = node.state if node else GONE
@@ -394,12 +561,19 @@ class SandboxFleet:
         return True
 
     # ----- reads -------------------------------------------------------------------------------
+    def _known_zone(self, zone: str) -> None:
+        """Every call naming a zone that ListLocations does not list is refused, as Google's."""
+        if zone not in self.zones:
+            raise UnknownLocation(UNKNOWN_LOCATION_TEXT.format(zone=zone))
+
     def list(self, zone: str) -> list[SandboxNode]:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             return sorted((n for n in self.nodes.values() if n.zone == zone), key=lambda n: n.name)
 
     def get(self, zone: str, name: str) -> SandboxNode:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             node = self.nodes.get(f"{zone}/{name}")
@@ -416,6 +590,17 @@ class SandboxFleet:
 
     def accelerator_types(self, zone: str) -> tuple[str, ...]:
         return DEFAULT_ACCELERATOR_TYPES.get(zone, ("v4-8", "v5litepod-8"))
+
+    def runtime_versions(self, zone: str) -> tuple[str, ...]:
+        """What ListRuntimeVersions lists for the zone; CreateNode accepts only these."""
+        return runtime_versions_for(self.accelerator_types(zone))
+
+    def check_access(self, zone: str, permission: str, resource: str) -> None:
+        if zone in self.no_access_zones:
+            raise NoAccess(NO_ACCESS_TEXT.format(permission=permission, resource=resource))
+
+    def _stockout(self, zone: str, accelerator_type: str) -> bool:
+        return any(accelerator_type.startswith(p) for p in self.spot_stockouts.get(zone, ()))
 
     # ----- writes ------------------------------------------------------------------------------
     def _new_operation(self, zone: str, name: str, verb: str, done_state: str) -> SandboxOperation:
@@ -445,27 +630,30 @@ class SandboxFleet:
         metadata: dict[str, str] | None = None,
         networks: int = 1,
     ) -> SandboxOperation:
+        self._known_zone(zone)
+        check_labels(labels or {})
+        if runtime_version not in self.runtime_versions(zone):
+            raise InvalidArgument(BAD_RUNTIME_TEXT.format(v=runtime_version))
         self.advance()
         with self._lock:
             if f"{zone}/{name}" in self.nodes:
                 raise AlreadyExists(f"Node {name} already exists in zone {zone}.")
             shape = accelerator_shape(accelerator_type)
             if shape.chips == 0 or accelerator_type not in self.accelerator_types(zone):
-                raise FailedPrecondition(
-                    f"Accelerator type {accelerator_type} is not available in zone {zone}."
-                )
-            if spot or preemptible:
+                raise InvalidArgument(UNKNOWN_TYPE_TEXT.format(type=accelerator_type, zone=zone))
+            metric = SPOT_QUOTA_METRICS.get(shape.version)
+            if (spot or preemptible) and metric:
                 quota = self.spot_chip_quota.get(zone, self.default_spot_quota)
                 if self._spot_chips_in_use(zone) + shape.chips > quota:
                     region = zone.rsplit("-", 1)[0]
-                    metric = (
-                        f"TPU{shape.version.upper()}sPreemptiblePodPerProjectPerRegionForTPUAPI"
-                    )
                     raise QuotaExceeded(
-                        f"Quota limit '{metric}' has been exceeded. "
-                        f"Limit: {quota} in region {region}."
+                        QUOTA_TEXT.format(metric=metric, limit=quota, region=region)
                     )
             now = time.time()
+            if not self.create_rate.take(now):
+                raise RateLimited(RATE_LIMIT_TEXT)
+            stockout = (spot or preemptible) and self._stockout(zone, accelerator_type)
+            fail_at = now + self.timing.create_s / 2 if stockout else 0.0
             node = SandboxNode(
                 name,
                 zone,
@@ -479,19 +667,23 @@ class SandboxFleet:
                 preemptible=preemptible,
                 labels=dict(labels or {}),
                 description=description,
-                pending=[(now + self.timing.create_s, "READY")],
+                pending=[(fail_at, GONE)] if stockout else [(now + self.timing.create_s, "READY")],
                 metadata=dict(metadata or {}),
                 networks=max(1, networks),
             )
             self.next_id += 1
             self.nodes[node.key] = node
             op = self._new_operation(zone, name, "create", "READY")
+            if stockout:  # the node goes away as its operation fails, code 8 and Google's text
+                op.fail_at, op.fail_code = fail_at, STOCKOUT_CODE
+                op.fail_message = STOCKOUT_TEXT.format(zone=zone)
             self.save()
             return op
 
     def _transition(
         self, zone: str, name: str, verb: str, allowed: set[str], via: str, to: str, after: float
     ) -> SandboxOperation:
+        self._known_zone(zone)
         self.advance()
         with self._lock:
             node = self.nodes.get(f"{zone}/{name}")
@@ -508,12 +700,19 @@ class SandboxFleet:
     def delete(self, zone: str, name: str) -> SandboxOperation:
         return self._transition(zone, name, "delete", set(), "DELETING", GONE, self.timing.delete_s)
 
+    def _refuse_pods(self, zone: str, name: str) -> None:
+        node = self.get(zone, name)
+        if node.hosts > 1:
+            raise FailedPrecondition(POD_STOP_TEXT.format(name=name, hosts=node.hosts))
+
     def stop(self, zone: str, name: str) -> SandboxOperation:
+        self._refuse_pods(zone, name)
         return self._transition(
             zone, name, "stop", {"READY"}, "STOPPING", "STOPPED", self.timing.stop_s
         )
 
     def start(self, zone: str, name: str) -> SandboxOperation:
+        self._refuse_pods(zone, name)
         return self._transition(
             zone, name, "start", {"STOPPED"}, "STARTING", "READY", self.timing.start_s
         )

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ class SandboxEndpoint:
     pid: int
     ssh_port: int = 22
     account: str = SANDBOX_ACCOUNT
+    # Started by a command for itself and any other (console/sandbox/serving.py): it stops once
+    # no process uses it, and gives way to `tpuconsole sandbox serve`.
+    background: bool = False
 
 
 class SandboxBusy(Exception):
@@ -67,25 +71,66 @@ def sandbox_dir(home: Path) -> Path:
     return home / "sandbox"
 
 
-def read_served_endpoint(home: Path) -> SandboxEndpoint | None:
-    """The endpoint of a sandbox another live process serves for this home, if any."""
+def home_claimed(home: Path) -> bool:
+    """Whether a process holds the home's serve lock (probed shared, so probes never collide)."""
     lock_path = sandbox_dir(home) / "serve.lock"
-    info = sandbox_dir(home) / "serve.json"
-    if not lock_path.exists() or not info.exists():
-        return None
+    if not lock_path.exists():
+        return False
     with open(lock_path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return SandboxEndpoint(**json.loads(info.read_text()))
+            return True
         fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _published(home: Path) -> SandboxEndpoint | None:
+    """serve.json, if a live process wrote it (a killed server leaves its file behind)."""
+    try:
+        endpoint = SandboxEndpoint(**json.loads((sandbox_dir(home) / "serve.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return endpoint if _alive(endpoint.pid) else None
+
+
+def read_served_endpoint(home: Path) -> SandboxEndpoint | None:
+    """The endpoint of a sandbox another live process serves for this home, if any."""
+    return _published(home) if home_claimed(home) else None
+
+
+def wait_served_endpoint(home: Path, timeout_s: float = 60.0) -> SandboxEndpoint | None:
+    """The served endpoint, waiting while the home is claimed but not published yet (a server
+    starting up, or a command changing the saved state); None once nobody holds the home."""
+    deadline = time.monotonic() + timeout_s
+    while home_claimed(home):
+        endpoint = _published(home)
+        if endpoint is not None:
+            return endpoint
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"{sandbox_dir(home)} has been claimed for {timeout_s:.0f} s by a process that "
+                "publishes no endpoint; `fuser -v` on its serve.lock names it."
+            )
+        time.sleep(0.05)
     return None
 
 
 def reset_sandbox(home: Path) -> None:
     """Start afresh: the default fleet, new worker directories; keys are kept."""
-    if read_served_endpoint(home) is not None:
-        raise SandboxBusy(read_served_endpoint(home))  # type: ignore[arg-type]
+    served = read_served_endpoint(home)
+    if served is not None:
+        raise SandboxBusy(served)
     base = sandbox_dir(home)
     for name in ("state.json",):
         with contextlib.suppress(FileNotFoundError):
@@ -113,8 +158,13 @@ class Sandbox:
         timing: SandboxTiming | None = None,
         fleet: SandboxFleet | None = None,
         now: float | None = None,
+        publish: bool = True,
+        background: bool = False,
     ) -> None:
         self.home = Path(home)
+        self.publishes = publish  # False: a command that changes the saved state and leaves
+        self.background = background
+        self.replaced: SandboxEndpoint | None = None  # the background server that gave way
         self.dir = sandbox_dir(self.home)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.with_ssh = ssh
@@ -146,13 +196,23 @@ class Sandbox:
         self._stop: asyncio.Event | None = None
         self._lock_fh: Any = None
         self._reconciling: asyncio.Lock | None = None
+        self._running_workers: set[tuple[int, int]] | None = None  # READY at the last sweep
         self.api_address = ""
 
     # ----- lifecycle ---------------------------------------------------------------------------
     @classmethod
     def start(cls, home: Path, **kw: Any) -> Sandbox:
+        """Serve the home here. A background server that serves it gives way (its users follow
+        to this one); any other server raises SandboxBusy."""
         sandbox = cls(home, **kw)
-        sandbox._claim_home()
+        if sandbox.background:
+            sandbox._claim_home()
+        else:
+            from console.sandbox.serving import replacing_background
+
+            with replacing_background(sandbox.home) as replaced:
+                sandbox._claim_home()
+            sandbox.replaced = replaced
         sandbox._reserve_port()
         sandbox._thread = threading.Thread(target=sandbox._main, name="sandbox", daemon=True)
         sandbox._thread.start()
@@ -160,7 +220,8 @@ class Sandbox:
         if sandbox._error is not None:
             sandbox._release_home()
             raise sandbox._error
-        sandbox._publish()
+        if sandbox.publishes:
+            sandbox._publish()
         return sandbox
 
     @property
@@ -177,6 +238,7 @@ class Sandbox:
             os.getpid(),
             self.ssh_port,
             SANDBOX_ACCOUNT,
+            self.background,
         )
 
     def _reserve_port(self) -> None:
@@ -191,25 +253,48 @@ class Sandbox:
         self._port_holder = holder
         self.ssh_port = holder.getsockname()[1]
 
-    def _claim_home(self) -> None:
-        self._lock_fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_fh.close()
-            endpoint = read_served_endpoint(self.home)
-            if endpoint is None:
-                raise RuntimeError("sandbox home is locked but publishes no endpoint") from None
-            raise SandboxBusy(endpoint) from None
+    def _claim_home(self, timeout_s: float = 60.0) -> None:
+        """Hold the home's serve lock, or raise SandboxBusy with the endpoint of who does.
+
+        A home claimed by a process that has not published yet (starting, or changing the
+        saved state) is waited for, never mistaken for a broken one.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fh = open(self.dir / "serve.lock", "a+")  # noqa: SIM115 - held while serving
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                endpoint = wait_served_endpoint(self.home, max(0.1, deadline - time.monotonic()))
+                if endpoint is not None:
+                    raise SandboxBusy(endpoint) from None
+                continue  # released meanwhile, or only probed for an instant: claim again
+            self._lock_fh = fh
+            with contextlib.suppress(FileNotFoundError):  # a killed server's, now stale
+                (self.dir / "serve.json").unlink()
+            return
 
     def _publish(self) -> None:
         info = self.dir / "serve.json"
-        info.write_text(json.dumps(asdict(self.endpoint)))
+        tmp = info.with_name(f"serve.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self.endpoint)))
+        os.replace(tmp, info)  # readers never see half a file
+
+    def unpublish(self) -> None:
+        """Still serving, but no new process joins: they wait until it publishes again or goes
+        (a background server about to stop looks once more for a late user)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "serve.json").unlink()
+
+    def republish(self) -> None:
+        self._publish()
 
     def _release_home(self) -> None:
         if self._lock_fh is not None:
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / "serve.json").unlink()
+            if self.publishes:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / "serve.json").unlink()
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None
@@ -224,7 +309,9 @@ class Sandbox:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
         self._thread = None
-        self.fleet.save()
+        if self.dir.is_dir():  # not when its home was deleted under it: nothing to keep
+            self.fleet.save()
+            self._end_gone_workers()  # a node preempted or deleted just now takes its processes
         self._release_home()
 
     def __enter__(self) -> Sandbox:
@@ -243,6 +330,7 @@ class Sandbox:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         try:
+            await asyncio.to_thread(self._end_gone_workers)
             self.api_address = await self.emulator.start()
             if self.with_ssh:
                 from console.sandbox.ssh_workers import load_or_create_key
@@ -258,6 +346,9 @@ class Sandbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
             self.fleet.advance()
+            gone = self._take_gone_workers()
+            if gone:
+                await asyncio.to_thread(self._end_workers, gone)
             if self.with_ssh:
                 await self._reconcile()
         for server in list(self._servers.values()):
@@ -268,6 +359,46 @@ class Sandbox:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the sandbox's own loop from any other thread."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # ----- the processes of workers whose VM is gone ------------------------------------------
+    def _ready_workers(self) -> set[tuple[int, int]]:
+        with self.fleet._lock:
+            return {
+                (n.node_id, w)
+                for n in self.fleet.nodes.values()
+                if n.state == "READY"
+                for w in range(n.hosts)
+            }
+
+    def _take_gone_workers(self) -> set[tuple[int, int]]:
+        """Workers that ran when last looked (any on disk, the first time) whose VM does not
+        run now; from now on, the ones that run are those of READY nodes."""
+        if self._running_workers is None:
+            self._running_workers = set()
+            workers = self.dir / "workers"
+            for node_dir in workers.iterdir() if workers.is_dir() else ():
+                for worker_dir in node_dir.iterdir() if node_dir.name.isdigit() else ():
+                    if worker_dir.name[:1] == "w" and worker_dir.name[1:].isdigit():
+                        self._running_workers.add((int(node_dir.name), int(worker_dir.name[1:])))
+        ready = self._ready_workers()
+        gone, self._running_workers = self._running_workers - ready, ready
+        return gone
+
+    def _end_workers(self, gone: set[tuple[int, int]]) -> None:
+        """Kill every process of workers whose node was deleted, preempted or stopped.
+
+        A real VM takes its processes with it; here they would run on, holding this
+        machine's CPU and what they hold (ports, files), while the console says the node is
+        gone. Only processes the worker started are found (worker_processes.py).
+        """
+        from console.sandbox.worker_processes import kill_worker_processes
+
+        if gone:
+            workers = self.dir / "workers"
+            kill_worker_processes(workers / str(node_id) / f"w{w}" for node_id, w in gone)
+
+    def _end_gone_workers(self) -> None:
+        self._end_workers(self._take_gone_workers())
 
     # ----- ssh workers -------------------------------------------------------------------------
     def _worker_key(self, node: SandboxNode, worker: int) -> tuple[int, int]:

@@ -7,6 +7,8 @@ and chip devices, so probes, kills and jobs exercise real processes, files and l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ import asyncssh
 
 from console.adapters.runtime_metrics_proto import DEFAULT_PORT as METRICS_PORT
 from console.models import accelerator_shape
+from console.sandbox.engine_env import engine_env
 from console.sandbox.fleet_state import SandboxNode
 from console.sandbox.local_process import LocalProcess
 
@@ -37,8 +40,23 @@ FAST_CIPHERS = (
 
 # The stand-in for libtpu holding the chips: a JAX plugin (jax_plugins/tpuconsole_libtpu_standin).
 LIBTPU_STANDIN = Path(__file__).resolve().parent / "libtpu_standin"
-# Variables of the operator's own shell that must not leak into a "remote" worker.
-_SCRUBBED_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "TPUCONSOLE_HOME", "OLDPWD", "PWD")
+# Variables of the operator's own shell that must not leak into a "remote" worker: a worker
+# has its own HOME (and so its own Hugging Face cache) and picks its engine below.
+_SCRUBBED_ENV = (
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "TPUCONSOLE_HOME",
+    "OLDPWD",
+    "PWD",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "TRANSFORMERS_CACHE",
+    "TPUCONSOLE_ENGINE",
+    "TPUCONSOLE_ENGINE_NOTE",
+    "TPUCONSOLE_SGL_JAX_PYTHON",
+    "TPUCONSOLE_REEXEC",
+)
 
 
 @dataclass(frozen=True)
@@ -74,18 +92,63 @@ class WorkerPlace:
         for device in self.devices:
             device.parent.mkdir(parents=True, exist_ok=True)
             device.touch(exist_ok=True)
+        self._link_short_tmp()
+        self._link_tiny_llama()
+
+    @property
+    def tmpdir(self) -> Path:
+        """The worker's TMPDIR: its tmp folder, under a name as short as a VM's /tmp.
+
+        sgl-jax makes its ZeroMQ unix sockets in TMPDIR, and a socket's path may not exceed
+        107 bytes, which the worker's folder under a deep TPUCONSOLE_HOME can.
+        """
+        workers_dir = self.root.parent.parent
+        short = short_name(workers_dir)
+        if short.is_symlink() and Path(os.readlink(short)) == workers_dir:
+            return short / self.root.relative_to(workers_dir) / "tmp"
+        return self.root / "tmp"
+
+    def _link_short_tmp(self) -> None:
+        link_short_name(self.root.parent.parent)
+
+    def _link_tiny_llama(self) -> None:
+        """The tiny Llama in the worker's own Hugging Face cache, where a VM that had run the
+        seeds' tiny-llama preset once would have it (no hub here: the runs are offline)."""
+        repo = engine_env().tiny_llama_repo
+        if not repo.is_dir():
+            return
+        link = self.root / ".cache" / "huggingface" / "hub" / repo.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and link.resolve() == repo.resolve():
+            return
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(repo, target_is_directory=True)
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        # The "VM's" python is the console's own (it has jax); its chips are virtual CPU
-        # devices, and the runners pick the reference engine: sgl-jax needs a real TPU.
+        # The "VM's" python is the console's own (it has jax and Tunix); its chips are virtual
+        # CPU devices. sgl-jax needs Python 3.12: the multi-engine runner, started with this
+        # python, runs itself under TPUCONSOLE_SGL_JAX_PYTHON, the checkout's .venv-engine, so
+        # every other job keeps this python. Without that env the runner uses the reference
+        # engine and its first line says why.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        engine = engine_env()
+        if engine.ready():
+            env["TPUCONSOLE_SGL_JAX_PYTHON"] = str(engine.python)
+        else:
+            env["TPUCONSOLE_ENGINE"] = "reference"
+            env["TPUCONSOLE_ENGINE_NOTE"] = "the sandbox has no sgl-jax: " + engine.missing()
         env.update(
             JAX_PLATFORMS="cpu",
             XLA_FLAGS=f"--xla_force_host_platform_device_count={len(self.devices)}",
-            TPUCONSOLE_ENGINE="reference",
+            # No network here: Hugging Face libraries use what the worker's cache holds.
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
             HOME=str(self.root),
-            TMPDIR=str(self.root / "tmp"),
+            TMPDIR=str(self.tmpdir),
             TPUCONSOLE_LOCKFILE=str(self.lockfile),
             TPUCONSOLE_DEVICES=self.devices_glob,
             TPUCONSOLE_SANDBOX="1",
@@ -99,6 +162,32 @@ class WorkerPlace:
                 TPUCONSOLE_PROCESS_ID=str(self.worker),
             )
         return env
+
+
+_SHORT_PREFIX = "tpuconsole-"
+
+
+def short_name(workers_dir: Path) -> Path:
+    digest = hashlib.sha1(str(workers_dir).encode()).hexdigest()[:16]
+    return Path("/tmp") / (_SHORT_PREFIX + digest)
+
+
+def link_short_name(workers_dir: Path) -> None:
+    """/tmp/tpuconsole-<digest> → the sandbox's workers folder; links of ours whose sandbox is
+    gone (a test's, a reset's) are removed on the way. Without /tmp, the long names stay."""
+    link = short_name(workers_dir)
+    if link.is_symlink() and Path(os.readlink(link)) == workers_dir:
+        return
+    if not link.parent.is_dir():
+        return
+    for old in link.parent.glob(_SHORT_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if old.is_symlink() and old.lstat().st_uid == os.getuid() and not old.exists():
+                old.unlink()
+    with contextlib.suppress(OSError):  # taken by something not ours: keep the long names
+        if link.is_symlink() and link.lstat().st_uid == os.getuid():
+            link.unlink()
+        link.symlink_to(workers_dir, target_is_directory=True)
 
 
 def load_or_create_key(path: Path, algorithm: str = "ssh-ed25519") -> asyncssh.SSHKey:
@@ -182,6 +271,18 @@ class _TrackedServer(asyncssh.SSHServer):
         return serve(self._conn)
 
 
+class _WorkerSftp(asyncssh.SFTPServer):
+    """SFTP as OpenSSH's sftp-server serves it: relative paths from the user's HOME, absolute
+    ones as they are, where the worker's shell (and so `tar -C /abs`) puts them too."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, home: Path) -> None:
+        super().__init__(chan)
+        self._home = str(home).encode()
+
+    def map_path(self, path: bytes) -> bytes:
+        return path if path.startswith(b"/") else os.path.join(self._home, path)
+
+
 class WorkerServer:
     """A sandbox worker's sshd: public keys as its VM would accept them, `bash -c` per command."""
 
@@ -223,8 +324,7 @@ class WorkerServer:
         return {METRICS_PORT: self.metrics.open}
 
     def _sftp(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
-        # Relative paths land in the worker's HOME, as on a VM; the chroot keeps them there.
-        return asyncssh.SFTPServer(chan, chroot=str(self.place.root).encode())
+        return _WorkerSftp(chan, self.place.root)
 
     async def stop(self) -> None:
         """Drop the server and every open connection, as when a VM goes away."""

@@ -17,18 +17,23 @@ from google.cloud.location import locations_pb2
 from google.cloud.tpu_v2.types import cloud_tpu
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
 from console.sandbox.fleet_state import (
-    DEFAULT_RUNTIME_VERSIONS,
     SANDBOX_PROJECT,
+    SANDBOX_PROJECT_NUMBER,
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
+    NoAccess,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     SandboxFleet,
     SandboxNode,
     SandboxOperation,
+    UnknownLocation,
+    check_labels,
     loopback,
 )
 
@@ -172,17 +177,25 @@ class TpuEmulator:
         ]
 
     def node_message(self, node: SandboxNode) -> cloud_tpu.Node:
+        """A node as the API publishes it (fields as `gcloud ... describe` shows a TPU VM)."""
         endpoints = self.endpoints(node)
         msg = cloud_tpu.Node(
             name=f"projects/{SANDBOX_PROJECT}/locations/{node.zone}/nodes/{node.name}",
             description=node.description,
             accelerator_type=node.accelerator_type,
-            state=cloud_tpu.Node.State[node.state],
             runtime_version=node.runtime_version,
             scheduling_config=cloud_tpu.SchedulingConfig(
-                spot=node.spot, preemptible=node.preemptible
+                spot=node.spot, preemptible=node.preemptible, reserved=node.reserved
             ),
             network_endpoints=endpoints,
+            # The default compute service account, as `gcloud compute tpus tpu-vm create`
+            # gives a TPU VM without --service-account.
+            service_account=cloud_tpu.ServiceAccount(
+                email=f"{SANDBOX_PROJECT_NUMBER}-compute@developer.gserviceaccount.com",
+                scope=["https://www.googleapis.com/auth/cloud-platform"],
+            ),
+            tags=node.tags,
+            api_version=cloud_tpu.Node.ApiVersion[node.api_version],
             labels=node.labels,
             metadata=node.metadata,
             id=node.node_id,
@@ -196,6 +209,10 @@ class TpuEmulator:
                 for s in node.symptoms
             ],
         )
+        if node.state.isdigit():  # a state newer than the client: its number goes on the wire
+            cloud_tpu.Node.pb(msg).state = int(node.state)
+        else:
+            msg.state = cloud_tpu.Node.State[node.state]
         if node.networks > 1:  # the v2 Node's repeated `network_configs`, one per network
             msg.network_configs = self.network_configs(node)
         else:
@@ -217,8 +234,8 @@ class TpuEmulator:
             meta_pb.end_time.CopyFrom(_timestamp(op.end_time))
         result = operations_pb2.Operation(name=op.name, done=bool(op.end_time))
         result.metadata.Pack(meta_pb)
-        if op.error:
-            result.error.CopyFrom(status_pb2.Status(code=code_pb2.ABORTED, message=op.error))
+        if op.error:  # an error inside the operation keeps its code (8 for a stockout)
+            result.error.CopyFrom(status_pb2.Status(code=op.error_code, message=op.error))
         elif op.end_time:
             payload = any_pb2.Any()
             if op.verb == "delete":
@@ -231,8 +248,14 @@ class TpuEmulator:
         return result
 
     # ----- the Tpu service ---------------------------------------------------------------------
+    def _access(self, name: str, permission: str, *, expect: str) -> tuple[str, str]:
+        """Parse a resource name, refusing it as Google does in a zone without TPU access."""
+        zone, node = _parse(name, expect=expect)
+        self.fleet.check_access(zone, permission, name)
+        return zone, node
+
     def list_nodes(self, req: cloud_tpu.ListNodesRequest) -> cloud_tpu.ListNodesResponse:
-        zone, _ = _parse(req.parent, expect="parent")
+        zone, _ = self._access(f"{req.parent}/nodes", "tpu.nodes.list", expect="parent")
         nodes = self.fleet.list(zone)
         start = int(req.page_token or 0)
         size = req.page_size or DEFAULT_PAGE_SIZE
@@ -243,11 +266,11 @@ class TpuEmulator:
         )
 
     def get_node(self, req: cloud_tpu.GetNodeRequest) -> cloud_tpu.Node:
-        zone, name = _parse(req.name, expect="node")
+        zone, name = self._access(req.name, "tpu.nodes.get", expect="node")
         return self.node_message(self.fleet.get(zone, name))
 
     def create_node(self, req: cloud_tpu.CreateNodeRequest) -> operations_pb2.Operation:
-        zone, _ = _parse(req.parent, expect="parent")
+        zone, _ = self._access(f"{req.parent}/nodes", "tpu.nodes.create", expect="parent")
         if not req.node_id:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required.")
         sched = req.node.scheduling_config
@@ -278,6 +301,7 @@ class TpuEmulator:
             )
         node = self.fleet.get(zone, name)
         if "labels" in paths:
+            check_labels(dict(req.node.labels))
             node.labels = dict(req.node.labels)
         if "description" in paths:
             node.description = req.node.description
@@ -285,7 +309,7 @@ class TpuEmulator:
         return self.operation_message(self.fleet.update_metadata(zone, name, metadata))
 
     def _node_verb(self, verb: str, name: str) -> operations_pb2.Operation:
-        zone, node = _parse(name, expect="node")
+        zone, node = self._access(name, f"tpu.nodes.{verb}", expect="node")
         op = getattr(self.fleet, verb)(zone, node)
         return self.operation_message(op)
 
@@ -335,7 +359,9 @@ class TpuEmulator:
     def list_accelerator_types(
         self, req: cloud_tpu.ListAcceleratorTypesRequest
     ) -> cloud_tpu.ListAcceleratorTypesResponse:
-        zone, _ = _parse(req.parent, expect="parent")
+        zone, _ = self._access(
+            f"{req.parent}/acceleratorTypes", "tpu.acceleratortypes.list", expect="parent"
+        )
         return cloud_tpu.ListAcceleratorTypesResponse(
             accelerator_types=[
                 cloud_tpu.AcceleratorType(name=f"{req.parent}/acceleratorTypes/{t}", type_=t)
@@ -346,11 +372,13 @@ class TpuEmulator:
     def list_runtime_versions(
         self, req: cloud_tpu.ListRuntimeVersionsRequest
     ) -> cloud_tpu.ListRuntimeVersionsResponse:
-        _parse(req.parent, expect="parent")
+        zone, _ = self._access(
+            f"{req.parent}/runtimeVersions", "tpu.runtimeversions.list", expect="parent"
+        )
         return cloud_tpu.ListRuntimeVersionsResponse(
             runtime_versions=[
                 cloud_tpu.RuntimeVersion(name=f"{req.parent}/runtimeVersions/{v}", version=v)
-                for v in DEFAULT_RUNTIME_VERSIONS
+                for v in self.fleet.runtime_versions(zone)
             ]
         )
 
@@ -405,8 +433,12 @@ class TpuEmulator:
                 await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
             except FailedPrecondition as exc:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            except QuotaExceeded as exc:
+            except (QuotaExceeded, RateLimited) as exc:  # HTTP 429 on Google's REST face
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except InvalidArgument as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (NoAccess, UnknownLocation) as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             except Exception as exc:  # other services' errors carry their own status code
                 code = getattr(exc, "code", None)
                 if not isinstance(code, grpc.StatusCode):

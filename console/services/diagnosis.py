@@ -109,6 +109,30 @@ SIGNATURES: tuple[Signature, ...] = (
         anchors=("signal only works",),
     ),
     Signature(
+        "engine_device_mismatch",
+        "sgl-jax was told a device JAX does not have",
+        r"device \w+ is not consistent with 'JAX_PLATFORMS'|"
+        r"stats\[\"bytes_limit\"\] - stats\[\"bytes_in_use\"\]",
+        'The Engine got device="tpu" (a runner that hard-codes it) while JAX runs on another '
+        "backend: with JAX_PLATFORMS=cpu sgl-jax refuses it; with JAX_PLATFORMS unset it asks "
+        "the CPU devices for TPU memory statistics, gets none, and fails with TypeError.",
+        "Pass device=jax.default_backend() (remote/multi_engine.py does), or run where JAX's "
+        'backend is the one asked for (check the job\'s `JAX: {"backend": ...}` line).',
+        anchors=("is not consistent with 'JAX_PLATFORMS'", 'stats["bytes_limit"]'),
+    ),
+    Signature(
+        "scheduler_failed",
+        "An sgl-jax scheduler failed and sgl-jax ended the process",
+        r"Scheduler hit an exception|sgl-jax ended the run: a scheduler failed|"
+        r"Received sigquit from a child process",
+        "A scheduler thread raised (its traceback is in the log, just before); sgl-jax then "
+        "sends its own process SIGQUIT, which ends it at once: exit status 131, or 137 when "
+        "sgl-jax's handler SIGKILLs it. Nothing after that line runs, not even a DONE.",
+        "Read the scheduler's traceback above this line: a known failure there (incompatible "
+        "devices, not enough memory) has its own diagnosis and remedy.",
+        anchors=("Scheduler hit an exception", "a scheduler failed", "Received sigquit"),
+    ),
+    Signature(
         "multi_process_refused",
         "The multi-engine test needs a single host",
         r"must run on a single host \(process_count==1\)",
@@ -147,6 +171,18 @@ HANG_AFTER_DONE = Signature(
     "Press K on the node to stop it (the next run would find the TPU in use); "
     "remote/multi_engine.py ends itself after DONE.",
 )
+SIGQUIT_RC = 128 + 3  # how a shell reports a process that SIGQUIT ended
+KILLED_BY_SIGQUIT = Signature(
+    "killed_by_sigquit",
+    "The process died of SIGQUIT (exit status 131)",
+    "",
+    "sgl-jax sends its own process SIGQUIT when a scheduler fails; a runner without a handler "
+    "for it (one building engines off the main thread, where sgl-jax cannot install its own) "
+    "dies at once, with no last line. (Started in the background, as detached jobs are, a "
+    "process inherits SIGQUIT ignored and hangs there instead: see the silent-job finding.)",
+    "Look for the scheduler's traceback in the log (`Scheduler hit an exception`); "
+    "remote/multi_engine.py catches the signal and says so before it exits.",
+)
 SILENT = Signature(
     "silent",
     "No output for a long time",
@@ -182,7 +218,7 @@ def line_signature(line: str) -> Signature | None:
 
 
 def from_condition(key: str, evidence: str, worker: int | None = None) -> Diagnosis:
-    sig = {s.key: s for s in (NODE_LEFT, HANG_AFTER_DONE, SILENT)}[key]
+    sig = {s.key: s for s in (NODE_LEFT, HANG_AFTER_DONE, KILLED_BY_SIGQUIT, SILENT)}[key]
     return _diagnosis(sig, evidence, worker)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from console.models import FleetSnapshot, Node, format_age
+from console.models import FleetSnapshot, Node, ZoneFailure, format_age
 
 
 @dataclass(frozen=True)
@@ -98,19 +98,71 @@ def sort_nodes(nodes: list[Node], column: str, reverse: bool, now: datetime) -> 
     return sorted(nodes, key=lambda n: col.sort_key(n, now), reverse=reverse)
 
 
+# The keys of one `ls --json` object: documented in the README ("ls --json") and pinned by a
+# test; add keys at will, never rename or drop one.
+JSON_KEYS = (
+    "name",
+    "zone",
+    "project",
+    "node_id",
+    "accelerator_type",
+    "accelerator_type_from_config",
+    "accelerator_config",
+    "accelerator_version",
+    "chips",
+    "hosts",
+    "state",
+    "health",
+    "health_description",
+    "spot",
+    "preemptible",
+    "reserved",
+    "provisioning",
+    "stoppable",
+    "runtime_version",
+    "api_version",
+    "workers",
+    "network_config",
+    "service_account",
+    "data_disks",
+    "labels",
+    "metadata",
+    "tags",
+    "create_time",
+    "age_seconds",
+    "symptoms",
+    "description",
+)
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
 def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
+    """One node for `ls --json`: plain JSON types, enums as names (or numbers, as strings)."""
+    shape = node.shape
     return {
         "name": node.name,
         "zone": node.zone,
         "project": node.project,
+        "node_id": node.node_id,
         "accelerator_type": node.accelerator_type,
+        "accelerator_type_from_config": node.type_from_config,
+        "accelerator_config": {"type": node.accelerator_config_type, "topology": node.topology},
         "accelerator_version": node.accelerator_version,
+        "chips": shape.chips,
+        "hosts": node.hosts,
         "state": node.state,
         "health": node.health,
+        "health_description": node.health_description,
         "spot": node.spot,
         "preemptible": node.preemptible,
+        "reserved": node.reserved,
         "provisioning": node.provisioning,
+        "stoppable": not node.multi_host,
         "runtime_version": node.runtime_version,
+        "api_version": node.api_version,
         "workers": [
             {
                 "index": w.index,
@@ -120,12 +172,59 @@ def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
             }
             for w in node.workers
         ],
+        "network_config": {
+            "network": node.network,
+            "subnetwork": node.subnetwork,
+            "enable_external_ips": node.external_ips,
+        },
+        "service_account": {
+            "email": node.service_account,
+            "scopes": list(node.service_account_scopes),
+        },
+        "data_disks": [{"source_disk": d.source_disk, "mode": d.mode} for d in node.data_disks],
         "labels": dict(node.labels),
-        "create_time": node.create_time.isoformat() if node.create_time else None,
+        "metadata": dict(node.metadata),
+        "tags": list(node.tags),
+        "create_time": _when(node.create_time),
         "age_seconds": node.age_seconds(now),
-        "symptoms": list(node.symptoms),
-        "node_id": node.node_id,
+        "symptoms": [
+            {
+                "type": s.kind,
+                "details": s.details,
+                "worker_id": s.worker_id,
+                "create_time": _when(s.create_time),
+            }
+            for s in node.symptoms
+        ],
+        "description": node.description,
     }
+
+
+def zones_line(snapshot: FleetSnapshot) -> str:
+    """Where the zones came from and how many answered: the header's zone part."""
+    source = snapshot.zones_source or "discovered"
+    if source.endswith("config.toml"):
+        source = "config.toml"
+    text = f"zones: {source} · {snapshot.access_summary()}"
+    if snapshot.legacy:
+        count = len(snapshot.legacy)
+        text += f" · {count} v1 TPU Node{'s' if count != 1 else ''} not shown"
+    return text
+
+
+def unreachable_groups(snapshot: FleetSnapshot) -> list[tuple[str, ZoneFailure]]:
+    """Failures to show, one per zone; many zones failing the same way are one line."""
+    by_kind: dict[tuple[str, str], list[ZoneFailure]] = {}
+    for failure in snapshot.unreachable:
+        by_kind.setdefault((failure.code, failure.remedy), []).append(failure)
+    out: list[tuple[str, ZoneFailure]] = []
+    for failures in by_kind.values():
+        if len(failures) > 2:
+            names = ", ".join(f.zone for f in failures[:3]) + (", …" if len(failures) > 3 else "")
+            out.append((f"{len(failures)} zones ({names})", failures[0]))
+        else:
+            out.extend((f.zone, f) for f in failures)
+    return out
 
 
 def render_table(snapshot: FleetSnapshot, now: datetime) -> str:

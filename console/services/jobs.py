@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import remote
-from console.adapters.history_db import HistoryStore
-from console.models import FleetError, Job, JobWorker, Node, parse_worker_selection
-from console.services.diagnosis import Diagnoser
+from console.adapters.history_db import HistoryStore, JobNumberTaken
+from console.adapters.ssh_pool import SshTarget
+from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_worker_selection
+from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
+from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
@@ -27,6 +29,9 @@ from console.services.remote import RemoteService
 RUNNERS_LOCAL = Path(remote.__file__).resolve().parent  # the runners this console ships
 DRAIN_S = 15.0  # how long a stop waits for the follower to take the job's last lines
 LAUNCH_GRACE_S = 600.0  # a job launching longer than this, with no pid, never started
+# How often a follower asks after the node itself: a deleted VM's connection may hang rather
+# than close, and the job's end should not wait for ssh's keepalives to notice.
+NODE_CHECK_S = 15.0
 _RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, GIL held briefly
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
@@ -35,6 +40,15 @@ _WRAPPER = (
     'export TPUCONSOLE_JOB_DIR="$1"; bash "$1/cmd"; rc=$?; '
     'echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
 )
+
+
+def check_command(command: str) -> None:
+    """A job runs something: an empty or blank command is refused before anything is done."""
+    if not command.strip():
+        raise FleetError(
+            "Nothing to launch: the command is empty.",
+            "Give the command after --, e.g. tpuconsole launch NODE -- python train.py.",
+        )
 
 
 def job_script(command: str, env: Mapping[str, str] | None = None) -> str:
@@ -91,9 +105,10 @@ class JobService:
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
         """
+        check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
-            job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}",
+            job_id="",
             node=node.name,
             zone=node.zone,
             command=command,
@@ -103,7 +118,7 @@ class JobService:
             env=dict(env or {}),
             params=dict(params or {}),
         )
-        self.history.record_launch(job)  # before anything runs: the record is never lost
+        job = self._record(job)  # before anything runs: the record is never lost
         if ship_runners:
             failed = await self._ship_runners(targets)
             if failed:
@@ -133,6 +148,17 @@ class JobService:
         note = "" if len(started) == len(workers) else result.summary()
         self.history.set_status(job.job_id, status, note)
         return replace(job, workers=tuple(workers), status=status)
+
+    def _record(self, job: Job) -> Job:
+        """The job in the history under a number of its own, however many launch at once."""
+        for _ in range(100):
+            numbered = replace(job, job_id=f"{self.history.next_seq()}-{secrets.token_hex(3)}")
+            try:
+                self.history.record_launch(numbered)
+            except JobNumberTaken:
+                continue  # another console launched at the same moment: take the next
+            return numbered
+        raise FleetError("Could not give the job a number in the history.", "Try again.")
 
     def _not_started(self, job: Job, failed: dict[int, str]) -> Job:
         workers = []
@@ -164,10 +190,7 @@ class JobService:
         targets = {t.worker: t for t in await self.remote.targets(node, "all")}
         wanted = {w.worker for w in job.workers}
         if selection != "all":
-            try:
-                wanted &= set(parse_worker_selection(selection, len(node.workers)))
-            except ValueError as exc:
-                raise FleetError(str(exc)) from None
+            wanted &= set(parse_worker_selection(selection, len(node.workers)))
         return [
             LogStream(
                 self.remote.pool,
@@ -175,10 +198,69 @@ class JobService:
                 job.job_id,
                 w.pid,
                 self.log_path(job.job_id, w.worker),
+                resolve=self._resolver(job, node, w.worker),
             )
             for w in job.workers
             if w.worker in wanted and w.pid and w.worker in targets
         ]
+
+    def _resolver(self, job: Job, node: Node, worker: int):
+        """Where a follower finds its worker again after a lost link: the API followed to
+        wherever it is served now, then the node asked again (addresses, port, host keys)."""
+
+        async def resolve() -> SshTarget:
+            await self.remote.relink()
+            fresh = await self.node_now(job, node)
+            [target] = await self.remote.targets(fresh, str(worker))
+            return target
+
+        return resolve
+
+    async def node_now(self, job: Job, node: Node) -> Node:
+        """The job's node as the API has it now; NodeGone if the VM it ran on is no more."""
+        number = job.job_id.split("-")[0]
+        kept = f"`tpuconsole logs {number}` shows every line it wrote"
+        try:
+            fresh = await self.remote.fleet.get_node(job.zone, job.node)
+        except FleetError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            raise NodeGone(
+                f"{job.node} was deleted while job {job.job_id} ran; its processes went with "
+                f"it, and {kept}.",
+                "GONE",
+            ) from None
+        if node.node_id and fresh.node_id and fresh.node_id != node.node_id:
+            raise NodeGone(
+                f"{job.node} was deleted and created again while job {job.job_id} ran; the "
+                f"job went with the old VM, and {kept}.",
+                "GONE",
+            )
+        if fresh.state != "READY":
+            fate = {
+                "PREEMPTED": "was preempted",
+                "DELETING": "is being deleted",
+                "STOPPING": "is stopping",
+                "STOPPED": "was stopped",
+                "TERMINATED": "was terminated",
+            }.get(fresh.state, f"went {fresh.state}")
+            raise NodeGone(
+                f"{job.node} {fate} while job {job.job_id} ran; its processes went with it, "
+                f"and {kept}.",
+                fresh.state,
+            )
+        return fresh
+
+    async def _watch_node(self, job: Job, node: Node) -> None:
+        """Raise NodeGone as soon as the API says the job's VM is no more; else never return."""
+        while True:
+            await asyncio.sleep(NODE_CHECK_S)
+            try:
+                await self.node_now(job, node)
+            except NodeGone:
+                raise
+            except FleetError:
+                continue  # the API cannot say now: the streams will tell, or the next look
 
     async def follow(
         self,
@@ -209,7 +291,14 @@ class JobService:
                 on_end(stream.worker, rc)
             return rc
 
-        results = await asyncio.gather(*(one(s) for s in streams), return_exceptions=True)
+        try:
+            results = await self._all_or_gone(job, node, [one(s) for s in streams], follow)
+        except NodeGone as gone:
+            current = self.history.get(job.job_id)
+            if current is not None and current.open:
+                self.history.set_status(job.job_id, "lost", gone.reason)
+            await self.record_results(job)  # what its logs said up to the end
+            raise
         rcs: dict[int, int | None] = {}
         for stream, result in zip(streams, results, strict=True):
             if isinstance(result, BaseException):
@@ -220,6 +309,25 @@ class JobService:
             self._settle(job, rcs, _latest([s.ended_at for s in streams]))
             await self.record_results(job)  # whatever the status: a killed job's last lines too
         return rcs
+
+    async def _all_or_gone(self, job: Job, node: Node, followers: list, follow: bool) -> list:
+        """Every follower's result (or exception), unless the node goes first: then NodeGone at
+        once, the other followers stopped, rather than each waiting out its own outage."""
+        tasks = [asyncio.ensure_future(f) for f in followers]
+        watcher = asyncio.ensure_future(self._watch_node(job, node)) if follow else None
+        try:
+            pending = {*tasks, *([watcher] if watcher else [])}
+            while not all(t.done() for t in tasks):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and isinstance(task.exception(), NodeGone):
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in [*tasks, *([watcher] if watcher else [])]:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, *([watcher] if watcher else []), return_exceptions=True)
+        return [t.exception() or t.result() for t in tasks]
 
     def _settle(
         self, job: Job, rcs: dict[int, int | None], ended_at: datetime | None = None
@@ -324,6 +432,11 @@ class JobService:
         view, or re-attached after a restart, gets the same record as one watched throughout.
         """
         metrics, found = await asyncio.to_thread(self._results_from_copies, job)
+        current = self.history.get(job.job_id) or job
+        explained = {(d.key, d.worker) for d in found}
+        for w in current.workers:  # died of SIGQUIT with no line saying so (sgl-jax's way)
+            if w.rc == SIGQUIT_RC and ("scheduler_failed", w.worker) not in explained:
+                found.append(from_condition("killed_by_sigquit", f"rc={w.rc}", w.worker))
         self.history.set_results(job.job_id, metrics.as_json(), [asdict(d) for d in found])
 
     def _results_from_copies(self, job: Job) -> tuple[JobMetrics, list]:
@@ -333,15 +446,10 @@ class JobService:
                 contextlib.suppress(FileNotFoundError),
                 self.log_path(job.job_id, w.worker).open("rb") as f,
             ):
-                rest = b""
-                while piece := f.read(_RESULTS_PIECE):
-                    data, cut = rest + piece, (rest + piece).rfind(b"\n") + 1
-                    data, rest = data[:cut], data[cut:]
-                    metrics.feed_chunk(w.worker, data)
-                    diagnoser.feed_chunk(w.worker, data)
-                if rest:
-                    metrics.feed_chunk(w.worker, rest + b"\n")
-                    diagnoser.feed_chunk(w.worker, rest + b"\n")
+                # Runs of whole lines, a long line as its visible part: linear in the copy.
+                for run in bounded_runs(iter(lambda f=f: f.read(_RESULTS_PIECE), b"")):
+                    metrics.feed_chunk(w.worker, run)
+                    diagnoser.feed_chunk(w.worker, run)
         return metrics, diagnoser.found
 
     async def watch(

@@ -1,7 +1,10 @@
 """Creating, stopping, starting and deleting TPU VMs with live progress and an event history.
 
-Also the observer of refreshes: a node that leaves READY is announced with its likely reason,
-recorded, and its running jobs are marked lost.
+A spot create the cloud has no room for (a quota refusal at once, or a stockout inside the
+operation) falls back to on-demand when asked, after making sure the failed node is gone; a
+rate limit is retried with backoff instead. Every try and its outcome is a progress line and
+an event. Also the observer of refreshes: a node that leaves READY is announced with its likely
+reason, recorded, and its running jobs are marked lost.
 """
 
 from __future__ import annotations
@@ -10,20 +13,47 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
-from console.models import LEAVING_REASONS, FleetError, FleetSnapshot, Node, NodeEvent, SshError
+from console.adapters.ssh_pool import backoff
+from console.adapters.tpu_api import QUOTA_RE
+from console.models import (
+    LEAVING_REASONS,
+    MAX_LABELS,
+    FleetError,
+    FleetSnapshot,
+    Node,
+    NodeEvent,
+    SshError,
+    label_fault,
+)
 from console.services.diagnosis import from_condition
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
+from console.services.runtimes import default_runtime, generation_label
 from console.services.ssh_access import SSH_KEYS
 
-DEFAULT_RUNTIME = "tpu-ubuntu2204-base"
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-QUOTA_RE = re.compile(r"Quota limit '([^']+)'")
+FALLBACK_KINDS = frozenset({"quota", "stockout"})  # what on-demand capacity may not suffer
+# Progress states that are a try's outcome, kept on screen while the create goes on.
+OUTCOME_STATES = frozenset({"FAILED", "FALLBACK", "RATE LIMITED", "CLEANUP", "RUNTIME"})
+
+
+def stop_refusal(node: Node, verb: str = "stop") -> str:
+    """Why `verb` (stop/start) cannot be asked of this node, or "" when it can.
+
+    Multi-host slices cannot be stopped (Cloud TPU docs: "TPU VM pods cannot be stopped",
+    as SkyPilot cites them); the API would refuse with FAILED_PRECONDITION.
+    """
+    if verb in {"stop", "start"} and node.multi_host:
+        return (
+            f"{node.name} is a multi-host slice ({node.hosts} workers): TPU VM pods cannot "
+            "be stopped or started."
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -35,10 +65,17 @@ class Progress:
     state: str
     elapsed_s: float
     message: str = ""
+    attempt: str = ""  # "spot" / "on-demand" for a create's tries
+
+    @property
+    def outcome(self) -> bool:
+        """A try's end (failed, fell back, rate-limited): worth keeping on screen."""
+        return self.state in OUTCOME_STATES
 
     def line(self) -> str:
         extra = f" — {self.message}" if self.message else ""
-        return f"{self.verb} {self.node}: {self.state} after {self.elapsed_s:.0f} s{extra}"
+        which = f" ({self.attempt})" if self.attempt else ""
+        return f"{self.verb} {self.node}{which}: {self.state} after {self.elapsed_s:.0f} s{extra}"
 
 
 ProgressSink = Callable[[Progress], None]
@@ -49,7 +86,7 @@ class CreateRequest:
     name: str
     zone: str
     accelerator_type: str
-    runtime_version: str = DEFAULT_RUNTIME
+    runtime_version: str = ""  # "": the generation's base image (see services/runtimes.py)
     spot: bool = False
     fallback_on_demand: bool = False
     labels: dict[str, str] = field(default_factory=dict)
@@ -66,9 +103,20 @@ class CreateRequest:
             out.append("Choose a zone.")
         if not self.accelerator_type:
             out.append("Choose an accelerator type.")
-        for key in self.labels:
-            if not re.match(r"^[a-z][-_a-z0-9]{0,62}$", key):
-                out.append(f"Label key {key!r}: lowercase, starting with a letter.")
+        if len(self.labels) > MAX_LABELS:
+            out.append(f"{len(self.labels)} labels: Google allows at most {MAX_LABELS}.")
+        # Google's rules, checked here as gcloud checks them, so the API never has to refuse.
+        for key, value in self.labels.items():
+            if fault := label_fault(key, key=True):
+                out.append(
+                    f"Label key {key!r} {fault}: keys start with a lowercase letter and hold "
+                    "only lowercase letters, digits, - and _ (at most 63)."
+                )
+            elif fault := label_fault(value, key=False):
+                out.append(
+                    f"Label {key}={value!r}: the value {fault}; values hold only lowercase "
+                    "letters, digits, - and _ (at most 63)."
+                )
         return out
 
 
@@ -130,13 +178,15 @@ class LifecycleService:
         progress: ProgressSink | None,
         *,
         gone_ok: bool = False,
+        attempt: str = "",
     ) -> Node | None:
         """Poll the operation and the node together, reporting each state as it is seen."""
         api = self.fleet.api
         start = time.monotonic()
         last = ""
+        what = f"{verb.capitalize()} {name} in {zone}"
         waiter = asyncio.ensure_future(
-            api.wait_operation(operation, poll_s=self.poll_s, timeout_s=3600)
+            api.wait_operation(operation, poll_s=self.poll_s, timeout_s=3600, what=what)
         )
         try:
             while True:
@@ -151,7 +201,7 @@ class LifecycleService:
                     last = state
                     self._event(zone, name, "state", "console", f"{verb}: {state}")
                 if progress is not None:
-                    progress(Progress(name, verb, state, time.monotonic() - start))
+                    progress(Progress(name, verb, state, time.monotonic() - start, attempt=attempt))
                 if waiter.done():
                     waiter.result()  # raises the operation's error, if any
                     if node is None and not gone_ok:
@@ -176,57 +226,63 @@ class LifecycleService:
         *,
         wait: bool = True,
     ) -> CreateOutcome:
+        """Create the VM, spot first when asked, on-demand if spot has no room and that is allowed.
+
+        With `wait`, follows it to READY and checks ssh; a spot create with the fallback on is
+        followed to its end even without `wait` (a stockout shows only there).
+        """
         problems = request.problems()
         if problems:
             raise FleetError(" ".join(problems), code="INVALID_ARGUMENT")
-        api = self.fleet.api
+        request = await self._with_runtime(request, progress)
         notes: list[str] = []
-        spot = request.spot
         metadata = self._key_metadata(notes)
-
-        async def send(spot: bool):
-            return await api.create_node(
-                request.zone,
-                request.name,
-                request.accelerator_type,
-                request.runtime_version,
-                spot=spot,
-                labels=request.labels,
-                metadata=metadata,
-            )
-
-        try:
-            operation = await send(spot)
-        except FleetError as exc:
-            if not (spot and exc.code == "RESOURCE_EXHAUSTED"):
-                raise
-            quota = QUOTA_RE.search(exc.reason)
-            which = quota.group(1) if quota else "the spot quota"
-            if not request.fallback_on_demand:
-                raise FleetError(
-                    f"Spot capacity refused: {which} is exhausted in {request.zone}.",
-                    "Retry on-demand (turn on the fallback), try another zone, or ask for quota.",
-                    code="RESOURCE_EXHAUSTED",
-                ) from None
-            notes.append(f"spot refused ({which} exhausted); created on-demand instead")
-            self._event(request.zone, request.name, "fallback", "console", notes[-1])
-            if progress is not None:
-                progress(Progress(request.name, "create", "FALLBACK", 0.0, notes[-1]))
-            spot = False
-            operation = await send(spot)
-        self._event(
-            request.zone,
-            request.name,
-            "create",
-            "console",
-            f"{request.accelerator_type} {request.runtime_version} "
-            f"{'spot' if spot else 'on-demand'}",
-        )
-        if not wait:  # the operation goes on in the cloud; refreshes will show it
-            node = await self.fleet.get_node(request.zone, request.name)
+        tries = [True, False] if request.spot and request.fallback_on_demand else [request.spot]
+        for spot in tries:
+            label = "spot" if spot else "on-demand"
+            started = time.monotonic()
+            try:
+                operation = await self._send(request, spot, metadata, progress)
+                self._event(
+                    request.zone,
+                    request.name,
+                    "create",
+                    "console",
+                    f"{request.accelerator_type} {request.runtime_version} {label}",
+                )
+                if not wait and not (spot and len(tries) > 1):
+                    node = await self.fleet.get_node(request.zone, request.name)
+                    if progress is not None:
+                        progress(
+                            Progress(
+                                request.name,
+                                "create",
+                                node.state,
+                                time.monotonic() - started,
+                                "accepted; it goes on in the cloud",
+                                attempt=label,
+                            )
+                        )
+                    return CreateOutcome(node, spot, tuple(notes))
+                node = await self._follow(
+                    operation, request.zone, request.name, "create", progress, attempt=label
+                )
+            except FleetError as exc:
+                self._failed(request, label, exc, time.monotonic() - started, progress)
+                if not spot or exc.kind not in FALLBACK_KINDS:
+                    raise
+                if len(tries) == 1:
+                    raise self._spot_refused(request, exc) from None
+                await self._make_sure_gone(request, exc, progress)
+                notes.append(f"spot {self._why(exc, request.zone)}; created on-demand instead")
+                self._event(request.zone, request.name, "fallback", "console", notes[-1])
+                if progress is not None:
+                    progress(Progress(request.name, "create", "FALLBACK", 0.0, notes[-1]))
+                continue
+            assert node is not None
+            break
+        if not wait:
             return CreateOutcome(node, spot, tuple(notes))
-        node = await self._follow(operation, request.zone, request.name, "create", progress)
-        assert node is not None
         ok, failed = await self.check_ssh(node, progress)
         startup_job = ""
         if request.startup_command and not failed and self.jobs is not None:
@@ -244,6 +300,156 @@ class LifecycleService:
                     Progress(node.name, "bootstrap", job.status.upper(), 0.0, f"job {job.job_id}")
                 )
         return CreateOutcome(node, spot, tuple(notes), ok, failed, startup_job)
+
+    async def _with_runtime(
+        self, request: CreateRequest, progress: ProgressSink | None
+    ) -> CreateRequest:
+        """The request with a runtime version: the user's, else the generation's in the zone."""
+        if request.runtime_version:
+            return request
+        try:
+            offered = await self.fleet.api.runtime_versions(request.zone)
+        except FleetError:
+            offered = []  # the create itself will say what is wrong with the zone
+        version = default_runtime(request.accelerator_type, offered)
+        if progress is not None:
+            why = f"default for {generation_label(request.accelerator_type)}"
+            progress(Progress(request.name, "create", "RUNTIME", 0.0, f"{version} ({why})"))
+        return replace(request, runtime_version=version)
+
+    async def _send(
+        self,
+        request: CreateRequest,
+        spot: bool,
+        metadata: dict[str, str],
+        progress: ProgressSink | None,
+    ):
+        label = "spot" if spot else "on-demand"
+        started = time.monotonic()
+
+        def rate_limited(exc: FleetError) -> None:
+            message = f"{exc.reason.split(': ', 1)[-1]} Retrying with backoff."
+            self._event(request.zone, request.name, "retry", "console", f"{label}: {message}")
+            if progress is not None:
+                progress(
+                    Progress(
+                        request.name,
+                        "create",
+                        "RATE LIMITED",
+                        time.monotonic() - started,
+                        message,
+                        attempt=label,
+                    )
+                )
+
+        return await self.fleet.api.create_node(
+            request.zone,
+            request.name,
+            request.accelerator_type,
+            request.runtime_version,
+            spot=spot,
+            labels=request.labels,
+            metadata=metadata,
+            on_retry=rate_limited,
+        )
+
+    def _failed(
+        self,
+        request: CreateRequest,
+        label: str,
+        exc: FleetError,
+        elapsed_s: float,
+        progress: ProgressSink | None,
+    ) -> None:
+        """One try's failure, with the API's code, in the history and the progress."""
+        detail = f"{label} [{exc.code}{'/' + exc.kind if exc.kind else ''}]: {exc.reason}"
+        self._event(request.zone, request.name, "failed", "console", detail)
+        if progress is not None:
+            progress(
+                Progress(
+                    request.name,
+                    "create",
+                    "FAILED",
+                    elapsed_s,
+                    f"[{exc.code}] {exc.reason.split(': ', 1)[-1]}",
+                    attempt=label,
+                )
+            )
+
+    @staticmethod
+    def _why(exc: FleetError, zone: str) -> str:
+        if exc.kind == "stockout":
+            return f"had no capacity in {zone} (stockout)"
+        quota = QUOTA_RE.search(exc.reason)
+        return f"refused ({quota.group(1) if quota else 'the spot quota'} exhausted)"
+
+    def _spot_refused(self, request: CreateRequest, exc: FleetError) -> FleetError:
+        """The spot failure, said for a spot create without the fallback."""
+        if exc.kind == "stockout":
+            reason = (
+                f"No spot capacity for {request.accelerator_type} in {request.zone} (stockout, "
+                f"code 8): {exc.reason.split(': ', 1)[-1]}"
+            )
+        else:
+            quota = QUOTA_RE.search(exc.reason)
+            which = quota.group(1) if quota else "the spot quota"
+            reason = f"Spot capacity refused: {which} is exhausted in {request.zone}."
+        remedy = (
+            "Retry on-demand (turn on the fallback), try another zone that offers "
+            f"{request.accelerator_type}, or try later."
+            if exc.kind == "stockout"
+            else "Retry on-demand (turn on the fallback), try another zone, or ask for quota."
+        )
+        return FleetError(reason, remedy, code=exc.code, kind=exc.kind)
+
+    async def _make_sure_gone(
+        self, request: CreateRequest, exc: FleetError, progress: ProgressSink | None
+    ) -> None:
+        """Before the on-demand try: the failed spot node must not be there.
+
+        A refusal at once (quota) created nothing; a stockout's node is normally removed with
+        its operation. If a spot node of that name is still there after a failure inside the
+        operation, it is ours and is deleted; anything else of that name is left alone.
+        """
+        try:
+            node = await self.fleet.get_node(request.zone, request.name)
+        except FleetError as missing:
+            if missing.code == "NOT_FOUND":
+                return
+            raise
+        if exc.kind != "stockout" or not node.spot:
+            raise FleetError(
+                f"{request.name} exists in {request.zone} ({node.state}, {node.provisioning}); "
+                "not falling back to on-demand over it.",
+                "Delete it or choose another name, then create again.",
+                code="ALREADY_EXISTS",
+            )
+        if progress is not None:
+            progress(
+                Progress(
+                    request.name,
+                    "create",
+                    "CLEANUP",
+                    0.0,
+                    f"deleting the failed spot node ({node.state}) first",
+                    attempt="spot",
+                )
+            )
+        if node.state != "DELETING":
+            operation = await self.fleet.api.delete_node(request.zone, request.name)
+            self._event(request.zone, request.name, "delete", "console", "failed spot node")
+            await self._follow(
+                operation, request.zone, request.name, "delete", progress, gone_ok=True
+            )
+            return
+        while True:  # someone else's delete is under way: wait for it to finish
+            try:
+                await self.fleet.get_node(request.zone, request.name)
+            except FleetError as missing:
+                if missing.code == "NOT_FOUND":
+                    return
+                raise
+            await asyncio.sleep(self.poll_s)
 
     def _key_metadata(self, notes: list[str]) -> dict[str, str]:
         """Your key in the new node's `ssh-keys`, so its first boot installs it (not with OS
@@ -265,19 +471,14 @@ class LifecycleService:
         # As gcloud does: a fresh VM may refuse ssh for a while after READY (sshd starting,
         # keys propagating); retry the link failures, not the auth or host-key ones.
         deadline = time.monotonic() + self.ssh_wait_s
-        delay = 0.1
+        delays = backoff(0.1, 5.0)
         while True:
             node = await self.fleet.get_node(node.zone, node.name)
             result = await self.remote.run(node, "all", "true")
-            retryable = [
-                o
-                for o in result.failed
-                if o.error is not None and o.error.kind in {"refused", "timeout", "lost"}
-            ]
+            retryable = [o for o in result.failed if o.error is not None and o.error.transient]
             if not retryable or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(next(delays))
         ok = tuple(o.worker for o in result.outcomes if o.ok)
         failed = tuple(f"w{o.worker}: {o.describe()}" for o in result.failed)
         detail = "all workers answer" if not failed else "; ".join(failed)
@@ -291,13 +492,33 @@ class LifecycleService:
     async def change(
         self, verb: str, node: Node, progress: ProgressSink | None = None
     ) -> Node | None:
+        """Stop, start or delete; stop/start of a multi-host slice is refused before any call."""
+        refusal = stop_refusal(node, verb)
+        if refusal:
+            raise FleetError(
+                refusal,
+                "Delete it when done and create it again; only single-host TPU VMs stop.",
+                code="FAILED_PRECONDITION",
+                kind="pod_stop",
+            )
         api = self.fleet.api
         method = {"stop": api.stop_node, "start": api.start_node, "delete": api.delete_node}[verb]
-        operation = await method(node.zone, node.name)
-        self._event(node.zone, node.name, verb, "console", "requested")
-        return await self._follow(
-            operation, node.zone, node.name, verb, progress, gone_ok=verb == "delete"
-        )
+        try:
+            operation = await method(node.zone, node.name)
+            self._event(node.zone, node.name, verb, "console", "requested")
+            return await self._follow(
+                operation, node.zone, node.name, verb, progress, gone_ok=verb == "delete"
+            )
+        except FleetError as exc:
+            kind = f"/{exc.kind}" if exc.kind else ""
+            self._event(
+                node.zone,
+                node.name,
+                "failed",
+                "console",
+                f"{verb} [{exc.code}{kind}]: {exc.reason}",
+            )
+            raise
 
     def observe(self, snapshot: FleetSnapshot) -> list[str]:
         """Record state changes seen by a refresh; return alerts for nodes that left READY."""

@@ -1,7 +1,8 @@
 """One worker's job log followed from a byte offset, resumed after a drop: no line lost or twice.
 
 Every byte fetched is appended to the local copy, so the copy is always an exact prefix of the
-worker's log and its size the offset to resume from, even after the console restarts. One
+worker's log and its size the offset to resume from, even after the console restarts. Lines are
+delivered in bounded memory: a line longer than lines.VISIBLE_BYTES as its visible part. One
 follower per copy writes (it holds an flock on the copy, across processes); any other follower
 of the same copy reads it from the disk as it grows, and takes over when the writer is done.
 """
@@ -14,16 +15,17 @@ import os
 import queue
 import shlex
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import SshError
+from console.adapters.ssh_pool import SshPool, SshTarget, backoff
+from console.models import FleetError, NodeGone, SshError, SshLost
 from console.services.lines import LineSplitter, decode
 
 LineSink = Callable[[int, str], None]
-# Failures worth waiting out: the link, not the key or the host's identity.
-TRANSIENT = {"lost", "refused", "timeout"}
+# Where the worker is now: its node asked again (addresses, port, host keys), after a lost
+# link. Raises NodeGone when the VM is no more, FleetError when the API cannot say.
+Resolve = Callable[[], Awaitable[SshTarget]]
 COPY_POLL_S = 0.1  # how often a follower that does not write looks for new bytes in the copy
 COPY_PIECE = 1 << 20  # a reader's read from the copy: the lines of a piece are delivered at once
 
@@ -148,9 +150,11 @@ class LogStream:
         local_path: Path,
         *,
         max_outage_s: float = 300.0,
+        resolve: Resolve | None = None,
     ) -> None:
         self.pool = pool
         self.target = target
+        self.resolve = resolve
         self.job_id = job_id
         self.pid = pid
         self.local_path = local_path
@@ -181,7 +185,7 @@ class LogStream:
         from the one the copy ends in. While another follower writes the copy, its bytes are
         read from the disk; the rc comes from the worker once this follower writes.
         """
-        splitter = LineSplitter()
+        splitter = LineSplitter(bounded=True)  # a long line: its visible part, held bounded
         size = self.local_path.stat().st_size if self.local_path.exists() else 0
         self._read = 0
         if not from_start:
@@ -229,7 +233,7 @@ class LogStream:
     ) -> int | None:
         """As the copy's writer: the worker's bytes beyond the copy, into it, resumed on drops."""
         self._outage_started: float | None = None
-        delay = 0.2
+        delays = backoff(0.2, 5.0)
         loop = asyncio.get_running_loop()
         # From the copy's true end: if it lost bytes since this follower read them (deleted
         # meanwhile), they are fetched again for the copy, not delivered twice.
@@ -248,19 +252,35 @@ class LogStream:
 
         while True:
             try:
-                await self.pool.run(self.target, self._command(follow), on_stdout=take)
-                break
+                result = await self.pool.run(self.target, self._command(follow), on_stdout=take)
+                if result.exit_signal is not None:  # killed, not ended: its VM is going away
+                    raise SshLost(
+                        f"{self.target.label}: the log's reader was killed "
+                        f"(SIG{result.exit_signal}).",
+                    )
+                return await self.read_rc() if follow else None
             except SshError as exc:
-                if exc.kind not in TRANSIENT:
+                if not exc.transient:
                     raise
                 now = loop.time()
                 self._outage_started = self._outage_started or now
                 if now - self._outage_started > self.max_outage_s:
                     raise
                 self.reconnects += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return await self.read_rc() if follow else None
+                await asyncio.sleep(next(delays))
+                await self._resolve_again()
+
+    async def _resolve_again(self) -> None:
+        """Ask where the worker is now: a sandbox served again listens elsewhere, a VM stopped
+        and started has new addresses. A VM that is gone ends the follow (NodeGone)."""
+        if self.resolve is None:
+            return
+        try:
+            self.target = await self.resolve()
+        except NodeGone:
+            raise
+        except FleetError:
+            pass  # the API cannot say now either: dial where it was, within the outage budget
 
     async def read_rc(self) -> int | None:
         """The job's exit status on this worker; `ended_at` becomes when the rc was written."""

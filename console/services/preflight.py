@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from console.models import LEAVING_REASONS, Node, parse_worker_selection
+from console.models import LEAVING_REASONS, Node, WorkerSelectionError, parse_worker_selection
 from console.services.probe import WorkerProbe, node_status, odd_lock_note
 from console.services.templates import Template
 
@@ -57,7 +57,7 @@ def preflight(
         )
     try:
         workers = parse_worker_selection(selection, len(node.workers))
-    except ValueError as exc:
+    except WorkerSelectionError as exc:
         checks.append(Check("refuse", str(exc)))
         return checks
     if template.name == "multi-engine":
@@ -129,6 +129,8 @@ def _runs_sglang(template: Template, values: Mapping[str, Any]) -> bool:
         if engine is None and values.get("model") == "toy":
             engine = "vanilla"  # the runner's default for its toy
         return (engine or template.param("rollout_engine").runner_default) == "sglang_jax"
+    if template.name == "multi-engine":
+        return values.get("engine") != "reference"  # the reference engine runs anywhere
     return template.uses_sglang
 
 

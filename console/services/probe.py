@@ -19,6 +19,7 @@ from console.models import (
     Node,
     ProbeReport,
     RemoveLockStep,
+    SshConfigError,
     SshError,
     WorkerPlan,
     format_age,
@@ -111,6 +112,24 @@ def describe_kill(step: KillStep) -> str:
         f"{format_age(step.elapsed_s)}, holds {devices}), SIGKILL after "
         f"{step.grace_s:.0f} s if still alive — {step.why}"
     )
+
+
+def describe_holders(report: ProbeReport) -> str:
+    """Who holds the worker's TPU now (chips, lock, a lockfile left behind); "" if nobody."""
+    parts = []
+    for h in report.holders:
+        command = h.cmdline if len(h.cmdline) <= 40 else h.cmdline[:39] + "…"
+        devices = ", ".join(d.rsplit("/", 1)[-1] for d in h.devices) or "the lock"
+        parts.append(f"pid {h.pid} ({command}) holds {devices}")
+    listed = {h.pid for h in report.holders}
+    parts += [f"pid {pid} holds the lock" for pid in report.lock_holders if pid not in listed]
+    if report.busy:
+        parts.append("running: " + ", ".join(_job_label(j) for j in report.busy))
+    if report.stale_lock:
+        parts.append(f"{report.lockfile} is still there with no holder")
+    if report.foreign_lock:
+        parts.append(f"{report.lockfile} belongs to {report.lock_owner} (needs root)")
+    return "; ".join(parts)
 
 
 def describe_lock(step: RemoveLockStep) -> str:
@@ -241,14 +260,11 @@ class ProbeService:
         if result.exit_status != 0 or not text:
             detail = b"".join(err).decode(errors="replace").strip().splitlines()[-1:] or [""]
             if result.exit_status == 127:
-                raise SshError(
+                raise SshConfigError(
                     "python3 is missing on the worker.",
                     "Install python3 (any 3.8+) on the VM image.",
-                    kind="config",
                 )
-            raise SshError(
-                f"the probe failed (exit {result.exit_status}): {detail[0]}", kind="config"
-            )
+            raise SshConfigError(f"the probe failed (exit {result.exit_status}): {detail[0]}")
         return json.loads(text.splitlines()[-1])
 
     async def probe(self, node: Node, selection: str = "all") -> list[WorkerProbe]:
@@ -300,3 +316,70 @@ class ProbeService:
         results = [r for rs, _ in done for r in rs]
         after = [a for _, a in done]
         return results, after
+
+    async def plan_cleanup(self, node: Node, selection: str = "all") -> CleanupPlan:
+        """Probe the chosen workers and plan what cleaning them would do: the one way to a
+        cleanup plan, for `probe`, `clean`, `launch --clean-first` and the TUI's `K` and form."""
+        probes = await self.probe(node, selection)
+        plans = [plan_for(p.report) for p in probes if p.report is not None]
+        return CleanupPlan(node, tuple(probes), tuple(plans))
+
+    async def clean(self, plan: CleanupPlan) -> CleanupDone:
+        """Carry out a plan's steps (only those) and say how each worker is afterwards."""
+        results, after = await self.execute(plan.node, list(plan.todo))
+        return CleanupDone(plan.node, tuple(results), tuple(after), plan.probes)
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """What a probe found on a node's workers and what cleaning would do there."""
+
+    node: Node
+    probes: tuple[WorkerProbe, ...]
+    plans: tuple[WorkerPlan, ...]  # one per worker that answered
+
+    @property
+    def todo(self) -> tuple[WorkerPlan, ...]:
+        return tuple(p for p in self.plans if not p.empty)
+
+    @property
+    def clean(self) -> bool:
+        """Every worker answered and holds nothing stale (notes may still say something)."""
+        return all(p.report is not None and p.report.clean for p in self.probes)
+
+    @property
+    def status(self) -> str:
+        return node_status(list(self.probes))
+
+    def odd_lock_notes(self) -> list[tuple[int, str]]:
+        """(worker, note) for lockfiles that are not files: nothing to clean, worth a look."""
+        return [
+            (p.worker, odd_lock_note(p.report))
+            for p in self.probes
+            if p.report is not None and p.report.odd_lock
+        ]
+
+
+@dataclass(frozen=True)
+class CleanupDone:
+    """A carried-out plan: each step's result and every probed worker as it is now."""
+
+    node: Node
+    results: tuple[StepResult, ...]
+    after: tuple[WorkerProbe, ...]  # the cleaned workers, probed again
+    before: tuple[WorkerProbe, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.results)
+
+    @property
+    def now(self) -> list[WorkerProbe]:
+        """Every probed worker as last seen: re-probed if cleaned, else as planned."""
+        by_worker = {p.worker: p for p in self.before}
+        by_worker.update({p.worker: p for p in self.after})
+        return [by_worker[w] for w in sorted(by_worker)]
+
+    @property
+    def status(self) -> str:
+        return node_status(self.now)

@@ -9,8 +9,8 @@ import asyncio
 import shlex
 import signal as signals
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshOptions, SshPool, SshTarget
@@ -196,9 +196,11 @@ class RemoteService:
         os_login: str = "auto",
         oslogin_api: Callable[[], OsLoginApi] | None = None,
         account: str | Callable[[], str] = "",
+        relink: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.fleet = fleet
         self.pool = SshPool(options)
+        self._relink = relink
         self.internal_ip = internal_ip
         self.iap = iap
         self.proxy_command = tuple(shlex.split(proxy_command))
@@ -220,6 +222,18 @@ class RemoteService:
         await self.pool.close()
         await self.access.close()
 
+    async def relink(self) -> bool:
+        """Before re-resolving a node after a lost link: follow the API (and the workers' ssh
+        port) to wherever they are served now; True if they moved. A no-op on Google Cloud."""
+        return self._relink is not None and await self._relink()
+
+    async def use_port(self, port: int) -> None:
+        """Dial the workers at this port from now on (the sandbox served again elsewhere)."""
+        if port != self.pool.options.port:
+            self.pool.options = replace(self.pool.options, port=port)
+            await self.pool.close()  # connections to the old server are dead anyway
+        await self.access.close()  # its OS Login client too: it follows the API on next use
+
     async def targets(self, node: Node, selection: str = "all") -> list[SshTarget]:
         if node.state != "READY":
             remedy = (
@@ -228,10 +242,7 @@ class RemoteService:
                 else "Wait for READY, or start the node."
             )
             raise FleetError(f"{node.name} is {node.state}; ssh needs a READY node.", remedy)
-        try:
-            chosen = parse_worker_selection(selection, len(node.workers))
-        except ValueError as exc:
-            raise FleetError(str(exc)) from None
+        chosen = parse_worker_selection(selection, len(node.workers))
         user = await self.access.user_for(node)
         try:
             published = await self.fleet.api.worker_attributes(node.zone, node.name)

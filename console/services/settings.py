@@ -2,11 +2,17 @@
 
 Flags, then CLOUDSDK_* variables, then the active gcloud configuration, then our own config.toml;
 with no project anywhere, the console opens on its sandbox.
+
+Zones to list: `--zone`, CLOUDSDK_COMPUTE_ZONE, config.toml's `zones`, else every zone the TPU
+API lists (discovery). The gcloud configuration's `[compute] zone` is usually set once for
+Compute Engine and forgotten; it does not narrow the fleet (the console would silently show one
+zone), it is the default zone for `create`, as it is for gcloud's single-zone commands.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
-from console.models import FleetError
+from console.models import ConfigError, FleetError
 
 DEFAULT_REFRESH_S = 10.0
 DEFAULT_STUCK_AFTER_S = 600.0  # silent this long, chips idle: "stuck?" (services/hangs.py)
@@ -28,7 +34,7 @@ class Settings:
     project: str
     project_source: str
     zones: tuple[str, ...]
-    zones_source: str
+    zones_source: str  # "--zone", "CLOUDSDK_COMPUTE_ZONE", the config.toml path, or ""
     home: Path
     sandbox: bool
     refresh_s: float = DEFAULT_REFRESH_S
@@ -44,6 +50,8 @@ class Settings:
     os_login: str = "auto"  # auto: as each node's enable-oslogin says; "true" for project-wide
     account: str = ""  # gcloud's [core] account, for OS Login
     notes: tuple[str, ...] = field(default_factory=tuple)
+    default_zone: str = ""  # where `create` goes without --zone
+    default_zone_source: str = ""
 
 
 def gcloud_config_dir(env: Mapping[str, str], user_home: Path) -> Path:
@@ -63,7 +71,7 @@ def read_gcloud_configuration(env: Mapping[str, str], user_home: Path) -> tuple[
         try:
             parser.read(path)
         except configparser.Error as exc:
-            raise FleetError(
+            raise ConfigError(
                 f"Cannot read gcloud configuration {path}: {exc}",
                 f"Fix it with `gcloud config configurations describe {name}`.",
             ) from None
@@ -80,15 +88,97 @@ def tpuconsole_config_path(env: Mapping[str, str], user_home: Path) -> Path:
     return Path(base) / "tpuconsole" / "config.toml"
 
 
+# config.toml's schema: every key the console reads, and the tables that hold more. A key not
+# here is refused with its file and the nearest known key, so a typo (`projcet = "p"`) never
+# quietly drops the user onto the sandbox. The README's "config.toml" sections list the same.
+CONFIG_KEYS: dict[str, object] = {
+    "project": str,
+    "zones": list,
+    "zone": str,
+    "refresh_interval": float,
+    "api_endpoint": str,
+    "stuck_after": float,
+    "ssh": {
+        "user": str,
+        "key": str,
+        "port": int,
+        "internal_ip": bool,
+        "tunnel_through_iap": bool,
+        "os_login": (bool, str),
+        "jump_host": str,
+        "proxy_command": str,
+    },
+}
+
+
+def check_config_keys(doc: dict, path: Path, schema: dict | None = None, prefix: str = "") -> None:
+    """Refuse a key the console does not know, naming the file and the closest known key."""
+    schema = CONFIG_KEYS if schema is None else schema
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
+            hint = (
+                f"Did you mean {prefix}{close[0]}?"
+                if close
+                else ("Known keys: " + ", ".join(f"{prefix}{k}" for k in schema) + ".")
+            )
+            raise ConfigError(f"Unknown key {name!r} in {path}.", hint, field=name)
+        inner = schema[key]
+        if isinstance(inner, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{name} in {path} must be a table ([{name}]), not {value!r}.",
+                    f"Write its keys under a [{name}] line.",
+                    field=name,
+                )
+            check_config_keys(value, path, inner, prefix=f"{name}.")
+
+
 def read_tpuconsole_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise FleetError(
+        raise ConfigError(
             f"Cannot read {path}: {exc}.", "Fix the file (it is TOML) or move it away."
         ) from None
+    check_config_keys(doc, path)
+    return doc
+
+
+def _zones_setting(ours: dict, path: Path) -> list[str]:
+    """`zones = ["a", "b"]` (or `zone = "a"`); anything else says how it should look."""
+    key = "zones" if "zones" in ours else "zone"
+    value = ours.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value):
+        raise ConfigError(
+            f"{key} in {path} must be a list of zone names, not {value!r}.",
+            'Write e.g. zones = ["us-central2-b", "europe-west4-a"].',
+            field=key,
+        )
+    return value
+
+
+def ensure_home(home: Path) -> Path:
+    """The data directory, created if need be; one that cannot be made or written says so."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise FleetError(
+            f"Cannot use {home} as the data directory: {why or exc}.",
+            "Set TPUCONSOLE_HOME (or --home) to a folder you can create and write.",
+        ) from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise FleetError(
+            f"Cannot write in the data directory {home}.",
+            "Set TPUCONSOLE_HOME (or --home) to a folder you can create and write.",
+        )
+    return home
 
 
 def resolve_settings(
@@ -115,47 +205,54 @@ def resolve_settings(
     ]
     chosen_project, project_source = next(((p, s) for p, s in project_choices if p), ("", ""))
 
-    toml_zones = ours.get("zones", ours.get("zone", []))
-    if isinstance(toml_zones, str):
-        toml_zones = [toml_zones]
+    toml_zones = _zones_setting(ours, toml_path)
+    env_zones = tuple(z.strip() for z in env.get("CLOUDSDK_COMPUTE_ZONE", "").split(",") if z)
     zone_choices = [
         (tuple(zones), "--zone"),
-        (
-            tuple(z for z in env.get("CLOUDSDK_COMPUTE_ZONE", "").split(",") if z),
-            "CLOUDSDK_COMPUTE_ZONE",
-        ),
-        ((gcloud["zone"],) if gcloud["zone"] else (), f"gcloud configuration '{gcloud_name}'"),
+        (env_zones, "CLOUDSDK_COMPUTE_ZONE"),
         (tuple(toml_zones), str(toml_path)),
     ]
     chosen_zones, zones_source = next(((z, s) for z, s in zone_choices if z), ((), ""))
+    default_choices = [
+        (chosen_zones[0] if chosen_zones else "", zones_source),
+        (gcloud["zone"], f"gcloud configuration '{gcloud_name}' compute/zone"),
+    ]
+    default_zone, default_zone_source = next(((z, s) for z, s in default_choices if z), ("", ""))
 
     data_home = Path(home or env.get("TPUCONSOLE_HOME") or platformdirs.user_data_dir("tpuconsole"))
     use_sandbox = sandbox or not chosen_project
     refresh = ours.get("refresh_interval", DEFAULT_REFRESH_S)
     if not isinstance(refresh, (int, float)) or refresh <= 0:
-        raise FleetError(
+        raise ConfigError(
             f"refresh_interval in {toml_path} must be a positive number of seconds.",
             "Set e.g. refresh_interval = 10.",
+            field="refresh_interval",
         )
     stuck_after = ours.get("stuck_after", DEFAULT_STUCK_AFTER_S)
-    if not isinstance(stuck_after, (int, float)) or isinstance(stuck_after, bool) or (
-        stuck_after <= 0
+    if (
+        not isinstance(stuck_after, (int, float))
+        or isinstance(stuck_after, bool)
+        or (stuck_after <= 0)
     ):
-        raise FleetError(
+        raise ConfigError(
             f"stuck_after in {toml_path} must be a positive number of seconds.",
             "Set e.g. stuck_after = 600 (a job silent that long, its chips idle, is stuck?).",
+            field="stuck_after",
         )
     ssh = ours.get("ssh", {}) if isinstance(ours.get("ssh", {}), dict) else {}
     port = ssh.get("port", 0)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise FleetError(
-            f"ssh.port in {toml_path} must be a port number.", "Set e.g. port = 22 under [ssh]."
+        raise ConfigError(
+            f"ssh.port in {toml_path} must be a port number.",
+            "Set e.g. port = 22 under [ssh].",
+            field="ssh.port",
         )
     os_login = str(ssh.get("os_login", "auto")).lower()
     if os_login not in {"auto", "true", "false"}:
-        raise FleetError(
+        raise ConfigError(
             f'ssh.os_login in {toml_path} must be true, false or "auto".',
             "Leave it out of [ssh] to follow each node's enable-oslogin metadata.",
+            field="ssh.os_login",
         )
     return Settings(
         project=chosen_project,
@@ -172,6 +269,8 @@ def resolve_settings(
         internal_ip=bool(ssh.get("internal_ip", False)),
         ssh_jump_host=str(ssh.get("jump_host", "")),
         ssh_proxy_command=str(ssh.get("proxy_command", "")),
+        default_zone=default_zone,
+        default_zone_source=default_zone_source,
         ssh_port=port,
         tunnel_through_iap=bool(ssh.get("tunnel_through_iap", False)),
         os_login=os_login,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshPool, SshTarget
-from console.models import FleetError, Node, SshError
+from console.models import FleetError, Node, SshAuthError, SshError
 from console.services.fleet import FleetService
 
 SSH_KEYS = "ssh-keys"
@@ -132,8 +132,8 @@ class SshAccess:
         except SshError:
             raise
         except FleetError as exc:  # the pool reports ssh failures only, one per worker
-            raise SshError(
-                f"{target.label}: the VM refused your key; {exc.reason}", exc.remedy, kind="auth"
+            raise SshAuthError(
+                f"{target.label}: the VM refused your key; {exc.reason}", exc.remedy
             ) from None
 
     async def _grant(self, target: SshTarget) -> bool:
@@ -149,7 +149,13 @@ class SshAccess:
             ssh_keys = node.metadata.get(SSH_KEYS, "")
             if has_user_key(ssh_keys, user, self.pool.public_key()):
                 added = self._added.get(target.node)
-                return added is not None and time.monotonic() - added < RECENT_S
+                if added is not None:
+                    return time.monotonic() - added < RECENT_S
+                # There, but not put there by us: another command running now (or a
+                # teammate's gcloud) may have just added it, and the guest agent takes a while.
+                # Waited for once, as for a key we added; refused after that, it is refused.
+                self._added[target.node] = time.monotonic()
+                return True
             self.say(f"adding your ssh key to {name}'s metadata")
             await self._add_key(node, target)
             self._added[target.node] = time.monotonic()
@@ -164,16 +170,14 @@ class SshAccess:
             await api.wait_operation(operation, timeout_s=120, poll_s=0.2)
         except FleetError as exc:
             if exc.code != "PERMISSION_DENIED":
-                raise SshError(
+                raise SshAuthError(
                     f"{target.label}: the VM refused your key, and adding it to {node.name}'s "
                     f"metadata failed: {exc.reason}",
                     exc.remedy,
-                    kind="auth",
                 ) from None
-            raise SshError(
+            raise SshAuthError(
                 f"{target.label}: the VM refused your key, and you may not add it to "
                 f"{node.name}'s metadata (permission tpu.nodes.update denied).",
                 "Ask for a role with tpu.nodes.update (roles/tpu.admin), or have someone add "
                 f"`{self.entry()}` to the node's or the project's ssh-keys metadata.",
-                kind="auth",
             ) from None

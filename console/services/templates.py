@@ -32,7 +32,9 @@ class Param:
             return None
         text = str(raw)
         if "\0" in text:
-            raise FleetError(f"{self.name}: a NUL character cannot be passed to a program.")
+            raise FleetError(
+                f"{self.name}: a NUL character cannot be passed to a program.", field=self.name
+            )
         try:
             if self.kind == "int":
                 value: Any = int(text)
@@ -46,14 +48,16 @@ class Param:
                 value = text
         except ValueError:
             raise FleetError(
-                f"{self.name}: {text!r} is not a valid {self.kind}.", self.help
+                f"{self.name}: {text!r} is not a valid {self.kind}.", self.help, field=self.name
             ) from None
         if self.choices and value not in self.choices:
-            raise FleetError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}.")
+            raise FleetError(
+                f"{self.name}: {value!r} is not one of {', '.join(self.choices)}.", field=self.name
+            )
         if self.minimum is not None and value < self.minimum:
-            raise FleetError(f"{self.name}: {value} is below {self.minimum}.")
+            raise FleetError(f"{self.name}: {value} is below {self.minimum}.", field=self.name)
         if self.maximum is not None and value > self.maximum:
-            raise FleetError(f"{self.name}: {value} is above {self.maximum}.")
+            raise FleetError(f"{self.name}: {value} is above {self.maximum}.", field=self.name)
         return value
 
 
@@ -120,7 +124,9 @@ class Template:
             command = str(values.get("command") or "").strip()
             if not command:
                 raise FleetError(
-                    f"{self.name}: give the command to run.", "Example: command=nvidia-smi"
+                    f"{self.name}: give the command to run.",
+                    "Example: command=nvidia-smi",
+                    field="command",
                 )
             return replace(_with_environment((), values), script=command)
         argv = list(self.program)
@@ -132,11 +138,20 @@ class Template:
                 if value:
                     argv.append(p.flag)
             else:
-                argv += [p.flag, str(value)]
+                argv += _flag_and_value(p.flag, str(value))
         rendered = _with_environment(tuple(argv), values)
         if not self.ships_runners:
             return rendered
         return replace(rendered, prelude=(RUNNERS_PRELUDE, *rendered.prelude), ship_runners=True)
+
+
+def _flag_and_value(flag: str, value: str) -> list[str]:
+    """`--flag value`, or `--flag=value` when the value starts with a dash.
+
+    argparse takes a separate `-5+3=?` for an option of its own and refuses the command line;
+    joined with `=` it is the flag's value whatever it holds (remote/bootstrap.sh reads both).
+    """
+    return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
 
 
 # Where remote/ lands on a worker, and how its runners are found there (`python -m remote.x`).
@@ -147,7 +162,11 @@ RUNNERS_PRELUDE = 'export PYTHONPATH="$HOME/.tpuconsole/runners${PYTHONPATH:+:$P
 def _sync(values: Mapping[str, Any]) -> Rendered:
     local = str(values.get("local_dir") or "").strip()
     if not local:
-        raise FleetError("sync: give the local folder to upload.", "Example: local_dir=~/plugins")
+        raise FleetError(
+            "sync: give the local folder to upload.",
+            "Example: local_dir=~/plugins",
+            field="local_dir",
+        )
     remote = str(values.get("remote_dir") or "").strip() or default_remote_dir(local)
     return Rendered((), {}, upload=(local, remote))
 
@@ -261,6 +280,15 @@ MULTI_ENGINE = Template(
             0.7,
             minimum=0.05,
             maximum=0.99,
+        ),
+        Param(
+            "engine",
+            "choice",
+            "sgl-jax, or reference: a small JAX decoder, to compare (a sandbox without sgl-jax "
+            "uses it and says so)",
+            "--engine",
+            "sgl-jax",
+            choices=("sgl-jax", "reference"),
         ),
     ),
     presets={

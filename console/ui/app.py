@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from textual.app import App
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
@@ -38,6 +39,7 @@ class TpuConsoleApp(App):
         mode: str = "",
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
+        others_using: Callable[[], list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.fleet = fleet
@@ -49,9 +51,27 @@ class TpuConsoleApp(App):
         self.refresh_s = refresh_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self.sub_title = mode
+        # The other processes on the sandbox this console serves, which quitting would strand
+        # (None: it serves none).
+        self.others_using = others_using
 
     def now(self) -> datetime:
         return self._clock()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification is plain text: they carry node names, job output and errors.
+
+        `markup` is ignored on purpose (see console/ui/plain.py): no caller can turn it on.
+        """
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
         self.push_screen(FleetScreen())
@@ -101,6 +121,35 @@ class TpuConsoleApp(App):
         if self.jobs is not None:
             await self.jobs.remote.close()
         await self.fleet.close()
+
+    async def action_quit(self) -> None:
+        """Quit; first ask, naming them, when other processes use the sandbox served here."""
+        others = self.others_using() if self.others_using is not None else []
+        if not others:
+            self.exit()
+            return
+        from console.ui.confirm_screen import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):
+            return  # already asking
+        count = "1 other process uses" if len(others) == 1 else f"{len(others)} other processes use"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Quit? This console serves the sandbox, and {count} it:",
+                [
+                    *others,
+                    "Quitting stops serving it here: what they run over ssh now is cut, and the "
+                    "first of them to need it again serves it from the saved state (jobs run "
+                    "on, `logs -f` resumes); the others follow.",
+                ],
+            ),
+            answered,
+        )
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,8 +12,20 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console.models import FleetError, Node, WorkerPlan
-from console.services.probe import describe_kill, describe_lock, node_status, plan_for
+from console.models import FleetError, Node
+from console.present.cleanup import plan_entries, result_entries
+from console.services.probe import CleanupPlan
+from console.ui.plain import lines, styled
+
+# How the shared wording (console/present/cleanup.py) is coloured here.
+TONES = {
+    "unreachable": "red",
+    "step": "yellow",
+    "note": "dim",
+    "clean": "",
+    "done": "green",
+    "not_done": "red",
+}
 
 
 class CleanupScreen(ModalScreen[dict | None]):
@@ -34,13 +46,16 @@ class CleanupScreen(ModalScreen[dict | None]):
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__()
         self.nodes = nodes
-        self.plans: dict[str, list[WorkerPlan]] = {}
+        self.plans: dict[str, CleanupPlan] = {}
         self.after: dict[str, list] = {}
         self.state = "probing"  # probing | confirm | nothing | running | done
+        self.shown = Text()
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static("Probing " + ", ".join(n.name for n in self.nodes) + " …", id="plan")
+            yield Static(
+                "Probing " + ", ".join(n.name for n in self.nodes) + " …", id="plan", markup=False
+            )
 
     def on_mount(self) -> None:
         self._make_plans()
@@ -52,83 +67,76 @@ class CleanupScreen(ModalScreen[dict | None]):
     @work(exclusive=True, group="cleanup")
     async def _make_plans(self) -> None:
         prober = self.app.prober
-        lines = ["[b]Kill stale: the plan[/b]", ""]
+        out: list[Text | str] = [Text("Kill stale: the plan", style="bold"), ""]
 
-        async def one(node: Node):
+        async def one(node: Node) -> tuple[Node, CleanupPlan | None, FleetError | None]:
             try:
-                return node, await prober.probe(node), None
+                return node, await prober.plan_cleanup(node), None
             except FleetError as exc:
-                return node, [], exc
+                return node, None, exc
 
-        for node, probes, error in await asyncio.gather(*(one(n) for n in self.nodes)):
-            lines.append(
-                f"[b]{escape(node.name)}[/b] ({node.zone}): "
-                f"{escape(node_status(probes)) if not error else 'unreachable'}"
+        for node, plan, error in await asyncio.gather(*(one(n) for n in self.nodes)):
+            out.append(
+                styled(
+                    (node.name, "bold"),
+                    f" ({node.zone}): {plan.status if plan is not None else 'unreachable'}",
+                )
             )
-            if error is not None:
-                lines.append(f"  [red]{escape(str(error))}[/red]")
+            if plan is None:
+                out.append(styled("  ", (str(error), "red")))
                 continue
-            self.after[node.key] = probes
-            plans = [plan_for(p.report) for p in probes if p.report is not None]
-            self.plans[node.key] = plans
-            for probe in probes:
-                if probe.report is None:
-                    lines.append(
-                        f"  w{probe.worker}: [red]unreachable: {escape(probe.error)}[/red]"
-                    )
-            for plan in plans:
-                for step in plan.kills:
-                    lines.append(
-                        f"  w{plan.worker}: [yellow]{escape(describe_kill(step))}[/yellow]"
-                    )
-                for step in plan.locks:
-                    lines.append(
-                        f"  w{plan.worker}: [yellow]{escape(describe_lock(step))}[/yellow]"
-                    )
-                for note in plan.notes:
-                    lines.append(f"  w{plan.worker}: [dim]{escape(note)}[/dim]")
-        todo = any(not p.empty for plans in self.plans.values() for p in plans)
-        lines.append("")
+            self.after[node.key] = list(plan.probes)
+            self.plans[node.key] = plan
+            for entry in plan_entries(plan, say_clean=False):
+                out.append(styled(f"  w{entry.worker}: ", (entry.text, TONES[entry.tone])))
+        todo = any(plan.todo for plan in self.plans.values())
+        out.append("")
         if todo:
             self.state = "confirm"
-            lines.append("[b]y[/b] carries this out · [b]n[/b] or esc leaves everything as it is")
+            out.append(
+                styled(
+                    ("y", "bold"),
+                    " carries this out · ",
+                    ("n", "bold"),
+                    " or esc leaves everything as it is",
+                )
+            )
         else:
             self.state = "nothing"
-            lines.append("Nothing to clean. [b]esc[/b] closes.")
-        self.text.update("\n".join(lines))
+            out.append(styled("Nothing to clean. ", ("esc", "bold"), " closes."))
+        self.shown = lines(out)
+        self.text.update(self.shown)
 
     def action_confirm(self) -> None:
         if self.state == "confirm":
             self.state = "running"
-            self.text.update(str(self.text.content) + "\n\n[b]Cleaning…[/b]")
+            self.text.update(self.shown + styled("\n\n", ("Cleaning…", "bold")))
             self._run()
 
     @work(exclusive=True, group="cleanup")
     async def _run(self) -> None:
         prober = self.app.prober
-        lines = ["[b]Kill stale: what happened[/b]", ""]
+        out: list[Text | str] = [Text("Kill stale: what happened", style="bold"), ""]
         for node in self.nodes:
-            plans = [p for p in self.plans.get(node.key, []) if not p.empty]
-            if not plans:
+            plan = self.plans.get(node.key)
+            if plan is None or not plan.todo:
                 continue
             try:
-                results, after = await prober.execute(node, plans)
+                done = await prober.clean(plan)
             except FleetError as exc:
-                lines.append(f"[b]{escape(node.name)}[/b]: [red]{escape(str(exc))}[/red]")
+                out.append(styled((node.name, "bold"), ": ", (str(exc), "red")))
                 continue
-            by_worker = {p.worker: p for p in self.after.get(node.key, [])}
-            by_worker.update({p.worker: p for p in after})
-            self.after[node.key] = [by_worker[w] for w in sorted(by_worker)]
-            lines.append(
-                f"[b]{escape(node.name)}[/b]: now {escape(node_status(self.after[node.key]))}"
-            )
-            for r in results:
-                mark = "[green]done:[/green]" if r.done else "[red]NOT DONE:[/red]"
-                extra = " (needs root)" if r.needs_root else ""
-                lines.append(f"  w{r.worker}: {mark} {escape(r.result)}{extra}")
-        lines += ["", "[b]enter[/b] or esc closes"]
+            self.after[node.key] = done.now
+            out.append(styled((node.name, "bold"), f": now {done.status}"))
+            for entry in result_entries(done):
+                word, _, rest = entry.text.partition(": ")
+                out.append(
+                    styled(f"  w{entry.worker}: ", (f"{word}:", TONES[entry.tone]), f" {rest}")
+                )
+        out += ["", styled(("enter", "bold"), " or esc closes")]
         self.state = "done"
-        self.text.update("\n".join(lines))
+        self.shown = lines(out)
+        self.text.update(self.shown)
 
     def action_cancel(self) -> None:
         if self.state != "running":

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
+
+from console.ui.plain import styled
+
+
+def _body(title: str, items: list[str]) -> Text:
+    """The title in bold, then each item exactly as it will happen."""
+    text = styled((title, "bold"), "\n\n")
+    for item in items:
+        text.append(f"  • {item}\n")
+    return text
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -30,12 +40,14 @@ class ConfirmScreen(ModalScreen[bool]):
         self.lines = lines
 
     def compose(self) -> ComposeResult:
-        body = "\n".join(f"  • {escape(line)}" for line in self.lines)
         with VerticalScroll():
             yield Static(
-                f"[b]{escape(self.title_text)}[/b]\n\n{body}\n\n"
-                "[b]y[/b] goes ahead · [b]n[/b] or esc does nothing",
+                _body(self.title_text, self.lines)
+                + styled(
+                    "\n", ("y", "bold"), " goes ahead · ", ("n", "bold"), " or esc does nothing"
+                ),
                 id="confirm",
+                markup=False,
             )
 
     def action_yes(self) -> None:
@@ -66,15 +78,16 @@ class TypedConfirmScreen(ModalScreen[bool]):
         self.word = word
 
     def compose(self) -> ComposeResult:
-        body = "\n".join(f"  • {escape(line)}" for line in self.lines)
         with VerticalScroll():
             yield Static(
-                f"[b]{escape(self.title_text)}[/b]\n\n{body}\n\n"
-                f"Type [b]{escape(self.word)}[/b] and press enter to go ahead; "
-                "esc cancels."
+                _body(self.title_text, self.lines)
+                + styled(
+                    "\nType ", (self.word, "bold"), " and press enter to go ahead; esc cancels."
+                ),
+                markup=False,
             )
             yield Input(id="typed", placeholder=self.word)
-            yield Static("", id="typed-error")
+            yield Static("", id="typed-error", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#typed", Input).focus()

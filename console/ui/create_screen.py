@@ -1,9 +1,11 @@
 """`c`: the create form. Zones, types and runtime versions come from the API; nothing is sent
 until the form is valid, and the create then runs in the background with its progress shown.
+The runtime version follows the type: each generation's base image, among the zone's versions.
 """
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,7 +14,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError
-from console.services.lifecycle import DEFAULT_RUNTIME, CreateRequest, default_name, parse_labels
+from console.services.lifecycle import CreateRequest, default_name, parse_labels
+from console.services.runtimes import default_runtime
+from console.ui.plain import choices, lines
 
 NAME_PREFIX = "tpu"
 
@@ -40,33 +44,38 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
         self.zones = zones
         self.initial_zone = zone if zone in zones else (zones[0] if zones else "")
         self._name_touched = False
+        self._versions: list[str] = []  # the zone's ListRuntimeVersions
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static("[b]Create a TPU VM[/b]")
-            yield Label("Zone")
+            yield Static(Text("Create a TPU VM", style="bold"), markup=False)
+            yield Label("Zone", markup=False)
             yield Select(
-                [(z, z) for z in self.zones],
+                choices(self.zones),
                 value=self.initial_zone or Select.BLANK,
                 id="zone",
                 allow_blank=False,
             )
-            yield Label("Accelerator type")
+            yield Label("Accelerator type", markup=False)
             yield Select([], id="type", prompt="loading…")
-            yield Label("Runtime version")
+            yield Label("Runtime version", markup=False)
             yield Select([], id="version", prompt="loading…")
-            yield Label("Name")
+            yield Label("Name", markup=False)
             yield Input(id="name", placeholder="lowercase, digits and dashes")
-            yield Label("Labels (key=value, comma-separated)")
+            yield Label("Labels (key=value, comma-separated)", markup=False)
             yield Input(id="labels", placeholder="team=rl, owner=me")
             yield Label(
                 "Startup bootstrap (optional): a command run as a job on every worker "
-                "once it answers ssh"
+                "once it answers ssh",
+                markup=False,
             )
             yield Input(id="startup", placeholder="e.g. bash ~/bootstrap.sh")
             yield Checkbox("Spot (cheaper, can be preempted)", id="spot")
-            yield Checkbox("Fall back to on-demand when spot quota is exhausted", id="fallback")
-            yield Static("", id="create-errors")
+            yield Checkbox(
+                "On-demand if spot has no room (quota or stockout)",
+                id="fallback",
+            )
+            yield Static("", id="create-errors", markup=False)
             with Horizontal():
                 yield Button("Create (ctrl+s)", id="create", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
@@ -91,19 +100,29 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
             return
+        self._versions = versions
+        version_select = self.query_one("#version", Select)
+        version_select.set_options(choices(versions))
         type_select = self.query_one("#type", Select)
-        type_select.set_options([(t, t) for t in types])
+        type_select.set_options(choices(types))
         if types:
             type_select.value = types[0]
-        version_select = self.query_one("#version", Select)
-        version_select.set_options([(v, v) for v in versions])
-        if versions:
-            version_select.value = DEFAULT_RUNTIME if DEFAULT_RUNTIME in versions else versions[0]
+            self._pick_runtime(types[0])
         errors.update("")
+
+    def _pick_runtime(self, accelerator_type: str) -> None:
+        """The generation's runtime version for the type, from what the zone lists."""
+        if self._versions:
+            version = default_runtime(accelerator_type, self._versions)
+            if version in self._versions:
+                self.query_one("#version", Select).value = version
 
     @on(Select.Changed, "#type")
     def _type_changed(self, event: Select.Changed) -> None:
-        if isinstance(event.value, str) and not self._name_touched:
+        if not isinstance(event.value, str):
+            return
+        self._pick_runtime(event.value)
+        if not self._name_touched:
             now = self.app.now().astimezone()
             self.query_one("#name", Input).value = default_name(NAME_PREFIX, event.value, now)
 
@@ -124,7 +143,7 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             name=self.query_one("#name", Input).value.strip(),
             zone=value("#zone"),
             accelerator_type=value("#type"),
-            runtime_version=value("#version") or DEFAULT_RUNTIME,
+            runtime_version=value("#version"),  # "": the service picks the generation's
             spot=self.query_one("#spot", Checkbox).value,
             fallback_on_demand=self.query_one("#fallback", Checkbox).value,
             labels=parse_labels(raw_labels),
@@ -137,10 +156,12 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
             request = self.request()
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
+            errors.scroll_visible(animate=False)
             return
         problems = request.problems()
         if problems:
-            errors.update("\n".join(problems))
+            errors.update(lines(problems))
+            errors.scroll_visible(animate=False)  # below the fields: bring it into view
             return
         self.dismiss(request)
 

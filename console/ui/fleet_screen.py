@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,7 +19,16 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from console.models import FleetError, FleetSnapshot, Node
-from console.services.fleet_columns import COLUMNS, matches, row_texts, sort_nodes
+from console.services.fleet_columns import (
+    COLUMNS,
+    matches,
+    row_texts,
+    sort_nodes,
+    unreachable_groups,
+    zones_line,
+)
+from console.services.lifecycle import stop_refusal
+from console.ui.plain import PlainTable, lines, styled
 from console.ui.styling import health_text, provisioning_text, state_text
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
@@ -67,7 +75,7 @@ def _same(old: object, new: object) -> bool:
     return look(old) == look(new)
 
 
-class FleetTable(DataTable):
+class FleetTable(PlainTable):
     """The fleet's DataTable, with `enter` shown in the footer as the way into a node."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Details")]
@@ -82,8 +90,8 @@ class FleetScreen(Screen):
         Binding("K", "kill_stale", "Kill stale"),
         Binding("n", "launch", "Launch"),
         Binding("c", "create", "Create"),
-        Binding("s", "change('stop')", "Stop", show=False),
-        Binding("u", "change('start')", "Start", show=False),
+        Binding("s", "change('stop')", "Stop", tooltip="Single-host TPU VMs only"),
+        Binding("u", "change('start')", "Start", tooltip="Single-host TPU VMs only"),
         Binding("ctrl+d", "change('delete')", "Delete", show=False),
         Binding("D", "delete_zone", "Delete all in zone", show=False),
         Binding("p", "probe", "Probe", show=False),
@@ -107,7 +115,7 @@ class FleetScreen(Screen):
     FleetScreen #banner.shown { display: block; }
     FleetScreen #status { height: 1; padding: 0 1; color: $text-muted; }
     FleetScreen #filter { display: none; dock: bottom; margin-bottom: 1; }
-    FleetScreen #ops { height: auto; max-height: 6; padding: 0 1; color: $warning; }
+    FleetScreen #ops { height: auto; max-height: 10; padding: 0 1; color: $warning; }
     FleetScreen #filter.shown { display: block; }
     FleetScreen DataTable { height: 1fr; }
     """
@@ -124,19 +132,21 @@ class FleetScreen(Screen):
         self.probes: dict[str, list] = {}  # node key -> [WorkerProbe], the latest
         self.probed_at: dict[str, float] = {}
         self.marked: set[str] = set()
-        self.operations: dict[str, str] = {}  # node key -> its operation's latest progress
+        # node key -> its operation's lines: each finished try's outcome, then the latest state
+        self.operations: dict[str, list[str]] = {}
+        self._live: dict[str, str] = {}
         self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical():
-            yield Static("", id="banner")
-            yield Static("loading fleet…", id="status")
+            yield Static("", id="banner", markup=False)
+            yield Static("loading fleet…", id="status", markup=False)
             table = FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
             for column in COLUMNS:
                 table.add_column(column.title, key=column.key)
             yield table
-        yield Static("", id="ops")
+        yield Static("", id="ops", markup=False)
         yield Input(placeholder="filter: name, zone, type, state, label=value …", id="filter")
         yield Footer()
 
@@ -160,31 +170,42 @@ class FleetScreen(Screen):
 
     @work(exclusive=True, group="fleet-refresh")
     async def _load(self) -> None:
+        snapshot: FleetSnapshot | None = None
+        error: FleetError | None = None
         try:
             snapshot = await self.app.fleet.list_nodes()
         except FleetError as exc:
-            self.last_error = exc
-            self._show_banner([f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)}"])
-        else:
+            error = exc
+        finally:
+            self.refreshing = False
+        # The app may have closed while the API answered: then there is nothing to update.
+        # (What follows has no await, so the screen cannot go away half way through.)
+        if not self.query("#status"):
+            return
+        if error is not None:
+            self.last_error = error
+            self._show_banner([styled((error.reason, "bold"), " ", error.remedy)])
+        elif snapshot is not None:
             self.last_error = None
             self.snapshot = self._keep_last_known(snapshot)
             self.loaded_at = self.app.now()
             self._show_banner(
                 [
-                    f"[b]Zone {f.zone} unreachable:[/b] {escape(f.reason)} {escape(f.remedy)}"
-                    + (" (showing its last known nodes)" if f.zone in self._carried_zones else "")
-                    for f in snapshot.unreachable
+                    styled(
+                        (f"Zone {where} unreachable:", "bold"),
+                        f" {f.reason} {f.remedy}",
+                        " (showing its last known nodes)" if f.zone in self._carried_zones else "",
+                    )
+                    for where, f in unreachable_groups(snapshot)
                 ]
             )
             self._render_rows()
+            self.refresh_bindings()
             self._probe_due_nodes()
             if self.app.lifecycle is not None:
                 for alert in self.app.lifecycle.observe(snapshot):
                     self.notify(alert, severity="error", timeout=30)
-        finally:
-            self.refreshing = False
-            if self.is_attached:  # the app may be closing while the API answers
-                self.query_one("#status", Static).update(self._status_text())
+        self.query_one("#status", Static).update(self._status_text())
 
     def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
         """An unreachable zone keeps its last known rows: a failed listing is not an empty zone."""
@@ -196,35 +217,36 @@ class FleetScreen(Screen):
         nodes = tuple(sorted((*snapshot.nodes, *carried), key=lambda n: (n.zone, n.name)))
         return replace(snapshot, nodes=nodes)
 
-    def _show_banner(self, lines: list[str]) -> None:
+    def _show_banner(self, texts: list[Text]) -> None:
         banner = self.query_one("#banner", Static)
-        banner.update("\n".join(lines))
-        banner.set_class(bool(lines), "shown")
+        banner.update(lines(texts))
+        banner.set_class(bool(texts), "shown")
 
-    def _status_text(self, loading: bool = False) -> str:
-        badge = "[b reverse yellow] SANDBOX [/] " if self.app.mode == "SANDBOX" else ""
+    def _status_text(self, loading: bool = False) -> Text:
+        badge = (
+            styled((" SANDBOX ", "b reverse #ffff00"), " ") if self.app.mode == "SANDBOX" else ""
+        )
         parts = []
         if self.snapshot is not None:
             shown = self.table.row_count
             total = len(self.snapshot.nodes)
-            zones = len(self.snapshot.zones)
             parts.append(f"{shown} of {total} nodes" if self.filter_text else f"{total} nodes")
-            parts.append(f"{zones} zones")
+            parts.append(zones_line(self.snapshot))
             if self.snapshot.unreachable:
                 parts.append(f"{len(self.snapshot.unreachable)} unreachable")
             if self.loaded_at:
                 parts.append(f"as of {self.loaded_at.astimezone():%H:%M:%S}")
         if self.filter_text:
-            parts.append(f"filter: {escape(repr(self.filter_text))}")
+            parts.append(f"filter: {self.filter_text!r}")
         arrow = "↓" if self.sort_reverse else "↑"
         parts.append(f"sort: {self.sort_column}{arrow}")
         if loading:
             parts.append("refreshing…")
-        return badge + " · ".join(parts)
+        return styled(badge, " · ".join(parts))
 
     def _render_rows(self) -> None:
         """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
-        if self.snapshot is None:
+        if self.snapshot is None or not self.query("#fleet"):  # none: the app is closing
             return
         now = self.app.now()
         table = self.table
@@ -315,6 +337,27 @@ class FleetScreen(Screen):
         if event.column_key.value in {c.key for c in COLUMNS}:
             self.action_sort(event.column_key.value)
 
+    # ----- keys that depend on the node under the cursor ---------------------------------------
+    @on(DataTable.RowHighlighted, "#fleet")
+    def _cursor_moved(self) -> None:
+        self.refresh_bindings()
+
+    def binding_note(self, action: str) -> str:
+        """Why a key is greyed out right now (the help screen shows it), or ""."""
+        if action.startswith("change('stop')") or action.startswith("change('start')"):
+            verb = "stop" if "stop" in action else "start"
+            nodes = self._chosen_nodes()
+            refusals = [stop_refusal(n, verb) for n in nodes]
+            if nodes and all(refusals):
+                return refusals[0]
+        return ""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Stop/start are greyed (None) when every chosen node is a multi-host slice."""
+        if action == "change" and parameters and parameters[0] in {"stop", "start"}:
+            return None if self.binding_note(f"change('{parameters[0]}')") else True
+        return True
+
     # ----- detail ------------------------------------------------------------------------------
     @on(DataTable.RowSelected, "#fleet")
     def _row_selected(self) -> None:
@@ -400,6 +443,7 @@ class FleetScreen(Screen):
         self.marked.symmetric_difference_update({key})
         self._render_rows()
         self.table.action_cursor_down()
+        self.refresh_bindings()
 
     def _chosen_nodes(self) -> list[Node]:
         if self.snapshot is None:
@@ -431,17 +475,36 @@ class FleetScreen(Screen):
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def _show_ops(self) -> None:
-        self.query_one("#ops", Static).update("\n".join(self.operations.values()))
+        shown = [
+            line
+            for key, kept in self.operations.items()
+            for line in (*kept, self._live.get(key, ""))
+            if line
+        ]
+        for ops in self.query("#ops").results(Static):  # none while the app closes
+            ops.update(lines(shown))
 
     def _progress(self, key: str):
+        """Each try's outcome stays on screen ("✗ …"), the live state replaces itself ("⟳ …")."""
+
         def report(progress) -> None:
             first = key not in self.operations
-            self.operations[key] = "⟳ " + progress.line()
+            kept = self.operations.setdefault(key, [])
+            if progress.outcome:
+                kept.append(("✗ " if progress.state == "FAILED" else "· ") + progress.line())
+                self._live.pop(key, None)
+            else:
+                self._live[key] = "⟳ " + progress.line()
             self._show_ops()
             if first:
                 self.action_refresh()  # show the node's row (CREATING, STOPPING…) at once
 
         return report
+
+    def _ops_done(self, key: str) -> None:
+        self.operations.pop(key, None)
+        self._live.pop(key, None)
+        self._show_ops()
 
     def action_create(self) -> None:
         from console.ui.create_screen import CreateScreen
@@ -449,7 +512,7 @@ class FleetScreen(Screen):
         if self.app.lifecycle is None:
             self.notify("Creating VMs is not available in this session.", severity="warning")
             return
-        zones = list(self.snapshot.zones) if self.snapshot else []
+        zones = list(self.snapshot.zones) if self.snapshot else []  # zones with TPU access
         node = self.cursor_node()
         self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
 
@@ -463,8 +526,11 @@ class FleetScreen(Screen):
         try:
             outcome = await self.app.lifecycle.create(request, self._progress(key))
         except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
             self.notify(
-                f"Create {request.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
+                f"Create {request.name}: {exc.reason} {exc.remedy}{code}",
+                severity="error",
+                timeout=30,
             )
         else:
             notes = "; ".join(
@@ -486,17 +552,22 @@ class FleetScreen(Screen):
                 timeout=15,
             )
         finally:
-            self.operations.pop(key, None)
-            self._show_ops()
-            self.action_refresh()
+            self._ops_done(key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     def action_change(self, verb: str) -> None:
         from console.ui.confirm_screen import ConfirmScreen
 
-        nodes = self._chosen_nodes()
-        if self.app.lifecycle is None or not nodes:
+        chosen = self._chosen_nodes()
+        if self.app.lifecycle is None or not chosen:
+            return
+        nodes = [n for n in chosen if not stop_refusal(n, verb)]
+        if not nodes:  # the key is greyed then; a click on it lands here
+            self.notify(stop_refusal(chosen[0], verb), severity="warning")
             return
         lines = [f"{verb} {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
+        lines += [f"skipped: {stop_refusal(n, verb)}" for n in chosen if n not in nodes]
         if verb == "delete":
             lines.append("Deleting cannot be undone; local logs and history stay.")
 
@@ -532,17 +603,18 @@ class FleetScreen(Screen):
         try:
             after = await self.app.lifecycle.change(verb, node, self._progress(node.key))
         except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
             self.notify(
-                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}",
+                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}{code}",
                 severity="error",
                 timeout=30,
             )
         else:
             self.notify(f"{node.name}: {after.state if after else 'deleted'}")
         finally:
-            self.operations.pop(node.key, None)
-            self._show_ops()
-            self.action_refresh()
+            self._ops_done(node.key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     # ----- launching jobs ----------------------------------------------------------------------
     def action_launch(self) -> None:
@@ -558,59 +630,46 @@ class FleetScreen(Screen):
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
 
-    async def _upload(self, node: Node, selection: str, local: str, remote_dir: str) -> None:
-        """The sync template: no job, a notification per outcome."""
-        from pathlib import Path
-
-        from console.services.shipping import Shipper
-
-        self.notify(f"Uploading {local} to {remote_dir} on {node.name}…")
-        outcomes = await Shipper(self.app.jobs.remote).upload(
-            node, selection, Path(local).expanduser(), remote_dir
-        )
-        failed = [o for o in outcomes if o.failed]
-        self.notify(
-            f"{local} -> {node.name}:{remote_dir}\n" + "\n".join(o.describe() for o in outcomes),
-            severity="error" if failed else "information",
-            timeout=15 if failed else 6,
-        )
-
     def _launch(self, node: Node, choice) -> None:
         if choice is not None:
             self._run_launch(node, choice)
 
     @work(group="launch")
     async def _run_launch(self, node: Node, choice) -> None:
-        from console.services.probe import plan_for
+        """The form's choice through the launch service: clean first if it offered, then the
+        upload or the job (its logs open); any failure is one notification."""
+        from console.present.launch import not_started, upload_lines
+        from console.services.launch import LaunchPlan, LaunchService
         from console.ui.log_screen import LogScreen
 
+        launcher = LaunchService(self.app.jobs, self.app.prober)
+        plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
+        if plan.is_upload:
+            self.notify(f"Uploading {plan.rendered.upload[0]} on {node.name}…")
         try:
-            if choice.clean_first and self.app.prober is not None:
-                probes = await self.app.prober.probe(node, choice.selection)
-                plans = [plan_for(p.report) for p in probes if p.report and not p.report.clean]
-                await self.app.prober.execute(node, [p for p in plans if not p.empty])
-            if choice.rendered.upload:
-                await self._upload(node, choice.selection, *choice.rendered.upload)
-                return
-            job = await self.app.jobs.launch(
-                node,
-                choice.selection,
-                choice.rendered.shell(),
-                kind=choice.kind,
-                env=choice.rendered.env,
-                params=choice.params,
-                ship_runners=choice.rendered.ship_runners,
-            )
+            cleanup = await launcher.plan_cleanup(plan) if choice.clean_first else None
+            launched = await launcher.start(plan, cleanup=cleanup)
         except FleetError as exc:
-            self.notify(
-                f"Launch on {node.name}: {exc.reason} {exc.remedy}", severity="error", timeout=30
-            )
+            self.notify(f"Launch on {node.name}: {exc}", severity="error", timeout=30)
             return
-        if job.status == "failed":
+        if launched.cleanup is not None and not launched.cleanup.done:
             self.notify(
-                f"Job {job.job_id} did not start: "
-                + "; ".join(f"w{w.worker}: {w.error}" for w in job.workers if w.error),
+                f"Cleanup on {node.name} left the TPU held ({launched.cleanup.status}); "
+                "nothing launched. K shows the plan.",
                 severity="error",
+                timeout=30,
             )
             return
-        self.app.push_screen(LogScreen(job))
+        if plan.rendered.upload is not None:
+            said = upload_lines(*plan.rendered.upload, launched.uploads)
+            self.notify(
+                "\n".join(line for line, _ in said),
+                severity="error" if launched.failed else "information",
+                timeout=15 if launched.failed else 6,
+            )
+            return
+        assert launched.job is not None
+        if launched.failed:
+            self.notify(not_started(launched), severity="error")
+            return
+        self.app.push_screen(LogScreen(launched.job))

@@ -8,6 +8,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.services.probe import odd_lock_note
+from console.ui.plain import PlainTable
 
 
 class HealthScreen(Screen):
@@ -25,8 +26,8 @@ class HealthScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="health-note")
-        table: DataTable = DataTable(id="health", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="health-note", markup=False)
+        table: DataTable = PlainTable(id="health", cursor_type="row", zebra_stripes=True)
         for title in ("NODE", "WORKER", "FINDING", "DETAIL"):
             table.add_column(title, key=title.lower())
         yield table

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
+
+from console.ui.plain import plain, styled
 
 _KEY_NAMES = {"slash": "/", "question_mark": "?", "enter": "⏎", "escape": "esc"}
 
@@ -16,10 +19,17 @@ def key_table(screen: Screen) -> Table:
     table = Table(box=None, padding=(0, 2), show_header=False)
     table.add_column(style="bold yellow", justify="right")
     table.add_column()
+    note_of = getattr(screen, "binding_note", None)
     for binding in screen.BINDINGS:
         if isinstance(binding, Binding):
             key = _KEY_NAMES.get(binding.key, binding.key)
-            table.add_row(key, binding.description)
+            note = note_of(binding.action) if note_of is not None else ""
+            if note:  # greyed out now, with the reason
+                table.add_row(
+                    Text(key, style="dim"), Text(f"{binding.description} — {note}", style="dim")
+                )
+            else:
+                table.add_row(plain(key), plain(binding.description))
     return table
 
 
@@ -40,6 +50,7 @@ class HelpScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(f"[b]Keys[/b] — {type(self.under).__name__.removesuffix('Screen')}\n")
-            yield Static(key_table(self.under))
-            yield Static("\n[dim]esc or ? closes this help[/dim]")
+            name = type(self.under).__name__.removesuffix("Screen")
+            yield Static(styled(("Keys", "bold"), f" — {name}\n"), markup=False)
+            yield Static(key_table(self.under), markup=False)
+            yield Static(Text("\nesc or ? closes this help", style="dim"), markup=False)

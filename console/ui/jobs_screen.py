@@ -10,10 +10,14 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.models import FleetError, Job
+from console.ui.plain import PlainTable
 
 RELOAD_S = 2.0
 SETTLE_S = 10.0  # how often jobs nobody here follows are looked up on their workers
 COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
+
+
+COMMAND_WIDTH = 60
 
 
 def _cells(job: Job) -> tuple:
@@ -24,7 +28,7 @@ def _cells(job: Job) -> tuple:
         " ".join(f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers),
         job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
         result_cell(job),
-        job.command.strip().splitlines()[-1][:60],
+        job.short_command(COMMAND_WIDTH),
     )
 
 
@@ -48,7 +52,7 @@ def result_cell(job: Job) -> Text:
     return Text("")
 
 
-class JobsTable(DataTable):
+class JobsTable(PlainTable):
     BINDINGS = [Binding("enter", "select_cursor", "Logs")]
 
 
@@ -58,6 +62,7 @@ class JobsScreen(Screen):
         Binding("r", "reload", "Refresh"),
         Binding("x", "stop_job", "Stop job"),
         Binding("R", "rerun", "Re-run"),
+        Binding("d", "describe", "Describe"),
         Binding("question_mark", "app.help", "Help"),
     ]
 
@@ -70,7 +75,7 @@ class JobsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="jobs-empty")
+        yield Static("", id="jobs-empty", markup=False)
         table = JobsTable(id="jobs", cursor_type="row", zebra_stripes=True)
         for key in COLUMNS:
             table.add_column(key.upper(), key=key)
@@ -130,6 +135,14 @@ class JobsScreen(Screen):
             return None
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         return self.jobs.get(key.value)
+
+    def action_describe(self) -> None:
+        """The whole record, the command in full, as `tpuconsole jobs show` prints it."""
+        from console.ui.job_detail import JobDetailScreen
+
+        job = self._cursor_job()
+        if job is not None:
+            self.app.push_screen(JobDetailScreen(self.app.jobs.history.get(job.job_id) or job))
 
     def action_stop_job(self) -> None:
         from console.ui.confirm_screen import ConfirmScreen

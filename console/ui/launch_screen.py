@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,6 +21,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 from console.models import FleetError, Node
 from console.services.preflight import Check, preflight
 from console.services.templates import TEMPLATES, Param, Rendered, Template
+from console.ui.plain import choices, lines, plain, styled
 
 
 @dataclass(frozen=True)
@@ -66,25 +67,33 @@ class LaunchScreen(ModalScreen):
         first = next(iter(TEMPLATES.values()))
         with VerticalScroll():
             yield Static(
-                f"[b]Launch on {escape(self.node.name)}[/b] ({self.node.zone}, "
-                f"{self.node.accelerator_type}, {len(self.node.workers)} worker(s))"
+                styled(
+                    (f"Launch on {self.node.name}", "bold"),
+                    f" ({self.node.zone}, {self.node.accelerator_type}, "
+                    f"{len(self.node.workers)} worker(s))",
+                ),
+                markup=False,
             )
-            yield Label("Template")
+            yield Label("Template", markup=False)
             yield Select(
-                [(f"{t.name} — {t.title}", t.name) for t in TEMPLATES.values()],
+                [(plain(f"{t.name} — {t.title}"), t.name) for t in TEMPLATES.values()],
                 value=first.name,
                 id="template",
                 allow_blank=False,
             )
-            yield Label("Preset (fills the fields below)")
-            yield Select([(p, p) for p in first.presets], id="preset", prompt="(none)")
-            yield Label("Workers (all, 0, 1,3, 0-2)")
+            yield Label("Preset (fills the fields below)", markup=False)
+            yield Select(choices(first.presets), id="preset", prompt="(none)")
+            yield Label("Workers (all, 0, 1,3, 0-2)", markup=False)
             yield Input("all", id="workers")
             # Preflight and the exact command stay in sight while the fields below change.
-            yield Static("", id="launch-checks")
-            yield Static("", id="launch-command")
-            yield Static("[b]ctrl+s[/b] launches and opens the logs · [b]esc[/b] cancels")
-            yield Label("Parameters (empty: the runner's default, shown greyed)")
+            yield Static("", id="launch-checks", markup=False)
+            yield Static("", id="launch-command", markup=False)
+            yield Static(
+                styled(("ctrl+s", "bold"), " launches and opens the logs · ", ("esc", "bold"))
+                + " cancels",
+                markup=False,
+            )
+            yield Label("Parameters (empty: the runner's default, shown greyed)", markup=False)
             yield Grid(id="params")
 
     async def on_mount(self) -> None:
@@ -112,7 +121,7 @@ class LaunchScreen(ModalScreen):
         await grid.remove_children()
         widgets = []
         for p in self._template().all_params:
-            widgets += [Label(p.name), _field(p)]
+            widgets += [Label(p.name, markup=False), _field(p)]
         await grid.mount_all(widgets)
 
     def _raw(self) -> dict[str, Any]:
@@ -139,7 +148,7 @@ class LaunchScreen(ModalScreen):
         self._rebuilding = True
         try:
             presets = self._template().presets
-            self.query_one("#preset", Select).set_options([(p, p) for p in presets])
+            self.query_one("#preset", Select).set_options(choices(presets))
             await self._build_fields()
         finally:
             self._rebuilding = False
@@ -183,24 +192,28 @@ class LaunchScreen(ModalScreen):
         except FleetError as exc:
             self.error = f"{exc.reason} {exc.remedy}".strip()
             self.checks = []
-            name = exc.reason.split(":", 1)[0]
-            for field in self.query(f"#p-{name}"):
+            for field in self.query(f"#p-{exc.field}") if exc.field else ():
                 field.add_class("-bad")
-            checks_box.update(f"[red]{escape(self.error)}[/red]")
+            checks_box.update(Text(self.error, style="red"))
             command_box.update("")
             return
         self.error = ""
         selection = self.query_one("#workers", Input).value.strip() or "all"
         self.checks = preflight(template, values, self.node, selection, self.probes)
         colours = {"refuse": "red", "warn": "yellow", "offer": "cyan"}
-        lines = [
-            f"[{colours[c.level]}]{c.level.upper()}[/] {escape(c.message)}"
-            + (f"\n   {escape(c.remedy)}" if c.remedy else "")
+        found = [
+            styled(
+                (c.level.upper(), colours[c.level]),
+                f" {c.message}",
+                f"\n   {c.remedy}" if c.remedy else "",
+            )
             for c in self.checks
         ]
-        checks_box.update("\n".join(lines) or "[green]preflight: nothing in the way[/green]")
+        checks_box.update(
+            lines(found) if found else Text("preflight: nothing in the way", style="green")
+        )
         exports = " ".join(f"{k}={v}" for k, v in rendered.env.items())
-        command_box.update(escape((f"# env: {exports}\n" if exports else "") + rendered.shell()))
+        command_box.update((f"# env: {exports}\n" if exports else "") + rendered.shell())
 
     def action_launch(self) -> None:
         if self.error:
@@ -228,7 +241,7 @@ def _field(p: Param):
         return Checkbox(p.help, id=f"p-{p.name}", tooltip=p.help, compact=True)
     if p.kind == "choice":
         return Select(
-            [(c, c) for c in p.choices],
+            choices(p.choices),
             id=f"p-{p.name}",
             prompt=f"{p.help}{default}",
             tooltip=p.help,

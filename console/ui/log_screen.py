@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,12 +20,13 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import FleetError, Job
+from console.models import FleetError, Job, NodeGone
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
-from console.services.log_index import LogIndex
+from console.services.log_index import LogIndex, Query, QueryCancelled
 from console.services.metrics import JobMetrics, sparkline
 from console.services.terminal_text import plain_text
 from console.ui.log_view import LogView
+from console.ui.plain import lines, styled
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
 SILENT_S = 600.0  # no output at all this long while running
@@ -51,12 +51,12 @@ def _training_line(worker: int, metrics: JobMetrics) -> str:
 
 
 class StatusLine(Widget):
-    """One line of markup that redraws itself alone: a Static would relayout the screen."""
+    """One line that redraws itself alone: a Static would relayout the screen."""
 
-    text: reactive[str] = reactive("", layout=False)
+    text: reactive[Text] = reactive(Text, layout=False)
 
     def render(self) -> Text:
-        return Text.from_markup(self.text)
+        return self.text
 
 
 class LogScreen(Screen):
@@ -103,6 +103,11 @@ class LogScreen(Screen):
         self._done_at: dict[int, float] = {}
         self._synced_at = 0.0
         self._changed = False
+        self._view_query: Query | None = None  # a filter or worker view being made
+        self._search_query: Query | None = None
+        self._search_after_view: tuple[int, bool] | None = None
+        self.view_filter = ""  # the view asked for, shown once made
+        self.view_workers: frozenset[int] = frozenset(self.ended)
 
     def compose(self) -> ComposeResult:
         paths = {
@@ -111,9 +116,9 @@ class LogScreen(Screen):
         self.index = LogIndex(paths)
         self.index.on_lines = self._scan_lines
         yield Header()
-        yield Static("", id="log-banner")
+        yield Static("", id="log-banner", markup=False)
         yield StatusLine(id="log-status")
-        yield Static("", id="log-diagnosis")
+        yield Static("", id="log-diagnosis", markup=False)
         yield LogView(self.index, id="log")
         yield Input(id="log-input")
         yield Footer()
@@ -134,6 +139,7 @@ class LogScreen(Screen):
         self._update_status()
 
     def on_unmount(self) -> None:
+        self._stop_queries()
         self._indexer.cancel()
         self.index.close()
 
@@ -146,6 +152,7 @@ class LogScreen(Screen):
         while True:
             if await self.index.scan_off_loop(budget_bytes=SLICE_BYTES):
                 self._changed = True
+                self._last_data = time.monotonic()  # a bar that grows is output too
             await asyncio.sleep(0 if self.index.lagging else TICK_S)
 
     def _scan_lines(self, worker: int, data: bytes) -> None:
@@ -200,28 +207,34 @@ class LogScreen(Screen):
             self.app.jobs.history.set_results(self.job.job_id, diagnoses=[asdict(found)])
 
     def _show_findings(self) -> None:
-        lines = []
+        found: list[Text | str] = []
         for d in self.diagnoser.found:
             where = f"w{d.worker}: " if d.worker is not None else ""
-            lines.append(
-                f"[b red]{escape(where + d.title)}[/] — {escape(d.evidence[:120])}\n"
-                f"   [b]cause[/b] {escape(d.cause)}\n   [b]remedy[/b] {escape(d.remedy)}"
+            found.append(
+                styled(
+                    (where + d.title, "b red"),
+                    f" — {d.evidence[:120]}\n   ",
+                    ("cause", "b"),
+                    f" {d.cause}\n   ",
+                    ("remedy", "b"),
+                    f" {d.remedy}",
+                )
             )
         summary = self.metrics.summary()
         if summary:
-            lines.append(f"[b green]results[/] {escape(summary)}")
+            found.append(styled(("results", "b green"), f" {summary}"))
         engines: dict[int, list[tuple[int, float]]] = {}
         for (worker, engine), seconds in sorted(self.metrics.engine_sec.items()):
             engines.setdefault(worker, []).append((engine, seconds))
         for worker, timings in engines.items():
-            lines.append(
+            found.append(
                 f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
             )
         for worker in sorted({*self.metrics.losses, *self.metrics.rewards}):
-            lines.append(_training_line(worker, self.metrics))
+            found.append(_training_line(worker, self.metrics))
         panel = self.query_one("#log-diagnosis", Static)
-        panel.update("\n".join(lines))
-        panel.set_class(bool(lines), "shown")
+        panel.update(lines(found))
+        panel.set_class(bool(found), "shown")
 
     def _redraw(self) -> None:
         self._check_conditions()
@@ -233,6 +246,8 @@ class LogScreen(Screen):
             self._changed = False
             self.view.refresh_rows()
             self._update_status()
+        elif self.running_query is not None:
+            self._update_status()  # its progress
 
     @work(exclusive=True, group="job-logs")
     async def _follow_job(self) -> None:
@@ -242,11 +257,11 @@ class LogScreen(Screen):
             await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)
-            banner.update(
-                f"[b]{escape(exc.reason)}[/b] {escape(exc.remedy)} Showing the local copy."
-            )
+            banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
             banner.add_class("shown")
-            if not self.job.open:  # nothing more will come: a last line without newline is one
+            # Nothing more will come (the job ended, or its VM with it): a last line without
+            # newline is one.
+            if not self.job.open or isinstance(exc, NodeGone):
                 for w in self.job.workers:
                     self.index.mark_ended(w.worker)
         self._changed = True
@@ -263,9 +278,9 @@ class LogScreen(Screen):
             else ",".join(f"w{w}" for w in sorted(self.index.shown_workers))
         )
         states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
-        follow = "[b green]FOLLOW[/]" if self.view.follow else "[b yellow]PAUSED[/]"
-        job_state = {"killed": "[b red]KILLED[/]", "lost": "[b red]LOST[/]"}.get(self.job.status)
-        parts = [
+        follow = ("FOLLOW", "b green") if self.view.follow else ("PAUSED", "b yellow")
+        job_state = {"killed": ("KILLED", "b red"), "lost": ("LOST", "b red")}.get(self.job.status)
+        parts: list = [
             *([job_state] if job_state else []),
             follow,
             f"{len(self.index.visible)}/{len(self.index)} lines",
@@ -273,16 +288,98 @@ class LogScreen(Screen):
             states,
         ]
         if self.index.filter_text:
-            parts.append(f"filter: {escape(repr(self.index.filter_text))}")
+            parts.append(f"filter: {self.index.filter_text!r}")
         if self.view.search_text:
-            parts.append(f"search: {escape(repr(self.view.search_text))}")
-        self.query_one("#log-status", StatusLine).text = " · ".join(parts)
+            parts.append(f"search: {self.view.search_text!r}")
+        running = self.running_query
+        if running is not None:
+            doing = "searching" if running.what == "search" else "filtering"
+            parts.append(
+                (f"{doing} {running.text!r}… {running.fraction:.0%} (esc stops)", "b cyan")
+            )
+        self.query_one("#log-status", StatusLine).text = styled(*parts, sep=" · ")
+
+    # ----- searches and filters, off the event loop --------------------------------------------
+    # Both read every line of a big log, so each runs on a thread (LogIndex.filtered and
+    # find_row) while keys go on working. A new view (filter, workers) stops the view being
+    # made and any search (its rows would change); a search asked for meanwhile waits for the
+    # view. A new search stops the one running; esc stops both.
+
+    @property
+    def running_query(self) -> Query | None:
+        return self._view_query or self._search_query
+
+    def _run(self, query: Query, work, done) -> None:
+        async def run() -> None:
+            try:
+                result = await asyncio.to_thread(work)
+            except QueryCancelled:
+                return
+            finally:
+                self._finished(query)
+            if not query.stop.is_set():
+                done(result)
+
+        self.run_worker(run(), group="log-query")
+        self._update_status()
+
+    def _finished(self, query: Query) -> None:
+        if self._view_query is query:
+            self._view_query = None
+        if self._search_query is query:
+            self._search_query = None
+        if self.is_attached:  # the screen may be closing
+            self._update_status()
+
+    def _stop_queries(self) -> bool:
+        stopped = False
+        for query in (self._view_query, self._search_query):
+            if query is not None:
+                query.stop.set()
+                stopped = True
+        self._view_query = self._search_query = None
+        self._search_after_view = None
+        return stopped
+
+    def _set_view(self) -> None:
+        """Make the view the user asked for (`view_workers`, `view_filter`) and show it."""
+        self._stop_queries()
+        workers, text = self.view_workers, self.view_filter
+        query = self._view_query = Query("filter", text)
+
+        def adopt(result) -> None:
+            visible, upto = result
+            self.index.install_view(workers, text, visible, upto)
+            self.view.current_row = None
+            self.view.refresh_rows()
+            self._update_status()
+            if self._search_after_view is not None:
+                start, forward = self._search_after_view
+                self._search_after_view = None
+                self._search(start, forward)
+
+        self._run(query, lambda: self.index.filtered(workers, text, query), adopt)
+
+    def _search(self, start: int, forward: bool) -> None:
+        needle = self.view.search_text
+        if not needle:
+            return
+        if self._view_query is not None:
+            self._search_after_view = (start, forward)
+            return
+        if self._search_query is not None:
+            self._search_query.stop.set()
+        query = self._search_query = Query("search", needle)
+        self._run(query, lambda: self.index.find_row(needle, start, forward, query), self._jump)
 
     # ----- keys --------------------------------------------------------------------------------
     def action_back(self) -> None:
         box = self.query_one("#log-input", Input)
         if box.has_class("shown"):
             self._close_input()
+            return
+        if self._stop_queries():
+            self._update_status()
             return
         self.app.pop_screen()
 
@@ -298,9 +395,8 @@ class LogScreen(Screen):
                 self.notify(f"This job has no worker {which}.", severity="warning")
                 return
             workers = {int(which)}
-        self.index.set_view(workers=workers)
-        self.view.refresh_rows()
-        self._update_status()
+        self.view_workers = frozenset(workers)
+        self._set_view()
 
     def _open_input(self, mode: str, placeholder: str, value: str) -> None:
         self.input_mode = mode
@@ -324,7 +420,7 @@ class LogScreen(Screen):
 
     def action_filter(self) -> None:
         self._open_input(
-            "filter", "keep only lines containing… (empty: all lines)", self.index.filter_text
+            "filter", "keep only lines containing… (empty: all lines)", self.view_filter
         )
 
     @on(Input.Submitted, "#log-input")
@@ -332,13 +428,11 @@ class LogScreen(Screen):
         mode = self.input_mode
         self._close_input()
         if mode == "filter":
-            self.index.set_view(filter_text=event.value)
-            self.view.current_row = None
-            self.view.refresh_rows()
+            self.view_filter = event.value
+            self._set_view()
         elif mode == "search":
             self.view.search_text = event.value
-            start = int(self.view.scroll_offset.y) - 1
-            self._jump(self.index.find(event.value, start, forward=True))
+            self._search(int(self.view.scroll_offset.y) - 1, forward=True)
         self._update_status()
 
     def _jump(self, row: int | None) -> None:
@@ -350,11 +444,11 @@ class LogScreen(Screen):
 
     def action_next_match(self) -> None:
         start = self.view.current_row if self.view.current_row is not None else -1
-        self._jump(self.index.find(self.view.search_text, start, forward=True))
+        self._search(start, forward=True)
 
     def action_previous_match(self) -> None:
         start = self.view.current_row if self.view.current_row is not None else 0
-        self._jump(self.index.find(self.view.search_text, start, forward=False))
+        self._search(start, forward=False)
 
     def action_save(self) -> None:
         folder = self.app.jobs.home / "saved"

@@ -14,6 +14,8 @@ def state_text(state: str) -> Text:
         return Text(state, style="bold white on red")
     if state in TRANSIENT_STATES:
         return Text(state, style="bold yellow")
+    if state.isdigit():  # newer than our API client: shown as its number, never hidden
+        return Text(state, style="bold magenta")
     return Text(state, style="dim")
 
 

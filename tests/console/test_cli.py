@@ -38,10 +38,14 @@ def test_ls_table_marks_the_sandbox_and_shows_states(capsys: pytest.CaptureFixtu
     assert main(["ls", "--zone", "us-central2-b"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("SANDBOX")
-    header, *rows = out.splitlines()[1:]
+    assert out.splitlines()[1] == "zones: --zone · 1 zone"
+    header, *rows = out.splitlines()[2:]
     assert header.split()[:4] == ["NAME", "ZONE", "TYPE", "STATE"]
     assert len(rows) == len([k for k in DEFAULT_NODES if k.startswith("us-central2-b/")])
+    assert {r.split()[0] for r in rows} >= {"demo-v4-8", "demo-spot-v4-8", "demo-v4-16"}
+    assert all(r.split()[1] == "us-central2-b" for r in rows)
     assert any(r.split()[0] == "demo-spot-v4-8" and "PREEMPTED" in r.split() for r in rows)
+    assert any(r.split()[0] == "demo-reserved-v4-8" and "reserved" in r.split() for r in rows)
 
 
 def test_ls_exits_non_zero_and_names_an_unreachable_zone(
@@ -50,17 +54,64 @@ def test_ls_exits_non_zero_and_names_an_unreachable_zone(
     with Sandbox.start(Path(os.environ["TPUCONSOLE_HOME"]), ssh=False) as served:
         served.faults.inject(
             "ListNodes",
-            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAVAILABLE,
             zone="europe-west4-a",
             times=None,
-            message="API not enabled",
+            message="backend down",
         )
         assert main(["ls", "--json"]) == 1
     captured = capsys.readouterr()
-    listed = {json.loads(line)["zone"] for line in captured.out.splitlines()}
-    assert listed == {"us-central2-b"}
+    zones = {json.loads(line)["zone"] for line in captured.out.splitlines()}
+    assert "europe-west4-a" not in zones and "us-central2-b" in zones
     assert "zone europe-west4-a unreachable" in captured.err
-    assert "API not enabled" in captured.err
+    assert "backend down" in captured.err
+
+
+def test_a_discovered_zone_without_access_is_one_quiet_line_and_ls_exits_0(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """asia-east1-c answers PERMISSION_DENIED, as zones outside a TRC grant do."""
+    assert main(["ls"]) == 0
+    captured = capsys.readouterr()
+    summary = [line for line in captured.out.splitlines() if line.startswith("zones:")]
+    assert summary == ["zones: discovered · TPU access in 4 of 5 zones"]
+    assert captured.err == ""
+    assert main(["ls", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "tpuconsole: zones: discovered · TPU access in 4 of 5 zones\n"
+    assert all(json.loads(line)["zone"] != "asia-east1-c" for line in captured.out.splitlines())
+
+
+def test_a_configured_zone_without_access_keeps_the_failure(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["ls", "--zone", "asia-east1-c", "--zone", "us-central2-b"]) == 1
+    err = capsys.readouterr().err
+    assert "zone asia-east1-c unreachable" in err and "tpu.nodes.list" in err
+
+
+def test_ls_json_lists_a_node_in_a_state_newer_than_the_client(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["ls", "--json", "--zone", "europe-west4-a"]) == 0
+    nodes = {n["name"]: n for n in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert nodes["demo-v6e-next"]["state"] == "17"
+    assert nodes["demo-v5e-8"]["state"] == "READY"
+
+
+def test_ls_json_keys_are_the_documented_ones(capsys: pytest.CaptureFixture) -> None:
+    """The README's `ls --json` table, the code's JSON_KEYS and the output agree."""
+    import re
+
+    from console.services.fleet_columns import JSON_KEYS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("<!-- ls-json-keys -->")[1]
+    documented = tuple(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+    assert documented == JSON_KEYS
+    assert main(["ls", "--json", "--zone", "us-central2-b"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        assert tuple(json.loads(line)) == JSON_KEYS
 
 
 def test_ls_without_credentials_says_how_to_log_in(
@@ -122,12 +173,12 @@ def test_sandbox_preempt_turns_a_spot_node_preempted_and_refuses_on_demand(
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home, ssh=False) as sandbox:
         sandbox.fleet.create(
-            "europe-west4-a", "my-spot", "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True
+            "us-central1-a", "my-spot", "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True
         )
     assert main(["sandbox", "preempt", "my-spot"]) == 0
     assert main(["sandbox", "preempt", "demo-v4-8"]) == 2
     assert "only spot VMs are preempted" in capsys.readouterr().err
-    assert main(["ls", "--json", "--zone", "europe-west4-a"]) == 0
+    assert main(["ls", "--json", "--zone", "us-central1-a"]) == 0
     states = {
         json.loads(x)["name"]: json.loads(x)["state"] for x in capsys.readouterr().out.splitlines()
     }
@@ -234,11 +285,15 @@ def test_create_stop_start_delete_from_the_command_line(capsys: pytest.CaptureFi
             == 0
         )
         out = capsys.readouterr().out
-        assert "create cli-node: CREATING" in out and "cli-node READY (on-demand)" in out
         assert (
-            main(["create", "cli-spot", "--zone", "us-central2-b", "--type", "v4-8", "--spot"]) == 2
+            "create cli-node (on-demand): CREATING" in out and "cli-node READY (on-demand)" in out
         )
-        assert "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI" in capsys.readouterr().err
+        assert (
+            main(["create", "cli-spot", "--zone", "us-central2-b", "--type", "v4-8", "--spot"]) == 3
+        )  # 3: the cloud had no room
+        err = capsys.readouterr().err
+        assert "TPUV4sPreemptiblePodPerProjectPerRegionForTPUAPI" in err
+        assert err.rstrip().endswith("[RESOURCE_EXHAUSTED].")
         assert main(["stop", "cli-node", "--yes"]) == 0
         assert "cli-node: STOPPED" in capsys.readouterr().out
         assert main(["start", "cli-node"]) == 0
@@ -316,6 +371,50 @@ def test_jobs_show_and_stop_by_job_id_from_the_command_line(
     assert json.loads(capsys.readouterr().out)["status"] == "killed"
     assert main(["stop", long_id, "--yes"]) == 0
     assert "already killed; nothing to stop" in capsys.readouterr().out
+
+
+def test_create_without_a_version_asks_for_the_generations_runtime(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        code = main(["create", "cli-v5e", "--zone", "us-central1-a", "--type", "v5litepod-8"])
+        assert code == 0
+        assert "v2-alpha-tpuv5-lite (default for v5e)" in capsys.readouterr().out
+        assert sandbox.fleet.nodes["us-central1-a/cli-v5e"].runtime_version == (
+            "v2-alpha-tpuv5-lite"
+        )
+
+
+def test_stop_of_a_pod_is_refused_with_the_reason_and_it_stays_ready(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        assert main(["stop", "demo-v4-16", "--yes"]) == 2
+        assert main(["start", "demo-v4-16"]) == 2
+        assert sandbox.emulator.calls.get("StopNode", 0) == 0
+        assert sandbox.fleet.nodes["us-central2-b/demo-v4-16"].state == "READY"
+    err = capsys.readouterr().err
+    assert "demo-v4-16 is a multi-host slice (2 workers): TPU VM pods cannot be stopped" in err
+
+
+def test_a_spot_stockout_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    args = ["--zone", "europe-west4-a", "--type", "v5litepod-8", "--spot"]
+    with Sandbox.start(home, timing=FAST):
+        assert main(["create", "cli-so", *args, "--wait"]) == 3
+        captured = capsys.readouterr()
+        assert "create cli-so (spot): FAILED" in captured.out
+        assert "No spot capacity for v5litepod-8 in europe-west4-a" in captured.err
+        assert main(["create", "cli-so", *args, "--fallback-on-demand"]) == 0
+        out = capsys.readouterr().out.splitlines()
+    failed = next(i for i, line in enumerate(out) if "(spot): FAILED" in line)
+    assert 'There is no more capacity in the zone "europe-west4-a"' in out[failed]
+    fallback = next(i for i, line in enumerate(out) if ": FALLBACK" in line)
+    on_demand = next(i for i, line in enumerate(out) if "(on-demand): CREATING" in line)
+    assert failed < fallback < on_demand
+    assert out[-1] == "cli-so CREATING (on-demand); --wait follows it to READY and checks ssh"
 
 
 def test_clean_and_clean_first_never_follow_a_symlinked_lockfile_to_a_bystander(
@@ -464,3 +563,43 @@ def test_exec_forwards_stdin_to_every_worker_and_never_waits_for_an_unread_one()
             endless.kill()
             assert endless.stdin is not None
             endless.stdin.close()
+
+
+@pytest.mark.parametrize(
+    ("label", "said"),
+    [
+        ("k=V", "Label k='V': the value contains invalid character 'V' at index 0;"),
+        ("k=a b", "Label k='a b': the value contains invalid character ' ' at index 1;"),
+        ("k=$(id)", "Label k='$(id)': the value contains invalid character '$' at index 0;"),
+        ("k=" + "x" * 64, "the value is 64 characters long (at most 63);"),
+        ("Team=rl", "Label key 'Team' contains invalid character 'T' at index 0:"),
+    ],
+)
+def test_create_refuses_labels_outside_googles_rules_in_one_sentence_before_calling(
+    capsys: pytest.CaptureFixture, label: str, said: str
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        args = ["create", "labelled", "--zone", "us-central1-a", "--type", "v3-8"]
+        assert main([*args, "--label", label]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and err.count(". ") == 0
+        assert "us-central1-a/labelled" not in sandbox.fleet.nodes
+        assert sandbox.emulator.calls.get("CreateNode", 0) == 0  # refused here, not by the API
+
+
+def test_create_in_an_unknown_zone_or_with_a_bogus_version_says_what_google_said(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    home = Path(os.environ["TPUCONSOLE_HOME"])
+    with Sandbox.start(home, timing=FAST, ssh=False) as sandbox:
+        assert main(["create", "lost", "--zone", "nowhere-9", "--type", "v4-8"]) == 2
+        err = capsys.readouterr().err
+        assert "Location nowhere-9 is not found or access is unauthorized." in err
+        assert "`tpuconsole ls` lists the zones" in err
+        args = ["create", "odd", "--zone", "us-central1-a", "--type", "v3-8", "--version"]
+        assert main([*args, "bogus"]) == 2
+        err = capsys.readouterr().err
+        assert 'The field "RuntimeVersion" cannot be "bogus"' in err
+        assert "Choose a version the zone offers" in err
+        assert not {"nowhere-9/lost", "us-central1-a/odd"} & set(sandbox.fleet.nodes)

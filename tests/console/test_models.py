@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from console.models import accelerator_shape, format_age, parse_worker_selection
+from console.models import (
+    WorkerSelectionError,
+    accelerator_shape,
+    format_age,
+    parse_worker_selection,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,10 +35,13 @@ def test_worker_selection_accepts_gcloud_forms(text: str, count: int, expected: 
         ("4", "does not exist"),
         ("x", "Bad worker selection"),
         ("3-1", "Bad worker selection"),
+        ("0-", "Bad worker selection"),
+        ("-1", "Bad worker selection"),
+        ("2-999999999", "Workers 4-999999999 do not exist: the node has 4 workers"),
     ],
 )
 def test_worker_selection_rejects_with_a_reason(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(WorkerSelectionError, match=message):
         parse_worker_selection(text, 4)
 
 

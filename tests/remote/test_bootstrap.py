@@ -177,3 +177,22 @@ def test_unknown_options_are_refused_before_anything_happens(tmp_path: Path) -> 
     )
     assert out.returncode == 2 and "unknown option --nope" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flag_equals_value_is_read_as_the_flag_and_its_value(tmp_path: Path) -> None:
+    """The console writes `--name=-x` for a value that starts with a dash."""
+    from console.services.templates import BOOTSTRAP
+
+    rendered = BOOTSTRAP.render(
+        BOOTSTRAP.values("", {"env": "venv", "name": "-x", "python": "3.99"})
+    )
+    assert "--name=-x" in rendered.argv
+    out = subprocess.run(
+        ["bash", str(SCRIPT), *rendered.argv[2:]],
+        env=dict(os.environ, HOME=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 3, out.stderr  # got past the options, to the missing python
+    assert "python3.99 is not installed" in out.stderr

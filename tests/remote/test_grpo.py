@@ -18,6 +18,8 @@ import pytest
 from remote import grpo, grpo_tasks
 from tests.remote.tiny_qwen3 import write_gsm8k_parquet, write_tiny_qwen3
 
+pytestmark = pytest.mark.slow  # end to end through the real runner: minutes
+
 LOSS = re.compile(r"Train step (\d+) training loss: (-?[0-9.]+)")
 REWARD = re.compile(r"^Train step (\d+) reward_mean=(-?[0-9.]+) kl=(-?[0-9.]+)$", re.M)
 OFFLINE = Path(__file__).parent / "offline"  # its sitecustomize cuts the network off

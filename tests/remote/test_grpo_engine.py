@@ -17,6 +17,8 @@ import pytest
 from tests.remote.test_grpo import LOSS, REWARD, SEED_SINGLE_HOST, offline_env
 from tests.remote.tiny_qwen3 import write_gsm8k_parquet, write_tiny_qwen3
 
+pytestmark = pytest.mark.slow  # end to end through the real runner: minutes
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_PYTHON = Path(
     os.environ.get("TPUCONSOLE_ENGINE_PYTHON") or ROOT / ".venv-engine" / "bin" / "python"

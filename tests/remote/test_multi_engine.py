@@ -1,4 +1,5 @@
-"""The multi-engine runner on 4 virtual CPU devices with the reference engine."""
+"""The multi-engine runner on 4 virtual CPU devices with the reference engine (fast; the real
+sgl-jax engine's runs are in test_sgl_jax_engine.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end through the real runner: minutes
+
 pytest.importorskip("jax")
 
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TPUCONSOLE_")}
+ENV.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
 BASE = [
     sys.executable,
     "-u",
@@ -48,7 +52,8 @@ def test_four_engines_warm_up_then_run_concurrently_and_exit_by_themselves() -> 
             break
     rc = proc.wait(timeout=30)
     assert rc == 0 and time.monotonic() - done_at < 10  # ends itself soon after DONE
-    assert lines[0].startswith('JAX: {"backend": "cpu"') and '"local_device_count": 4' in lines[0]
+    assert lines[0] == "engine: reference"  # a log says what ran
+    assert lines[1].startswith('JAX: {"backend": "cpu"') and '"local_device_count": 4' in lines[1]
     for i in range(4):
         assert f"[engine {i}] init device_indexes=[{i}]" in lines
         assert f"[engine {i}] OK mesh_device_ids=[{i}]" in lines
@@ -97,4 +102,16 @@ def test_without_sgl_jax_the_runner_says_what_to_do() -> None:
         timeout=120,
     )
     assert out.returncode == 1
+    assert out.stdout.startswith("engine: sgl-jax (not installed in this Python, ")
     assert "sgl-jax is not importable here" in out.stderr and "--engine reference" in out.stderr
+
+
+def test_a_sandbox_without_sgl_jax_says_why_it_runs_the_reference_engine() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "remote.multi_engine", "--num-engines", "5"],
+        env=dict(ENV, TPUCONSOLE_ENGINE="reference", TPUCONSOLE_ENGINE_NOTE="no sgl-jax here"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.splitlines()[0] == "engine: reference (no sgl-jax here)"

@@ -1,9 +1,9 @@
-"""The sgl-jax adapter against stand-ins that carry sgl-jax's names.
+"""The sgl-jax adapter's logic, quickly, in the console's Python (3.11: no sgl-jax here).
 
-This is the one place a stand-in is right: sgl-jax needs Python 3.12+ and a TPU, so it cannot be
-installed here. The stand-ins reproduce only what the adapter touches: the zero-penalty cache of
-sampling_batch_info (shape-keyed as before sglang-jax PR #795, or device-keyed) and the engine
-module's unconditional signal.signal call.
+The real engine's runs, which show every fix against sglang-jax itself, are in
+test_sgl_jax_engine.py. These stand-ins carry only what the adapter touches: the zero-penalty
+cache of sampling_batch_info in both its shapes (shape-keyed as before sglang-jax PR #795, or
+device-keyed as in 0.1.0rc0) and the engine module's unconditional signal.signal calls.
 """
 
 from __future__ import annotations
@@ -57,11 +57,13 @@ def test_engine_arguments_are_the_seeds() -> None:
         max_running_requests=1,
         mem_fraction_static=0.7,
     )
-    kwargs = sgl_jax_adapter.engine_kwargs(args, 2)
+    kwargs = sgl_jax_adapter.engine_kwargs(args, 2, "tpu")
     assert kwargs["device_indexes"] == [2] and kwargs["tp_size"] == 1
     assert kwargs["enable_single_process"] and kwargs["disable_overlap_schedule"]
     assert kwargs["disable_precompile"] and kwargs["skip_server_warmup"]
     assert (kwargs["device"], kwargs["dtype"]) == ("tpu", "bfloat16")
+    # The device is JAX's backend, never a constant: "cpu" here, where sgl-jax refuses "tpu".
+    assert sgl_jax_adapter.engine_kwargs(args, 2, jax.default_backend())["device"] == "cpu"
     assert kwargs["model_path"] == "Qwen/Qwen3-4B-Instruct-2507" and kwargs["page_size"] == 16
 
 
@@ -125,51 +127,26 @@ def test_signal_handlers_are_installed_on_the_main_thread_only() -> None:
         signal.signal(signal.SIGUSR2, previous)
 
 
-class StandinPart:
-    """An object of the stand-in engine's own package (this module), as sgl-jax's are."""
+def test_sgl_jax_sigquit_handler_is_replaced_by_the_runners_last_word() -> None:
+    engine_module = types.ModuleType("engine")
+    engine_module.signal = signal
+    runners = []
+
+    def last_word(signum, frame) -> None:
+        runners.append(signum)
+
+    previous = signal.getsignal(signal.SIGQUIT)
+    try:
+        sgl_jax_adapter.patch_signal_handlers(engine_module, last_word)
+        engine_module.signal.signal(signal.SIGQUIT, lambda *a: None)  # sgl-jax's, on main thread
+        assert signal.getsignal(signal.SIGQUIT) is last_word
+    finally:
+        signal.signal(signal.SIGQUIT, previous)
 
 
-def standin_engine(device):
-    """engine → scheduler → worker → model runner, as sgl-jax nests them; a real nnx sampler."""
-    nnx = pytest.importorskip("flax.nnx")
-
-    class Sampler(nnx.Module):
-        def __init__(self) -> None:
-            # Committed to a device (sgl-jax places its sampler state with a sharding).
-            self.scale = nnx.Variable(jax.device_put(np.full((8,), 2.0, np.float32), device))
-
-    class ModelRunner:
-        def __init__(self) -> None:
-            self.sampler = Sampler()
-            self.initialize_jit()
-
-        def initialize_jit(self) -> None:
-            _, state = nnx.split(self.sampler)
-            leaves, _ = jax.tree_util.tree_flatten(state)
-            jitted = jax.jit(lambda leaves, logits: logits * leaves[0])
-            self.sample = lambda logits: jitted(leaves, logits)
-
-    runner = ModelRunner()
-    worker = types.SimpleNamespace()  # not of the engine's package: never walked into
-    scheduler = StandinPart()
-    scheduler.tp_worker = StandinPart()
-    scheduler.tp_worker.model_runner = runner
-    engine = StandinPart()
-    engine.scheduler, engine.unrelated = scheduler, worker
-    return engine, runner
-
-
-def test_sampler_state_made_on_another_device_is_moved_to_the_engines_own() -> None:
-    devices = jax.local_devices()
-    engine, runner = standin_engine(devices[0])  # state placed on device 0, engine on 1
-    logits = jax.device_put(np.ones((8,), np.float32), devices[1])
-    with pytest.raises(ValueError, match="incompatible devices"):
-        runner.sample(logits)
-    line = sgl_jax_adapter.place_sampler_state(engine, devices[1], jax)
-    assert line == "sampler state: on device 1, jitted functions rebuilt"
-    assert float(runner.sample(logits).sum()) == 16.0
-
-
-def test_an_engine_without_a_model_runner_is_left_alone_and_says_so() -> None:
-    line = sgl_jax_adapter.place_sampler_state(StandinPart(), jax.local_devices()[1], jax)
-    assert line == "sampler state: no model runner found in the engine; left where it is"
+def test_an_engine_without_a_scheduler_says_so_and_has_no_mesh() -> None:
+    engine = types.SimpleNamespace(scheduler_info={})
+    assert sgl_jax_adapter.mesh_device_ids(engine) == []
+    assert sgl_jax_adapter.quiet_idle_scheduler(engine) == (
+        "idle scheduler: none found; left as it is"
+    )

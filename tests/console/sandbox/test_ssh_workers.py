@@ -9,6 +9,7 @@ import asyncssh
 import pytest
 
 from console.adapters.tpu_api import TpuApi
+from console.sandbox.engine_env import engine_env
 from console.sandbox.runtime import Sandbox
 from tests.conftest import grant_key
 
@@ -141,3 +142,37 @@ def test_a_second_process_joins_the_served_sandbox_instead_of_starting_one(
         with pytest.raises(SandboxBusy):
             Sandbox.start(home)
     assert read_served_endpoint(home) is None
+
+
+async def test_a_worker_runs_the_real_engine_from_the_engine_env_offline_with_a_short_tmpdir(
+    sandbox: Sandbox, api: TpuApi
+) -> None:
+    engine = engine_env()
+    if not engine.ready():
+        pytest.skip(engine.missing())
+    async with await _connect(sandbox, api, ZONE, "demo-v4-8", 0) as conn:
+        result = await conn.run(
+            'echo "$TPUCONSOLE_SGL_JAX_PYTHON|$TPUCONSOLE_ENGINE|$HF_HUB_OFFLINE|$TMPDIR"; '
+            "ls ~/.cache/huggingface/hub/models--hf-internal-testing--tiny-random-LlamaForCausalLM"
+            "/snapshots/*/config.json; python -c 'import sys; print(sys.version_info[:2])'",
+            check=True,
+        )
+    python, chosen, offline, tmpdir = result.stdout.splitlines()[0].split("|")
+    assert (python, chosen, offline) == (str(engine.python), "", "1")
+    assert len(tmpdir) < 60 and Path(tmpdir).resolve().name == "tmp"  # room for unix sockets
+    assert result.stdout.splitlines()[1].endswith("config.json")  # the tiny Llama, in its cache
+    assert result.stdout.splitlines()[2] == "(3, 11)"  # every other job keeps the console's
+
+
+async def test_without_the_engine_env_the_runner_says_it_runs_the_reference_engine(
+    sandbox: Sandbox, api: TpuApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("jax")
+    monkeypatch.setenv("TPUCONSOLE_ENGINE_ENV", str(tmp_path / "no-engine-here"))
+    async with await _connect(sandbox, api, ZONE, "demo-v4-8", 0) as conn:
+        result = await conn.run("python -u -m remote.multi_engine --num-engines 5")
+    assert result.exit_status == 1
+    assert result.stdout.splitlines()[0] == (
+        "engine: reference (the sandbox has no sgl-jax: no sgl-jax environment at "
+        f"{tmp_path / 'no-engine-here'}; `make` builds it where Python 3.12 exists)"
+    )

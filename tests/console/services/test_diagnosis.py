@@ -31,12 +31,39 @@ SEED_LINES = {
 }
 
 
-@pytest.mark.parametrize("key", sorted(SEED_LINES))
+# The lines as the real sglang-jax 0.1.0rc0 and the runner printed them on this machine's CPU.
+REAL_ENGINE_LINES = {
+    "engine_device_mismatch": "AssertionError: device tpu is not consistent with "
+    "'JAX_PLATFORMS' cpu",
+    "scheduler_failed": "[2026-12-01 20:21:00] Scheduler hit an exception: Traceback (most "
+    "recent call last):",
+}
+# sgl-jax with device="tpu" on a CPU and JAX_PLATFORMS unset: a TypeError whose traceback
+# shows the line that asked the CPU for TPU memory statistics (jax_utils.py:166).
+NONE_STATS_LINE = '    avail_mem.append(stats["bytes_limit"] - stats["bytes_in_use"])'
+RUNNER_LAST_WORD = (
+    "ERROR: sgl-jax ended the run: a scheduler failed (SIGQUIT from sgl-jax; its traceback is "
+    "above). Exit status 131."
+)
+
+
+@pytest.mark.parametrize("key", sorted(SEED_LINES) + sorted(REAL_ENGINE_LINES))
 def test_each_seed_failure_is_diagnosed_with_cause_and_remedy(key: str) -> None:
-    (found,) = Diagnoser().feed_line(3, SEED_LINES[key])
+    line = SEED_LINES.get(key) or REAL_ENGINE_LINES[key]
+    (found,) = Diagnoser().feed_line(3, line)
     assert found.key == key and found.worker == 3
-    assert found.evidence == SEED_LINES[key]
+    assert found.evidence == line
     assert found.cause and found.remedy
+
+
+def test_the_device_mismatch_is_known_with_jax_platforms_unset_too() -> None:
+    (found,) = Diagnoser().feed_line(0, NONE_STATS_LINE)
+    assert found.key == "engine_device_mismatch" and "default_backend" in found.remedy
+
+
+def test_the_runners_last_word_after_sgl_jax_sigquit_names_the_scheduler_failure() -> None:
+    (found,) = Diagnoser().feed_line(0, RUNNER_LAST_WORD)
+    assert found.key == "scheduler_failed" and "131" in found.cause
 
 
 def test_the_grpo_runner_refusal_is_itself_not_the_failure_it_quotes() -> None:
@@ -67,7 +94,7 @@ def test_a_chunk_of_many_lines_reports_each_signature_once_per_worker() -> None:
 
 
 def test_conditions_from_the_node_and_the_clock() -> None:
-    for key in ("node_left", "hang_after_done", "silent"):
+    for key in ("node_left", "hang_after_done", "killed_by_sigquit", "silent"):
         d = from_condition(key, "evidence", 0)
         assert d.key == key and d.remedy
 

@@ -222,6 +222,28 @@ async def test_the_record_holds_parameters_results_and_diagnoses_once_the_job_en
     assert "mem-fraction-static" in stored.diagnoses[0]["remedy"]
 
 
+async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    """sgl-jax's way of ending a process whose scheduler failed, when no handler speaks first.
+
+    (A detached job inherits SIGQUIT ignored, as every `&` command of a non-interactive shell
+    does; the seeds ran by hand, where it is not: the stand-in restores that.)
+    """
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "echo loading; python3 -c 'import os, signal; signal.signal(signal.SIGQUIT, "
+        "signal.SIG_DFL); os.kill(os.getpid(), signal.SIGQUIT)'"
+    )
+    job = await jobs.launch(node, "all", script, kind="custom")
+    await jobs.follow(job, node, lambda w, t: None)
+    stored = HistoryStore(tmp_path / "history.db").get(job.job_id)
+    assert stored is not None and stored.status == "failed" and stored.workers[0].rc == 131
+    assert [(d["key"], d["worker"], d["evidence"]) for d in stored.diagnoses] == [
+        ("killed_by_sigquit", 0, "rc=131")
+    ]
+
+
 async def test_a_job_is_launching_until_its_workers_report_their_pids(
     jobs: JobService, tmp_path: Path
 ) -> None:
@@ -439,3 +461,28 @@ async def test_a_followed_job_ends_when_its_rc_was_written_not_when_someone_look
     await jobs.follow(job, node, lambda w, t: None)
     ended = jobs.get(job.job_id).ended_at
     assert ended is not None and ended.isoformat() == "2026-01-02T03:04:05+00:00"
+
+
+async def test_two_consoles_launching_at_once_never_share_a_job_number(
+    jobs: JobService, tmp_path: Path
+) -> None:
+    """Each console numbers a launch from the history it reads; when another one recorded
+    that number in between (its own process, same history.db), the launch takes the next."""
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    other = HistoryStore(tmp_path / "history.db")
+    try:
+        stale = jobs.history.next_seq
+        first = await JobService(jobs.remote, other, tmp_path / "home").launch(node, "0", "true")
+        calls = []
+
+        def numbered() -> int:
+            calls.append(1)
+            return int(first.job_id.split("-")[0]) if len(calls) == 1 else stale()
+
+        jobs.history.next_seq = numbered  # type: ignore[method-assign]
+        second = await jobs.launch(node, "0", "true")
+    finally:
+        other.close()
+    assert first.job_id.split("-")[0] != second.job_id.split("-")[0]
+    assert jobs.get(second.job_id.split("-")[0]).job_id == second.job_id
+    assert len(calls) == 2

@@ -35,7 +35,7 @@ async def test_create_reports_creating_then_ready_and_checks_ssh(
     outcome = await lifecycle.create(
         CreateRequest("fresh-v4-16", "us-central2-b", "v4-16", labels={"team": "rl"}), seen.append
     )
-    states = [p.state for p in seen if p.verb == "create"]
+    states = [p.state for p in seen if p.verb == "create" and not p.outcome]
     assert states[0] == "CREATING" and states[-1] == "READY"
     assert outcome.node.state == "READY" and outcome.ssh_ok == (0, 1) and not outcome.ssh_failed
     # Your key was in its metadata from the create on: no update was needed to get in.
@@ -92,6 +92,16 @@ async def test_stop_then_start(lifecycle: LifecycleService, remote: RemoteServic
     started = await lifecycle.change("start", stopped)
     assert started is not None and started.state == "READY"
     assert await lifecycle.change("delete", started) is None
+
+
+async def test_a_refused_change_is_in_the_history_with_its_code(
+    lifecycle: LifecycleService, remote: RemoteService, history: HistoryStore
+) -> None:
+    node = await remote.fleet.find_node("demo-v4-8")
+    with pytest.raises(FleetError):
+        await lifecycle.change("start", node)  # it is READY already
+    (event,) = [e for e in history.events_for("us-central2-b", "demo-v4-8") if e.kind == "failed"]
+    assert event.detail.startswith("start [FAILED_PRECONDITION]: ")
 
 
 async def test_unavailable_twice_mid_operation_is_survived(
@@ -151,3 +161,149 @@ async def test_a_lost_job_keeps_what_its_logs_showed_until_the_vm_went(
     lost = jobs.get(job.job_id)
     assert lost.status == "lost" and lost.metrics["losses"] == {"0": [[1, 0.5]]}
     assert [d["key"] for d in lost.diagnoses] == ["node_left"]
+
+
+# ----- the API as Google answers it (issue 12) -----------------------------------------------
+
+STOCKOUT = 'There is no more capacity in the zone "europe-west4-a"'
+
+
+def lines(seen: list[Progress]) -> list[str]:
+    return [p.line() for p in seen]
+
+
+async def test_a_spot_stockout_falls_back_to_on_demand_and_ends_ready(
+    lifecycle: LifecycleService, history: HistoryStore, sandbox: Sandbox
+) -> None:
+    seen: list[Progress] = []
+    outcome = await lifecycle.create(
+        CreateRequest(
+            "try-v5e", "europe-west4-a", "v5litepod-8", spot=True, fallback_on_demand=True
+        ),
+        seen.append,
+    )
+    assert outcome.node.state == "READY" and not outcome.spot and not outcome.node.spot
+    assert "had no capacity in europe-west4-a" in outcome.notes[0]
+    failed = next(p for p in seen if p.state == "FAILED")
+    assert failed.attempt == "spot" and "[RESOURCE_EXHAUSTED]" in failed.message
+    assert STOCKOUT in failed.message
+    order = [(p.state, p.attempt) for p in seen if p.verb == "create"]
+    spot_creating = order.index(("CREATING", "spot"))
+    fallback = order.index(("FALLBACK", ""))
+    assert spot_creating < order.index(("FAILED", "spot")) < fallback
+    assert order.index(("CREATING", "on-demand")) > fallback
+    assert order[-1] == ("READY", "on-demand")
+    kinds = [e.kind for e in history.events_for("europe-west4-a", "try-v5e")]
+    assert kinds.index("failed") < kinds.index("fallback") < len(kinds) - 1
+    failed_event = next(
+        e for e in history.events_for("europe-west4-a", "try-v5e") if e.kind == "failed"
+    )
+    assert "[RESOURCE_EXHAUSTED/stockout]" in failed_event.detail
+    assert sandbox.emulator.calls["CreateNode"] == 2
+
+
+async def test_without_the_fallback_a_stockout_names_the_stockout_and_the_zone(
+    lifecycle: LifecycleService,
+) -> None:
+    with pytest.raises(FleetError) as err:
+        await lifecycle.create(CreateRequest("try-v5e", "europe-west4-a", "v5litepod-8", spot=True))
+    assert err.value.code == "RESOURCE_EXHAUSTED" and err.value.kind == "stockout"
+    assert "No spot capacity for v5litepod-8 in europe-west4-a (stockout, code 8)" in (
+        err.value.reason
+    )
+    assert STOCKOUT in err.value.reason and "on-demand" in err.value.remedy
+
+
+async def test_a_failed_spot_node_still_there_is_deleted_before_the_on_demand_try(
+    lifecycle: LifecycleService, sandbox: Sandbox
+) -> None:
+    """Whether a stockout can leave its node behind is not public: the console copes."""
+    from console.sandbox.fleet_state import SandboxNode
+
+    sandbox.fleet.add_node(
+        SandboxNode(
+            "left-over",
+            "europe-west4-a",
+            "v5litepod-8",
+            "v2-alpha-tpuv5-lite",
+            "CREATING",
+            sandbox.fleet.new_node_id(),
+            0.0,
+            spot=True,
+        )
+    )
+    stockout = FleetError("no room", code="RESOURCE_EXHAUSTED", kind="stockout")
+    request = CreateRequest("left-over", "europe-west4-a", "v5litepod-8", spot=True)
+    seen: list[Progress] = []
+    await lifecycle._make_sure_gone(request, stockout, seen.append)
+    assert "europe-west4-a/left-over" not in sandbox.fleet.nodes
+    assert any("deleting the failed spot node" in line for line in lines(seen))
+
+
+async def test_a_node_of_that_name_that_is_not_the_spot_try_is_left_alone(
+    lifecycle: LifecycleService, sandbox: Sandbox
+) -> None:
+    stockout = FleetError("no room", code="RESOURCE_EXHAUSTED", kind="stockout")
+    request = CreateRequest("demo-v5e-8", "europe-west4-a", "v5litepod-8", spot=True)
+    with pytest.raises(FleetError) as err:
+        await lifecycle._make_sure_gone(request, stockout, None)
+    assert err.value.code == "ALREADY_EXISTS" and "not falling back" in err.value.reason
+    assert sandbox.fleet.nodes["europe-west4-a/demo-v5e-8"].state == "READY"
+
+
+async def test_a_rate_limited_create_is_retried_and_not_fallen_back(
+    lifecycle: LifecycleService, history: HistoryStore, sandbox: Sandbox
+) -> None:
+    sandbox.fleet.create_rate.per_minute, sandbox.fleet.create_rate.burst = 300.0, 1.0
+    await lifecycle.create(CreateRequest("first", "us-central1-a", "v3-8"), wait=False)
+    seen: list[Progress] = []
+    outcome = await lifecycle.create(
+        CreateRequest("second", "us-central1-a", "v3-8", spot=True, fallback_on_demand=True),
+        seen.append,
+    )
+    assert outcome.node.state == "READY" and outcome.spot and not outcome.notes
+    limited = [p for p in seen if p.state == "RATE LIMITED"]
+    assert limited and limited[0].attempt == "spot"
+    assert "Maximum number of CreateNode requests per minute" in limited[0].message
+    assert not any(p.state == "FALLBACK" for p in seen)
+    assert "retry" in [e.kind for e in history.events_for("us-central1-a", "second")]
+
+
+async def test_an_unknown_type_reports_the_apis_reason_in_the_history(
+    lifecycle: LifecycleService, history: HistoryStore
+) -> None:
+    with pytest.raises(FleetError) as err:
+        await lifecycle.create(
+            CreateRequest("big", "us-central2-b", "v4-128", "tpu-ubuntu2204-base")
+        )
+    assert err.value.code == "INVALID_ARGUMENT"
+    assert "the accelerator v4-128 was not found in zone us-central2-b" in err.value.reason
+    (event,) = [e for e in history.events_for("us-central2-b", "big") if e.kind == "failed"]
+    assert "[INVALID_ARGUMENT/unknown_type]" in event.detail
+
+
+async def test_without_a_version_each_generation_gets_its_runtime(
+    lifecycle: LifecycleService,
+) -> None:
+    seen: list[Progress] = []
+    outcome = await lifecycle.create(
+        CreateRequest("v5e-default", "us-central1-a", "v5litepod-8"), seen.append, wait=False
+    )
+    assert outcome.node.runtime_version == "v2-alpha-tpuv5-lite"
+    assert any("v2-alpha-tpuv5-lite (default for v5e)" in line for line in lines(seen))
+    v5p = await lifecycle.create(CreateRequest("v5p-default", "us-east5-a", "v5p-8"), wait=False)
+    assert v5p.node.runtime_version == "v2-alpha-tpuv5"
+
+
+async def test_stopping_a_pod_is_refused_before_any_call(
+    lifecycle: LifecycleService, remote: RemoteService, sandbox: Sandbox
+) -> None:
+    node = await remote.fleet.find_node("demo-v4-16")
+    for verb in ("stop", "start"):
+        with pytest.raises(FleetError) as err:
+            await lifecycle.change(verb, node)
+        assert err.value.code == "FAILED_PRECONDITION" and err.value.kind == "pod_stop"
+        assert "TPU VM pods cannot be stopped" in err.value.reason
+    assert sandbox.emulator.calls.get("StopNode", 0) == 0
+    assert sandbox.emulator.calls.get("StartNode", 0) == 0
+    assert (await remote.fleet.get_node("us-central2-b", "demo-v4-16")).state == "READY"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from console.services.log_index import CACHE_LINES, LogIndex
+import pytest
+
+from console.services.lines import VISIBLE_BYTES
+from console.services.log_index import CACHE_LINES, LogIndex, Query, QueryCancelled
 
 
-def test_lines_merge_in_arrival_order_and_partial_lines_wait(tmp_path: Path) -> None:
+def test_lines_merge_in_arrival_order_and_an_open_line_shows_as_it_grows(tmp_path: Path) -> None:
     w0, w1 = tmp_path / "w0.log", tmp_path / "w1.log"
     index = LogIndex({0: w0, 1: w1})
     w0.write_bytes(b"a1\na2\npart")
-    assert index.scan() == 2
+    assert index.scan() == 3  # two lines, and the one being written
+    assert index.visible_line(2) == (0, "part")
     w1.write_bytes(b"b1\n")
     with open(w0, "ab") as fh:
         fh.write(b"ial\n")
@@ -71,3 +76,71 @@ def test_a_line_longer_than_a_read_does_not_pin_the_index(tmp_path: Path) -> Non
     while index.scan(budget_bytes=1 << 16):
         pass
     assert len(index) == 2 and index.text(1) == "after" and not index.lagging
+
+
+def test_a_progress_bar_is_one_row_at_its_latest_state_while_it_runs(tmp_path: Path) -> None:
+    log = tmp_path / "w0.log"
+    log.write_bytes(b"epoch 1\n")
+    index = LogIndex({0: log})
+    index.scan()
+    for i in range(0, 101, 5):
+        with open(log, "ab") as fh:
+            fh.write(f"\r{i:3d}%|{'#' * (i // 10):<10}| {i * 1000}/100000".encode() * 20)
+        index.scan()
+        assert len(index) == 2  # "N lines" counts the bar while it runs
+        assert index.visible_line(1)[1].endswith(f"{i * 1000}/100000")
+    with open(log, "ab") as fh:
+        fh.write(b"\nepoch 2\n")
+    index.scan()
+    assert [index.visible_line(r)[1][-13:] for r in range(3)][1:] == ["100000/100000", "epoch 2"]
+
+
+def test_a_line_far_longer_than_the_screen_is_read_once_and_shown_in_part(tmp_path: Path) -> None:
+    log = tmp_path / "w0.log"
+    index = LogIndex({0: log})
+    with open(log, "wb") as fh:
+        fh.write(b"x" * (3 << 20))
+    read = 0
+    while index.lagging or read == 0:
+        chunks = index.read_new(1 << 20)
+        read += sum(len(d) for _, _, d in chunks)
+        index.apply(chunks)
+    assert read == 3 << 20  # every byte once: the open line is not read again per scan
+    with open(log, "ab") as fh:
+        fh.write(b"y" * 10 + b"\nnext\n")
+    while index.scan():
+        pass
+    assert len(index) == 2
+    text = index.text(0)
+    assert text.startswith("x" * 100) and text.endswith(
+        f" … [{(3 << 20) + 10 - VISIBLE_BYTES:,} more bytes]"
+    )
+    assert len(text) < VISIBLE_BYTES + 100 and index.text(1) == "next"
+
+
+def test_search_and_filter_run_on_a_thread_report_progress_and_stop(tmp_path: Path) -> None:
+    log = tmp_path / "w0.log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(50_000)) + b"needle\n")
+    index = LogIndex({0: log})
+    while index.scan():
+        pass
+    query = Query("search", "needle")
+    assert index.find_row("needle", 0, True, query) == 50_000
+    assert query.total == log.stat().st_size and 0.99 < query.fraction <= 1.0
+    assert index.find_row("LINE 4999", 50_000, False, Query("search", "LINE 4999")) == 49_999
+    visible, upto = index.filtered(frozenset({0}), "NEEDLE", Query("filter", "NEEDLE"))
+    assert list(visible) == [50_000] and upto == 50_001
+    stopped = Query("search", "absent")
+    stopped.stop.set()
+    with pytest.raises(QueryCancelled):
+        index.find_row("absent", 0, True, stopped)
+    with pytest.raises(QueryCancelled):
+        index.filtered(frozenset({0}), "absent", stopped)
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (index.filtered(frozenset({0}), "7", Query("f", "7")), done.set())
+    ).start()
+    with open(log, "ab") as fh:  # the index grows meanwhile: the thread reads what it began with
+        fh.write(b"more 7\n")
+    index.scan()
+    assert done.wait(30)

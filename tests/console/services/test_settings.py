@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from console.models import FleetError
+from console.models import ConsoleError
 from console.services.settings import resolve_settings
 
 
@@ -34,19 +34,31 @@ def test_no_project_anywhere_means_the_sandbox(tmp_path: Path) -> None:
     assert s.home == tmp_path / "h"
 
 
-def test_active_gcloud_configuration_supplies_project_and_zone(tmp_path: Path) -> None:
+def test_active_gcloud_configuration_supplies_project_and_the_create_zone(
+    tmp_path: Path,
+) -> None:
     _gcloud(tmp_path, "default", "other", "us-east1-d", active=False)
     env = _gcloud(tmp_path, "tpu", "my-proj", "us-central2-b")
     s = resolve_settings(env=env, user_home=tmp_path)
-    assert (s.project, s.zones, s.sandbox) == ("my-proj", ("us-central2-b",), False)
+    assert (s.project, s.sandbox) == ("my-proj", False)
     assert s.project_source == "gcloud configuration 'tpu'"
+    # [compute] zone is Compute Engine's default: it does not narrow the fleet to one zone...
+    assert (s.zones, s.zones_source) == ((), "")
+    # ...it is where `create` goes without --zone, as for gcloud's single-zone commands.
+    assert s.default_zone == "us-central2-b"
+    assert s.default_zone_source == "gcloud configuration 'tpu' compute/zone"
 
 
 def test_environment_beats_gcloud_and_flags_beat_environment(tmp_path: Path) -> None:
     env = _gcloud(tmp_path, "default", "from-gcloud", "zone-g")
     env |= {"CLOUDSDK_CORE_PROJECT": "from-env", "CLOUDSDK_COMPUTE_ZONE": "zone-e"}
     s = resolve_settings(env=env, user_home=tmp_path)
-    assert (s.project, s.zones) == ("from-env", ("zone-e",))
+    assert (s.project, s.zones, s.zones_source) == (
+        "from-env",
+        ("zone-e",),
+        "CLOUDSDK_COMPUTE_ZONE",
+    )
+    assert s.default_zone == "zone-e"
     s = resolve_settings(project="from-flag", zones=["z1", "z2"], env=env, user_home=tmp_path)
     assert (s.project, s.zones, s.project_source) == ("from-flag", ("z1", "z2"), "--project")
 
@@ -66,7 +78,7 @@ def test_sandbox_flag_wins_over_a_configured_project(tmp_path: Path) -> None:
 
 def test_a_broken_config_file_says_which_file_and_what_to_do(tmp_path: Path) -> None:
     env = _ours(tmp_path, "project = \n")
-    with pytest.raises(FleetError) as err:
+    with pytest.raises(ConsoleError) as err:
         resolve_settings(env=env, user_home=tmp_path)
     assert "config.toml" in err.value.reason and "TOML" in err.value.remedy
 
@@ -85,7 +97,7 @@ def test_ssh_is_reached_as_configured_under_ssh(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line", ['port = "ssh"', "port = 70000", 'os_login = "maybe"'])
 def test_a_bad_ssh_setting_is_refused_with_the_fix(tmp_path: Path, line: str) -> None:
     env = _ours(tmp_path, f"[ssh]\n{line}\n")
-    with pytest.raises(FleetError) as err:
+    with pytest.raises(ConsoleError) as err:
         resolve_settings(env=env, user_home=tmp_path)
     assert "ssh." in err.value.reason and "[ssh]" in err.value.remedy
 
@@ -104,5 +116,33 @@ def test_stuck_after_is_read_from_our_config_and_checked(tmp_path: Path) -> None
     env = _ours(tmp_path, "stuck_after = 90\n")
     assert resolve_settings(env=env, user_home=tmp_path).stuck_after_s == 90.0
     env = _ours(tmp_path, 'stuck_after = "soon"\n')
-    with pytest.raises(FleetError, match="stuck_after in .* must be a positive number"):
+    with pytest.raises(ConsoleError, match="stuck_after in .* must be a positive number"):
+        resolve_settings(env=env, user_home=tmp_path)
+
+
+def test_a_misspelt_key_is_refused_with_its_file_and_the_key_meant(tmp_path: Path) -> None:
+    """`projcet = "p"` used to be ignored: the console opened on the sandbox as if unset."""
+    env = _ours(tmp_path, 'projcet = "p"\n')
+    with pytest.raises(ConsoleError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "'projcet'" in err.value.reason and "config.toml" in err.value.reason
+    assert err.value.remedy == "Did you mean project?"
+    assert err.value.field == "projcet"
+
+
+def test_a_misspelt_key_under_ssh_names_its_table(tmp_path: Path) -> None:
+    env = _ours(tmp_path, '[ssh]\nproxy_comand = "x"\n')
+    with pytest.raises(ConsoleError) as err:
+        resolve_settings(env=env, user_home=tmp_path)
+    assert "'ssh.proxy_comand'" in err.value.reason
+    assert err.value.remedy == "Did you mean ssh.proxy_command?"
+
+
+def test_every_key_the_readme_shows_is_in_the_schema(tmp_path: Path) -> None:
+    """The README's example config.toml passes the schema as it is written there."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    assert blocks, "the README shows config.toml"
+    for block in blocks:
+        env = _ours(tmp_path, block)
         resolve_settings(env=env, user_home=tmp_path)

@@ -104,3 +104,22 @@ async def test_a_symlink_is_sent_as_what_it_points_to_never_as_a_link(
     ]
     assert await _cat(remote, node, "work/p/config.cfg", 0) == "key = 1"
     assert await _cat(remote, node, "victim", 0) == "mine"  # not written through the old link
+
+
+async def test_an_absolute_folder_lands_in_the_same_place_by_tar_and_by_sftp(
+    remote: RemoteService, tmp_path: Path
+) -> None:
+    """On a VM `/abs` is /abs for its shell, tar and sftp-server alike; a sandbox worker's
+    shell sees this machine's /abs, so SFTP must put files there too, not under its HOME."""
+    root = _plugin(tmp_path)
+    node = await remote.fleet.find_node("demo-v4-8")
+    landed = {}
+    for method in ("tar", "sftp"):
+        where = tmp_path / f"landing-{method}"
+        [outcome] = await Shipper(remote).upload(node, "0", root, str(where), method=method)
+        assert outcome.method == method and not outcome.failed, outcome.describe()
+        landed[method] = await _cat(remote, node, f"{where}/tunix.py", 0)
+        assert (where / "tunix.py").read_text() == "STEPS = 10\n"
+        home = (await worker_output(remote, node, 'echo "$HOME"'))[1]
+        assert not Path(home, str(where).lstrip("/")).exists()
+    assert landed == {"tar": "STEPS = 10", "sftp": "STEPS = 10"}

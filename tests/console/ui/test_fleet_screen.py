@@ -50,10 +50,10 @@ def cell(app: TpuConsoleApp, key: str, column: str) -> str:
 
 
 def text_of(static: Static) -> str:
-    """What the user reads in a Static, whether it holds markup, Text or a Rich table."""
+    """What the user reads in a Static, whether it holds plain text, Text or a Rich table."""
     console = Console(width=200, record=True, file=io.StringIO())
     content = static.content
-    console.print(Text.from_markup(content) if isinstance(content, str) else content)
+    console.print(Text(content) if isinstance(content, str) else content)
     return console.export_text()
 
 
@@ -76,7 +76,7 @@ async def test_slash_filters_rows_and_escape_brings_them_back(sandbox: Sandbox) 
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
-        await pilot.press("slash", *"team=rl")
+        await pilot.press("slash", *"v4-16 team=rl")
         assert row_keys(app) == ["us-central2-b/demo-v4-16"]
         await pilot.press("enter")  # keeps the filter, back to the table
         assert row_keys(app) == ["us-central2-b/demo-v4-16"]
@@ -104,10 +104,11 @@ async def test_sort_keys_order_by_column_and_reverse(sandbox: Sandbox) -> None:
     app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
+        ages = {n.key: n.age_seconds(app.now()) for n in app.screen.snapshot.nodes}
         await pilot.press("A")  # by age, youngest first
-        assert row_keys(app)[0] == "europe-west4-a/demo-v5e-8"
+        assert row_keys(app)[0] == min(ages, key=ages.__getitem__)
         await pilot.press("A")
-        assert row_keys(app)[0] == "us-central2-b/demo-v3-8"
+        assert row_keys(app)[0] == "us-central2-b/demo-v3-8"  # three days old, the oldest
         await pilot.press("N")
         assert [k.split("/")[1] for k in row_keys(app)] == sorted(
             k.split("/")[1] for k in DEFAULT_NODES
@@ -222,3 +223,29 @@ def test_fleet_screen_snapshot(snap_compare, tmp_path: Path) -> None:
         assert snap_compare(app, terminal_size=(160, 24), run_before=loaded)
     finally:
         sandbox.stop()
+
+
+async def test_the_table_and_detail_show_reserved_timeout_and_a_state_newer_than_the_client(
+    sandbox: Sandbox,
+) -> None:
+    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        assert cell(app, "us-central2-b/demo-reserved-v4-8", "provisioning") == "reserved"
+        assert cell(app, "us-central1-a/demo-v5e-timeout", "health") == "TIMEOUT"
+        assert cell(app, "europe-west4-a/demo-v6e-next", "state") == "17"
+        status = text_of(app.screen.query_one("#status", Static))
+        assert "zones: discovered · TPU access in 4 of 5 zones" in status
+        assert not banner(app).has_class("shown")  # asia-east1-c's refusal is no failure
+        await cursor_to(pilot, "us-central1-a/demo-v5e-timeout")
+        await pilot.press("enter")
+        summary = text_of(app.screen.query_one("#summary", Static))
+        assert "health check of this VM timed out" in summary
+        assert "default, subnet default, external IPs" in summary
+        assert "-compute@developer.gserviceaccount.com" in summary
+        assert "api version  V2" in summary
+        await pilot.press("escape")
+        await cursor_to(pilot, "europe-west4-a/demo-v6e-next")
+        await pilot.press("enter")
+        summary = text_of(app.screen.query_one("#summary", Static))
+        assert "a state newer than this console's API client" in summary

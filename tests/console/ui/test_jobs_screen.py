@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from textual.widgets import DataTable, Static
+
 from console.models import Job
 from console.services.jobs import JobService
 from console.ui.app import TpuConsoleApp
@@ -85,3 +87,28 @@ async def test_a_job_launched_elsewhere_shows_its_end_without_anyone_following_i
         table = app.screen.query_one("#jobs")
         await until(pilot, lambda: str(table.get_cell(job.job_id, "status")) == "failed")
         assert str(table.get_cell(job.job_id, "workers")) == "w0=4"
+
+
+async def test_a_multi_line_command_is_one_row_line_in_j_and_whole_in_the_detail(
+    jobs: JobService,
+) -> None:
+    """A script pasted as the command is one line in the list, its count of lines kept."""
+    fleet = jobs.remote.fleet
+    node = await fleet.find_node("demo-v4-8")
+    job = await jobs.launch(node, "all", "cd /tmp\n\necho first\necho [b]second[/b]")
+    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("j")
+        assert isinstance(app.screen, JobsScreen)
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: job.job_id in {k.value for k in table.rows})
+        cells = [str(c) for c in table.get_row(job.job_id)]
+        shown = next(c for c in cells if "cd /tmp" in c)
+        assert "\n" not in shown and shown.endswith("(+2 lines)")
+        await pilot.press("d")  # the detail shows the whole command, markup and all, as text
+        await until(pilot, lambda: "echo [b]second[/b]" in _screen_text(app))
+        assert "echo first" in _screen_text(app)
+
+
+def _screen_text(app: TpuConsoleApp) -> str:
+    return "\n".join(str(s.content) for s in app.screen.query(Static))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from console.services.remote import RemoteService
 from console.ui.app import TpuConsoleApp
 from console.ui.jobs_screen import JobsScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, ssh_options_for, until
+from tests.conftest import fleet_for, screen_text, ssh_options_for, until
 
 ZONE = "us-central2-b"
 # Forty lines and an error per worker, then it waits for the test to let it finish.
@@ -49,6 +50,11 @@ def shown(screen: LogScreen) -> list[tuple[int, str]]:
     return [screen.index.visible_line(r) for r in range(len(screen.index.visible))]
 
 
+async def settled(pilot, screen: LogScreen) -> None:
+    """Searches and filters run off the event loop: wait for the one asked for to finish."""
+    await until(pilot, lambda: screen.running_query is None)
+
+
 async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_job) -> None:
     app, job, release = app_with_job
     async with app.run_test(size=(120, 30)) as pilot:
@@ -79,16 +85,20 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         assert view.follow
 
         await pilot.press("slash", *"boom", "enter")
+        await settled(pilot, screen)
         first = view.current_row
         assert first is not None and "boom" in screen.index.visible_line(first)[1]
         assert not view.follow
         await pilot.press("n")
+        await settled(pilot, screen)
         second = view.current_row
         assert second != first and "boom" in screen.index.visible_line(second)[1]
 
         await pilot.press("2")
+        await settled(pilot, screen)
         assert {w for w, _ in shown(screen)} == {1} and len(shown(screen)) == 42
-        await pilot.press("a", "ampersand", *"line 4", "enter")
+        await pilot.press("a", "ampersand", *"line 4", "enter")  # the second view waits for none
+        await settled(pilot, screen)
         assert sorted(t for _, t in shown(screen)) == [
             "w0 line 4",
             "w0 line 40",
@@ -100,6 +110,7 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
             path.touch()
         await until(pilot, lambda: all(s == "rc=0" for s in screen.ended.values()))
         await pilot.press("ampersand", "ctrl+u", "enter")  # empty filter: everything again
+        await settled(pilot, screen)
         assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 86
 
         await pilot.press("s")
@@ -130,6 +141,63 @@ async def test_hang_and_silence_are_judged_only_while_the_job_runs(
         await app.push_screen(live)
         await until(pilot, lambda: any(d.key == "hang_after_done" for d in live.diagnoser.found))
         await jobs.stop(jobs.get(hanging.job_id), node, grace_s=0.5)
+
+
+BIG = 2_000_000  # lines, as the report had it
+
+
+async def test_search_and_filter_of_a_big_log_leave_the_keys_working(
+    jobs: JobService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search reads every line off the event loop: keys work meanwhile, esc stops it."""
+    import threading
+    from datetime import UTC, datetime
+
+    from console.models import Job, JobWorker
+    from console.services.log_index import Query
+
+    job = Job("1-b16b16", "demo-v4-8", ZONE, "big", datetime.now(UTC), workers=(JobWorker(0),))
+    jobs.history.record_launch(job)
+    copy = jobs.log_path(job.job_id, 0)
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"".join(b"line %d of the run\n" % i for i in range(BIG)) + b"needle\n")
+    # The first search is held once it has read half the log, as a slower disk would hold it.
+    gate, check = threading.Event(), Query.check
+
+    def held(query: Query) -> None:
+        if query.text == "absent" and query.fraction > 0.5:
+            gate.wait(30)
+        check(query)
+
+    monkeypatch.setattr(Query, "check", held)
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    try:  # never leave the held search waiting
+        async with app.run_test(size=(120, 30), notifications=True) as pilot:
+            screen = LogScreen(jobs.get(job.job_id))
+            await app.push_screen(screen)
+            await until(pilot, lambda: len(screen.index) == BIG + 1, limit=6000)
+            status = screen.query_one("#log-status")
+            await pilot.press("slash", *"absent", "enter")
+            progress = re.compile(r"searching 'absent'… [1-9]\d?% \(esc stops\)")
+            await until(pilot, lambda: progress.search(status.text.plain) is not None)
+            following = screen.view.follow
+            await pilot.press("f")  # keys are handled while the search runs
+            assert screen.view.follow is not following and screen.running_query is not None
+            await pilot.press("home")
+            assert screen.view.scroll_offset.y == 0
+            await pilot.press("escape")  # stops the search; the view stays open
+            assert screen.running_query is None and app.screen is screen
+            assert "searching" not in status.text
+            gate.set()
+            await pilot.press("slash", "ctrl+u", *"NEEDLE", "enter")
+            await until(pilot, lambda: screen.view.current_row == BIG)
+            assert screen.index.visible_line(BIG)[1] == "needle"
+            await pilot.press("ampersand", *"needle", "enter")
+            await until(pilot, lambda: len(screen.index.visible) == 1)
+            assert f"1/{BIG + 1} lines" in status.text and "filter: 'needle'" in status.text
+            assert "No line contains" not in screen_text(app)  # the stopped search said nothing
+    finally:
+        gate.set()
 
 
 async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(jobs: JobService) -> None:
@@ -200,3 +268,58 @@ async def test_job_output_cannot_drive_the_terminal_but_its_colours_and_bars_sho
         }
         assert colours["red"].color.number == 1
         assert colours["bold green"].color.number == 2 and colours["bold green"].bold
+
+
+def bar_rows(app: TpuConsoleApp) -> list[str]:
+    rows = [strip.text for strip in app.screen._compositor.render_strips()]
+    return [row.split("│ ", 1)[1].rstrip() for row in rows if row.startswith("w0 │")]
+
+
+async def test_a_running_progress_bar_is_counted_and_shown_at_its_latest_state(
+    jobs: JobService, sandbox: Sandbox
+) -> None:
+    node = await jobs.remote.fleet.find_node("demo-v4-8")
+    script = (
+        "printf 'epoch 1\\n'; for p in 10 60; do printf '\\r%3d%%|%s' $p 'bar'; "
+        "until [ -f \"$HOME/go-$p\" ]; do sleep 0.05; done; done; printf '\\r100%%|bar\\ndone\\n'"
+    )
+    job = await jobs.launch(node, "all", script)
+    home = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0).root
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(job)
+        await app.push_screen(screen)
+        status = screen.query_one("#log-status")
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", " 10%|bar"])
+        assert "2/2 lines" in status.text  # the bar is a line while it runs
+        (home / "go-10").touch()
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", " 60%|bar"])
+        assert "2/2 lines" in status.text
+        (home / "go-60").touch()
+        await until(pilot, lambda: bar_rows(app) == ["epoch 1", "100%|bar", "done"])
+        await until(pilot, lambda: "3/3 lines" in status.text and screen.ended[0] == "rc=0")
+
+
+async def test_a_30_mb_line_is_one_row_shown_in_part_and_read_once(jobs: JobService) -> None:
+    from datetime import UTC, datetime
+
+    from console.models import Job, JobWorker
+    from console.services.lines import VISIBLE_BYTES
+
+    job = Job("1-10e10e", "demo-v4-8", ZONE, "big", datetime.now(UTC), workers=(JobWorker(0),))
+    jobs.history.record_launch(job)
+    copy = jobs.log_path(job.job_id, 0)
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"before\n" + b"x" * (30 << 20) + b"\nafter\n")
+    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = LogScreen(jobs.get(job.job_id))
+        await app.push_screen(screen)
+        await until(pilot, lambda: bar_rows(app)[-1:] == ["after"])
+        await until(pilot, lambda: "3/3 lines" in screen.query_one("#log-status").text)
+        shown = screen.index.text(1)
+        assert shown.startswith("x" * 1000)
+        assert shown.endswith(f" … [{(30 << 20) - VISIBLE_BYTES:,} more bytes]")
+        for key in ("up", "up", "home", "end", "down", "end"):  # each redraw reads 16 KiB at most
+            await pilot.press(key)
+        assert bar_rows(app)[0] == "before"

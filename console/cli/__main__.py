@@ -1,0 +1,7 @@
+"""`python -m console.cli`: what the `tpuconsole` script runs."""
+
+import sys
+
+from console.cli import main
+
+sys.exit(main())

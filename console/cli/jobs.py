@@ -1,0 +1,216 @@
+"""`launch`, `logs`, `jobs` (list, show, stop): detached runs and their logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from console.cli.common import ONGOING, confirmed, fail, print_line, run, say, zone_of
+from console.cli.workers import print_uploads
+from console.models import FleetError, Job, NodeGone, WorkerSelectionError, parse_worker_selection
+from console.present.cleanup import plan_entries, result_entries
+from console.present.jobs import job_json, job_row
+from console.present.launch import plan_lines, started_line
+from console.services.jobs import check_command
+from console.services.launch import LaunchPlan
+from console.services.lines import copy_lines
+from console.services.probe import CleanupPlan
+from console.services.remote import command_from_argv
+from console.services.templates import parse_sets
+from console.wiring import Services
+
+# VM names start with a letter, job ids with their number: `stop 17` is a job.
+JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
+
+
+def _job_goes_on(job: Job) -> str:
+    number = job.job_id.split("-")[0]
+    return (
+        f"Job {job.job_id} runs on on the workers; follow it again with `tpuconsole logs "
+        f"{number} -f`, stop it with `tpuconsole stop {number}`."
+    )
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    if len(args.target) == 1 and not args.remote_argv:
+        return fail(
+            "launch needs a template and a node (tpuconsole launch multi-engine "
+            "demo-v4-8), or a node and a command after -- (tpuconsole launch NODE -- "
+            "python x.py)"
+        )
+    command = command_from_argv(args.remote_argv)
+    if len(args.target) == 1:
+        check_command(command)  # before a probe touches the node
+
+    async def body(services: Services) -> int:
+        launcher = services.launcher
+        node = await services.fleet.find_node(args.target[-1], zone_of(args))
+        if len(args.target) == 2:
+            plan = await launcher.plan_template(
+                node,
+                args.target[0],
+                preset=args.preset,
+                overrides=parse_sets(args.sets),
+                selection=args.worker,
+            )
+            for line in plan_lines(plan):
+                print(line)
+            if plan.refused:
+                say("refused by preflight; nothing launched")
+                return 1
+            if args.dry_run:
+                return 0
+            check_stale = plan.offers_cleanup and not args.force
+        else:
+            if args.dry_run:
+                print(command)
+                return 0
+            plan = launcher.plan_command(node, command, args.remote_argv, args.worker)
+            check_stale = not args.force
+        cleanup = await _stale_cleared(services, plan, args.clean_first) if check_stale else True
+        if cleanup is False:
+            return 1
+        launched = await launcher.start(plan, cleanup=None if cleanup is True else cleanup)
+        if launched.cleanup is not None:
+            for entry in result_entries(launched.cleanup):
+                print(entry.line())
+            if not launched.cleanup.done:
+                return 1
+        if plan.rendered.upload is not None:
+            return print_uploads(*plan.rendered.upload, list(launched.uploads))
+        assert launched.job is not None
+        print(started_line(launched), flush=True)
+        if launched.failed:
+            return 1
+        if not args.follow:
+            return 0
+        ONGOING.sentence = _job_goes_on(launched.job)
+        return await _stream_job(services, launched.job, "all", True)
+
+    return run(args, body)
+
+
+async def _stale_cleared(
+    services: Services, plan: LaunchPlan, clean_first: bool
+) -> CleanupPlan | bool:
+    """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: the cleanup plan to carry out
+    first, True when there is nothing to clean, False when stale state refuses the launch."""
+    cleanup = await services.launcher.plan_cleanup(plan)
+    if not cleanup.todo:
+        for worker, note in cleanup.odd_lock_notes():  # nothing to clean, but worth a look
+            print(f"w{worker}: note: {note}", file=sys.stderr)
+        return True
+    print(f"{plan.node.name}: {cleanup.status}")
+    for entry in plan_entries(cleanup):
+        print(entry.line())
+    if not clean_first:
+        say(
+            "stale TPU state on the workers; add --clean-first to clear it "
+            "before launching (or --force to launch anyway)"
+        )
+        return False
+    return cleanup
+
+
+async def _stream_job(services: Services, job: Job, selection: str, follow: bool) -> int:
+    """Local copy first (what was already fetched), then whatever the workers have beyond it."""
+    jobs = services.jobs
+    chosen = {w.worker for w in job.workers}
+    if selection != "all":
+        try:
+            chosen &= set(parse_worker_selection(selection, max(chosen, default=0) + 1))
+        except WorkerSelectionError as exc:
+            ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
+            raise WorkerSelectionError(exc.reason, f"Job {job.job_id} ran on {ran_on}.") from None
+    printed = 0
+
+    def show(worker: int, text: str) -> None:
+        nonlocal printed
+        printed += 1
+        print_line(worker, text)
+
+    try:
+        node = await services.fleet.get_node(job.zone, job.node)
+        rcs = await jobs.follow(
+            job, node, show, selection=selection, follow=follow, from_start=True
+        )
+    except NodeGone as gone:  # the job ended with its VM: say so at once, in one sentence
+        say(gone.reason)
+        return 1
+    except FleetError as exc:
+        if printed:  # the copy was replayed already; the worker was lost after
+            say(f"lost {job.node}: {exc}")
+            return 1
+        for w in sorted(chosen):
+            for line in copy_lines(jobs.log_path(job.job_id, w)):
+                print_line(w, line)
+        say(f"cannot reach {job.node}: {exc}; shown: the local copy.")
+        return 1
+    if not follow:
+        return 0
+    worst = max((rc if rc is not None else 255 for rc in rcs.values()), default=0)
+    for w, rc in sorted(rcs.items()):
+        say(f"w{w} {'ended without an exit status' if rc is None else f'rc={rc}'}")
+    return worst
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    async def body(services: Services) -> int:
+        job = services.jobs.get(args.job)
+        if args.follow and job.open:
+            ONGOING.sentence = _job_goes_on(job)
+        return await _stream_job(services, job, args.worker, args.follow)
+
+    return run(args, body)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """`jobs [list]`, `jobs show JOB`, `jobs stop JOB` (also `tpuconsole stop JOB`)."""
+    action = JOB_ACTIONS[args.action]
+    if args.action != "list" and not args.job:
+        return fail(f"jobs {args.action} needs a job id")
+    return run(args, lambda services: action(services, args))
+
+
+async def _list(services: Services, args: argparse.Namespace) -> int:
+    await services.jobs.settle_ended()  # ended since anyone looked: say so, and when
+    for job in services.history.recent():
+        print(json.dumps(job_json(job)) if args.json else job_row(job))
+    return 0
+
+
+async def _show(services: Services, args: argparse.Namespace) -> int:
+    job = services.jobs.get(args.job)
+    if await services.jobs.settle_ended([job]):
+        job = services.jobs.get(job.job_id)
+    if args.json:
+        print(json.dumps(job_json(job)))
+    else:
+        from console.services.job_record import job_record_lines
+
+        for line in job_record_lines(job):
+            print(line)
+    return 0
+
+
+async def _stop(services: Services, args: argparse.Namespace) -> int:
+    job = services.jobs.get(args.job)
+    if not job.open:
+        print(f"job {job.job_id} is already {job.status}; nothing to stop")
+        return 0
+    if not confirmed(
+        args,
+        f"Stop job {job.job_id} on {job.node} (SIGTERM, then "
+        "SIGKILL after 10 s, to its processes on every worker)?",
+    ):
+        return 1
+    node = await services.fleet.get_node(job.zone, job.node)
+    outcome = await services.jobs.stop(job, node)
+    for w, result in sorted(outcome.items()):
+        print(f"w{w}: {result}")
+    return 0 if all(not r.startswith("not stopped") for r in outcome.values()) else 1
+
+
+JOB_ACTIONS = {"list": _list, "show": _show, "stop": _stop}

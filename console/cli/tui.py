@@ -1,0 +1,32 @@
+"""No command: the TUI, on every service of the wiring (it serves the sandbox if nobody does)."""
+
+from __future__ import annotations
+
+import argparse
+
+from console.cli.common import say, settings_for
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from console.ui.app import TpuConsoleApp
+    from console.wiring import Services, open_fleet_source, open_history
+
+    settings = settings_for(args)
+    history = open_history(settings, fresh=args.fresh_history, say=say)  # said before the screen
+    source = open_fleet_source(settings, serve_here=True)
+    try:
+        services = Services.build(source, history=history)
+        app = TpuConsoleApp(
+            source.fleet,
+            jobs=services.jobs,
+            prober=services.prober,
+            lifecycle=services.lifecycle,
+            mode=source.label,
+            refresh_s=args.refresh or settings.refresh_s,
+            others_using=source.stranded_by_quit,
+        )
+        app.run()
+        services.history.close()
+    finally:
+        source.close()
+    return 0

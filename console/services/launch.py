@@ -1,0 +1,141 @@
+"""Launching, one way for the CLI and the TUI: plan (values, render, probe, preflight), clear
+stale TPU state first if asked, then upload (the sync template) or start the job.
+
+Why one home: `tpuconsole launch` and the TUI's form used to each probe, plan, clean and start
+in their own words, and drifted (the form cleaned without re-probing, the CLI printed a plan the
+TUI never showed). Callers decide only what to show and what to ask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from console.models import Job, Node
+from console.services.jobs import JobService, check_command
+from console.services.preflight import Check, preflight
+from console.services.probe import CleanupDone, CleanupPlan, ProbeService, WorkerProbe
+from console.services.shipping import Shipper, UploadOutcome
+from console.services.templates import Rendered, Template, template
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What would run, where, and what preflight says of it."""
+
+    node: Node
+    selection: str
+    kind: str  # the template's name, or "custom" for a command given as is
+    rendered: Rendered
+    params: dict[str, Any]
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return any(c.level == "refuse" for c in self.checks)
+
+    @property
+    def offers_cleanup(self) -> bool:
+        """Stale TPU state on the workers: preflight offers to clear it first."""
+        return any(c.level == "offer" for c in self.checks)
+
+    @property
+    def is_upload(self) -> bool:
+        return self.rendered.upload is not None
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a start did: the cleanup first (if any), then a job or an upload's outcomes."""
+
+    plan: LaunchPlan
+    cleanup: CleanupDone | None = None
+    job: Job | None = None
+    uploads: tuple[UploadOutcome, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        if self.cleanup is not None and not self.cleanup.done:
+            return True
+        if self.job is not None:
+            return self.job.status == "failed"
+        return any(o.failed for o in self.uploads)
+
+
+@dataclass
+class LaunchService:
+    jobs: JobService
+    prober: ProbeService
+    shipper: Shipper = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shipper = Shipper(self.jobs.remote)
+
+    def checks(
+        self,
+        chosen: Template,
+        values: Mapping[str, Any],
+        node: Node,
+        selection: str,
+        probes: list[WorkerProbe] | None = None,
+    ) -> tuple[Rendered, tuple[Check, ...]]:
+        """Render and preflight without touching the workers (the form, as the user types)."""
+        rendered = chosen.render(values)
+        return rendered, tuple(preflight(chosen, values, node, selection, probes))
+
+    async def plan_template(
+        self,
+        node: Node,
+        name: str,
+        *,
+        preset: str = "",
+        overrides: Mapping[str, Any] | None = None,
+        selection: str = "all",
+    ) -> LaunchPlan:
+        """A template's values, its rendering and preflight over a fresh probe of the node."""
+        chosen = template(name)
+        values = chosen.values(preset, overrides)
+        rendered = chosen.render(values)  # a bad value is refused before any ssh
+        probes = await self.prober.probe(node, selection) if node.state == "READY" else []
+        _, checks = self.checks(chosen, values, node, selection, probes)
+        return LaunchPlan(node, selection, chosen.name, rendered, values, checks)
+
+    def plan_command(self, node: Node, command: str, argv: list[str], selection: str) -> LaunchPlan:
+        """A command given as is (`launch NODE -- cmd`): no template, no preflight."""
+        check_command(command)
+        return LaunchPlan(
+            node, selection, "custom", Rendered((), {}, script=command), {"argv": argv}
+        )
+
+    async def plan_cleanup(self, plan: LaunchPlan) -> CleanupPlan:
+        return await self.prober.plan_cleanup(plan.node, plan.selection)
+
+    async def start(self, plan: LaunchPlan, *, cleanup: CleanupPlan | None = None) -> Launched:
+        """Clean first (exactly the given plan's steps), then upload or start the job."""
+        done = await self.prober.clean(cleanup) if cleanup is not None and cleanup.todo else None
+        if done is not None and not done.done:
+            return Launched(plan, done)  # what was in the way is still there: nothing starts
+        if plan.rendered.upload is not None:
+            local, remote_dir = plan.rendered.upload
+            uploads = await self.upload(plan.node, plan.selection, local, remote_dir)
+            return Launched(plan, done, uploads=tuple(uploads))
+        job = await self.jobs.launch(
+            plan.node,
+            plan.selection,
+            plan.rendered.shell(),
+            kind=plan.kind,
+            env=plan.rendered.env,
+            params=plan.params,
+            ship_runners=plan.rendered.ship_runners,
+        )
+        return Launched(plan, done, job=job)
+
+    async def upload(
+        self, node: Node, selection: str, local: str, remote_dir: str, *, method: str = "auto"
+    ) -> list[UploadOutcome]:
+        """A folder's changed files to every chosen worker: `sync`, and the sync template."""
+        return await self.shipper.upload(
+            node, selection, Path(local).expanduser(), remote_dir, method=method
+        )
