@@ -173,7 +173,8 @@ class WorkerMetricsStandIn:
         mine = {self.devices[p]: pids for p, pids in held.items() if p in self.devices}
         if not mine:
             return []
-        share_of = {}  # a process's numbers are split over the chips of this worker it holds
+        # A process's numbers are split over the chips of this worker it holds.
+        share_of: dict[int, int] = {}
         for pids in mine.values():
             for pid in pids:
                 share_of[pid] = share_of.get(pid, 0) + 1
@@ -181,15 +182,15 @@ class WorkerMetricsStandIn:
         self.usage.forget_except(set(share_of))
         out = []
         for chip, pids in sorted(mine.items()):
-            live = [(usage[p], share_of[p]) for p in pids if usage.get(p) is not None]
-            used = sum(u.rss // n for u, n in live)  # type: ignore[union-attr]
-            duty = sum(u.cpu_share / n for u, n in live) * 100  # type: ignore[union-attr]
+            live = [(u, share_of[p]) for p in pids if (u := usage.get(p)) is not None]
+            used = sum(u.rss // n for u, n in live)
+            duty = sum(u.cpu_share / n for u, n in live) * 100
             out.append(
                 StandInChip(chip, min(used, self.hbm_total), self.hbm_total, min(duty, 100.0), pids)
             )
         return out
 
-    async def open(self, conn: asyncssh.SSHServerConnection) -> asyncssh.SSHTCPSession:
+    async def open(self, conn: asyncssh.SSHServerConnection) -> asyncssh.SSHForwarder:
         """A direct-tcpip channel to localhost:8431: forwarded to this stand-in, or refused."""
         if self.closed or not await self.chips():
             raise refused()
@@ -254,6 +255,7 @@ class WorkerMetricsStandIn:
             # Listed, but nothing to report here (megascale.* outside a multi-slice run): tpu-info
             # (cli_helper.py) takes NOT_FOUND as "unavailable", and the stand-in has only these.
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Metric {name!r} is not available.")
+            raise AssertionError("context.abort raises")
         metric = wire.TPUMetric(
             name=name,
             description="sandbox stand-in: " + _STANDIN_MEANING[name],

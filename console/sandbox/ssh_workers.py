@@ -224,7 +224,7 @@ async def _feed(reader: asyncssh.SSHReader, proc: LocalProcess) -> None:
 Authorize = Callable[[str, str], bool]
 # What answers a direct-tcpip channel to the VM's own localhost:<port> (libtpu's metrics on
 # 8431); None: nothing listens there.
-LocalPort = Callable[[asyncssh.SSHServerConnection], Awaitable[asyncssh.SSHTCPSession]]
+LocalPort = Callable[[asyncssh.SSHServerConnection], Awaitable[asyncssh.SSHForwarder]]
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 

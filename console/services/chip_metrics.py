@@ -160,9 +160,10 @@ class _NodePoller:
                 worker.probe_error = str(exc)
             return
         for probe in probes:
-            worker = self.workers.get(probe.worker)
-            if worker is None:
+            probed = self.workers.get(probe.worker)
+            if probed is None:
                 continue
+            worker = probed
             worker.probed = probe.report is not None
             worker.probe_error = probe.error
             if probe.report is not None:

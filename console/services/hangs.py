@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from console.models import ChipMetrics, Job, format_age
@@ -103,7 +103,7 @@ def judge_hang(
     running: Iterable[int],
     now: float,
     last_output: dict[int, float],
-    duty: dict[int, Iterable[tuple[float, float | None]]],
+    duty: Mapping[int, Iterable[tuple[float, float | None]]],
     settings: HangSettings | None = None,
     duty_notes: dict[int, str] | None = None,
 ) -> HangFinding:

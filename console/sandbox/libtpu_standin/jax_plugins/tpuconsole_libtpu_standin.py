@@ -15,7 +15,7 @@ import glob
 import os
 import re
 
-_HELD = []  # open for the life of the process, as libtpu keeps them
+_HELD: list = []  # open for the life of the process, as libtpu keeps them
 
 
 def _chip_index(path):
