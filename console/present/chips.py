@@ -89,6 +89,8 @@ def bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
         return " " * width
     fraction = min(max(fraction, 0.0), 1.0)
     eighths = round(fraction * width * 8)
+    if fraction > 0 and eighths == 0:
+        eighths = 1  # in use, however little: a sliver, not an empty bar
     full, part = divmod(eighths, 8)
     text = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
     return text.ljust(width)

@@ -168,6 +168,17 @@ class HangWatch:
             while window and at - window[0][0] > self.settings.after_s + 60:
                 window.popleft()
 
+    def measuring(self, worker: int) -> bool:
+        """Duty numbers arrive for this worker: a verdict on it waits until they span the
+        window, rather than fall back on silence alone while they are still too few."""
+        return any(d is not None for _, d in self._duty.get(worker, ()))
+
+    def settled(self, finding: HangFinding) -> bool:
+        """No stuck worker is judged by silence alone while its chips' numbers are coming in."""
+        return not any(
+            w.stuck and w.duty == "unknown" and self.measuring(w.worker) for w in finding.workers
+        )
+
     def verdict(self, now: float | None = None) -> HangFinding:
         return judge_hang(
             self.job.job_id,

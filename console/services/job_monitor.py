@@ -96,7 +96,8 @@ class JobMonitor:
                 if state:
                     self.hang.ended(worker)
             self.hang_verdict = self.hang.verdict() if running else None
-            if self.hang_verdict is not None and self.hang_verdict.stuck:
+            verdict = self.hang_verdict
+            if verdict is not None and verdict.stuck and self.hang.settled(verdict):
                 conditions.append(self.hang_verdict.diagnosis())
         elif running and now - self.last_data > SILENT_S:
             conditions.append(

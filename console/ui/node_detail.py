@@ -194,7 +194,7 @@ class NodeDetailScreen(ConsoleScreen[None]):
         for key, row in wanted.items():
             if key in table.rows:
                 for column, old, new in zip(CHIP_HEADER, table.get_row(key), row, strict=True):
-                    if old != new:
+                    if str(old) != new:  # PlainTable holds each cell as a plain Text
                         table.update_cell(key, column.lower(), new, update_width=True)
             else:
                 table.add_row(*row, key=key)

@@ -95,6 +95,30 @@ def test_a_hang_watch_fed_with_output_and_snapshots_gives_the_same_verdict() -> 
     assert not watch.verdict().stuck
 
 
+def test_a_worker_whose_numbers_just_began_is_not_called_stuck_by_silence_alone() -> None:
+    """Silent for the window, but its duty watched for 10 s of 60: wait, do not guess."""
+    job = Job(
+        "8-abc", "n", "z", "python3 x.py", datetime.fromtimestamp(T0, UTC),
+        workers=(JobWorker(0, pid=11), JobWorker(1, pid=12)),
+    )  # fmt: skip
+    now = [T0 + 100]
+    watch = HangWatch(job, HangSettings(after_s=60), clock=lambda: now[0])
+    for i in range(90, 100):
+        watch.saw_metrics(_snapshot(T0 + i, [0.0, None]))  # w1: no numbers at all
+    finding = watch.verdict()
+    assert [(w.worker, w.duty, w.stuck) for w in finding.workers] == [
+        (0, "unknown", True),
+        (1, "unknown", True),
+    ]
+    assert not watch.settled(finding)  # w0's numbers are coming in: not yet
+    now[0] = T0 + 160
+    for i in range(100, 160):
+        watch.saw_metrics(_snapshot(T0 + i, [0.0, None]))
+    finding = watch.verdict()
+    assert [w.duty for w in finding.workers] == ["idle", "unknown"]
+    assert watch.settled(finding)  # w1 has none to wait for: silence alone decides
+
+
 # ----- stacks --------------------------------------------------------------------------------
 FAULTHANDLER = """Thread 0x00007f1 (most recent call first):
   File "/home/u/.tpuconsole/runners/remote/x.py", line 4 in spin
