@@ -98,7 +98,7 @@ class JobMonitor:
             self.hang_verdict = self.hang.verdict() if running else None
             verdict = self.hang_verdict
             if verdict is not None and verdict.stuck and self.hang.settled(verdict):
-                conditions.append(self.hang_verdict.diagnosis())
+                conditions.append(verdict.diagnosis())
         elif running and now - self.last_data > SILENT_S:
             conditions.append(
                 from_condition("silent", f"no output for {now - self.last_data:.0f} s")
