@@ -38,6 +38,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         tty = sys.stdout.isatty()
         shown = 0
         async for metrics in services.chips.updates(node):
+            if all(w.state == "waiting" for w in metrics.workers):
+                continue  # the first connections are still being made: nothing to show yet
             if tty:
                 sys.stdout.write(CLEAR)
             elif shown:

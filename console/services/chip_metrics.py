@@ -25,6 +25,8 @@ from console.services.probe import WorkerProbe
 NO_PROGRAM = "Libtpu metrics unavailable: no program is using the TPU."
 HISTORY_S = 900.0  # per-worker duty history kept for sparklines and hang verdicts
 Probe = Callable[[Node], Awaitable[list[WorkerProbe]]]
+SNAPSHOT_RETRIES = 3
+_TRANSIENT = frozenset({"waiting", "closed", "timeout"})
 Listener = Callable[[ChipMetrics], None]
 
 
@@ -407,7 +409,14 @@ class ChipMetricsService:
         poller = _NodePoller(self, node)
         try:
             await poller._ensure_targets()
-            return await poller.poll_once(wait_for_probe=True)
+            snapshot = await poller.poll_once(wait_for_probe=True)
+            for _ in range(SNAPSHOT_RETRIES):
+                # A first read still under way, or lost while its tunnel was being made, is
+                # asked once more before a one-off reading (`top --json`) reports it.
+                if not any(w.state in _TRANSIENT for w in snapshot.workers):
+                    break
+                snapshot = await poller.poll_once()
+            return snapshot
         finally:
             await poller.stop()
 

@@ -22,7 +22,8 @@ from console.ui.base_screens import ConsoleScreen
 def report_text(report: StacksReport) -> Text:
     """The report's lines; the ones pointing at a worker that differs stand out."""
     out = Text(no_wrap=True, overflow="ellipsis")
-    for i, line in enumerate(report_lines(report)[2:]):  # the title is the screen's subtitle
+    # The title is the screen's subtitle and the verdict its first line: the rest from here.
+    for i, line in enumerate(report_lines(report)[3:]):
         if i:
             out.append("\n")
         style = ""
