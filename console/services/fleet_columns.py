@@ -137,6 +137,7 @@ JSON_KEYS = (
     "age_seconds",
     "symptoms",
     "description",
+    "queued_resource",
 )
 
 
@@ -202,6 +203,7 @@ def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
             for s in node.symptoms
         ],
         "description": node.description,
+        "queued_resource": node.queued_resource,
     }
 
 
