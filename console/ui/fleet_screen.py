@@ -249,10 +249,10 @@ class FleetScreen(ConsoleScreen[None]):
         self._chips_paused = False
         self._watch_chips()
 
-    async def on_unmount(self) -> None:
+    def on_unmount(self) -> None:
         watches, self._chip_watches = list(self._chip_watches.values()), {}
         for watch in watches:
-            await watch.close()
+            self.app.run_worker(watch.close(), group="chip-watch")
 
     def cursor_node_key(self) -> str | None:
         return self.table.cursor_node_key()

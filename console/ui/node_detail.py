@@ -176,9 +176,10 @@ class NodeDetailScreen(ConsoleScreen[None]):
         self.query_one("#chips-note", Static).update("reading the chips' runtime metrics…")
         self._chips_watch = self.services.chips.watch(self.node, self._chips_polled)
 
-    async def on_unmount(self) -> None:
+    def on_unmount(self) -> None:
+        # Closed off the screen's removal: a poll in flight must not hold up going back.
         if self._chips_watch is not None:
-            await self._chips_watch.close()
+            self.app.run_worker(self._chips_watch.close(), group="chip-watch")
 
     def _chips_polled(self, metrics: ChipMetrics) -> None:
         """One poll: each chip's row changes in place; the reasons for missing numbers below."""
