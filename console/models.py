@@ -795,3 +795,196 @@ LEAVING_REASONS = {
     "TERMINATED": "The VM was terminated (maintenance, a host error, or a policy). Check its "
     "symptoms and the audit log.",
 }
+
+
+# ----- chip metrics: every chip of every worker at a glance -------------------------------------
+@dataclass(frozen=True)
+class ChipReading:
+    """One chip of one worker: its numbers, who holds it, and why a number is missing.
+
+    Numbers are None when unknown; 0 when known to be nothing (no program on the chip).
+    """
+
+    worker: int
+    chip: int
+    hbm_used: int | None = None  # bytes
+    hbm_total: int | None = None  # bytes
+    duty_pct: float | None = None
+    pid: int | None = None  # the process holding the chip, from the probe
+    command: str = ""  # its command line
+    user: str = ""
+    missing: str = ""  # why the numbers are absent, zero or old; "" when fresh
+    stale_s: float = 0.0  # how old numbers kept from an earlier reading are
+
+    @property
+    def hbm_fraction(self) -> float | None:
+        if self.hbm_used is None or not self.hbm_total:
+            return None
+        return self.hbm_used / self.hbm_total
+
+
+# WorkerChips.state values, and what a person reads for each.
+CHIP_STATES = {
+    "ok": "live",
+    "no_program": "no TPU program",
+    "port_closed": "metrics port closed",
+    "forwarding_refused": "ssh forwarding refused",
+    "unreachable": "worker unreachable",
+    "timeout": "no answer in time",
+    "closed": "metrics server went away",
+    "error": "metrics error",
+    "waiting": "not read yet",
+}
+
+
+@dataclass(frozen=True)
+class WorkerChips:
+    """One worker's chips at one poll, with the state of its metrics and, if not live, why."""
+
+    worker: int
+    state: str  # a key of CHIP_STATES
+    chips: tuple[ChipReading, ...] = ()
+    reason: str = ""  # one sentence when the state is not "ok"
+    remedy: str = ""
+    read_at: datetime | None = None  # when the numbers shown were read
+    stale: bool = False  # the numbers are from an earlier poll (see reason)
+
+    @property
+    def label(self) -> str:
+        return CHIP_STATES.get(self.state, self.state)
+
+    @property
+    def peak_duty_pct(self) -> float | None:
+        known = [c.duty_pct for c in self.chips if c.duty_pct is not None]
+        return max(known) if known and not self.stale else None
+
+
+def _span(values: list[Any]) -> tuple[Any, Any] | None:
+    return (min(values), max(values)) if values else None
+
+
+@dataclass(frozen=True)
+class ChipMetrics:
+    """A node's chips at one moment: what the fleet table, node detail, `top` all show."""
+
+    node: str  # "zone/name"
+    name: str
+    taken_at: datetime
+    workers: tuple[WorkerChips, ...]
+    standin: bool = False  # the sandbox's stand-in numbers, not a TPU's
+
+    @property
+    def chips(self) -> tuple[ChipReading, ...]:
+        return tuple(c for w in self.workers for c in w.chips)
+
+    @property
+    def hbm_used_range(self) -> tuple[int, int] | None:
+        """(min, max) bytes in use over every chip with a number."""
+        return _span([c.hbm_used for c in self.chips if c.hbm_used is not None])
+
+    @property
+    def hbm_fraction_range(self) -> tuple[float, float] | None:
+        return _span([f for c in self.chips if (f := c.hbm_fraction) is not None])
+
+    @property
+    def hbm_total(self) -> int | None:
+        known = [c.hbm_total for c in self.chips if c.hbm_total]
+        return max(known) if known else None
+
+    @property
+    def duty_range(self) -> tuple[float, float] | None:
+        """(min, max) duty cycle, percent, over every chip with a number."""
+        return _span([c.duty_pct for c in self.chips if c.duty_pct is not None])
+
+    @property
+    def live(self) -> bool:
+        return all(w.state == "ok" and not w.stale for w in self.workers)
+
+    def problems(self) -> tuple[WorkerChips, ...]:
+        """The workers whose numbers are missing or old, each with its reason."""
+        return tuple(w for w in self.workers if w.state != "ok" or w.stale)
+
+
+# ----- stacks: every worker's threads, side by side -------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a thread's stack; `path` has the worker's home as `~`, so workers compare."""
+
+    path: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.function} ({self.path}:{self.line})"
+
+
+@dataclass(frozen=True)
+class ThreadStack:
+    """One thread, innermost frame first (as faulthandler and py-spy print them)."""
+
+    name: str  # faulthandler's thread id (0x…) or py-spy's thread name
+    frames: tuple[Frame, ...]
+    main: bool = False
+    current: bool = False  # the thread that handled the signal (faulthandler's "Current thread")
+    state: str = ""  # py-spy's idle/active
+
+
+@dataclass(frozen=True)
+class ProcessStacks:
+    """One process of a job on one worker, and how its stacks were had (or why not)."""
+
+    pid: int
+    command: str
+    method: str  # faulthandler | py-spy | none
+    threads: tuple[ThreadStack, ...] = ()
+    note: str = ""
+    python: bool = True
+
+    @property
+    def main_thread(self) -> ThreadStack | None:
+        return next((t for t in self.threads if t.main), None)
+
+
+@dataclass(frozen=True)
+class WorkerStacks:
+    worker: int
+    processes: tuple[ProcessStacks, ...] = ()
+    error: str = ""  # the worker could not be asked, or its answer not read
+    note: str = ""
+
+    @property
+    def main(self) -> ProcessStacks | None:
+        """The job's main Python process here: the oldest one whose stacks were had."""
+        return next((p for p in self.processes if p.main_thread is not None), None)
+
+    @property
+    def main_stack(self) -> tuple[Frame, ...] | None:
+        process = self.main
+        thread = process.main_thread if process is not None else None
+        return thread.frames if thread is not None else None
+
+
+@dataclass(frozen=True)
+class StackGroup:
+    """Workers whose main threads are at the same place (same functions, whatever the lines)."""
+
+    workers: tuple[int, ...]
+    frames: tuple[Frame, ...]  # the first worker's, innermost first
+    at_sync_point: bool = False  # waiting in a barrier or a multi-host sync
+
+
+@dataclass(frozen=True)
+class StacksReport:
+    """A job's stacks on every worker at one moment, grouped, with the ones that differ."""
+
+    job_id: str
+    node: str
+    taken_at: datetime
+    workers: tuple[WorkerStacks, ...]
+    groups: tuple[StackGroup, ...] = ()  # largest first
+    differing: tuple[int, ...] = ()  # workers whose main thread is elsewhere than the majority
+    verdict: str = ""  # one sentence saying so
+
+    @property
+    def without_stacks(self) -> tuple[int, ...]:
+        return tuple(w.worker for w in self.workers if w.main_stack is None)

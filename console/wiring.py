@@ -35,6 +35,7 @@ from console.sandbox.serving import (
     this_process,
     users,
 )
+from console.services.chip_metrics import ChipMetricsService
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
@@ -42,6 +43,7 @@ from console.services.lifecycle import LifecycleService
 from console.services.probe import ProbeService
 from console.services.remote import RemoteService
 from console.services.settings import Settings
+from console.services.stacks import StacksService
 
 DEFAULT_KEY = "~/.ssh/google_compute_engine"  # the key gcloud creates and installs
 
@@ -301,9 +303,22 @@ class Services:
     def launcher(self) -> LaunchService:
         return LaunchService(self.jobs, self.prober)
 
+    @cached_property
+    def chips(self) -> ChipMetricsService:
+        """Every chip's numbers over the pooled ssh connections (`top`)."""
+        return ChipMetricsService.for_remote(
+            self.remote, self.prober, standin=self.source.is_sandbox
+        )
+
+    @cached_property
+    def stacks(self) -> StacksService:
+        return StacksService(self.remote)
+
     async def aclose(self) -> None:
-        """ssh first (it may still ask the API), then the API, then the history."""
+        """Polling, then ssh (it may still ask the API), then the API, then the history."""
         try:
+            if "chips" in self.__dict__:
+                await self.chips.close()
             await self.remote.close()
             await self.fleet.close()
         finally:

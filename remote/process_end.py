@@ -11,7 +11,14 @@ import traceback
 
 
 def run_and_exit(main):
-    """Run main(); print what stopped it (a message, or the traceback); end with its code."""
+    """Run main(); print what stopped it (a message, or the traceback); end with its code.
+
+    Every runner goes through here, so every runner dumps its threads' stacks on SIGUSR1
+    (remote/stack_dumps.py): the console's stacks view asks for them.
+    """
+    from remote import stack_dumps
+
+    stack_dumps.enable()
     try:
         code = main()
     except SystemExit as exc:
@@ -23,6 +30,7 @@ def run_and_exit(main):
     except BaseException:  # the traceback is the job's last word; then the process goes
         traceback.print_exc()
         code = 1
+    stack_dumps.disable()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 1)

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("jobs", "cmd_jobs"),
     "diagnose": ("diagnose", "cmd_diagnose"),
     "sandbox": ("sandbox", "cmd_sandbox"),
+    "top": ("chips", "cmd_top"),
+    "stacks": ("chips", "cmd_stacks"),
     "": ("tui", "cmd_tui"),
 }
 

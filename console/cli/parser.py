@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_commands(sub)
     _job_commands(sub)
     _sandbox_commands(sub)
+    _chip_commands(sub)
     return parser
 
 
@@ -225,3 +226,22 @@ def _sandbox_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     preempt = sandbox_sub.add_parser("preempt", help="preempt a sandbox spot node, as GCE would")
     preempt.add_argument("node", help="node name, e.g. one you created with --spot")
+
+
+def _chip_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """top, stacks (issue 18): every chip of a node, every worker's stacks of a job."""
+    top = sub.add_parser(
+        "top", help="HBM, duty cycle and holder of every chip of a node's workers, refreshing"
+    )
+    _add_common(top, top=False)
+    _add_reach(top)
+    top.add_argument("node", help="node name")
+    top.add_argument("--json", action="store_true", help="print one reading as JSON and exit")
+    top.add_argument("--count", "-n", type=int, default=None, help="stop after this many readings")
+    stacks = sub.add_parser(
+        "stacks", help="every worker's thread stacks of a running job, grouped, side by side"
+    )
+    _add_common(stacks, top=False)
+    _add_reach(stacks)
+    stacks.add_argument("job", help="job id, or its leading number")
+    stacks.add_argument("--json", action="store_true", help="print JSON")

@@ -26,6 +26,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
             lifecycle=services.lifecycle,
             locks=LockWatch(services.prober),
             launcher=services.launcher,
+            chips=services.chips,
+            stacks=services.stacks,
+            stuck_after_s=settings.stuck_after_s,
         )
         app = TpuConsoleApp(
             screens,

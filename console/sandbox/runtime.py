@@ -188,6 +188,7 @@ class Sandbox:
         self._port_holder: socket.socket | None = None
         self.ssh_port = 0
         self._held_down: set[tuple[int, int]] = set()
+        self._holders: Any = None  # who holds the workers' stand-in chips, shared by all
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -493,7 +494,8 @@ class Sandbox:
         def authorize(user: str, blob: str) -> bool:
             return self.fleet.authorized(zone, name, user, blob)
 
-        server = WorkerServer(self.worker_place(node, worker), host_keys, authorize)
+        place = self.worker_place(node, worker)
+        server = WorkerServer(place, host_keys, authorize, self._metrics_standin(node, worker))
         for _ in range(3):
             try:
                 await server.start(list(self._address_of(node, worker)), self.ssh_port)
@@ -502,6 +504,31 @@ class Sandbox:
                 continue
             return server
         raise OSError(f"no free loopback address for {node.name} w{worker} at {self.ssh_port}")
+
+    def _metrics_standin(self, node: SandboxNode, worker: int):
+        from console.models import accelerator_shape
+        from console.sandbox.chip_standins import HBM_PER_CHIP, DeviceHolders, WorkerMetricsStandIn
+
+        if self._holders is None:
+            self._holders = DeviceHolders(self.dir / "workers")
+        version = accelerator_shape(node.accelerator_type).version
+        return WorkerMetricsStandIn(
+            self.worker_place(node, worker).devices,
+            node.hostname(worker),
+            self._holders,
+            HBM_PER_CHIP.get(version, HBM_PER_CHIP["v4"]),
+        )
+
+    def set_metrics_port_closed(self, zone: str, name: str, worker: int, closed: bool) -> None:
+        """Let a worker's chips be held while nothing answers on its localhost:8431 (a libtpu
+        without runtime metrics, or one told to serve them elsewhere): fault tests."""
+        node = self.fleet.get(zone, name)
+        server = self._servers.get(self._worker_key(node, worker))
+        if server is None or server.metrics is None:
+            raise KeyError(f"{name} w{worker} is not serving")
+        server.metrics.closed = closed
+        if closed:
+            self.call(server.metrics.stop())
 
     def _publish_instances(self) -> None:
         """hostname -> [internal address, port]: what IAP would know, for a stand-in gcloud."""

@@ -13,16 +13,21 @@ import os
 import signal
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 
+from console.adapters.runtime_metrics_proto import DEFAULT_PORT as METRICS_PORT
 from console.models import accelerator_shape
 from console.sandbox.engine_env import engine_env
 from console.sandbox.fleet_state import SandboxNode
 from console.sandbox.local_process import LocalProcess
+
+if TYPE_CHECKING:
+    from console.sandbox.chip_standins import WorkerMetricsStandIn
 
 # AES-GCM runs in hardware through `cryptography`; chacha20-poly1305 costs more CPU per packet.
 FAST_CIPHERS = (
@@ -33,6 +38,8 @@ FAST_CIPHERS = (
     "aes256-ctr",
 )
 
+# The stand-in for libtpu holding the chips: a JAX plugin (jax_plugins/tpuconsole_libtpu_standin).
+LIBTPU_STANDIN = Path(__file__).resolve().parent / "libtpu_standin"
 # Variables of the operator's own shell that must not leak into a "remote" worker: a worker
 # has its own HOME (and so its own Hugging Face cache) and picks its engine below.
 _SCRUBBED_ENV = (
@@ -145,6 +152,8 @@ class WorkerPlace:
             TPUCONSOLE_LOCKFILE=str(self.lockfile),
             TPUCONSOLE_DEVICES=self.devices_glob,
             TPUCONSOLE_SANDBOX="1",
+            # A JAX program opens the stand-in chips as libtpu opens a VM's (see the module).
+            PYTHONPATH=str(LIBTPU_STANDIN),
         )
         if self.hosts > 1:
             env.update(
@@ -213,15 +222,25 @@ async def _feed(reader: asyncssh.SSHReader, proc: LocalProcess) -> None:
 # Whether `user` may log in with the key whose base64 blob is given (the guest agent's and
 # OS Login's decision, made by the sandbox from the node's metadata and profiles).
 Authorize = Callable[[str, str], bool]
+# What answers a direct-tcpip channel to the VM's own localhost:<port> (libtpu's metrics on
+# 8431); None: nothing listens there.
+LocalPort = Callable[[asyncssh.SSHServerConnection], Awaitable[asyncssh.SSHForwarder]]
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 class _TrackedServer(asyncssh.SSHServer):
     """Remembers its connection so the worker can cut it, as a vanished VM would; asks the
     sandbox, for each offered key, whether the VM would accept it for that user."""
 
-    def __init__(self, live: set[asyncssh.SSHServerConnection], authorize: Authorize) -> None:
+    def __init__(
+        self,
+        live: set[asyncssh.SSHServerConnection],
+        authorize: Authorize,
+        local_ports: dict[int, LocalPort] | None = None,
+    ) -> None:
         self._live = live
         self._authorize = authorize
+        self._local_ports = local_ports or {}
         self._conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -241,6 +260,16 @@ class _TrackedServer(asyncssh.SSHServer):
         blob = key.export_public_key("openssh").decode().split()[1]
         return self._authorize(username, blob)
 
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
+        """`ssh -L`/direct-tcpip to the VM's own loopback: what listens there, else refused
+        as sshd refuses a port nobody listens on (the machine's own ports are never reached)."""
+        serve = self._local_ports.get(dest_port)
+        if dest_host.lower() not in _LOOPBACK_NAMES or serve is None or self._conn is None:
+            from console.sandbox.chip_standins import refused
+
+            raise refused()
+        return serve(self._conn)
+
 
 class _WorkerSftp(asyncssh.SFTPServer):
     """SFTP as OpenSSH's sftp-server serves it: relative paths from the user's HOME, absolute
@@ -258,11 +287,16 @@ class WorkerServer:
     """A sandbox worker's sshd: public keys as its VM would accept them, `bash -c` per command."""
 
     def __init__(
-        self, place: WorkerPlace, host_keys: list[asyncssh.SSHKey], authorize: Authorize
+        self,
+        place: WorkerPlace,
+        host_keys: list[asyncssh.SSHKey],
+        authorize: Authorize,
+        metrics: WorkerMetricsStandIn | None = None,
     ) -> None:
         self.place = place
         self.host_keys = host_keys
         self.authorize = authorize
+        self.metrics = metrics  # libtpu's runtime metrics stand-in on localhost:8431
         self.port = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._live: set[asyncssh.SSHServerConnection] = set()
@@ -271,7 +305,7 @@ class WorkerServer:
         """Listen on the worker's own addresses; OSError if one is taken at that port."""
         self.place.materialise()
         self._acceptor = await asyncssh.create_server(
-            lambda: _TrackedServer(self._live, self.authorize),
+            lambda: _TrackedServer(self._live, self.authorize, self._local_ports()),
             hosts,
             port,
             server_host_keys=self.host_keys,
@@ -283,6 +317,11 @@ class WorkerServer:
         )
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self.port
+
+    def _local_ports(self) -> dict[int, LocalPort]:
+        if self.metrics is None:
+            return {}
+        return {METRICS_PORT: self.metrics.open}
 
     def _sftp(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
         return _WorkerSftp(chan, self.place.root)
@@ -296,6 +335,8 @@ class WorkerServer:
         for conn in list(self._live):
             conn.abort()
         self._live.clear()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     async def _run(self, process: asyncssh.SSHServerProcess) -> None:
         command = process.command or "exec bash"

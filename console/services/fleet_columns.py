@@ -65,7 +65,12 @@ COLUMNS: tuple[Column, ...] = (
     # Filled by the probe and job issues; reserved now so the layout does not jump later.
     Column("lock", "TPU LOCK", lambda n, _: "-", lambda n, _: n.name),
     Column("job", "JOB", lambda n, _: "-", lambda n, _: n.name),
+    # Issue 18: min–max over the node's chips, filled while the fleet screen watches the node
+    # (READY with a process on its chips); "-" where nobody polls it (`ls` never does: `top`).
+    Column("hbm", "HBM", lambda n, _: "-", lambda n, _: n.name),
+    Column("duty", "DUTY", lambda n, _: "-", lambda n, _: n.name),
 )
+CHIP_COLUMNS = ("hbm", "duty")
 
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 
 from console.adapters.history_db import HistoryStore
-from console.models import Job
+from console.models import ChipMetrics, Job
 from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
+from console.services.hangs import HangFinding, HangWatch
 from console.services.metrics import JobMetrics
 
 HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
@@ -31,8 +32,13 @@ class JobMonitor:
         history: HistoryStore,
         *,
         clock: Callable[[], float] = time.monotonic,
+        hang: HangWatch | None = None,
     ) -> None:
+        """`hang`: judge "stuck?" per worker by silence and the chips' duty cycle (issue 18)
+        rather than by the whole job's silence alone."""
         self.job_id = job_id
+        self.hang = hang
+        self.hang_verdict: HangFinding | None = None
         self.history = history
         self.diagnoser = Diagnoser()
         self.metrics = JobMetrics()
@@ -53,12 +59,19 @@ class JobMonitor:
     def feed(self, worker: int, data: bytes) -> bool:
         """Newly indexed complete lines of one worker; True if the findings changed."""
         self.output_seen()
+        if self.hang is not None:
+            self.hang.saw_output(worker)
         changed = bool(self.diagnoser.feed_chunk(worker, data))
         if self.metrics.feed_chunk(worker, data):
             changed = True
             for w in self.metrics.done:
                 self._done_at.setdefault(w, self._clock())
         return changed
+
+    def saw_metrics(self, snapshot: ChipMetrics) -> None:
+        """A poll of the job's node's chips: what the hang verdict weighs against silence."""
+        if self.hang is not None:
+            self.hang.saw_metrics(snapshot)
 
     def check(self, job_open: bool, ended: Mapping[int, str]) -> list[Diagnosis]:
         """Hang after DONE and silence, about a job still running; the new ones, recorded.
@@ -78,7 +91,15 @@ class JobMonitor:
             if not ended.get(worker) and now - at > HANG_AFTER_DONE_S
         ]
         running = [w for w, state in ended.items() if not state]
-        if running and now - self.last_data > SILENT_S:
+        if self.hang is not None:
+            for worker, state in ended.items():
+                if state:
+                    self.hang.ended(worker)
+            self.hang_verdict = self.hang.verdict() if running else None
+            verdict = self.hang_verdict
+            if verdict is not None and verdict.stuck and self.hang.settled(verdict):
+                conditions.append(verdict.diagnosis())
+        elif running and now - self.last_data > SILENT_S:
             conditions.append(
                 from_condition("silent", f"no output for {now - self.last_data:.0f} s")
             )

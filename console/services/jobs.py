@@ -36,7 +36,11 @@ NODE_CHECK_S = 15.0
 _RESULTS_PIECE = 1 << 20  # results are read from the copies a piece at a time, GIL held briefly
 EndSink = Callable[[int, int | None], None]
 # Runs the job's script and leaves its exit status (128+N for a signal) where the probe finds it.
-_WRAPPER = 'bash "$1/cmd"; rc=$?; echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
+# The job's folder is in its environment: a runner leaves its stack-dump marker there.
+_WRAPPER = (
+    'export TPUCONSOLE_JOB_DIR="$1"; bash "$1/cmd"; rc=$?; '
+    'echo "$rc" > "$1/rc.tmp"; mv "$1/rc.tmp" "$1/rc"'
+)
 
 
 def check_command(command: str) -> None:

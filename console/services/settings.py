@@ -24,6 +24,7 @@ import platformdirs
 from console.models import ConfigError, FleetError
 
 DEFAULT_REFRESH_S = 10.0
+DEFAULT_STUCK_AFTER_S = 600.0  # silent this long, chips idle: "stuck?" (services/hangs.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Settings:
     home: Path
     sandbox: bool
     refresh_s: float = DEFAULT_REFRESH_S
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
     api_endpoint: str = ""
     ssh_user: str = ""
     ssh_key: str = ""
@@ -95,6 +97,7 @@ CONFIG_KEYS: dict[str, object] = {
     "zone": str,
     "refresh_interval": float,
     "api_endpoint": str,
+    "stuck_after": float,
     "ssh": {
         "user": str,
         "key": str,
@@ -225,6 +228,17 @@ def resolve_settings(
             "Set e.g. refresh_interval = 10.",
             field="refresh_interval",
         )
+    stuck_after = ours.get("stuck_after", DEFAULT_STUCK_AFTER_S)
+    if (
+        not isinstance(stuck_after, (int, float))
+        or isinstance(stuck_after, bool)
+        or (stuck_after <= 0)
+    ):
+        raise ConfigError(
+            f"stuck_after in {toml_path} must be a positive number of seconds.",
+            "Set e.g. stuck_after = 600 (a job silent that long, its chips idle, is stuck?).",
+            field="stuck_after",
+        )
     ssh = ours.get("ssh", {}) if isinstance(ours.get("ssh", {}), dict) else {}
     port = ssh.get("port", 0)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -248,6 +262,7 @@ def resolve_settings(
         home=data_home,
         sandbox=use_sandbox,
         refresh_s=float(refresh),
+        stuck_after_s=float(stuck_after),
         api_endpoint=endpoint or str(ours.get("api_endpoint", "")),
         ssh_user=str(ssh.get("user", "")),
         ssh_key=str(ssh.get("key", "")),

@@ -6,6 +6,7 @@ Rows are updated by node key, so refreshes never move the cursor or the scroll p
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -17,7 +18,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import FleetError, FleetSnapshot, Node
+from console.models import ChipMetrics, FleetError, FleetSnapshot, Node
+from console.services.chip_metrics import MetricsWatch
 from console.services.fleet_columns import (
     COLUMNS,
     matches,
@@ -78,6 +80,8 @@ class FleetScreen(ConsoleScreen[None]):
         self.loaded_at: datetime | None = None
         self.marked: set[str] = set()
         self._carried_zones: set[str] = set()
+        self._chip_watches: dict[str, MetricsWatch] = {}
+        self._chips_paused = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -197,8 +201,58 @@ class FleetScreen(ConsoleScreen[None]):
         now = self.app.now()
         nodes = [n for n in self.snapshot.nodes if matches(n, self.filter_text)]
         nodes = sort_nodes(nodes, self.sort_column, self.sort_reverse, now)
-        self.table.show(nodes, now, self.lock_status, self.marked)
+        self._watch_chips()
+        self.table.show(nodes, now, self.lock_status, self.marked, self.chips_of)
         self.query_one("#status", Static).update(self._status_text(loading=self.refreshing))
+
+    # ----- HBM and DUTY: the chips of READY nodes a process holds, polled while shown --------
+    def chips_wanted(self) -> dict[str, Node]:
+        """READY nodes whose last probe found a process on the chips (a job, or a leftover)."""
+        if self.snapshot is None or self._chips_paused:
+            return {}
+        probes = self.services.locks.probes
+        return {
+            n.key: n
+            for n in self.snapshot.nodes
+            if n.state == "READY"
+            and any(p.report is not None and p.report.holders for p in probes.get(n.key, ()))
+        }
+
+    def chips_of(self, node: Node) -> ChipMetrics | None:
+        if node.key not in self._chip_watches:
+            return None
+        return self.services.chips.latest(node.key)
+
+    def _watch_chips(self) -> None:
+        wanted = self.chips_wanted()
+        for key in [k for k in self._chip_watches if k not in wanted]:
+            watch = self._chip_watches.pop(key)
+            self.run_worker(watch.close(), group="chip-watch")
+            if self.query("#fleet"):
+                self.table.show_chips(key, None)
+        for key, node in wanted.items():
+            if key not in self._chip_watches:
+                self._chip_watches[key] = self.services.chips.watch(
+                    node, functools.partial(self._chips_polled, key)
+                )
+
+    def _chips_polled(self, key: str, metrics: ChipMetrics) -> None:
+        if key in self._chip_watches and self.query("#fleet"):
+            self.table.show_chips(key, metrics)
+
+    def on_screen_suspend(self) -> None:
+        """Another screen on top: nobody sees the columns, so they are not polled."""
+        self._chips_paused = True
+        self._watch_chips()
+
+    def on_screen_resume(self) -> None:
+        self._chips_paused = False
+        self._watch_chips()
+
+    def on_unmount(self) -> None:
+        watches, self._chip_watches = list(self._chip_watches.values()), {}
+        for watch in watches:
+            self.app.run_worker(watch.close(), group="chip-watch")
 
     def cursor_node_key(self) -> str | None:
         return self.table.cursor_node_key()

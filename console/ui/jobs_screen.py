@@ -65,6 +65,7 @@ class JobsScreen(ConsoleScreen[None]):
         Binding("x", "stop_job", "Stop job"),
         Binding("R", "rerun", "Re-run"),
         Binding("d", "describe", "Describe"),
+        Binding("t", "stacks", "Stacks"),
         Binding("question_mark", "app.help", "Help"),
     ]
 
@@ -156,6 +157,21 @@ class JobsScreen(ConsoleScreen[None]):
 
         record = await asyncio.to_thread(self.services.history.get, job.job_id)
         self.app.push_screen(JobDetailScreen(record or job))
+
+    def action_stacks(self) -> None:
+        """Every worker's stacks of the job under the cursor, side by side."""
+        from console.ui.stacks_screen import StacksScreen
+
+        job = self._cursor_job()
+        if job is None:
+            return
+        if not job.open:
+            self.notify(
+                f"Job {job.job_id} is not running ({job.status}): no stacks to take.",
+                severity="warning",
+            )
+            return
+        self.app.push_screen(StacksScreen(job))
 
     def action_stop_job(self) -> None:
         from console.ui.confirm_screen import ConfirmScreen

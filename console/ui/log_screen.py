@@ -18,7 +18,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import FleetError, Job, NodeGone
+from console.models import ChipMetrics, FleetError, Job, Node, NodeGone
+from console.services.chip_metrics import MetricsWatch
 from console.services.diagnosis import Diagnoser
 from console.services.job_monitor import JobMonitor
 from console.services.log_index import LogIndex, Query, QueryCancelled
@@ -26,6 +27,7 @@ from console.services.metrics import JobMetrics
 from console.services.terminal_text import plain_text
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import Piece, styled
+from console.ui.widgets.duty_sparklines import DutySparklines, duty_lines
 from console.ui.widgets.findings_panel import FindingsPanel
 from console.ui.widgets.log_view import LogView
 from console.ui.widgets.status_line import StatusLine
@@ -49,6 +51,7 @@ class LogScreen(ConsoleScreen[None]):
             for k in range(1, 10)
         ],
         Binding("s", "save", "Save"),
+        Binding("t", "stacks", "Stacks"),
         Binding("question_mark", "app.help", "Help"),
     ]
 
@@ -70,18 +73,21 @@ class LogScreen(ConsoleScreen[None]):
         self._search_after_view: tuple[int, bool] | None = None
         self.view_filter = ""  # the view asked for, shown once made
         self.view_workers: frozenset[int] = frozenset(self.ended)
+        self._chips_watch: MetricsWatch | None = None
+        self.chip_metrics: ChipMetrics | None = None
 
     def compose(self) -> ComposeResult:
         paths = {
             w.worker: self.services.jobs.log_path(self.job.job_id, w.worker)
             for w in self.job.workers
         }
-        self.monitor = self.services.monitor(self.job.job_id)
+        self.monitor = self.services.monitor(self.job.job_id, self.job)
         self.index = LogIndex(paths)
         self.index.on_lines = self._scan_lines
         yield Header()
         yield Static("", id="log-banner", classes="banner", markup=False)
         yield StatusLine(id="log-status")
+        yield DutySparklines(id="log-duty")
         yield FindingsPanel(id="log-diagnosis")
         yield LogView(self.index, id="log")
         yield Input(id="log-input", classes="bottom-input")
@@ -114,6 +120,38 @@ class LogScreen(ConsoleScreen[None]):
         self._stop_queries()
         self._indexer.cancel()
         self.index.close()
+        if self._chips_watch is not None:
+            self.app.run_worker(self._chips_watch.close(), group="chip-watch")
+
+    # ----- the chips: a duty sparkline per worker, and what "stuck?" weighs ----------------------
+    def _watch_chips(self, node: Node) -> None:
+        if self._chips_watch is None and self.job.open and self.is_attached:
+            self._chips_watch = self.services.chips.watch(node, self._chips_polled)
+
+    def _chips_polled(self, metrics: ChipMetrics) -> None:
+        self.chip_metrics = metrics
+        self.monitor.saw_metrics(metrics)
+        if not self.query("#log-duty"):
+            return
+        history = {
+            w.worker: [d for _, d in self.services.chips.duty_history(metrics.node, w.worker)]
+            for w in metrics.workers
+        }
+        sparklines = self.query_one("#log-duty", DutySparklines)
+        sparklines.text = duty_lines(metrics, history)
+        sparklines.add_class("shown")
+
+    def action_stacks(self) -> None:
+        """Every worker's stacks of this job, side by side (`tpuconsole stacks JOB`)."""
+        from console.ui.stacks_screen import StacksScreen
+
+        if not self.job.open:
+            self.notify(
+                f"Job {self.job.job_id} is not running ({self.job.status}): no stacks to take.",
+                severity="warning",
+            )
+            return
+        self.app.push_screen(StacksScreen(self.job))
 
     async def _index_forever(self) -> None:
         """Index what the streams wrote, in short slices, yielding between them.
@@ -167,6 +205,7 @@ class LogScreen(ConsoleScreen[None]):
         jobs = self.services.jobs
         try:
             node = await self.services.fleet.get_node(self.job.zone, self.job.node)
+            self._watch_chips(node)
             await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)

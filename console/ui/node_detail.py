@@ -15,7 +15,9 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.models import FleetError, Node, format_age
+from console.models import ChipMetrics, FleetError, Node, format_age
+from console.present.chips import CHIP_HEADER, STANDIN_NOTE, chip_rows, worker_reasons
+from console.services.chip_metrics import MetricsWatch
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable, plain, styled
 from console.ui.styling import health_text, provisioning_text, state_text
@@ -137,6 +139,8 @@ class NodeDetailScreen(ConsoleScreen[None]):
     def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
+        self._chips_watch: MetricsWatch | None = None
+        self.chip_metrics: ChipMetrics | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -150,6 +154,12 @@ class NodeDetailScreen(ConsoleScreen[None]):
             for title in ("WORKER", "INTERNAL IP", "EXTERNAL IP", "RUNTIME PORT"):
                 table.add_column(title, key=title.lower())
             yield table
+            yield Static("Chips", classes="section", markup=False)
+            yield Static("", id="chips-note", markup=False)
+            chips: DataTable = PlainTable(id="chips", cursor_type="row")
+            for title in CHIP_HEADER:
+                chips.add_column(title, key=title.lower())
+            yield chips
             yield Static("Events", classes="section", markup=False)
             events: DataTable = PlainTable(id="events", cursor_type="row")
             for title in ("WHEN", "WHAT", "SEEN BY", "DETAIL"):
@@ -161,6 +171,38 @@ class NodeDetailScreen(ConsoleScreen[None]):
         self.sub_title = f"{self.app.mode} · {self.node.zone}/{self.node.name}"
         self._show(self.node)
         self.set_interval(self.app.refresh_s, self.action_refresh)
+        # Every chip of every worker, about once a second while this screen shows: on demand,
+        # whatever the node's state (a node that is not READY says why it has no numbers).
+        self.query_one("#chips-note", Static).update("reading the chips' runtime metrics…")
+        self._chips_watch = self.services.chips.watch(self.node, self._chips_polled)
+
+    def on_unmount(self) -> None:
+        # Closed off the screen's removal: a poll in flight must not hold up going back.
+        if self._chips_watch is not None:
+            self.app.run_worker(self._chips_watch.close(), group="chip-watch")
+
+    def _chips_polled(self, metrics: ChipMetrics) -> None:
+        """One poll: each chip's row changes in place; the reasons for missing numbers below."""
+        if not self.query("#chips"):
+            return
+        self.chip_metrics = metrics
+        table = self.query_one("#chips", DataTable)
+        wanted = {}
+        for row in chip_rows(metrics):
+            wanted[f"{row[0]}/{row[1]}"] = row
+        for row_key in [k for k in table.rows if k.value not in wanted]:
+            table.remove_row(row_key)
+        for key, row in wanted.items():
+            if key in table.rows:
+                for column, old, new in zip(CHIP_HEADER, table.get_row(key), row, strict=True):
+                    if str(old) != new:  # PlainTable holds each cell as a plain Text
+                        table.update_cell(key, column.lower(), new, update_width=True)
+            else:
+                table.add_row(*row, key=key)
+        notes = worker_reasons(metrics)
+        if metrics.standin:
+            notes.append(STANDIN_NOTE + ".")
+        self.query_one("#chips-note", Static).update("\n".join(notes))
 
     def _show(self, node: Node) -> None:
         self.node = node

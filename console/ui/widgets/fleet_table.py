@@ -15,7 +15,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from console.models import Node
+from console.models import ChipMetrics, Node
+from console.present.chips import duty_cell, hbm_cell
 from console.services.fleet_columns import COLUMNS, row_texts
 from console.ui.plain import PlainTable
 from console.ui.styling import health_text, provisioning_text, state_text
@@ -33,8 +34,26 @@ def lock_text(status: str) -> Text:
     return Text(status, style="bold yellow")
 
 
+def chip_texts(metrics: ChipMetrics | None) -> tuple[Text, Text]:
+    """HBM and DUTY cells: numbers plain, a reason (no program, port closed…) dim or yellow."""
+    out = []
+    for text in (hbm_cell(metrics), duty_cell(metrics)):
+        if text == "-" or "idle" in text:
+            style = "dim"
+        elif text[:1].isdigit():
+            style = "yellow" if "?" in text else ""
+        else:
+            style = "yellow"
+        out.append(Text(text, style=style))
+    return out[0], out[1]
+
+
 def styled_cells(
-    node: Node, now: datetime, lock: str = "-", marked: bool = False
+    node: Node,
+    now: datetime,
+    lock: str = "-",
+    marked: bool = False,
+    chips: ChipMetrics | None = None,
 ) -> list[Text | str]:
     cells: list[Text | str] = list(row_texts(node, now))
     keys = [c.key for c in COLUMNS]
@@ -46,6 +65,7 @@ def styled_cells(
     if marked:
         cells[keys.index("name")] = Text("✓ " + node.name, style="bold reverse")
     cells[keys.index("job")] = Text("-", style="dim")
+    cells[keys.index("hbm")], cells[keys.index("duty")] = chip_texts(chips)
     return cells
 
 
@@ -99,6 +119,7 @@ class FleetTable(PlainTable):
         now: datetime,
         lock_of: Callable[[Node], str],
         marked: set[str],
+        chips_of: Callable[[Node], ChipMetrics | None] = lambda _node: None,
     ) -> None:
         """Bring the rows to these nodes, in this order, by key: remove, add, update, reorder."""
         nodes = list(nodes)
@@ -108,7 +129,7 @@ class FleetTable(PlainTable):
             if row_key.value not in wanted:
                 self.remove_row(row_key)
         for node in nodes:
-            cells = styled_cells(node, now, lock_of(node), node.key in marked)
+            cells = styled_cells(node, now, lock_of(node), node.key in marked, chips_of(node))
             if node.key in self.rows:
                 current = self.get_row(node.key)
                 for column, old, new in zip(COLUMNS, current, cells, strict=True):
@@ -125,6 +146,14 @@ class FleetTable(PlainTable):
             index = self.get_row_index(cursor_key)
             if index != self.cursor_row:
                 self.move_cursor(row=index, scroll=False)
+
+    def show_chips(self, key: str, metrics: ChipMetrics | None) -> None:
+        """A poll of one node's chips: its HBM and DUTY cells change in place, nothing else."""
+        if key not in self.rows:
+            return
+        for column, new in zip(("hbm", "duty"), chip_texts(metrics), strict=True):
+            if not _same(self.get_cell(key, column), new):
+                self.update_cell(key, column, new, update_width=True)
 
     def cursor_node_key(self) -> str | None:
         if self.row_count == 0:

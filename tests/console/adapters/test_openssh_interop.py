@@ -143,3 +143,55 @@ async def test_a_wrong_host_key_is_refused_by_alias(sshd, tmp_path: Path) -> Non
         assert getattr(err.value, "kind", "") == "host_key"
     finally:
         await pool.close()
+
+
+async def test_a_closed_port_is_refused_alike_by_openssh_and_the_sandbox(
+    pool_and_target, remote
+) -> None:
+    """What a direct-tcpip channel to a port nobody listens on gets from OpenSSH's sshd, the
+    sandbox's workers answer for libtpu's port while no TPU program runs."""
+    pool, target = pool_and_target
+    openssh = await pool.connection(target)
+    with pytest.raises(asyncssh.ChannelOpenError) as real:
+        await openssh.conn.open_connection("127.0.0.1", _free_port())
+    node = await remote.fleet.find_node("demo-v4-8")
+    (worker,) = await remote.targets(node, "0")
+    sandbox_conn = await remote.pool.connection(worker)
+    with pytest.raises(asyncssh.ChannelOpenError) as standin:
+        await sandbox_conn.conn.open_connection("localhost", 8431)
+    assert (real.value.code, real.value.reason) == (
+        asyncssh.OPEN_CONNECT_FAILED,
+        "Connection refused",
+    )
+    assert (standin.value.code, standin.value.reason) == (real.value.code, real.value.reason)
+
+
+async def test_runtime_metrics_are_read_through_openssh_with_local_credentials(
+    pool_and_target, tmp_path: Path
+) -> None:
+    """The tunnel (a private UNIX socket, one direct-tcpip channel per gRPC connection) through
+    a real sshd to a local-credentials gRPC server: the way to a VM's libtpu on localhost."""
+    from console.adapters.runtime_metrics import MetricsError, RuntimeMetricsReader
+    from console.sandbox.chip_standins import DeviceHolders, WorkerMetricsStandIn
+
+    pool, target = pool_and_target
+    device = tmp_path / "dev" / "accel0"
+    device.parent.mkdir()
+    device.touch()
+    standin = WorkerMetricsStandIn((device,), "vm-0", DeviceHolders(tmp_path), 32 << 30)
+    port = await standin._ensure_server()
+    reader = RuntimeMetricsReader(pool, port=port)
+    closed = RuntimeMetricsReader(pool, port=_free_port())
+    try:
+        with open(device, "rb"):  # this process holds the "chip"
+            reading = await reader.read(target)
+            assert reading.chips == (0,) and reading.hbm_used[0] > 0
+            assert reading.hbm_total == {0: 32 << 30}
+            assert "tpu.runtime.tensorcore.dutycycle.percent" in await reader.supported(target)
+        with pytest.raises(MetricsError) as refused:
+            await closed.read(target)
+        assert refused.value.kind == "refused" and "Connection refused" in refused.value.reason
+    finally:
+        await reader.close()
+        await closed.close()
+        await standin.stop()

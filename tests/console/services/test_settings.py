@@ -111,6 +111,15 @@ def test_the_os_login_account_is_gclouds_core_account(tmp_path: Path) -> None:
     assert resolve_settings(env=env, user_home=tmp_path).account == "carol@example.com"
 
 
+def test_stuck_after_is_read_from_our_config_and_checked(tmp_path: Path) -> None:
+    assert resolve_settings(env={}, user_home=tmp_path).stuck_after_s == 600.0
+    env = _ours(tmp_path, "stuck_after = 90\n")
+    assert resolve_settings(env=env, user_home=tmp_path).stuck_after_s == 90.0
+    env = _ours(tmp_path, 'stuck_after = "soon"\n')
+    with pytest.raises(ConsoleError, match="stuck_after in .* must be a positive number"):
+        resolve_settings(env=env, user_home=tmp_path)
+
+
 def test_a_misspelt_key_is_refused_with_its_file_and_the_key_meant(tmp_path: Path) -> None:
     """`projcet = "p"` used to be ignored: the console opened on the sandbox as if unset."""
     env = _ours(tmp_path, 'projcet = "p"\n')
