@@ -39,6 +39,8 @@ from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
 from console.services.lifecycle import LifecycleService
+from console.services.managed import ManagedService
+from console.services.notify import Notifier
 from console.services.probe import ProbeService
 from console.services.remote import RemoteService
 from console.services.settings import Settings
@@ -301,9 +303,31 @@ class Services:
     def launcher(self) -> LaunchService:
         return LaunchService(self.jobs, self.prober)
 
+    @cached_property
+    def notifier(self) -> Notifier:
+        """The user's [notify] hooks; front ends add their own sinks (a toast, the bell)."""
+        s = self.settings
+        return Notifier(s.notify_command, s.notify_webhook, say=self.say)
+
+    @cached_property
+    def managed(self) -> ManagedService:
+        return ManagedService(
+            self.fleet,
+            self.history,
+            self.jobs,
+            self.lifecycle,
+            self.launcher,
+            self.notifier,
+            say=self.say,
+        )
+
     async def aclose(self) -> None:
-        """ssh first (it may still ask the API), then the API, then the history."""
+        """Recoveries and hooks first, ssh (it may still ask the API), the API, the history."""
         try:
+            if "managed" in self.__dict__:
+                await self.managed.close()
+            elif "notifier" in self.__dict__:
+                await self.notifier.drain()
             await self.remote.close()
             await self.fleet.close()
         finally:

@@ -95,8 +95,12 @@ class JobService:
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         ship_runners: bool = False,
+        attempt_of: str | None = None,
     ) -> Job:
         """Record the job, ship remote/ when its program is there, start it on every target.
+
+        `attempt_of` makes it an attempt of a managed job ("" for the first, whose id becomes
+        the managed job's): TPUCONSOLE_JOB in its environment then names that one id.
 
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
@@ -113,8 +117,11 @@ class JobService:
             workers=tuple(JobWorker(t.worker) for t in targets),
             env=dict(env or {}),
             params=dict(params or {}),
+            attempt_of=attempt_of or "",
         )
         job = self._record(job)  # before anything runs: the record is never lost
+        if attempt_of is not None:
+            env = {**(env or {}), "TPUCONSOLE_JOB": attempt_of or job.job_id}
         if ship_runners:
             failed = await self._ship_runners(targets)
             if failed:

@@ -420,6 +420,13 @@ GRPO = Template(
             "orbax checkpoints (resumed when present; multi-host: gs://… every host sees)",
             "--checkpoint-dir",
         ),
+        Param(
+            "save_interval_steps",
+            "int",
+            "a checkpoint every N steps (the runner's default: 500)",
+            "--save-interval-steps",
+            minimum=1,
+        ),
     ),
     presets={
         "toy": {"model": "toy", "steps": 4, "rollout_engine": "vanilla"},
