@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("jobs", "cmd_jobs"),
     "diagnose": ("diagnose", "cmd_diagnose"),
     "sandbox": ("sandbox", "cmd_sandbox"),
+    "watch": ("managed", "cmd_watch"),
     "": ("tui", "cmd_tui"),
 }
 

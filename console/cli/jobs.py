@@ -34,6 +34,10 @@ def _job_goes_on(job: Job) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.managed:
+        from console.cli.managed import cmd_launch_managed
+
+        return cmd_launch_managed(args)
     if len(args.target) == 1 and not args.remote_argv:
         return fail(
             "launch needs a template and a node (tpuconsole launch multi-engine "
@@ -197,6 +201,14 @@ async def _show(services: Services, args: argparse.Namespace) -> int:
 
 async def _stop(services: Services, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
+    if job.managed is not None and job.managed.open:
+        # Stopping a managed job stops its attempt now, and no watcher brings it back.
+        if not confirmed(args, f"Stop managed job {job.job_id} (no more recoveries)?"):
+            return 1
+        services.history.set_managed(job.job_id, state="cancelled", note="stopped by the user")
+        print(f"managed job {job.job_id} cancelled; stopping its attempt {job.managed.current}")
+        job = services.jobs.get(job.managed.current)
+        args.yes = True
     if not job.open:
         print(f"job {job.job_id} is already {job.status}; nothing to stop")
         return 0

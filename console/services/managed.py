@@ -478,5 +478,5 @@ class ManagedService:
             raise
 
     def _tell(self, event: str, job_id: str, status: str, node: str, text: str) -> None:
-        self.say(text)
+        """To every sink and hook (the front ends show it through their sinks)."""
         self.notifier.tell_soon(JobEvent(event, job_id, status, node, text))
