@@ -423,8 +423,9 @@ GRPO = Template(
         Param(
             "save_interval_steps",
             "int",
-            "a checkpoint every N steps (the runner's default: 500)",
+            "a checkpoint every N steps (with checkpoint_dir)",
             "--save-interval-steps",
+            500,
             minimum=1,
         ),
     ),

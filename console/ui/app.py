@@ -17,6 +17,8 @@ from textual.notifications import SeverityLevel
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.lifecycle import LifecycleService
+from console.services.managed import ManagedService
+from console.services.notify import JobEvent
 from console.services.probe import ProbeService
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
@@ -40,8 +42,10 @@ class TpuConsoleApp(App):
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
         others_using: Callable[[], list[str]] | None = None,
+        managed: ManagedService | None = None,
     ) -> None:
         super().__init__()
+        self.managed = managed  # recovers managed jobs while the console is open
         self.fleet = fleet
         self.jobs = jobs
         self.prober = prober
@@ -85,6 +89,16 @@ class TpuConsoleApp(App):
             remote.notices.append(lambda text: self.notify(text, timeout=8))
         if self.jobs is not None:
             self.run_worker(self._reconcile_jobs(), group="reconcile")
+        if self.managed is not None:
+            self.managed.notifier.sinks.append(self._job_event)
+            self.managed.notifier.desktop = not self.is_headless
+            self.run_worker(self.managed.run_forever(), group="managed")
+
+    def _job_event(self, event: JobEvent) -> None:
+        """A managed job's news: a notification and the terminal's bell, wherever one looks."""
+        bad = event.event in {"failed", "gave_up", "preempted", "stuck"}
+        self.notify(event.text, severity="warning" if bad else "information", timeout=15)
+        self.bell()
 
     async def _reconcile_jobs(self) -> None:
         """Jobs launched before this start: follow the live ones, mark the vanished lost."""
