@@ -289,7 +289,9 @@ class Services:
 
     @cached_property
     def jobs(self) -> JobService:
-        return JobService(self.remote, self.history, self.settings.home)
+        return JobService(
+            self.remote, self.history, self.settings.home, log_bucket=self.settings.log_bucket
+        )
 
     @cached_property
     def prober(self) -> ProbeService:

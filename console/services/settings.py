@@ -263,6 +263,13 @@ def resolve_settings(
             field="notify.webhook",
         )
     bucket = jobs.get("log_bucket", "")
+    if bucket.startswith("/") and not use_sandbox:
+        raise ConfigError(
+            f"jobs.log_bucket in {toml_path} is a local folder ({bucket}); only the sandbox "
+            "takes one, as its stand-in for a bucket: a VM's own disk goes with the VM.",
+            'Write e.g. log_bucket = "gs://my-bucket/tpuconsole-logs" under [jobs].',
+            field="jobs.log_bucket",
+        )
     if bucket and not bucket.startswith(("gs://", "/")):
         raise ConfigError(
             f"jobs.log_bucket in {toml_path} must be a gs:// URL (or, on the sandbox, a local "
