@@ -38,6 +38,10 @@ from console.services.notify import JobEvent, Notifier
 
 GONE_STATES = frozenset({"PREEMPTED", "TERMINATED", "STOPPED", "STOPPING", "DELETING"})
 RECOVERY = "TPUCONSOLE_RECOVERY"
+# A recovery that failed (no room in any zone, a setup step failing) is tried again after
+# 10 s, doubling up to 5 minutes, as SkyPilot's controller backs off its launches.
+RETRY_FIRST_S = 10.0
+RETRY_MAX_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class ManagedService:
         self._acting: dict[str, asyncio.Future] = {}  # managed id -> its recovery under way
         self._followers: dict[str, asyncio.Future] = {}  # run id -> its follower
         self._held: set[str] = set()  # the managed jobs whose lease this process holds
+        self._failures: dict[str, tuple[int, float]] = {}  # id -> (failed tries, retry at)
 
     # ----- launch ------------------------------------------------------------------------------
     async def launch(self, spec: ManagedSpec, progress: ProgressSink | None = None) -> Job:
@@ -252,8 +257,18 @@ class ManagedService:
                 self._acting.pop(record.job_id)
                 with contextlib.suppress(asyncio.CancelledError):
                     if (exc := task.exception()) is not None:
-                        said.append(f"job {record.job_id}: {exc}")
+                        tries = self._failures.get(record.job_id, (0, 0.0))[0] + 1
+                        wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (tries - 1))
+                        now = asyncio.get_running_loop().time()
+                        self._failures[record.job_id] = (tries, now + wait)
+                        said.append(f"job {record.job_id}: {exc} (trying again in {wait:.0f} s)")
+                        self.history.set_managed(record.job_id, note=said[-1])
                         self.say(said[-1])
+                    else:
+                        self._failures.pop(record.job_id, None)
+            _, retry_at = self._failures.get(record.job_id, (0, 0.0))
+            if asyncio.get_running_loop().time() < retry_at:
+                continue  # a recovery that failed: tried again after its backoff
             said.extend(await self._look(record))
         return said
 
