@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,18 +23,22 @@ RUN = (
 )
 
 
-def write_config(tmp_path: Path, hook_log: Path) -> None:
+def write_config(tmp_path: Path, hook_log: Path) -> Path:
     config = Path(os.environ["XDG_CONFIG_HOME"]) / "tpuconsole" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     hook = f'echo "$TPUCONSOLE_EVENT $TPUCONSOLE_JOB $TPUCONSOLE_STATUS" >> {hook_log}'
-    config.write_text(f"[notify]\ncommand = {json.dumps(hook)}\n")
+    bucket = tmp_path / "bucket-stand-in"  # the sandbox's stand-in for gs://
+    config.write_text(
+        f"[notify]\ncommand = {json.dumps(hook)}\n[jobs]\nlog_bucket = {json.dumps(str(bucket))}\n"
+    )
+    return bucket
 
 
 def test_two_watch_processes_recover_a_preempted_managed_job_once(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     hook_log = tmp_path / "hook.log"
-    write_config(tmp_path, hook_log)
+    bucket = write_config(tmp_path, hook_log)
     home = Path(os.environ["TPUCONSOLE_HOME"])
     with Sandbox.start(home, timing=FAST) as sandbox:
         assert main(["delete", "demo-spot-v4-8", "--yes"]) == 0  # its spot chips freed
@@ -42,6 +47,12 @@ def test_two_watch_processes_recover_a_preempted_managed_job_once(
         out = capsys.readouterr().out
         assert "started managed job" in out
         job_id = out.split("started managed job ")[1].split()[0]
+        # No console follows it: what it writes reaches the bucket from the worker itself.
+        copy = bucket / job_id / "w0.log"
+        deadline = time.monotonic() + 60
+        while not (copy.exists() and "attempt 0" in copy.read_text()):
+            assert time.monotonic() < deadline, "the worker never copied its log"
+            time.sleep(0.1)
         sandbox.fleet.preempt(ZONE, "managed-spot")  # `sandbox preempt`, in its server
         watch = [sys.executable, "-m", "console.cli", "watch", "--until-done", "--poll", "0.3"]
         watchers = [
@@ -61,5 +72,8 @@ def test_two_watch_processes_recover_a_preempted_managed_job_once(
     assert events == ["preempted", "recovered", "ended"], events
     said = "".join(o for o, _ in outs)
     assert said.count("recovered:") == 1, outs
-    assert main(["logs", second["job_id"]]) == 0
-    assert f"attempt 1 of {job_id}" in capsys.readouterr().out
+    # The managed job's logs are every attempt's, in order, each named on stderr.
+    assert main(["logs", job_id]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.splitlines() == [f"[w0] attempt 0 of {job_id}", f"[w0] attempt 1 of {job_id}"]
+    assert f"attempt 2 of {job_id}: run {second['job_id']}" in shown.err
