@@ -36,7 +36,11 @@ from console.services.launch import LaunchService
 from console.services.lifecycle import CreateRequest, LifecycleService, ProgressSink
 from console.services.notify import JobEvent, Notifier
 
-GONE_STATES = frozenset({"PREEMPTED", "TERMINATED", "STOPPED", "STOPPING", "DELETING"})
+# The node is lost to the job: recovered. A node someone stopped is not (that is their call):
+# the job waits for it to be started, then runs again on it, set up afresh.
+GONE_STATES = frozenset({"PREEMPTED", "TERMINATED", "DELETING"})
+STOPPED_STATES = frozenset({"STOPPING", "STOPPED", "STARTING"})
+ON_THE_WAY = frozenset({"CREATING", "RESTARTING", "REPAIRING", "STARTING"})
 RECOVERY = "TPUCONSOLE_RECOVERY"
 # A recovery that failed (no room in any zone, a setup step failing) is tried again after
 # 10 s, doubling up to 5 minutes, as SkyPilot's controller backs off its launches.
@@ -168,6 +172,10 @@ class ManagedService:
 
         The run's id becomes the managed job's; the lease is this process's from the start.
         """
+        if not spec.node.zones:
+            raise FleetError(
+                f"No zone for {spec.node.name}.", "Give --zone (the first is tried first)."
+            )
         node = await self._node_or_none(spec.node.zones[0], spec.node.name)
         if node is not None and node.state != "READY":
             raise FleetError(
@@ -281,6 +289,8 @@ class ManagedService:
             self.history.set_managed(record.job_id, state="failed", note="its run is missing")
             return []
         node = await self._node_or_none(run.zone, run.node)
+        if node is not None and node.state in STOPPED_STATES:
+            return []  # stopped by someone: recovered once it is started again
         gone = node is None or node.state in GONE_STATES
         if gone or run.status == "lost":
             state = "GONE" if node is None else node.state
@@ -388,12 +398,21 @@ class ManagedService:
         self._tell("recovered", record.job_id, "running", node.name, text)
 
     async def _fresh_node(self, spec: ManagedSpec, run: Job) -> Node:
+        """A READY node for the next attempt: the one there if READY (recreated by a try that
+        did not finish, or started again), else the lost one deleted and a new one created."""
         node = await self._node_or_none(run.zone, run.node)
-        if node is not None and node.state != "READY":
-            await self._delete(node)
-            node = None
+        while node is not None and node.state in ON_THE_WAY:  # the API says when it is done
+            await asyncio.sleep(self.poll_s)
+            node = await self._node_or_none(run.zone, run.node)
+        if node is not None and node.state == "READY":
+            _, failed = await self.lifecycle.check_ssh(node)
+            if failed:
+                raise StepFailed(f"{node.name} is READY but ssh fails: {'; '.join(failed)}")
+            return node
+        if node is not None and node.state in STOPPED_STATES:
+            raise StepFailed(f"{node.name} is {node.state}; start it and the job runs again")
         if node is not None:
-            return node  # recreated by a try that did not finish: used as it is
+            await self._delete(node)
         return await self._create(spec, None, after=run.zone)
 
     async def _delete(self, node: Node) -> None:

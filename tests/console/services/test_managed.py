@@ -316,3 +316,24 @@ def test_the_lease_of_a_dead_holder_is_taken_over_at_once(tmp_path: Path) -> Non
     assert store.lease_holder("managed:1-a") == "alive:2"
     assert not HistoryStore(tmp_path / "h.db").take_lease("managed:1-a", "third:3", 30)
     store.close()
+
+
+async def test_a_node_someone_stopped_is_never_deleted_and_the_job_runs_again_once_started(
+    sandbox: Sandbox, managed: ManagedService, jobs: JobService
+) -> None:
+    run = 'echo "attempt $TPUCONSOLE_RECOVERY"; [ "$TPUCONSOLE_RECOVERY" = 1 ] || sleep 600'
+    job = await _custom_managed(managed, run, ())
+    node_id = sandbox.fleet.get("us-central2-b", "demo-v4-8").node_id
+    node = await managed.fleet.get_node("us-central2-b", "demo-v4-8")
+    await managed.lifecycle.change("stop", node)
+    for _ in range(5):  # looks while it is stopped: nothing is done to it
+        await managed.check()
+    assert sandbox.fleet.get("us-central2-b", "demo-v4-8").state == "STOPPED"
+    assert jobs.history.managed(job.job_id).recoveries == 0
+    await managed.lifecycle.change("start", await managed.fleet.get_node(*node.key.split("/")))
+    await managed.run_forever(until_done=True)
+    record = jobs.history.managed(job.job_id)
+    assert record is not None and record.state == "succeeded" and record.recoveries == 1
+    assert sandbox.fleet.get("us-central2-b", "demo-v4-8").node_id == node_id  # the same VM
+    kinds = [e.kind for e in jobs.history.events_for("us-central2-b", "demo-v4-8")]
+    assert "delete" not in kinds
