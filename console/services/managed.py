@@ -310,7 +310,8 @@ class ManagedService:
             status = "lost" if why_kind == "preempted" else "failed"
             if run.open:
                 self.history.set_status(run.job_id, "lost", why)
-            note = f"{why}; gave up after {record.recoveries} recoveries (--max-recoveries)"
+            times = f"{record.recoveries} recover{'y' if record.recoveries == 1 else 'ies'}"
+            note = f"{why}; gave up after {times} (--max-recoveries {spec.max_recoveries})"
             self.history.set_managed(record.job_id, state="gave_up", note=note)
             self._tell("gave_up", record.job_id, status, run.node, f"job {record.job_id}: {note}")
             return note
@@ -334,7 +335,8 @@ class ManagedService:
             self.history.set_managed(record.job_id, state="succeeded")
             text = f"job {record.job_id} succeeded on {run.node}"
             if record.recoveries:
-                text += f" after {record.recoveries} recoveries"
+                n = record.recoveries
+                text += f" after {n} recover{'y' if n == 1 else 'ies'}"
             self._tell("ended", record.job_id, "succeeded", run.node, text)
             return text
         if run.status == "killed":

@@ -96,7 +96,7 @@ class TpuConsoleApp(App):
 
     def _job_event(self, event: JobEvent) -> None:
         """A managed job's news: a notification and the terminal's bell, wherever one looks."""
-        bad = event.event in {"failed", "gave_up", "preempted", "stuck"}
+        bad = event.event in {"failed", "gave_up", "preempted", "retried"}
         self.notify(event.text, severity="warning" if bad else "information", timeout=15)
         self.bell()
 
