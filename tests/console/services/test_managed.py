@@ -290,6 +290,10 @@ async def test_two_watchers_never_recover_the_same_job_twice(
             await asyncio.sleep(0.1)
         record = other_history.managed(job.job_id)
         assert record is not None and len(record.attempts) == 3
+        # Its last attempt sleeps: stopped here, so that nothing outlives the test.
+        other_history.set_managed(job.job_id, state="cancelled")
+        last = other_jobs.get(record.current)
+        await other_jobs.stop(last, await remote.fleet.get_node(ZONE, SPOT), grace_s=1)
         events = [e[0] for e in hooks.events()]
         assert events.count("preempted") == 2 and events.count("recovered") == 2, events
     finally:
