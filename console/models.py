@@ -570,6 +570,29 @@ OPEN_STATUSES = ("launching", "running")
 
 
 @dataclass(frozen=True)
+class ManagedRecord:
+    """A managed job (services/managed.py): its spec, where it stands, and its attempts' runs.
+
+    `state`: running | recovering | succeeded | failed | gave_up | cancelled. `current` is the
+    run of the attempt now; `attempts` every run of it, first to last (the first's id is the
+    managed job's). `recoveries` counts the attempts after the first.
+    """
+
+    job_id: str
+    spec: dict[str, Any]
+    state: str
+    current: str
+    attempt: int
+    recoveries: int
+    note: str
+    attempts: tuple[str, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.state in {"running", "recovering"}
+
+
+@dataclass(frozen=True)
 class JobWorker:
     """One worker's part of a job: where its process is and how far its log was read."""
 
@@ -598,6 +621,12 @@ class Job:
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # JobMetrics.as_json()
     diagnoses: tuple[dict[str, Any], ...] = ()  # Diagnosis fields, each once per worker
+    attempt_of: str = ""  # a managed job's later attempt: the managed job's id
+    managed: ManagedRecord | None = None  # this run is the first attempt of a managed job
+
+    @property
+    def recoveries(self) -> int:
+        return self.managed.recoveries if self.managed is not None else 0
 
     @property
     def open(self) -> bool:

@@ -40,6 +40,8 @@ from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
 from console.services.lifecycle import LifecycleService
+from console.services.managed import ManagedService
+from console.services.notify import Notifier
 from console.services.probe import ProbeService
 from console.services.remote import RemoteService
 from console.services.settings import Settings
@@ -289,7 +291,9 @@ class Services:
 
     @cached_property
     def jobs(self) -> JobService:
-        return JobService(self.remote, self.history, self.settings.home)
+        return JobService(
+            self.remote, self.history, self.settings.home, log_bucket=self.settings.log_bucket
+        )
 
     @cached_property
     def prober(self) -> ProbeService:
@@ -314,9 +318,31 @@ class Services:
     def stacks(self) -> StacksService:
         return StacksService(self.remote)
 
+    @cached_property
+    def notifier(self) -> Notifier:
+        """The user's [notify] hooks; front ends add their own sinks (a toast, the bell)."""
+        s = self.settings
+        return Notifier(s.notify_command, s.notify_webhook, say=self.say)
+
+    @cached_property
+    def managed(self) -> ManagedService:
+        return ManagedService(
+            self.fleet,
+            self.history,
+            self.jobs,
+            self.lifecycle,
+            self.launcher,
+            self.notifier,
+            say=self.say,
+        )
+
     async def aclose(self) -> None:
-        """Polling, then ssh (it may still ask the API), then the API, then the history."""
+        """Recoveries and hooks, polling, ssh (it may still ask the API), the API, the history."""
         try:
+            if "managed" in self.__dict__:
+                await self.managed.close()
+            elif "notifier" in self.__dict__:
+                await self.notifier.drain()
             if "chips" in self.__dict__:
                 await self.chips.close()
             await self.remote.close()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import OPEN_STATUSES, FleetError, Job, JobWorker, NodeEvent
+from console.models import OPEN_STATUSES, FleetError, Job, JobWorker, ManagedRecord, NodeEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,7 +61,18 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE jobs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}';"
     "ALTER TABLE jobs ADD COLUMN diagnoses TEXT NOT NULL DEFAULT '[]';"
     "UPDATE jobs SET status = 'launching' WHERE status = 'starting'",
+    # 4: managed jobs (services/managed.py): a job id kept over its attempts, each attempt its
+    # own run (`attempt_of` names the managed job), and the leases that let one watcher act.
+    "ALTER TABLE jobs ADD COLUMN attempt_of TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE managed (job_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL,"
+    " current TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,"
+    " recoveries INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',"
+    " updated_at TEXT NOT NULL DEFAULT '');"
+    "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL,"
+    " host TEXT NOT NULL, expires REAL NOT NULL)",
 )
+
+MANAGED_OPEN = ("running", "recovering")
 
 
 ELSEWHERE = "or set TPUCONSOLE_HOME to another folder to keep a separate history."
@@ -181,7 +195,7 @@ class HistoryStore:
                 raise JobNumberTaken(job.job_id)
             self._db.execute(
                 "INSERT INTO jobs (job_id, node, zone, kind, command, started_at, status, env,"
-                " params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " params, attempt_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.node,
@@ -192,6 +206,7 @@ class HistoryStore:
                     job.status,
                     json.dumps(job.env),
                     json.dumps(job.params),
+                    job.attempt_of,
                 ),
             )
             self._db.executemany(
@@ -254,11 +269,13 @@ class HistoryStore:
             note=row[10],
             metrics=json.loads(row[11] or "{}"),
             diagnoses=tuple(json.loads(row[12] or "[]")),
+            attempt_of=row[13],
+            managed=self.managed(job_id),
         )
 
     _COLUMNS = (
         "job_id, node, zone, kind, command, started_at, status, env, params, ended_at, note,"
-        " metrics, diagnoses"
+        " metrics, diagnoses, attempt_of"
     )
 
     def set_results(
@@ -335,6 +352,112 @@ class HistoryStore:
             (zone, node),
         ).fetchall()
         return [self._job(r) for r in rows]
+
+    # ----- managed jobs ------------------------------------------------------------------------
+    def record_managed(self, job_id: str, spec: dict) -> None:
+        """A managed job, under the id of its first attempt (already recorded as a run)."""
+        self._db.execute(
+            "INSERT INTO managed (job_id, spec, state, current, updated_at)"
+            " VALUES (?, ?, 'running', ?, ?)",
+            (job_id, json.dumps(spec), job_id, datetime.now(UTC).isoformat()),
+        )
+
+    def managed(self, job_id: str) -> ManagedRecord | None:
+        row = self._db.execute(
+            "SELECT job_id, spec, state, current, attempt, recoveries, note FROM managed"
+            " WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        attempts = tuple(
+            r[0]
+            for r in self._db.execute(
+                "SELECT job_id FROM jobs WHERE job_id = ? OR attempt_of = ? ORDER BY seq",
+                (job_id, job_id),
+            )
+        )
+        return ManagedRecord(
+            row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6], attempts
+        )
+
+    def open_managed(self) -> list[ManagedRecord]:
+        rows = self._db.execute(
+            "SELECT job_id FROM managed WHERE state IN (?, ?) ORDER BY rowid", MANAGED_OPEN
+        ).fetchall()
+        return [m for (job_id,) in rows if (m := self.managed(job_id)) is not None]
+
+    def claim_recovery(self, job_id: str, attempt: int) -> bool:
+        """Compare-and-set: only the first caller moves attempt N to recovering N+1.
+
+        Two watchers that both believe they may act (a lease taken over from a holder thought
+        dead) still recover an attempt once: the second finds the attempt moved on.
+        """
+        cur = self._db.execute(
+            "UPDATE managed SET state = 'recovering', attempt = attempt + 1, updated_at = ?"
+            " WHERE job_id = ? AND attempt = ? AND state = 'running'",
+            (datetime.now(UTC).isoformat(), job_id, attempt),
+        )
+        return cur.rowcount == 1
+
+    def set_managed(
+        self,
+        job_id: str,
+        *,
+        state: str | None = None,
+        current: str | None = None,
+        recoveries: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        fields = {"state": state, "current": current, "recoveries": recoveries, "note": note}
+        sets = [(k, v) for k, v in fields.items() if v is not None]
+        sets.append(("updated_at", datetime.now(UTC).isoformat()))
+        self._db.execute(
+            f"UPDATE managed SET {', '.join(f'{k} = ?' for k, _ in sets)} WHERE job_id = ?",
+            [v for _, v in sets] + [job_id],
+        )
+
+    # ----- leases ------------------------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Hold `name` for `ttl_s` more seconds: free, ours, expired, or its holder is dead.
+
+        A holder on this machine whose pid is gone is dead at once (`kill -0`); one elsewhere
+        is dead when it stops renewing (its lease expires).
+        """
+        now = time.time()
+        here = socket.gethostname()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT holder, pid, host, expires FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            held = row is not None and row[0] != holder and row[3] > now
+            if held and (row[2] != here or _alive(row[1])):
+                return False
+            self._db.execute(
+                "INSERT INTO leases (name, holder, pid, host, expires) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, pid = excluded.pid,"
+                " host = excluded.host, expires = excluded.expires",
+                (name, holder, os.getpid(), here, now + ttl_s),
+            )
+            return True
+
+    def lease_holder(self, name: str) -> str:
+        row = self._db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else ""
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _when(text: str) -> datetime | None:

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("sandbox", "cmd_sandbox"),
     "top": ("chips", "cmd_top"),
     "stacks": ("chips", "cmd_stacks"),
+    "watch": ("managed", "cmd_watch"),
     "": ("tui", "cmd_tui"),
 }
 

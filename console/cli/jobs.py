@@ -34,6 +34,10 @@ def _job_goes_on(job: Job) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.managed:
+        from console.cli.managed import cmd_launch_managed
+
+        return cmd_launch_managed(args)
     if len(args.target) == 1 and not args.remote_argv:
         return fail(
             "launch needs a template and a node (tpuconsole launch multi-engine "
@@ -159,11 +163,49 @@ async def _stream_job(services: Services, job: Job, selection: str, follow: bool
 def cmd_logs(args: argparse.Namespace) -> int:
     async def body(services: Services) -> int:
         job = services.jobs.get(args.job)
+        if job.managed is not None and len(job.managed.attempts) > 1:
+            job = _earlier_attempts(services, job, args.worker)
         if args.follow and job.open:
             ONGOING.sentence = _job_goes_on(job)
         return await _stream_job(services, job, args.worker, args.follow)
 
     return run(args, body)
+
+
+def _attempt_lines(services: Services, run_id: str, worker: int) -> list[str]:
+    """An attempt's lines: the local copy, else the bucket's (the sandbox's local stand-in is
+    read here; a gs:// copy is named, for `gcloud storage cat`)."""
+    from pathlib import Path
+
+    from console.services.jobs import bucket_log
+
+    local = services.jobs.log_path(run_id, worker)
+    bucket = services.settings.log_bucket
+    if local.exists() or not bucket:
+        return list(copy_lines(local))
+    where = bucket_log(bucket, run_id, worker)
+    if bucket.startswith("gs://"):
+        say(f"w{worker}: no local copy of run {run_id}; its log is at {where}")
+        return []
+    return list(copy_lines(Path(where)))
+
+
+def _earlier_attempts(services: Services, job: Job, selection: str) -> Job:
+    """A managed job's logs are every attempt's: the earlier ones from their local copies (each
+    under a line on stderr naming it), then the current one as any job's. Returns that one."""
+    assert job.managed is not None
+    *earlier, last = job.managed.attempts
+    for number, run_id in enumerate(earlier, start=1):
+        say(f"attempt {number} of {job.job_id}: run {run_id}")
+        ran = services.jobs.get(run_id)
+        wanted = {w.worker for w in ran.workers}
+        if selection != "all":
+            wanted &= set(parse_worker_selection(selection, max(wanted, default=0) + 1))
+        for w in sorted(wanted):
+            for line in _attempt_lines(services, run_id, w):
+                print_line(w, line)
+    say(f"attempt {len(earlier) + 1} of {job.job_id}: run {last}")
+    return services.jobs.get(last)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -197,6 +239,14 @@ async def _show(services: Services, args: argparse.Namespace) -> int:
 
 async def _stop(services: Services, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
+    if job.managed is not None and job.managed.open:
+        # Stopping a managed job stops its attempt now, and no watcher brings it back.
+        if not confirmed(args, f"Stop managed job {job.job_id} (no more recoveries)?"):
+            return 1
+        services.history.set_managed(job.job_id, state="cancelled", note="stopped by the user")
+        print(f"managed job {job.job_id} cancelled; stopping its attempt {job.managed.current}")
+        job = services.jobs.get(job.managed.current)
+        args.yes = True
     if not job.open:
         print(f"job {job.job_id} is already {job.status}; nothing to stop")
         return 0

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _job_commands(sub)
     _sandbox_commands(sub)
     _chip_commands(sub)
+    _managed_commands(sub)
     return parser
 
 
@@ -191,6 +192,7 @@ def _job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="launch even if the probe finds stale locks or lingering processes",
     )
+    _add_managed_flags(launch)
     launch.epilog = "The command follows --; a single argument is run as shell text."
     logs = sub.add_parser("logs", help="print a job's logs, [wN]-prefixed; -f follows them")
     _add_common(logs, top=False)
@@ -245,3 +247,54 @@ def _chip_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _add_reach(stacks)
     stacks.add_argument("job", help="job id, or its leading number")
     stacks.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_managed_flags(launch: argparse.ArgumentParser) -> None:
+    """`launch --managed`: the job survives preemption (recreated, set up, run again)."""
+    group = launch.add_argument_group("managed jobs (recovered after preemption)")
+    group.add_argument(
+        "--managed",
+        action="store_true",
+        help="recreate the node, set it up and run again after a preemption",
+    )
+    group.add_argument(
+        "--max-recoveries",
+        type=int,
+        default=3,
+        help="how many times to recover (preemptions and listed exit codes; default 3)",
+    )
+    group.add_argument(
+        "--retry-on-exit",
+        default="",
+        metavar="CODES",
+        help="exit codes of the run that are retried, e.g. 1,137 (default: none)",
+    )
+    group.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="'TEMPLATE [preset=P] [key=value ...]'",
+        help="a setup step run on every new node before the run (bootstrap, sync); repeatable",
+    )
+    group.add_argument(
+        "--type", dest="accelerator_type", default="", help="create the node if missing, e.g. v4-8"
+    )
+    group.add_argument("--version", default="", help="runtime version for the create")
+    group.add_argument("--spot", action="store_true", help="create it on spot capacity")
+    group.add_argument(
+        "--fallback-on-demand",
+        action="store_true",
+        help="recreate on-demand when spot is refused or has no capacity",
+    )
+    group.add_argument("--label", action="append", default=[], help="key=value, repeatable")
+
+
+def _managed_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """watch: managed jobs recovered with no TUI open."""
+    watch = sub.add_parser(
+        "watch", help="recover managed jobs headless (for tmux or systemd), one watcher per job"
+    )
+    _add_common(watch, top=False)
+    _add_reach(watch)
+    watch.add_argument("--until-done", action="store_true", help="exit once no managed job is open")
+    watch.add_argument("--poll", type=float, default=5.0, help="seconds between looks (default 5)")

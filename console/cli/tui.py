@@ -35,6 +35,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
             others_using=source.stranded_by_quit,
+            managed=services.managed,
         )
         app.run()
         services.history.close()

@@ -4,7 +4,10 @@
 job_id, status (launching|running|succeeded|failed|killed|lost), kind (the template or
 "custom"), params, node, zone, command, env, started_at and ended_at (ISO 8601, ended_at null
 while open), note, workers ([{worker, pid, rc, error}]), metrics (JobMetrics.as_json()),
-diagnoses ([{key, title, evidence, cause, remedy, worker}]).
+diagnoses ([{key, title, evidence, cause, remedy, worker}]), recoveries (how many times a
+managed job was brought back: 0 for any other), attempt_of (a managed job's later attempt: that
+job's id, else ""), managed (null, or {state, current, attempts, max_recoveries, note} for the
+first run of a managed job, whose id is the managed job's).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from console.services.diagnosis import Diagnosis
 
 JOB_JSON_KEYS = (
     "job_id", "status", "kind", "params", "node", "zone", "command", "env", "started_at",
-    "ended_at", "note", "workers", "metrics", "diagnoses",
+    "ended_at", "note", "workers", "metrics", "diagnoses", "recoveries", "attempt_of", "managed",
 )  # fmt: skip
 
 
@@ -39,15 +42,45 @@ def job_json(job: Job) -> dict[str, Any]:
         ],
         "metrics": job.metrics,
         "diagnoses": [dict(d) for d in job.diagnoses],
+        "recoveries": job.recoveries,
+        "attempt_of": job.attempt_of,
+        "managed": None
+        if job.managed is None
+        else {
+            "state": job.managed.state,
+            "current": job.managed.current,
+            "attempts": list(job.managed.attempts),
+            "max_recoveries": job.managed.spec.get("max_recoveries"),
+            "note": job.managed.note,
+        },
     }
+
+
+def shown_status(job: Job) -> str:
+    """A managed job shows where it stands (its first run may be long lost); others their own."""
+    return job.managed.state if job.managed is not None else str(job.status)
+
+
+def managed_line(job: Job) -> str:
+    m = job.managed
+    where = f"{job.zone}/{job.node}"
+    if m is None:
+        return f"started job {job.job_id} on {where}"
+    budget = m.spec.get("max_recoveries")
+    return (
+        f"started managed job {job.job_id} on {where} (recoveries {m.recoveries} of at most "
+        f"{budget}; attempt run {m.current})"
+    )
 
 
 def job_row(job: Job) -> str:
     """One line of `tpuconsole jobs`: id, status, start, where, pids, the command."""
     pids = " ".join(f"w{w.worker}:{w.pid or '-'}" for w in job.workers)
+    mark = f" ↻{job.recoveries}" if job.managed is not None else ""
+    mark += f" (attempt of {job.attempt_of})" if job.attempt_of else ""
     return (
-        f"{job.job_id:<12} {job.status:<8} {job.started_at:%Y-%m-%d %H:%M} "
-        f"{job.zone}/{job.node}  {pids}  {job.short_command(80)}"
+        f"{job.job_id:<12} {shown_status(job):<8} {job.started_at:%Y-%m-%d %H:%M} "
+        f"{job.zone}/{job.node}  {pids}{mark}  {job.short_command(80)}"
     )
 
 

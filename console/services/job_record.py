@@ -14,6 +14,15 @@ def job_record_lines(job: Job) -> list[str]:
         f"job {job.job_id}  {job.status}  {job.kind}  on {job.zone}/{job.node}",
         f"  time: {job.started_at.astimezone():%Y-%m-%d %H:%M:%S}{ended}",
     ]
+    if job.managed is not None:
+        m = job.managed
+        lines.append(
+            f"  managed: {m.state}, recoveries {m.recoveries} of at most "
+            f"{m.spec.get('max_recoveries')}; attempts {', '.join(m.attempts)}"
+            + (f" ({m.note})" if m.note else "")
+        )
+    if job.attempt_of:
+        lines.append(f"  attempt of managed job {job.attempt_of}")
     if job.params:
         lines.append("  params: " + " ".join(f"{k}={v}" for k, v in job.params.items()))
     for w in job.workers:

@@ -58,9 +58,35 @@ def job_script(command: str, env: Mapping[str, str] | None = None) -> str:
     return "\n".join([*exports, command]) + "\n"
 
 
-def launch_command(job_id: str, script: str) -> str:
-    """Shell text that writes the job folder and starts the job detached; prints its pid."""
+# Copies the job's log to the bucket every few seconds while the job lives, once more after:
+# lines written while no console follows survive the VM. gs:// through `gcloud storage cp` (on
+# every TPU VM image); a local folder is the sandbox's stand-in for a bucket.
+_COPIER = (
+    'd="$1"; b="$2"; pid="$3"; copy() { case "$b" in gs://*) gcloud storage cp -q "$d/log" "$b"'
+    ' ;; *) mkdir -p "$(dirname "$b")" && cp "$d/log" "$b.tmp" && mv "$b.tmp" "$b" ;; esac; }; '
+    'while kill -0 "$pid" 2>/dev/null; do copy; sleep {every}; done; copy'
+)
+LOG_COPY_S = 5
+
+
+def bucket_log(bucket: str, job_id: str, worker: int) -> str:
+    """Where a worker's log of a job is copied: `<bucket>/<job-id>/w<N>.log`."""
+    return f"{bucket.rstrip('/')}/{job_id}/w{worker}.log"
+
+
+def launch_command(job_id: str, script: str, log_copy: str = "") -> str:
+    """Shell text that writes the job folder and starts the job detached; prints its pid.
+
+    With `log_copy` (a gs:// object, or the sandbox's local stand-in), a copier follows it.
+    """
     d = job_dir(job_id)
+    copier = []
+    if log_copy:
+        body = _COPIER.replace("{every}", str(LOG_COPY_S))
+        copier = [
+            f'setsid nohup bash -c {shlex.quote(body)} tpuconsole-logcopy "$d" '
+            f'{shlex.quote(log_copy)} "$pid" </dev/null >/dev/null 2>&1 &'
+        ]
     return "\n".join(
         [
             "set -e",
@@ -70,17 +96,21 @@ def launch_command(job_id: str, script: str) -> str:
             'cd "$HOME"',
             f'setsid nohup bash -c {shlex.quote(_WRAPPER)} tpuconsole-job "$d"'
             ' </dev/null >"$d/log" 2>&1 &',
-            'echo $! > "$d/pid"',
+            'pid=$!; echo "$pid" > "$d/pid"',
             # Its start time in clock ticks: a later probe tells this process from a reused pid.
-            'cut -d" " -f22 "/proc/$!/stat" > "$d/start" 2>/dev/null || true',
-            "echo $!",
+            'cut -d" " -f22 "/proc/$pid/stat" > "$d/start" 2>/dev/null || true',
+            *copier,
+            'echo "$pid"',
         ]
     )
 
 
 class JobService:
-    def __init__(self, remote: RemoteService, history: HistoryStore, home: Path) -> None:
+    def __init__(
+        self, remote: RemoteService, history: HistoryStore, home: Path, log_bucket: str = ""
+    ) -> None:
         self.remote = remote
+        self.log_bucket = log_bucket  # [jobs] log_bucket: each worker's log copied there
         self.history = history
         self.home = home
         self._watchers: dict[str, asyncio.Future] = {}
@@ -100,8 +130,12 @@ class JobService:
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         ship_runners: bool = False,
+        attempt_of: str | None = None,
     ) -> Job:
         """Record the job, ship remote/ when its program is there, start it on every target.
+
+        `attempt_of` makes it an attempt of a managed job ("" for the first, whose id becomes
+        the managed job's): TPUCONSOLE_JOB in its environment then names that one id.
 
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
@@ -118,8 +152,11 @@ class JobService:
             workers=tuple(JobWorker(t.worker) for t in targets),
             env=dict(env or {}),
             params=dict(params or {}),
+            attempt_of=attempt_of or "",
         )
         job = self._record(job)  # before anything runs: the record is never lost
+        if attempt_of is not None:
+            env = {**(env or {}), "TPUCONSOLE_JOB": attempt_of or job.job_id}
         if ship_runners:
             failed = await self._ship_runners(targets)
             if failed:
@@ -128,7 +165,11 @@ class JobService:
         result = await self.remote.run_on_targets(
             node.name,
             targets,
-            launch_command(job.job_id, job_script(command, env)),
+            lambda target: launch_command(
+                job.job_id,
+                job_script(command, env),
+                bucket_log(self.log_bucket, job.job_id, target.worker) if self.log_bucket else "",
+            ),
             on_line=lambda line: (
                 pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
             ),

@@ -281,10 +281,11 @@ class RemoteService:
         self,
         node_name: str,
         targets: Sequence[SshTarget],
-        command: str,
+        command: str | Callable[[SshTarget], str],
         on_line: LineSink | None = None,
         stdin: SharedInput | None = None,
     ) -> FanoutResult:
+        """`command` is the same text for every worker, or made for each (its worker index)."""
         inputs = {t.worker: stdin.stream() for t in targets} if stdin is not None else {}
 
         async def one(target: SshTarget) -> WorkerOutcome:
@@ -301,7 +302,7 @@ class RemoteService:
             try:
                 result = await self.pool.run(
                     target,
-                    command,
+                    command(target) if callable(command) else command,
                     on_stdout=sink("out"),
                     on_stderr=sink("err"),
                     stdin=inputs.get(target.worker),

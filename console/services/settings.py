@@ -52,6 +52,9 @@ class Settings:
     notes: tuple[str, ...] = field(default_factory=tuple)
     default_zone: str = ""  # where `create` goes without --zone
     default_zone_source: str = ""
+    notify_command: str = ""  # [notify] command: run on job events, TPUCONSOLE_* in its env
+    notify_webhook: str = ""  # [notify] webhook: POSTed {"text": ...} (Slack-compatible)
+    log_bucket: str = ""  # [jobs] log_bucket: gs://… the workers copy their logs to
 
 
 def gcloud_config_dir(env: Mapping[str, str], user_home: Path) -> Path:
@@ -108,6 +111,8 @@ CONFIG_KEYS: dict[str, object] = {
         "jump_host": str,
         "proxy_command": str,
     },
+    "notify": {"command": str, "webhook": str},
+    "jobs": {"log_bucket": str},
 }
 
 
@@ -254,6 +259,38 @@ def resolve_settings(
             "Leave it out of [ssh] to follow each node's enable-oslogin metadata.",
             field="ssh.os_login",
         )
+    notify = ours.get("notify", {})
+    jobs = ours.get("jobs", {})
+    for table, values in (("notify", notify), ("jobs", jobs)):
+        for key, value in values.items():
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"{table}.{key} in {toml_path} must be a string, not {value!r}.",
+                    f'Write it as {key} = "…" under [{table}].',
+                    field=f"{table}.{key}",
+                )
+    webhook = notify.get("webhook", "")
+    if webhook and not webhook.startswith(("https://", "http://")):
+        raise ConfigError(
+            f"notify.webhook in {toml_path} must be an http(s) URL, not {webhook!r}.",
+            'Write e.g. webhook = "https://hooks.slack.com/services/…" under [notify].',
+            field="notify.webhook",
+        )
+    bucket = jobs.get("log_bucket", "")
+    if bucket.startswith("/") and not use_sandbox:
+        raise ConfigError(
+            f"jobs.log_bucket in {toml_path} is a local folder ({bucket}); only the sandbox "
+            "takes one, as its stand-in for a bucket: a VM's own disk goes with the VM.",
+            'Write e.g. log_bucket = "gs://my-bucket/tpuconsole-logs" under [jobs].',
+            field="jobs.log_bucket",
+        )
+    if bucket and not bucket.startswith(("gs://", "/")):
+        raise ConfigError(
+            f"jobs.log_bucket in {toml_path} must be a gs:// URL (or, on the sandbox, a local "
+            f"folder standing in for one), not {bucket!r}.",
+            'Write e.g. log_bucket = "gs://my-bucket/tpuconsole-logs" under [jobs].',
+            field="jobs.log_bucket",
+        )
     return Settings(
         project=chosen_project,
         project_source=project_source,
@@ -275,4 +312,7 @@ def resolve_settings(
         tunnel_through_iap=bool(ssh.get("tunnel_through_iap", False)),
         os_login=os_login,
         account=env.get("CLOUDSDK_CORE_ACCOUNT", "") or gcloud["account"],
+        notify_command=notify.get("command", ""),
+        notify_webhook=webhook,
+        log_bucket=bucket,
     )

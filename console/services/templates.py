@@ -420,6 +420,14 @@ GRPO = Template(
             "orbax checkpoints (resumed when present; multi-host: gs://… every host sees)",
             "--checkpoint-dir",
         ),
+        Param(
+            "save_interval_steps",
+            "int",
+            "a checkpoint every N steps (with checkpoint_dir)",
+            "--save-interval-steps",
+            500,
+            minimum=1,
+        ),
     ),
     presets={
         "toy": {"model": "toy", "steps": 4, "rollout_engine": "vanilla"},

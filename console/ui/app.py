@@ -18,6 +18,8 @@ from textual.binding import Binding
 from textual.notifications import SeverityLevel
 
 from console.models import FleetError
+from console.services.managed import ManagedService
+from console.services.notify import JobEvent
 from console.services.session import Services
 from console.ui.commands import ConsoleCommands
 from console.ui.fleet_screen import FleetScreen
@@ -45,10 +47,12 @@ class TpuConsoleApp(App[None]):
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
         others_using: Callable[[], list[str]] | None = None,
+        managed: ManagedService | None = None,
     ) -> None:
         """`probe_interval_s` None: the lock column is probed only when asked (`p`, `K`)."""
         super().__init__()
         self.services = services
+        self.managed = managed  # recovers managed jobs while the console is open
         self.probe_interval_s = probe_interval_s
         self.mode = mode
         self.refresh_s = refresh_s
@@ -84,6 +88,16 @@ class TpuConsoleApp(App[None]):
         # "adding your ssh key to NODE's metadata" and the like, as they happen.
         self.services.remote.notices.append(lambda text: self.notify(text, timeout=8))
         self.run_worker(self._reconcile_jobs(), group="reconcile")
+        if self.managed is not None:
+            self.managed.notifier.sinks.append(self._job_event)
+            self.managed.notifier.desktop = not self.is_headless
+            self.run_worker(self.managed.run_forever(), group="managed")
+
+    def _job_event(self, event: JobEvent) -> None:
+        """A managed job's news: a notification and the terminal's bell, wherever one looks."""
+        bad = event.event in {"failed", "gave_up", "preempted", "retried"}
+        self.notify(event.text, severity="warning" if bad else "information", timeout=15)
+        self.bell()
 
     async def _reconcile_jobs(self) -> None:
         """Jobs launched before this start: follow the live ones, mark the vanished lost."""

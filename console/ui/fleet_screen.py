@@ -574,6 +574,25 @@ class FleetScreen(ConsoleScreen[None]):
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
 
+    async def _run_managed(self, node: Node, choice: LaunchChoice) -> None:
+        """The form's choice as a managed job on this node (adopted: its spec is the node's)."""
+        from console.services.managed import ManagedSpec, NodeSpec, Step
+        from console.ui.log_screen import LogScreen
+
+        spec = ManagedSpec(
+            NodeSpec(node.name, (node.zone,)),
+            Step(choice.kind, values=dict(choice.params)),
+            selection=choice.selection,
+        )
+        try:
+            assert self.app.managed is not None
+            job = await self.app.managed.launch(spec)
+        except FleetError as exc:
+            self.notify(f"Managed launch on {node.name}: {exc}", severity="error", timeout=30)
+            return
+        self.notify(f"Managed job {job.job_id} started; recovered after a preemption.")
+        self.app.push_screen(LogScreen(job))
+
     def _launch(self, node: Node, choice: LaunchChoice | None) -> None:
         if choice is not None:
             self._run_launch(node, choice)
@@ -586,6 +605,9 @@ class FleetScreen(ConsoleScreen[None]):
         from console.services.launch import LaunchPlan
         from console.ui.log_screen import LogScreen
 
+        if getattr(choice, "managed", False) and self.app.managed is not None:
+            await self._run_managed(node, choice)
+            return
         launcher = self.services.launcher
         plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
         if plan.rendered.upload is not None:

@@ -16,7 +16,7 @@ from console.ui.plain import PlainTable
 
 RELOAD_S = 2.0
 SETTLE_S = 10.0  # how often jobs nobody here follows are looked up on their workers
-COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
+COLUMNS = ("job", "status", "recoveries", "node", "workers", "started", "result", "command")
 
 
 COMMAND_WIDTH = 60
@@ -25,13 +25,23 @@ COMMAND_WIDTH = 60
 def _cells(job: Job) -> tuple[str | Text, ...]:
     return (
         job.job_id,
-        job.status,
+        job.managed.state if job.managed is not None else job.status,
+        recoveries_cell(job),
         job.node_key,
         " ".join(f"w{w.worker}" + (f"={w.rc}" if w.rc is not None else "") for w in job.workers),
         job.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
         result_cell(job),
         job.short_command(COMMAND_WIDTH),
     )
+
+
+def recoveries_cell(job: Job) -> str:
+    """SkyPilot's #RECOVERIES: a managed job's count; a later attempt points at its job."""
+    if job.managed is not None:
+        return str(job.managed.recoveries)
+    if job.attempt_of:
+        return f"↳ {job.attempt_of}"
+    return ""
 
 
 def result_cell(job: Job) -> Text:

@@ -33,6 +33,7 @@ class LaunchChoice:
     selection: str
     clean_first: bool
     params: dict[str, Any]
+    managed: bool = False  # recovered after a preemption (services/managed.py)
 
 
 class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
@@ -68,6 +69,11 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
             yield Select(choices(first.presets), id="preset", prompt="(none)")
             yield Label("Workers (all, 0, 1,3, 0-2)", markup=False)
             yield Input("all", id="workers")
+            yield Checkbox(
+                "Managed: after a preemption, recreate the node, set it up and run again",
+                id="managed",
+                compact=True,
+            )
             # Preflight and the exact command stay in sight while the fields below change.
             yield Static("", id="launch-checks", markup=False)
             yield Static("", id="launch-command", markup=False)
@@ -213,7 +219,8 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
         rendered = template.render(values)
         selection = self.query_one("#workers", Input).value.strip() or "all"
         clean_first = any(c.level == "offer" for c in self.checks)
-        self.dismiss(LaunchChoice(template.name, rendered, selection, clean_first, values))
+        managed = self.query_one("#managed", Checkbox).value
+        self.dismiss(LaunchChoice(template.name, rendered, selection, clean_first, values, managed))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
