@@ -23,6 +23,7 @@ from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_wor
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
 from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
+from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 
@@ -95,12 +96,15 @@ class JobService:
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         ship_runners: bool = False,
+        on_progress: StageSink | None = None,
     ) -> Job:
         """Record the job, ship remote/ when its program is there, start it on every target.
 
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
+        `on_progress` hears each stage's fan-out ("shipping runners", "starting").
         """
+        stage = staged(on_progress)
         check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
@@ -116,7 +120,7 @@ class JobService:
         )
         job = self._record(job)  # before anything runs: the record is never lost
         if ship_runners:
-            failed = await self._ship_runners(targets)
+            failed = await self._ship_runners(targets, stage("shipping runners"))
             if failed:
                 return self._not_started(job, failed)
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
@@ -127,6 +131,7 @@ class JobService:
             on_line=lambda line: (
                 pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
             ),
+            on_progress=stage("starting"),
         )
         workers = []
         for outcome in result.outcomes:
@@ -166,12 +171,16 @@ class JobService:
         self.history.set_status(job.job_id, "failed", note)
         return replace(job, workers=tuple(workers), status="failed")
 
-    async def _ship_runners(self, targets: list) -> dict[int, str]:
+    async def _ship_runners(
+        self, targets: list, on_progress: ProgressSink | None = None
+    ) -> dict[int, str]:
         """remote/ as this console has it, to where the templates' programs expect it."""
         from console.services.shipping import Shipper
         from console.services.templates import RUNNERS_DIR
 
-        outcomes = await Shipper(self.remote).upload_to(targets, RUNNERS_LOCAL, RUNNERS_DIR)
+        outcomes = await Shipper(self.remote).upload_to(
+            targets, RUNNERS_LOCAL, RUNNERS_DIR, on_progress=on_progress
+        )
         return {o.worker: f"could not ship the runners: {o.error}" for o in outcomes if o.error}
 
     def get(self, job_ref: str) -> Job:
