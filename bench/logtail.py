@@ -26,6 +26,7 @@ from bench.results_file import load_line, machine_line, write_section  # noqa: E
 from bench.sandbox_process import client_fleet, client_remote, served_sandbox  # noqa: E402
 from console.adapters.history_db import HistoryStore  # noqa: E402
 from console.services.jobs import JobService  # noqa: E402
+from console.services.session import Services  # noqa: E402
 from console.ui.app import TpuConsoleApp  # noqa: E402
 from console.ui.log_screen import LogScreen  # noqa: E402
 
@@ -153,9 +154,11 @@ async def measure(endpoint, home: Path) -> dict:
         node = (await fleet.list_nodes()).nodes[0]
         targets = await remote.targets(node, "all")
         job = await jobs.launch(node, "all", PRODUCER)
-        live = await view_ingest(TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX"), job, None)
+        app = TpuConsoleApp(Services.build(jobs), mode="SANDBOX", probe_interval_s=None)
+        live = await view_ingest(app, job, None)
         shutil.rmtree(home / "logs" / job.job_id)
-        catch_up = await view_ingest(TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX"), job, live[0])
+        app = TpuConsoleApp(Services.build(jobs), mode="SANDBOX", probe_interval_s=None)
+        catch_up = await view_ingest(app, job, live[0])
         return {"job": job, "targets": targets, "live": live, "catch_up": catch_up}
     finally:
         await remote.close()

@@ -166,6 +166,7 @@ async def view(kind: str) -> dict:
     from console.services.fleet import FleetService
     from console.services.jobs import JobService
     from console.services.remote import RemoteService
+    from console.services.session import Services
     from console.ui.app import TpuConsoleApp
     from console.ui.log_screen import LogScreen
 
@@ -187,7 +188,7 @@ async def view(kind: str) -> dict:
             copy.write_bytes(b"before\n" + b"x" * (30 << 20) + b"\nafter\n")
         else:
             copy.write_bytes(b"".join(b"line %d of the run\n" % i for i in range(2_000_000)))
-        app = TpuConsoleApp(fleet, jobs=jobs, mode="BENCH")
+        app = TpuConsoleApp(Services.build(jobs), mode="BENCH", probe_interval_s=None)
         monitor = StallMonitor()
         async with app.run_test(size=(160, 48)) as pilot:
             start = time.perf_counter()

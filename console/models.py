@@ -334,7 +334,8 @@ class WorkerSelectionError(FleetError):
     """
 
     def __init__(self, reason: str, remedy: str = "") -> None:
-        super().__init__(reason, remedy, field="worker")  # ours, not the API's: no code
+        # The console's own refusal, not an API status: no code goes into the sentence.
+        super().__init__(reason, remedy, field="worker")
 
 
 class ConfigError(ConsoleError):

@@ -10,6 +10,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
+from console.services.session import Services
 
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
 FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3, key_propagation_s=0.15)
@@ -109,6 +111,25 @@ def jobs(remote: RemoteService, tmp_path: Path) -> Iterator[JobService]:
     history = HistoryStore(tmp_path / "history.db")
     try:
         yield JobService(remote, history, tmp_path / "home")
+    finally:
+        history.close()
+
+
+@pytest.fixture
+def services(jobs: JobService) -> Services:
+    """Every service the TUI holds, on the sandbox, around the `jobs` fixture's JobService (so
+    a test's launches are the app's). A test that needs another one says so with
+    `dataclasses.replace(services, fleet=…)`."""
+    return Services.build(jobs)
+
+
+@contextmanager
+def services_on(sandbox: Sandbox, tmp_path: Path) -> Iterator[Services]:
+    """The same, on a sandbox a test started itself (a fixed clock, a fleet of its own)."""
+    history = HistoryStore(tmp_path / "own-history.db")
+    remote = RemoteService(fleet_for(sandbox), ssh_options_for(sandbox, tmp_path))
+    try:
+        yield Services.build(JobService(remote, history, tmp_path / "own-home"))
     finally:
         history.close()
 

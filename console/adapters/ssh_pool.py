@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from google.api_core.retry import exponential_sleep_generator
@@ -268,11 +269,12 @@ class SshPool:
         client_keys = self._load_client_keys()
         trusted = list(target.host_keys) or self.known_hosts.keys_for(target.alias)
         tofu = not trusted
+        known: Any
         if trusted:
             known = asyncssh.import_known_hosts("".join(f"{target.alias} {k}\n" for k in trusted))
         else:
             known = ([], [], [])  # nothing trusted yet: the client callback sees the key
-        holder: dict[str, _Client] = {}
+        holder: dict[str, Any] = {}  # "client": the _Client, "pooled": the _Pooled
 
         def factory() -> _Client:
             holder["client"] = _Client(lambda: self._forget(target.alias, holder), tofu)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
 from google.api_core.retry import if_exception_type
 from google.api_core.retry_async import AsyncRetry
 from google.cloud import tpu_v2
@@ -357,8 +358,8 @@ class TpuApi:
                 "GOOGLE_APPLICATION_CREDENTIALS to a service account key file.",
                 code="UNAUTHENTICATED",
             ) from None
-        options: dict[str, Any] = {"api_endpoint": endpoint} if endpoint else {}
-        client = tpu_v2.TpuAsyncClient(credentials=credentials, client_options=options or None)
+        options = ClientOptions(api_endpoint=endpoint) if endpoint else None
+        client = tpu_v2.TpuAsyncClient(credentials=credentials, client_options=options)
         return cls(client, project, policy)
 
     async def close(self) -> None:

@@ -59,12 +59,12 @@ def command_for(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]
 
 
 def error_sentence(exc: ConsoleError) -> str:
-    """What the user reads: the reason and the remedy, with the API's code (when it has one)
-    inside the sentence, before its stop."""
+    """What the user reads: the reason and the remedy, and the API's code when it has one."""
+    code = getattr(exc, "code", "")
     said = str(exc)
-    if isinstance(exc, FleetError) and exc.code and exc.code.isupper():
-        stop = "." if said.endswith(".") else ""
-        said = f"{said.removesuffix('.')} [{exc.code}]{stop}"
+    if isinstance(exc, FleetError) and code and code.isupper():
+        stop = "." if said.endswith(".") else ""  # the code inside the sentence, before its stop
+        said = f"{said.removesuffix('.')} [{code}]{stop}"
     return said
 
 

@@ -8,6 +8,8 @@ from console.cli.common import say, settings_for
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    from console.services.lock_watch import LockWatch
+    from console.services.session import Services as ScreenServices
     from console.ui.app import TpuConsoleApp
     from console.wiring import Services, open_fleet_source, open_history
 
@@ -16,11 +18,17 @@ def cmd_tui(args: argparse.Namespace) -> int:
     source = open_fleet_source(settings, serve_here=True)
     try:
         services = Services.build(source, history=history)
-        app = TpuConsoleApp(
-            source.fleet,
+        # The screens' typed bundle (every service required) over the wiring's own services.
+        screens = ScreenServices(
+            fleet=services.fleet,
             jobs=services.jobs,
             prober=services.prober,
             lifecycle=services.lifecycle,
+            locks=LockWatch(services.prober),
+            launcher=services.launcher,
+        )
+        app = TpuConsoleApp(
+            screens,
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
             others_using=source.stranded_by_quit,

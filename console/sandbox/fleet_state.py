@@ -480,11 +480,11 @@ class SandboxFleet:
                 if op.fail_at and now >= op.fail_at:
                     op.error, op.error_code, op.end_time = op.fail_message, op.fail_code, now
                     continue
-                node = self.nodes.get(f"{op.zone}/{op.node_name}")
-                state = node.state if node else GONE
+                target = self.nodes.get(f"{op.zone}/{op.node_name}")
+                state = target.state if target else GONE
                 if state == op.done_state:
                     op.end_time = now
-                elif node is None or state in {"PREEMPTED", "TERMINATED"}:
+                elif target is None or state in {"PREEMPTED", "TERMINATED"}:
                     op.error = f"Node {op.node_name} ended {state} before the {op.verb} finished."
                     op.end_time = now
             if changes:

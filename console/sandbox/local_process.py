@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 
@@ -35,7 +36,7 @@ class LocalProcess:
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> LocalProcess:
         if not hasattr(os, "pidfd_open"):
-            return await _AsyncioFallback.spawn(argv, cwd=cwd, env=env)  # type: ignore[return-value]
+            return await _AsyncioFallback.spawn(argv, cwd=cwd, env=env)
         loop = asyncio.get_running_loop()
         # The fork/exec blocks for a millisecond or two; off the loop, other channels go on.
         popen = await loop.run_in_executor(
@@ -53,7 +54,7 @@ class LocalProcess:
         readers = []
         for pipe in (popen.stdout, popen.stderr):
             reader = asyncio.StreamReader(limit=1 << 20)
-            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            await loop.connect_read_pipe(partial(asyncio.StreamReaderProtocol, reader), pipe)
             readers.append(reader)
         transport, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, popen.stdin

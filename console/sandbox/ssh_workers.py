@@ -229,7 +229,7 @@ class _TrackedServer(asyncssh.SSHServer):
         self._live.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._live.discard(self._conn)  # type: ignore[arg-type]
+        self._live.discard(self._conn)
 
     def begin_auth(self, username: str) -> bool:
         return True

@@ -195,7 +195,7 @@ class TpuEmulator:
                 scope=["https://www.googleapis.com/auth/cloud-platform"],
             ),
             tags=node.tags,
-            api_version=cloud_tpu.Node.ApiVersion[node.api_version],
+            api_version=getattr(cloud_tpu.Node.ApiVersion, node.api_version),
             labels=node.labels,
             metadata=node.metadata,
             id=node.node_id,
@@ -212,13 +212,13 @@ class TpuEmulator:
         if node.state.isdigit():  # a state newer than the client: its number goes on the wire
             cloud_tpu.Node.pb(msg).state = int(node.state)
         else:
-            msg.state = cloud_tpu.Node.State[node.state]
+            msg.state = getattr(cloud_tpu.Node.State, node.state)
         if node.networks > 1:  # the v2 Node's repeated `network_configs`, one per network
             msg.network_configs = self.network_configs(node)
         else:
             msg.network_config = self.network_configs(node)[0]
         if node.health:
-            msg.health = cloud_tpu.Node.Health[node.health]
+            msg.health = getattr(cloud_tpu.Node.Health, node.health)
         msg.create_time = datetime.fromtimestamp(node.create_time, tz=UTC)
         return msg
 

@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,7 @@ class JobService:
         self,
         job: Job,
         node: Node,
-        on_line: LineSink,
+        on_line: LineSink | None,
         *,
         selection: str = "all",
         follow: bool = True,
@@ -326,7 +327,7 @@ class JobService:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if not task.cancelled() and isinstance(task.exception(), NodeGone):
-                        raise task.exception()  # type: ignore[misc]
+                        raise task.exception()
         finally:
             for task in [*tasks, *([watcher] if watcher else [])]:
                 if not task.done():
@@ -366,11 +367,11 @@ class JobService:
         or that the process is still running, or that it vanished without one. A job nobody
         followed would otherwise show `running` until someone did. Returns the job ids settled.
         """
+        if jobs is None:  # every 10 s from the jobs screen: read on a thread, not the loop
+            jobs = await asyncio.to_thread(self.history.recent, 200)
         watched = {j for j, task in self._watchers.items() if not task.done()}
         candidates = [
-            j
-            for j in (self.history.recent(200) if jobs is None else jobs)
-            if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
+            j for j in jobs if j.open and j.job_id not in watched and any(w.pid for w in j.workers)
         ]
         nodes: dict[str, asyncio.Future] = {}
 
@@ -424,10 +425,10 @@ class JobService:
             task.cancel()
         for future in nodes.values():
             future.cancel()
-        settled = []
+        settled: list[str] = []
         for task in done:
-            if not task.cancelled() and task.exception() is None and task.result():
-                settled.append(task.result())
+            if not task.cancelled() and task.exception() is None and (note := task.result()):
+                settled.append(note)
         return settled
 
     async def record_results(self, job: Job) -> None:
@@ -452,7 +453,7 @@ class JobService:
                 self.log_path(job.job_id, w.worker).open("rb") as f,
             ):
                 # Runs of whole lines, a long line as its visible part: linear in the copy.
-                for run in bounded_runs(iter(lambda f=f: f.read(_RESULTS_PIECE), b"")):
+                for run in bounded_runs(iter(partial(f.read, _RESULTS_PIECE), b"")):
                     metrics.feed_chunk(w.worker, run)
                     diagnoser.feed_chunk(w.worker, run)
         return metrics, diagnoser.found
@@ -497,7 +498,7 @@ class JobService:
         from console.models import FleetError
 
         notes = []
-        for job in self.history.recent(200):
+        for job in await asyncio.to_thread(self.history.recent, 200):
             if not job.open:
                 continue
             if job.status == "launching" and not any(w.pid for w in job.workers):

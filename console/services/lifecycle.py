@@ -264,7 +264,7 @@ class LifecycleService:
                             )
                         )
                     return CreateOutcome(node, spot, tuple(notes))
-                node = await self._follow(
+                followed = await self._follow(
                     operation, request.zone, request.name, "create", progress, attempt=label
                 )
             except FleetError as exc:
@@ -279,7 +279,8 @@ class LifecycleService:
                 if progress is not None:
                     progress(Progress(request.name, "create", "FALLBACK", 0.0, notes[-1]))
                 continue
-            assert node is not None
+            assert followed is not None
+            node = followed
             break
         if not wait:
             return CreateOutcome(node, spot, tuple(notes))

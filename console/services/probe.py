@@ -298,7 +298,7 @@ class ProbeService:
                     [StepResult(plan.worker, "cleanup", False, str(exc))],
                     WorkerProbe(plan.worker, error=str(exc)),
                 )
-            steps = [*plan.kills, *plan.locks]
+            steps: list[KillStep | RemoveLockStep] = [*plan.kills, *plan.locks]
             results = [
                 StepResult(
                     plan.worker,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 # Any control at all: lines without one (nearly all) take the fast path. Line and paragraph
 # separators and bidirectional overrides count: they break or reorder the row on screen.
@@ -42,7 +43,7 @@ class Sgr:
 
 
 PLAIN = Sgr()
-_RESETS = {
+_RESETS: dict[int, dict[str, Any]] = {
     22: {"bold": False, "dim": False},
     23: {"italic": False},
     24: {"underline": False},
@@ -74,7 +75,8 @@ def apply_sgr(state: Sgr, params: str) -> Sgr:
         if code == 0:
             state = PLAIN
         elif code in _SETS:
-            state = replace(state, **{_SETS[code]: True})
+            flag: dict[str, Any] = {_SETS[code]: True}
+            state = replace(state, **flag)
         elif code in _RESETS:
             state = replace(state, **_RESETS[code])
         elif 30 <= code <= 37 or 90 <= code <= 97:
@@ -84,7 +86,8 @@ def apply_sgr(state: Sgr, params: str) -> Sgr:
         elif code in (38, 48):
             colour, used = _colour(codes, i)
             i += used
-            state = replace(state, **{"fg" if code == 38 else "bg": colour})
+            extended: dict[str, Any] = {"fg" if code == 38 else "bg": colour}
+            state = replace(state, **extended)
         elif code == 39:
             state = replace(state, fg=None)
         elif code == 49:

@@ -1,6 +1,7 @@
-"""The Textual application: holds the services, opens on the fleet screen.
+"""The Textual application: holds the session's services, opens on the fleet screen.
 
-Screens reach services through the app (`self.app.fleet`), so tests can hand it any fleet.
+Screens reach them as `self.services` (console/ui/base_screens.py), typed; tests hand it the
+services their fixture built.
 """
 
 from __future__ import annotations
@@ -9,43 +10,45 @@ import gc
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 
-from console.services.fleet import FleetService
-from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService
-from console.services.probe import ProbeService
+from console.models import FleetError
+from console.services.session import Services
+from console.ui.commands import ConsoleCommands
 from console.ui.fleet_screen import FleetScreen
 from console.ui.help_screen import HelpScreen
 
 TERMINAL_CHECK_S = 2.0
 
 
-class TpuConsoleApp(App):
+class TpuConsoleApp(App[None]):
     TITLE = "tpuconsole"
-    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False)]
+    CSS_PATH = Path(__file__).with_name("console.tcss")
+    COMMANDS: ClassVar = App.COMMANDS | {ConsoleCommands}
+    BINDINGS = [
+        Binding("ctrl+c", "quit", "Quit", show=False),
+        Binding("colon", "jump", "Jump", show=False),
+        Binding("ctrl+p", "command_palette", "Commands", show=False),
+    ]
 
     def __init__(
         self,
-        fleet: FleetService,
+        services: Services,
         *,
-        jobs: JobService | None = None,
-        prober: ProbeService | None = None,
-        lifecycle: LifecycleService | None = None,
-        probe_interval_s: float = 30.0,
+        probe_interval_s: float | None = 30.0,
         mode: str = "",
         refresh_s: float = 10.0,
         clock: Callable[[], datetime] | None = None,
         others_using: Callable[[], list[str]] | None = None,
     ) -> None:
+        """`probe_interval_s` None: the lock column is probed only when asked (`p`, `K`)."""
         super().__init__()
-        self.fleet = fleet
-        self.jobs = jobs
-        self.prober = prober
-        self.lifecycle = lifecycle
+        self.services = services
         self.probe_interval_s = probe_interval_s
         self.mode = mode
         self.refresh_s = refresh_s
@@ -79,19 +82,13 @@ class TpuConsoleApp(App):
             self.set_interval(TERMINAL_CHECK_S, self._exit_if_terminal_gone)
         self.call_after_refresh(self._freeze_startup_objects)
         # "adding your ssh key to NODE's metadata" and the like, as they happen.
-        services = (self.jobs, self.prober, self.lifecycle)
-        remotes = {id(r): r for s in services if (r := getattr(s, "remote", None)) is not None}
-        for remote in remotes.values():
-            remote.notices.append(lambda text: self.notify(text, timeout=8))
-        if self.jobs is not None:
-            self.run_worker(self._reconcile_jobs(), group="reconcile")
+        self.services.remote.notices.append(lambda text: self.notify(text, timeout=8))
+        self.run_worker(self._reconcile_jobs(), group="reconcile")
 
     async def _reconcile_jobs(self) -> None:
         """Jobs launched before this start: follow the live ones, mark the vanished lost."""
-        from console.models import FleetError
-
         try:
-            notes = await self.jobs.reconcile(self.fleet)
+            notes = await self.services.jobs.reconcile(self.services.fleet)
         except FleetError:
             return
         lost = [n for n in notes if " lost" in n]
@@ -118,9 +115,7 @@ class TpuConsoleApp(App):
             self.exit(return_code=129)
 
     async def on_unmount(self) -> None:
-        if self.jobs is not None:
-            await self.jobs.remote.close()
-        await self.fleet.close()
+        await self.services.close()
 
     async def action_quit(self) -> None:
         """Quit; first ask, naming them, when other processes use the sandbox served here."""
@@ -150,6 +145,41 @@ class TpuConsoleApp(App):
             ),
             answered,
         )
+
+    # ----- where the palette goes ---------------------------------------------------------------
+    def fleet_screen(self) -> FleetScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, FleetScreen)), None)
+
+    def show_fleet(self) -> FleetScreen | None:
+        """Back to the fleet table, closing whatever is above it."""
+        fleet = self.fleet_screen()
+        while fleet is not None and self.screen is not fleet:
+            self.pop_screen()
+        return fleet
+
+    def show_jobs(self) -> None:
+        from console.ui.jobs_screen import JobsScreen
+
+        if not isinstance(self.screen, JobsScreen):
+            self.show_fleet()
+            self.push_screen(JobsScreen())
+
+    def show_health(self) -> None:
+        from console.ui.health_screen import HealthScreen
+
+        if not isinstance(self.screen, HealthScreen):
+            fleet = self.show_fleet()
+            if fleet is not None:
+                self.push_screen(HealthScreen(fleet))
+
+    def jump_to_node(self, key: str) -> None:
+        fleet = self.show_fleet()
+        if fleet is None or not fleet.jump_to(key):
+            self.notify(f"{key} is not in the fleet any more.", severity="warning")
+
+    def action_jump(self) -> None:
+        """`:` as in k9s: the palette, for a screen (`jobs`, `health`) or a node by name."""
+        self.action_command_palette()
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

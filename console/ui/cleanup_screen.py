@@ -9,12 +9,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from console.models import FleetError, Node
 from console.present.cleanup import plan_entries, result_entries
 from console.services.probe import CleanupPlan
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import lines, styled
 
 # How the shared wording (console/present/cleanup.py) is coloured here.
@@ -28,20 +28,12 @@ TONES = {
 }
 
 
-class CleanupScreen(ModalScreen[dict | None]):
+class CleanupScreen(ConsoleModal[dict | None]):
     BINDINGS = [
         Binding("y", "confirm", "Yes, clean"),
         Binding("n,escape", "cancel", "No"),
         Binding("enter", "close", "Close", show=False),
     ]
-
-    DEFAULT_CSS = """
-    CleanupScreen { align: center middle; }
-    CleanupScreen > VerticalScroll {
-        width: 90%; height: auto; max-height: 85%; border: thick $warning; padding: 1 2;
-        background: $panel;
-    }
-    """
 
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__()
@@ -66,7 +58,7 @@ class CleanupScreen(ModalScreen[dict | None]):
 
     @work(exclusive=True, group="cleanup")
     async def _make_plans(self) -> None:
-        prober = self.app.prober
+        prober = self.services.prober
         out: list[Text | str] = [Text("Kill stale: the plan", style="bold"), ""]
 
         async def one(node: Node) -> tuple[Node, CleanupPlan | None, FleetError | None]:
@@ -115,7 +107,7 @@ class CleanupScreen(ModalScreen[dict | None]):
 
     @work(exclusive=True, group="cleanup")
     async def _run(self) -> None:
-        prober = self.app.prober
+        prober = self.services.prober
         out: list[Text | str] = [Text("Kill stale: what happened", style="bold"), ""]
         for node in self.nodes:
             plan = self.plans.get(node.key)

@@ -7,9 +7,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import styled
 
 
@@ -21,18 +21,10 @@ def _body(title: str, items: list[str]) -> Text:
     return text
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ConfirmScreen(ConsoleModal[bool]):
     """Shows exactly what will happen to which nodes; `y` goes ahead, `n`/esc does nothing."""
 
     BINDINGS = [Binding("y", "yes", "Yes"), Binding("n,escape", "no", "No")]
-
-    DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > VerticalScroll {
-        width: 80; height: auto; max-height: 80%; border: thick $warning; padding: 1 2;
-        background: $panel;
-    }
-    """
 
     def __init__(self, title: str, lines: list[str]) -> None:
         super().__init__()
@@ -57,19 +49,10 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class TypedConfirmScreen(ModalScreen[bool]):
+class TypedConfirmScreen(ConsoleModal[bool]):
     """Deleting a whole zone: the user types the zone's name, as cloud consoles ask."""
 
     BINDINGS = [Binding("escape", "no", "Cancel")]
-
-    DEFAULT_CSS = """
-    TypedConfirmScreen { align: center middle; }
-    TypedConfirmScreen > VerticalScroll {
-        width: 80; height: auto; max-height: 80%; border: thick $error; padding: 1 2;
-        background: $panel;
-    }
-    TypedConfirmScreen #typed-error { color: $error; }
-    """
 
     def __init__(self, title: str, lines: list[str], word: str) -> None:
         super().__init__()

@@ -10,34 +10,22 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError
 from console.services.lifecycle import CreateRequest, default_name, parse_labels
 from console.services.runtimes import default_runtime
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines
 
 NAME_PREFIX = "tpu"
 
 
-class CreateScreen(ModalScreen[CreateRequest | None]):
+class CreateScreen(ConsoleModal[CreateRequest | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "submit", "Create"),
     ]
-
-    DEFAULT_CSS = """
-    CreateScreen { align: center middle; }
-    CreateScreen > VerticalScroll {
-        width: 80; height: auto; max-height: 90%; border: thick $accent; padding: 1 2;
-        background: $panel;
-    }
-    CreateScreen Label { margin-top: 1; color: $text-muted; }
-    CreateScreen #create-errors { color: $error; margin-top: 1; }
-    CreateScreen Horizontal { height: auto; margin-top: 1; }
-    CreateScreen Button { margin-right: 2; }
-    """
 
     def __init__(self, zones: list[str], zone: str = "") -> None:
         super().__init__()
@@ -93,12 +81,14 @@ class CreateScreen(ModalScreen[CreateRequest | None]):
     @work(exclusive=True, group="create-form")
     async def _load_zone(self, zone: str) -> None:
         errors = self.query_one("#create-errors", Static)
-        api = self.app.fleet.api
+        api = self.services.fleet.api
         try:
             types = [t.name for t in await api.accelerator_types(zone)]
             versions = await api.runtime_versions(zone)
         except FleetError as exc:
             errors.update(f"{exc.reason} {exc.remedy}")
+            return
+        if not self.is_attached:  # closed while the API answered
             return
         self._versions = versions
         version_select = self.query_one("#version", Select)

@@ -6,82 +6,39 @@ Rows are updated by node key, so refreshes never move the cursor or the scroll p
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from console.models import FleetError, FleetSnapshot, Node
 from console.services.fleet_columns import (
     COLUMNS,
     matches,
-    row_texts,
     sort_nodes,
     unreachable_groups,
     zones_line,
 )
-from console.services.lifecycle import stop_refusal
-from console.ui.plain import PlainTable, lines, styled
-from console.ui.styling import health_text, provisioning_text, state_text
+from console.services.lifecycle import CreateRequest, Progress, ProgressSink, stop_refusal
+from console.services.probe import WorkerProbe
+from console.ui.base_screens import ConsoleScreen
+from console.ui.plain import lines, styled
+from console.ui.widgets.fleet_table import FleetTable
+from console.ui.widgets.ops_panel import OpsPanel
+
+if TYPE_CHECKING:
+    from console.ui.launch_screen import LaunchChoice
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
 
 
-def lock_text(status: str) -> Text:
-    if status in {"-", ""}:
-        return Text("-", style="dim")
-    if status == "clean":
-        return Text(status, style="green")
-    if status.startswith("busy"):
-        return Text(status, style="cyan")
-    if "STALE" in status or "root" in status:
-        return Text(status, style="bold white on red")
-    return Text(status, style="bold yellow")
-
-
-def styled_cells(
-    node: Node, now: datetime, lock: str = "-", marked: bool = False
-) -> list[Text | str]:
-    cells: list[Text | str] = list(row_texts(node, now))
-    keys = [c.key for c in COLUMNS]
-    cells[keys.index("name")] = Text(node.name, style="bold" if node.needs_attention else "")
-    cells[keys.index("state")] = state_text(node.state)
-    cells[keys.index("health")] = health_text(node.health)
-    cells[keys.index("provisioning")] = provisioning_text(node.provisioning)
-    cells[keys.index("lock")] = lock_text(lock)
-    if marked:
-        cells[keys.index("name")] = Text("✓ " + node.name, style="bold reverse")
-    cells[keys.index("job")] = Text("-", style="dim")
-    return cells
-
-
-def _plain(cell: object) -> str:
-    return cell.plain if isinstance(cell, Text) else str(cell)
-
-
-def _same(old: object, new: object) -> bool:
-    """Text equality that also sees a change of colour (Rich compares only text and spans)."""
-
-    def look(cell: object) -> tuple[str, str]:
-        return (_plain(cell), str(cell.style) if isinstance(cell, Text) else "")
-
-    return look(old) == look(new)
-
-
-class FleetTable(PlainTable):
-    """The fleet's DataTable, with `enter` shown in the footer as the way into a node."""
-
-    BINDINGS = [Binding("enter", "select_cursor", "Details")]
-
-
-class FleetScreen(Screen):
+class FleetScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("r", "refresh", "Refresh"),
         Binding("slash", "filter", "Filter"),
@@ -110,16 +67,6 @@ class FleetScreen(Screen):
         ],
     ]
 
-    DEFAULT_CSS = """
-    FleetScreen #banner { display: none; background: $error 30%; color: $text; padding: 0 1; }
-    FleetScreen #banner.shown { display: block; }
-    FleetScreen #status { height: 1; padding: 0 1; color: $text-muted; }
-    FleetScreen #filter { display: none; dock: bottom; margin-bottom: 1; }
-    FleetScreen #ops { height: auto; max-height: 10; padding: 0 1; color: $warning; }
-    FleetScreen #filter.shown { display: block; }
-    FleetScreen DataTable { height: 1fr; }
-    """
-
     def __init__(self) -> None:
         super().__init__()
         self.snapshot: FleetSnapshot | None = None
@@ -129,25 +76,21 @@ class FleetScreen(Screen):
         self.refreshing = False
         self.last_error: FleetError | None = None
         self.loaded_at: datetime | None = None
-        self.probes: dict[str, list] = {}  # node key -> [WorkerProbe], the latest
-        self.probed_at: dict[str, float] = {}
         self.marked: set[str] = set()
-        # node key -> its operation's lines: each finished try's outcome, then the latest state
-        self.operations: dict[str, list[str]] = {}
-        self._live: dict[str, str] = {}
         self._carried_zones: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical():
-            yield Static("", id="banner", markup=False)
+            yield Static("", id="banner", classes="banner", markup=False)
             yield Static("loading fleet…", id="status", markup=False)
-            table = FleetTable(id="fleet", cursor_type="row", zebra_stripes=True)
-            for column in COLUMNS:
-                table.add_column(column.title, key=column.key)
-            yield table
-        yield Static("", id="ops", markup=False)
-        yield Input(placeholder="filter: name, zone, type, state, label=value …", id="filter")
+            yield FleetTable(id="fleet")
+        yield OpsPanel(id="ops")
+        yield Input(
+            placeholder="filter: name, zone, type, state, label=value …",
+            id="filter",
+            classes="bottom-input",
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -155,8 +98,12 @@ class FleetScreen(Screen):
         self.set_interval(self.app.refresh_s, self._periodic_refresh)
 
     @property
-    def table(self) -> DataTable:
-        return self.query_one("#fleet", DataTable)
+    def table(self) -> FleetTable:
+        return self.query_one("#fleet", FleetTable)
+
+    @property
+    def ops(self) -> OpsPanel:
+        return self.query_one("#ops", OpsPanel)
 
     # ----- refresh -----------------------------------------------------------------------------
     def _periodic_refresh(self) -> None:
@@ -173,7 +120,7 @@ class FleetScreen(Screen):
         snapshot: FleetSnapshot | None = None
         error: FleetError | None = None
         try:
-            snapshot = await self.app.fleet.list_nodes()
+            snapshot = await self.services.fleet.list_nodes()
         except FleetError as exc:
             error = exc
         finally:
@@ -202,9 +149,8 @@ class FleetScreen(Screen):
             self._render_rows()
             self.refresh_bindings()
             self._probe_due_nodes()
-            if self.app.lifecycle is not None:
-                for alert in self.app.lifecycle.observe(snapshot):
-                    self.notify(alert, severity="error", timeout=30)
+            for alert in self.services.lifecycle.observe(snapshot):
+                self.notify(alert, severity="error", timeout=30)
         self.query_one("#status", Static).update(self._status_text())
 
     def _keep_last_known(self, snapshot: FleetSnapshot) -> FleetSnapshot:
@@ -245,44 +191,17 @@ class FleetScreen(Screen):
         return styled(badge, " · ".join(parts))
 
     def _render_rows(self) -> None:
-        """Bring the table to the snapshot by key: remove, add, update cells, then reorder."""
+        """Bring the table to the snapshot (filtered, sorted); the table keeps the cursor."""
         if self.snapshot is None or not self.query("#fleet"):  # none: the app is closing
             return
         now = self.app.now()
-        table = self.table
         nodes = [n for n in self.snapshot.nodes if matches(n, self.filter_text)]
         nodes = sort_nodes(nodes, self.sort_column, self.sort_reverse, now)
-        wanted = {n.key: n for n in nodes}
-        cursor_key = self.cursor_node_key()
-        for row_key in list(table.rows):
-            if row_key.value not in wanted:
-                table.remove_row(row_key)
-        for node in nodes:
-            cells = styled_cells(node, now, self.lock_status(node), node.key in self.marked)
-            if node.key in table.rows:
-                current = table.get_row(node.key)
-                for column, old, new in zip(COLUMNS, current, cells, strict=True):
-                    if not _same(old, new):
-                        table.update_cell(node.key, column.key, new, update_width=True)
-            else:
-                table.add_row(*cells, key=node.key)
-        order = {n.key: i for i, n in enumerate(nodes)}
-        if [r.key.value for r in table.ordered_rows] != list(order):
-            table.sort(
-                "zone", "name", key=lambda vals: order[f"{_plain(vals[0])}/{_plain(vals[1])}"]
-            )
-        if cursor_key in wanted:
-            index = table.get_row_index(cursor_key)
-            if index != table.cursor_row:
-                table.move_cursor(row=index, scroll=False)
+        self.table.show(nodes, now, self.lock_status, self.marked)
         self.query_one("#status", Static).update(self._status_text(loading=self.refreshing))
 
     def cursor_node_key(self) -> str | None:
-        table = self.table
-        if table.row_count == 0:
-            return None
-        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return row_key.value
+        return self.table.cursor_node_key()
 
     def cursor_node(self) -> Node | None:
         key = self.cursor_node_key()
@@ -332,13 +251,12 @@ class FleetScreen(Screen):
         self.sort_reverse = not self.sort_reverse
         self._render_rows()
 
-    @on(DataTable.HeaderSelected)
-    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
-        if event.column_key.value in {c.key for c in COLUMNS}:
-            self.action_sort(event.column_key.value)
+    @on(FleetTable.SortAsked)
+    def _header_clicked(self, event: FleetTable.SortAsked) -> None:
+        self.action_sort(event.column)
 
     # ----- keys that depend on the node under the cursor ---------------------------------------
-    @on(DataTable.RowHighlighted, "#fleet")
+    @on(FleetTable.NodeHighlighted)
     def _cursor_moved(self) -> None:
         self.refresh_bindings()
 
@@ -359,9 +277,18 @@ class FleetScreen(Screen):
         return True
 
     # ----- detail ------------------------------------------------------------------------------
-    @on(DataTable.RowSelected, "#fleet")
+    @on(FleetTable.NodeChosen)
     def _row_selected(self) -> None:
         self.action_details()
+
+    def jump_to(self, key: str) -> bool:
+        """The palette's `:node`: the cursor on that node, the filter cleared if it hid it."""
+        if self.snapshot is None or all(n.key != key for n in self.snapshot.nodes):
+            return False
+        if key not in self.table.rows:
+            self.action_clear_filter()
+        self.table.focus()
+        return self.table.move_to(key)
 
     def action_details(self) -> None:
         from console.ui.node_detail import NodeDetailScreen
@@ -376,64 +303,49 @@ class FleetScreen(Screen):
     def action_jobs(self) -> None:
         from console.ui.jobs_screen import JobsScreen
 
-        if self.app.jobs is None:
-            self.notify("Jobs are not available in this session.", severity="warning")
-            return
         self.app.push_screen(JobsScreen())
 
-    def action_logs(self) -> None:
-        """The latest job on the node under the cursor."""
+    @work(group="logs")
+    async def action_logs(self) -> None:
+        """The latest job on the node under the cursor (the history read off the loop)."""
         from console.ui.log_screen import LogScreen
 
         node = self.cursor_node()
-        if node is None or self.app.jobs is None:
+        if node is None:
             return
-        latest = next(
-            (j for j in self.app.jobs.history.recent(500) if j.node_key == node.key), None
-        )
+        recent = await asyncio.to_thread(self.services.history.recent, 500)
+        latest = next((j for j in recent if j.node_key == node.key), None)
         if latest is None:
             self.notify(f"No jobs on {node.name} yet.", severity="information")
             return
         self.app.push_screen(LogScreen(latest))
 
     # ----- the TPU lock column, cleanup and health ---------------------------------------------
-    def lock_status(self, node: Node) -> str:
-        from console.services.probe import node_status
+    @property
+    def probes(self) -> dict[str, list[WorkerProbe]]:
+        """Node key -> its workers' latest probe (the session's, shared with health, cleanup)."""
+        return self.services.locks.probes
 
-        probes = self.probes.get(node.key)
-        return node_status(probes) if probes else "-"
+    def lock_status(self, node: Node) -> str:
+        return self.services.locks.status(node)
 
     def _probe_due_nodes(self) -> None:
         """Probe READY nodes whose last probe is older than the probe interval."""
-        if self.app.prober is None or self.snapshot is None:
-            return
-        now = time.monotonic()
-        due = [
-            n
-            for n in self.snapshot.nodes
-            if n.state == "READY"
-            and now - self.probed_at.get(n.key, -1e9) >= self.app.probe_interval_s
-        ]
+        if self.app.probe_interval_s is None or self.snapshot is None:
+            return  # probing only when asked
+        due = self.services.locks.due(self.snapshot.nodes, self.app.probe_interval_s)
         if due:
             self._probe(due)
 
     @work(group="probe")
     async def _probe(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            self.probed_at[node.key] = time.monotonic()
-
-        async def one(node: Node) -> None:
-            try:
-                self.probes[node.key] = await self.app.prober.probe(node)
-            except FleetError as exc:
-                self.notify(f"{node.name}: {exc}", severity="warning")
-
-        await asyncio.gather(*(one(n) for n in nodes))
+        for node, exc in await self.services.locks.probe(nodes):
+            self.notify(f"{node.name}: {exc}", severity="warning")
         self._render_rows()
 
     def action_probe(self) -> None:
         node = self.cursor_node()
-        if node is not None and self.app.prober is not None:
+        if node is not None:
             self._probe([node])
 
     def action_mark(self) -> None:
@@ -457,7 +369,7 @@ class FleetScreen(Screen):
         from console.ui.cleanup_screen import CleanupScreen
 
         nodes = [n for n in self._chosen_nodes() if n.state == "READY"]
-        if self.app.prober is None or not nodes:
+        if not nodes:
             self.notify("Choose a READY node (space marks several).", severity="warning")
             return
         self.app.push_screen(CleanupScreen(nodes), self._after_cleanup)
@@ -474,57 +386,35 @@ class FleetScreen(Screen):
         self.app.push_screen(HealthScreen(self))
 
     # ----- lifecycle ---------------------------------------------------------------------------
-    def _show_ops(self) -> None:
-        shown = [
-            line
-            for key, kept in self.operations.items()
-            for line in (*kept, self._live.get(key, ""))
-            if line
-        ]
-        for ops in self.query("#ops").results(Static):  # none while the app closes
-            ops.update(lines(shown))
-
-    def _progress(self, key: str):
+    def _progress(self, key: str) -> ProgressSink:
         """Each try's outcome stays on screen ("✗ …"), the live state replaces itself ("⟳ …")."""
 
-        def report(progress) -> None:
-            first = key not in self.operations
-            kept = self.operations.setdefault(key, [])
-            if progress.outcome:
-                kept.append(("✗ " if progress.state == "FAILED" else "· ") + progress.line())
-                self._live.pop(key, None)
-            else:
-                self._live[key] = "⟳ " + progress.line()
-            self._show_ops()
-            if first:
+        def report(progress: Progress) -> None:
+            if self.query("#ops") and self.ops.report(key, progress):
                 self.action_refresh()  # show the node's row (CREATING, STOPPING…) at once
 
         return report
 
     def _ops_done(self, key: str) -> None:
-        self.operations.pop(key, None)
-        self._live.pop(key, None)
-        self._show_ops()
+        for ops in self.query("#ops").results(OpsPanel):  # none while the app closes
+            ops.done(key)
 
     def action_create(self) -> None:
         from console.ui.create_screen import CreateScreen
 
-        if self.app.lifecycle is None:
-            self.notify("Creating VMs is not available in this session.", severity="warning")
-            return
         zones = list(self.snapshot.zones) if self.snapshot else []  # zones with TPU access
         node = self.cursor_node()
         self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
 
-    def _create(self, request) -> None:
+    def _create(self, request: CreateRequest | None) -> None:
         if request is not None:
             self._run_create(request)
 
     @work(group="lifecycle")
-    async def _run_create(self, request) -> None:
+    async def _run_create(self, request: CreateRequest) -> None:
         key = f"{request.zone}/{request.name}"
         try:
-            outcome = await self.app.lifecycle.create(request, self._progress(key))
+            outcome = await self.services.lifecycle.create(request, self._progress(key))
         except FleetError as exc:
             code = f" [{exc.code}]" if exc.code else ""
             self.notify(
@@ -560,7 +450,7 @@ class FleetScreen(Screen):
         from console.ui.confirm_screen import ConfirmScreen
 
         chosen = self._chosen_nodes()
-        if self.app.lifecycle is None or not chosen:
+        if not chosen:
             return
         nodes = [n for n in chosen if not stop_refusal(n, verb)]
         if not nodes:  # the key is greyed then; a click on it lands here
@@ -583,7 +473,7 @@ class FleetScreen(Screen):
         from console.ui.confirm_screen import TypedConfirmScreen
 
         node = self.cursor_node()
-        if self.app.lifecycle is None or node is None or self.snapshot is None:
+        if node is None or self.snapshot is None:
             return
         zone = node.zone
         nodes = [n for n in self.snapshot.nodes if n.zone == zone]
@@ -601,7 +491,7 @@ class FleetScreen(Screen):
     @work(group="lifecycle")
     async def _run_change(self, verb: str, node: Node) -> None:
         try:
-            after = await self.app.lifecycle.change(verb, node, self._progress(node.key))
+            after = await self.services.lifecycle.change(verb, node, self._progress(node.key))
         except FleetError as exc:
             code = f" [{exc.code}]" if exc.code else ""
             self.notify(
@@ -621,7 +511,7 @@ class FleetScreen(Screen):
         from console.ui.launch_screen import LaunchScreen
 
         node = self.cursor_node()
-        if node is None or self.app.jobs is None:
+        if node is None:
             return
         if node.state != "READY":
             self.notify(
@@ -630,21 +520,21 @@ class FleetScreen(Screen):
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
 
-    def _launch(self, node: Node, choice) -> None:
+    def _launch(self, node: Node, choice: LaunchChoice | None) -> None:
         if choice is not None:
             self._run_launch(node, choice)
 
     @work(group="launch")
-    async def _run_launch(self, node: Node, choice) -> None:
+    async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:
         """The form's choice through the launch service: clean first if it offered, then the
         upload or the job (its logs open); any failure is one notification."""
         from console.present.launch import not_started, upload_lines
-        from console.services.launch import LaunchPlan, LaunchService
+        from console.services.launch import LaunchPlan
         from console.ui.log_screen import LogScreen
 
-        launcher = LaunchService(self.app.jobs, self.app.prober)
+        launcher = self.services.launcher
         plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
-        if plan.is_upload:
+        if plan.rendered.upload is not None:
             self.notify(f"Uploading {plan.rendered.upload[0]} on {node.name}…")
         try:
             cleanup = await launcher.plan_cleanup(plan) if choice.clean_first else None

@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.services.probe import odd_lock_note
+from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable
 
+if TYPE_CHECKING:
+    from console.ui.fleet_screen import FleetScreen
 
-class HealthScreen(Screen):
+
+class HealthScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reprobe", "Probe all"),
         Binding("question_mark", "app.help", "Help"),
     ]
 
-    DEFAULT_CSS = "HealthScreen #health-note { padding: 0 1; color: $text-muted; }"
-
-    def __init__(self, fleet_screen) -> None:
+    def __init__(self, fleet_screen: FleetScreen) -> None:
         super().__init__()
         self.fleet_screen = fleet_screen
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="health-note", markup=False)
+        yield Static("", id="health-note", classes="note", markup=False)
         table: DataTable = PlainTable(id="health", cursor_type="row", zebra_stripes=True)
         for title in ("NODE", "WORKER", "FINDING", "DETAIL"):
             table.add_column(title, key=title.lower())
@@ -82,5 +85,5 @@ class HealthScreen(Screen):
 
     def action_reprobe(self) -> None:
         screen = self.fleet_screen
-        if screen.snapshot is not None and self.app.prober is not None:
+        if screen.snapshot is not None:
             screen._probe([n for n in screen.snapshot.nodes if n.state == "READY"])

@@ -7,9 +7,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import Static
 
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import plain, styled
 
 _KEY_NAMES = {"slash": "/", "question_mark": "?", "enter": "⏎", "escape": "esc"}
@@ -30,19 +31,13 @@ def key_table(screen: Screen) -> Table:
                 )
             else:
                 table.add_row(plain(key), plain(binding.description))
+    # The app's own keys, on every screen.
+    table.add_row(plain(": ctrl+p"), plain("Jump to a node, a screen or an action by name"))
     return table
 
 
-class HelpScreen(ModalScreen):
+class HelpScreen(ConsoleModal[None]):
     BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "Close")]
-
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll {
-        width: 64; height: auto; max-height: 80%; border: round $accent; padding: 1 2;
-        background: $panel;
-    }
-    """
 
     def __init__(self, under: Screen) -> None:
         super().__init__()

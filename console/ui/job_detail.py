@@ -6,24 +6,16 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from console.models import Job
 from console.services.job_record import job_record_lines
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import lines
 
 
-class JobDetailScreen(ModalScreen):
+class JobDetailScreen(ConsoleModal[None]):
     BINDINGS = [Binding("escape,d,q", "app.pop_screen", "Close")]
-
-    DEFAULT_CSS = """
-    JobDetailScreen { align: center middle; }
-    JobDetailScreen > VerticalScroll {
-        width: 90%; height: auto; max-height: 85%; border: thick $accent; padding: 1 2;
-        background: $panel;
-    }
-    """
 
     def __init__(self, job: Job) -> None:
         super().__init__()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.models import FleetError, Job
+from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable
 
 RELOAD_S = 2.0
@@ -20,7 +22,7 @@ COLUMNS = ("job", "status", "node", "workers", "started", "result", "command")
 COMMAND_WIDTH = 60
 
 
-def _cells(job: Job) -> tuple:
+def _cells(job: Job) -> tuple[str | Text, ...]:
     return (
         job.job_id,
         job.status,
@@ -56,7 +58,7 @@ class JobsTable(PlainTable):
     BINDINGS = [Binding("enter", "select_cursor", "Logs")]
 
 
-class JobsScreen(Screen):
+class JobsScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "reload", "Refresh"),
@@ -65,8 +67,6 @@ class JobsScreen(Screen):
         Binding("d", "describe", "Describe"),
         Binding("question_mark", "app.help", "Help"),
     ]
-
-    DEFAULT_CSS = "JobsScreen #jobs-empty { padding: 1 2; color: $text-muted; }"
 
     def __init__(self, node_key: str = "") -> None:
         super().__init__()
@@ -95,16 +95,22 @@ class JobsScreen(Screen):
     @work(exclusive=True, group="jobs-settle")
     async def _settle_ended(self) -> None:
         """A job launched elsewhere (the CLI, another console) ends unwatched: show that."""
-        if await self.app.jobs.settle_ended():
+        if await self.services.jobs.settle_ended():
             self.action_reload()
 
     def action_reload(self) -> None:
+        self._reload()
+
+    @work(exclusive=True, group="jobs-reload")
+    async def _reload(self) -> None:
+        """The history read on a thread (a busy SQLite file must not freeze the keys)."""
+        recent = await asyncio.to_thread(self.services.history.recent, 200)
+        if not self.is_attached:
+            return  # closed meanwhile
+        self._show([j for j in recent if not self.node_key or j.node_key == self.node_key])
+
+    def _show(self, jobs: list[Job]) -> None:
         table = self.query_one("#jobs", DataTable)
-        jobs = [
-            j
-            for j in self.app.jobs.history.recent(200)
-            if not self.node_key or j.node_key == self.node_key
-        ]
         self.jobs = {j.job_id: j for j in jobs}
         order = [j.job_id for j in jobs]
         if order != [row.key.value for row in table.ordered_rows]:
@@ -127,22 +133,29 @@ class JobsScreen(Screen):
     def _open(self, event: DataTable.RowSelected) -> None:
         from console.ui.log_screen import LogScreen
 
-        self.app.push_screen(LogScreen(self.jobs[event.row_key.value]))
+        job = self.jobs.get(event.row_key.value or "")
+        if job is not None:
+            self.app.push_screen(LogScreen(job))
 
     def _cursor_job(self) -> Job | None:
         table = self.query_one("#jobs", DataTable)
         if table.row_count == 0:
             return None
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return self.jobs.get(key.value)
+        return self.jobs.get(key.value or "")
 
     def action_describe(self) -> None:
         """The whole record, the command in full, as `tpuconsole jobs show` prints it."""
-        from console.ui.job_detail import JobDetailScreen
-
         job = self._cursor_job()
         if job is not None:
-            self.app.push_screen(JobDetailScreen(self.app.jobs.history.get(job.job_id) or job))
+            self._describe(job)
+
+    @work(group="job-describe")
+    async def _describe(self, job: Job) -> None:
+        from console.ui.job_detail import JobDetailScreen
+
+        record = await asyncio.to_thread(self.services.history.get, job.job_id)
+        self.app.push_screen(JobDetailScreen(record or job))
 
     def action_stop_job(self) -> None:
         from console.ui.confirm_screen import ConfirmScreen
@@ -156,16 +169,20 @@ class JobsScreen(Screen):
             for w in job.workers
             if w.pid
         ]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._stop(job)
+
         self.app.push_screen(
-            ConfirmScreen(f"Stop job {job.job_id} on {job.node}?", lines),
-            lambda yes: self._stop(job) if yes else None,
+            ConfirmScreen(f"Stop job {job.job_id} on {job.node}?", lines), answered
         )
 
     @work(group="job-control")
     async def _stop(self, job: Job) -> None:
         try:
-            node = await self.app.fleet.get_node(job.zone, job.node)
-            outcome = await self.app.jobs.stop(job, node)
+            node = await self.services.fleet.get_node(job.zone, job.node)
+            outcome = await self.services.jobs.stop(job, node)
         except FleetError as exc:
             self.notify(f"Stop {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
             return
@@ -182,8 +199,8 @@ class JobsScreen(Screen):
         if job is None:
             return
         try:
-            node = await self.app.fleet.get_node(job.zone, job.node)
-            again = await self.app.jobs.rerun(job, node)
+            node = await self.services.fleet.get_node(job.zone, job.node)
+            again = await self.services.jobs.rerun(job, node)
         except FleetError as exc:
             self.notify(f"Re-run {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
             return

@@ -15,12 +15,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError, Node
 from console.services.preflight import Check, preflight
 from console.services.templates import TEMPLATES, Param, Rendered, Template
+from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines, plain, styled
 
 
@@ -35,25 +35,8 @@ class LaunchChoice:
     params: dict[str, Any]
 
 
-class LaunchScreen(ModalScreen):
+class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "launch", "Launch")]
-
-    DEFAULT_CSS = """
-    LaunchScreen { align: center middle; }
-    LaunchScreen > VerticalScroll {
-        width: 120; height: auto; max-height: 95%; border: thick $accent; padding: 1 2;
-        background: $panel;
-    }
-    LaunchScreen Label { margin-top: 1; color: $text-muted; }
-    LaunchScreen #params {
-        grid-size: 2; grid-columns: 28 1fr; grid-rows: 1; grid-gutter: 1 0; height: auto;
-    }
-    LaunchScreen #params Label { margin-top: 0; color: $text; }
-    LaunchScreen #params Input, LaunchScreen #params SelectCurrent { background: $boost; }
-    LaunchScreen #params .-bad { background: $error 40%; }
-    LaunchScreen #launch-checks { margin-top: 1; }
-    LaunchScreen #launch-command { margin-top: 1; background: $boost; padding: 0 1; }
-    """
 
     def __init__(self, node: Node) -> None:
         super().__init__()
@@ -105,10 +88,10 @@ class LaunchScreen(ModalScreen):
     @work(exclusive=True, group="launch-probe")
     async def _probe(self) -> None:
         """Stale TPU state on the workers turns into an offer in the checks."""
-        if self.app.prober is None or self.node.state != "READY":
+        if self.node.state != "READY":
             return
         try:
-            self.probes = await self.app.prober.probe(self.node)
+            self.probes = await self.services.prober.probe(self.node)
         except FleetError:
             self.probes = []
         self._refresh()
@@ -132,8 +115,10 @@ class LaunchScreen(ModalScreen):
                     value: Any = True if widget.value else None
                 elif isinstance(widget, Select):
                     value = None if widget.is_blank() else widget.value
-                else:
+                elif isinstance(widget, Input):
                     value = widget.value
+                else:
+                    continue
                 if value not in (None, ""):
                     raw[p.name] = value
         return raw
@@ -169,7 +154,7 @@ class LaunchScreen(ModalScreen):
                         widget.clear()
                     else:
                         widget.value = value
-                else:
+                elif isinstance(widget, Input):
                     widget.value = "" if value is None else str(value)
         self._refresh()
 

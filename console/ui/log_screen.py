@@ -2,64 +2,40 @@
 
 The screen follows the job in a Textual worker; the LogStreams write the local copies and a
 20 Hz tick indexes whatever arrived, so a fast producer costs one redraw per tick, not per line.
+What the lines mean (findings, hangs, silence, the record) is the JobMonitor's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import asdict
+from array import array
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.reactive import reactive
-from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
 from console.models import FleetError, Job, NodeGone
-from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
+from console.services.diagnosis import Diagnoser
+from console.services.job_monitor import JobMonitor
 from console.services.log_index import LogIndex, Query, QueryCancelled
-from console.services.metrics import JobMetrics, sparkline
+from console.services.metrics import JobMetrics
 from console.services.terminal_text import plain_text
-from console.ui.log_view import LogView
-from console.ui.plain import lines, styled
+from console.ui.base_screens import ConsoleScreen
+from console.ui.plain import Piece, styled
+from console.ui.widgets.findings_panel import FindingsPanel
+from console.ui.widgets.log_view import LogView
+from console.ui.widgets.status_line import StatusLine
 
-HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
-SILENT_S = 600.0  # no output at all this long while running
 TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
-RECORD_SYNC_S = 2.0  # how often the job record is re-read (status, findings made elsewhere)
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
 
 
-def _training_line(worker: int, metrics: JobMetrics) -> str:
-    """Loss and mean reward side by side: sparklines with their latest values, no markup."""
-    parts = [f"w{worker}"]
-    for label, series in (
-        ("loss", metrics.losses.get(worker)),
-        ("reward", metrics.rewards.get(worker)),
-    ):
-        if series:
-            step, value = series[-1]
-            spark = sparkline([v for _, v in series], width=20)
-            parts.append(f"{label} {spark} step {step}: {value:.6g}")
-    return "   ".join(parts)
-
-
-class StatusLine(Widget):
-    """One line that redraws itself alone: a Static would relayout the screen."""
-
-    text: reactive[Text] = reactive(Text, layout=False)
-
-    def render(self) -> Text:
-        return self.text
-
-
-class LogScreen(Screen):
+class LogScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("f", "toggle_follow", "Follow"),
@@ -76,16 +52,6 @@ class LogScreen(Screen):
         Binding("question_mark", "app.help", "Help"),
     ]
 
-    DEFAULT_CSS = """
-    LogScreen #log-status { height: 1; padding: 0 1; background: $boost; }
-    LogScreen #log-banner { display: none; background: $error 30%; padding: 0 1; }
-    LogScreen #log-diagnosis { height: auto; max-height: 12; padding: 0 1; display: none; }
-    LogScreen #log-diagnosis.shown { display: block; background: $warning 15%; }
-    LogScreen #log-banner.shown { display: block; }
-    LogScreen #log-input { display: none; dock: bottom; margin-bottom: 1; }
-    LogScreen #log-input.shown { display: block; }
-    """
-
     def __init__(self, job: Job) -> None:
         super().__init__()
         self.job = job
@@ -96,12 +62,8 @@ class LogScreen(Screen):
             for w in job.workers
         }
         self.input_mode = ""  # "search" or "filter" while the input is open
-        self.diagnoser = Diagnoser()
-        self.metrics = JobMetrics()
+        self.monitor: JobMonitor
         self._findings_changed = False
-        self._last_data = time.monotonic()
-        self._done_at: dict[int, float] = {}
-        self._synced_at = 0.0
         self._changed = False
         self._view_query: Query | None = None  # a filter or worker view being made
         self._search_query: Query | None = None
@@ -111,17 +73,27 @@ class LogScreen(Screen):
 
     def compose(self) -> ComposeResult:
         paths = {
-            w.worker: self.app.jobs.log_path(self.job.job_id, w.worker) for w in self.job.workers
+            w.worker: self.services.jobs.log_path(self.job.job_id, w.worker)
+            for w in self.job.workers
         }
+        self.monitor = self.services.monitor(self.job.job_id)
         self.index = LogIndex(paths)
         self.index.on_lines = self._scan_lines
         yield Header()
-        yield Static("", id="log-banner", markup=False)
+        yield Static("", id="log-banner", classes="banner", markup=False)
         yield StatusLine(id="log-status")
-        yield Static("", id="log-diagnosis", markup=False)
+        yield FindingsPanel(id="log-diagnosis")
         yield LogView(self.index, id="log")
-        yield Input(id="log-input")
+        yield Input(id="log-input", classes="bottom-input")
         yield Footer()
+
+    @property
+    def diagnoser(self) -> Diagnoser:
+        return self.monitor.diagnoser
+
+    @property
+    def metrics(self) -> JobMetrics:
+        return self.monitor.metrics
 
     @property
     def view(self) -> LogView:
@@ -152,95 +124,36 @@ class LogScreen(Screen):
         while True:
             if await self.index.scan_off_loop(budget_bytes=SLICE_BYTES):
                 self._changed = True
-                self._last_data = time.monotonic()  # a bar that grows is output too
+                self.monitor.output_seen()  # a bar that grows is output too
             await asyncio.sleep(0 if self.index.lagging else TICK_S)
 
     def _scan_lines(self, worker: int, data: bytes) -> None:
-        """Bulk matchers over newly indexed lines: failures and results, C-speed scans."""
-        self._last_data = time.monotonic()
-        if self.diagnoser.feed_chunk(worker, data):
+        """Newly indexed lines, to the monitor's bulk matchers (failures, results)."""
+        if self.monitor.feed(worker, data):
             self._findings_changed = True
-        if self.metrics.feed_chunk(worker, data):
-            self._findings_changed = True
-            for w in self.metrics.done:
-                self._done_at.setdefault(w, time.monotonic())
 
-    def _check_conditions(self) -> None:
-        """Hang after DONE and silence are findings about a job still running, nothing else."""
-        if not self.job.open:
-            return
-        now = time.monotonic()
-        for worker, at in self._done_at.items():
-            if not self.ended.get(worker) and now - at > HANG_AFTER_DONE_S:
-                found = from_condition(
-                    "hang_after_done",
-                    f"w{worker} printed DONE {now - at:.0f} s ago and is still running",
-                    worker,
-                )
-                self._condition(found)
-        running = [w for w, state in self.ended.items() if not state]
-        if running and now - self._last_data > SILENT_S:
-            self._condition(
-                from_condition("silent", f"no output for {now - self._last_data:.0f} s")
-            )
+    def _sync_due(self) -> None:
+        """The record (status, findings made elsewhere) every few seconds, read on a thread."""
+        if self.monitor.sync_due():
+            self.run_worker(self._sync_record(), group="job-record")
 
-    def _sync_record(self) -> None:
-        """Findings recorded elsewhere (a refresh that saw the VM leave READY) and the status."""
-        now = time.monotonic()
-        if now - self._synced_at < RECORD_SYNC_S:
-            return
-        self._synced_at = now
-        record = self.app.jobs.history.get(self.job.job_id)
-        if record is None:
-            return
-        for d in record.diagnoses:
-            if self.diagnoser.add(Diagnosis(**d)):
-                self._findings_changed = True
-        if record.status != self.job.status:
+    async def _sync_record(self) -> None:
+        record, new_findings = await self.monitor.sync()
+        if new_findings and self.is_attached:
+            self._show_findings()
+        if record is not None and record.status != self.job.status:
             self.job = record
             self._changed = True
 
-    def _condition(self, found: Diagnosis) -> None:
-        """A finding no log line carries: shown, and kept with the job in the history."""
-        if self.diagnoser.add(found):
-            self._findings_changed = True
-            self.app.jobs.history.set_results(self.job.job_id, diagnoses=[asdict(found)])
-
     def _show_findings(self) -> None:
-        found: list[Text | str] = []
-        for d in self.diagnoser.found:
-            where = f"w{d.worker}: " if d.worker is not None else ""
-            found.append(
-                styled(
-                    (where + d.title, "b red"),
-                    f" — {d.evidence[:120]}\n   ",
-                    ("cause", "b"),
-                    f" {d.cause}\n   ",
-                    ("remedy", "b"),
-                    f" {d.remedy}",
-                )
-            )
-        summary = self.metrics.summary()
-        if summary:
-            found.append(styled(("results", "b green"), f" {summary}"))
-        engines: dict[int, list[tuple[int, float]]] = {}
-        for (worker, engine), seconds in sorted(self.metrics.engine_sec.items()):
-            engines.setdefault(worker, []).append((engine, seconds))
-        for worker, timings in engines.items():
-            found.append(
-                f"w{worker} generate_sec " + "  ".join(f"e{e} {t:.3f}" for e, t in timings)
-            )
-        for worker in sorted({*self.metrics.losses, *self.metrics.rewards}):
-            found.append(_training_line(worker, self.metrics))
-        panel = self.query_one("#log-diagnosis", Static)
-        panel.update(lines(found))
-        panel.set_class(bool(found), "shown")
+        self._findings_changed = False
+        self.query_one(FindingsPanel).show(self.monitor.found, self.monitor.metrics)
 
     def _redraw(self) -> None:
-        self._check_conditions()
-        self._sync_record()
+        if self.monitor.check(self.job.open, self.ended):
+            self._findings_changed = True
+        self._sync_due()
         if self._findings_changed:
-            self._findings_changed = False
             self._show_findings()
         if self._changed:
             self._changed = False
@@ -251,9 +164,9 @@ class LogScreen(Screen):
 
     @work(exclusive=True, group="job-logs")
     async def _follow_job(self) -> None:
-        jobs = self.app.jobs
+        jobs = self.services.jobs
         try:
-            node = await self.app.fleet.get_node(self.job.zone, self.job.node)
+            node = await self.services.fleet.get_node(self.job.zone, self.job.node)
             await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)
@@ -280,7 +193,7 @@ class LogScreen(Screen):
         states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
         follow = ("FOLLOW", "b green") if self.view.follow else ("PAUSED", "b yellow")
         job_state = {"killed": ("KILLED", "b red"), "lost": ("LOST", "b red")}.get(self.job.status)
-        parts: list = [
+        parts: list[Piece] = [
             *([job_state] if job_state else []),
             follow,
             f"{len(self.index.visible)}/{len(self.index)} lines",
@@ -309,7 +222,7 @@ class LogScreen(Screen):
     def running_query(self) -> Query | None:
         return self._view_query or self._search_query
 
-    def _run(self, query: Query, work, done) -> None:
+    def _run(self, query: Query, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         async def run() -> None:
             try:
                 result = await asyncio.to_thread(work)
@@ -347,7 +260,7 @@ class LogScreen(Screen):
         workers, text = self.view_workers, self.view_filter
         query = self._view_query = Query("filter", text)
 
-        def adopt(result) -> None:
+        def adopt(result: tuple[array, int]) -> None:
             visible, upto = result
             self.index.install_view(workers, text, visible, upto)
             self.view.current_row = None
@@ -451,7 +364,7 @@ class LogScreen(Screen):
         self._search(start, forward=False)
 
     def action_save(self) -> None:
-        folder = self.app.jobs.home / "saved"
+        folder = self.services.jobs.home / "saved"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.job.job_id}-{datetime.now():%Y%m%d-%H%M%S}.log"
         with open(path, "w") as fh:

@@ -5,16 +5,18 @@ It re-reads the node on `r` and on the app's refresh interval, so a preemption s
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.models import FleetError, Node, format_age
+from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable, plain, styled
 from console.ui.styling import health_text, provisioning_text, state_text
 
@@ -124,7 +126,7 @@ def summary_table(node: Node, now) -> Table:
     return grid
 
 
-class NodeDetailScreen(Screen):
+class NodeDetailScreen(ConsoleScreen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("q", "app.pop_screen", "Back", show=False),
@@ -132,22 +134,13 @@ class NodeDetailScreen(Screen):
         Binding("question_mark", "app.help", "Help"),
     ]
 
-    DEFAULT_CSS = """
-    NodeDetailScreen #summary { padding: 1 2; height: auto; }
-    NodeDetailScreen #workers { height: auto; max-height: 20; margin: 0 2; }
-    NodeDetailScreen #events { height: auto; max-height: 20; margin: 0 2; }
-    NodeDetailScreen #detail-banner { display: none; background: $error 30%; padding: 0 1; }
-    NodeDetailScreen #detail-banner.shown { display: block; }
-    NodeDetailScreen .section { padding: 0 2; text-style: bold; color: $accent; }
-    """
-
     def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="detail-banner", markup=False)
+        yield Static("", id="detail-banner", classes="banner", markup=False)
         with VerticalScroll():
             yield Static(id="summary", markup=False)
             yield Static("Workers", classes="section", markup=False)
@@ -172,7 +165,7 @@ class NodeDetailScreen(Screen):
     def _show(self, node: Node) -> None:
         self.node = node
         self.query_one("#summary", Static).update(summary_table(node, self.app.now()))
-        self._show_events()
+        self._load_events()
         table = self.query_one("#workers", DataTable)
         table.clear()
         for w in node.workers:
@@ -184,13 +177,16 @@ class NodeDetailScreen(Screen):
                 key=str(w.index),
             )
 
-    def _show_events(self) -> None:
-        history = getattr(self.app.lifecycle, "history", None)
+    @work(exclusive=True, group="node-events")
+    async def _load_events(self) -> None:
+        """The node's recorded events, read on a thread."""
+        history = self.services.history
+        events = await asyncio.to_thread(history.events_for, self.node.zone, self.node.name)
+        if not self.is_attached:
+            return
         table = self.query_one("#events", DataTable)
         table.clear()
-        if history is None:
-            return
-        for event in history.events_for(self.node.zone, self.node.name):
+        for event in events:
             table.add_row(
                 event.at.astimezone().strftime("%m-%d %H:%M:%S"),
                 event.kind,
@@ -205,7 +201,7 @@ class NodeDetailScreen(Screen):
     async def _reload(self) -> None:
         banner = self.query_one("#detail-banner", Static)
         try:
-            node = await self.app.fleet.get_node(self.node.zone, self.node.name)
+            node = await self.services.fleet.get_node(self.node.zone, self.node.name)
         except FleetError as exc:
             banner.update(styled((exc.reason, "bold"), " ", exc.remedy))
             banner.add_class("shown")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox, home_claimed, read_served_endpoint
+from console.services.jobs import JobService
+from console.services.session import Services
 from console.services.settings import resolve_settings
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen
@@ -274,7 +277,15 @@ async def test_the_tui_asks_before_quitting_under_the_processes_it_serves() -> N
             time.sleep(0.05)
         [named] = source.stranded_by_quit()
         assert named.startswith(f"pid {other.pid}: ") and "exec demo-v4-8 -- sleep 600" in named
-        app = TpuConsoleApp(source.fleet, mode="SANDBOX", others_using=source.stranded_by_quit)
+        jobs = JobService(
+            source.remote(), HistoryStore(settings.home / "history.db"), settings.home
+        )
+        app = TpuConsoleApp(
+            Services.build(jobs),
+            mode="SANDBOX",
+            probe_interval_s=None,
+            others_using=source.stranded_by_quit,
+        )
         async with app.run_test(size=(160, 40)) as pilot:
             await pilot.press("q")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))

@@ -8,12 +8,11 @@ from pathlib import Path
 from textual.widgets import DataTable, Static
 
 from console.sandbox.runtime import Sandbox
-from console.services.probe import ProbeService
-from console.services.remote import RemoteService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.cleanup_screen import CleanupScreen
 from console.ui.health_screen import HealthScreen
-from tests.conftest import cursor_to, fleet_for, ssh_options_for, until
+from tests.conftest import cursor_to, until
 
 ZONE = "us-central2-b"
 HOLDER = Path(__file__).resolve().parents[2] / "hold_tpu.py"
@@ -25,14 +24,13 @@ def lock_cell(app: TpuConsoleApp, key: str) -> str:
 
 
 async def test_k_shows_the_plan_and_y_leaves_the_node_clean(
-    sandbox: Sandbox, tmp_path: Path
+    sandbox: Sandbox, services: Services
 ) -> None:
     place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0)
     place.materialise()
     shutil.copy(HOLDER, place.root / "hold_tpu.py")
     place.lockfile.touch()  # left behind by a run that died
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
+    fleet, remote = services.fleet, services.remote
     node = await fleet.find_node("demo-v4-8")
     await remote.run(
         node,
@@ -40,7 +38,7 @@ async def test_k_shows_the_plan_and_y_leaves_the_node_clean(
         "setsid nohup python3 hold_tpu.py chips > h.out 2>&1 "
         "< /dev/null & until grep -q holding h.out; do sleep 0.02; done",
     )
-    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX")
     key = "us-central2-b/demo-v4-8"
     async with app.run_test(size=(170, 40)) as pilot:
         await until(pilot, lambda: lock_cell(app, key) == "1 lingering")
@@ -62,17 +60,13 @@ async def test_k_shows_the_plan_and_y_leaves_the_node_clean(
         await pilot.press("H")
         assert isinstance(app.screen, HealthScreen)
         assert app.screen.query_one("#health", DataTable).row_count == 0
-    await remote.close()
-    await fleet.close()
 
 
-async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, tmp_path: Path) -> None:
+async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, services: Services) -> None:
     place = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0)
     place.materialise()
     place.lockfile.touch()
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX")
     key = "us-central2-b/demo-v4-8"
     async with app.run_test(size=(170, 40)) as pilot:
         await until(pilot, lambda: lock_cell(app, key) == "STALE LOCK")
@@ -94,17 +88,13 @@ async def test_n_leaves_everything_as_it_is(sandbox: Sandbox, tmp_path: Path) ->
         await pilot.press("n")
         assert not isinstance(app.screen, CleanupScreen)
         assert place.lockfile.exists()
-    await remote.close()
-    await fleet.close()
 
 
 async def test_the_first_probe_of_a_node_says_it_adds_your_key(
-    sandbox: Sandbox, tmp_path: Path
+    sandbox: Sandbox, services: Services
 ) -> None:
     """A new sandbox, like a new VM, has your key in no metadata: the console says it adds it."""
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    app = TpuConsoleApp(fleet, prober=ProbeService(remote), mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX")
     key = "us-central2-b/demo-v4-8"
     async with app.run_test(size=(170, 40)) as pilot:
         await until(pilot, lambda: lock_cell(app, key) == "clean")
@@ -113,5 +103,3 @@ async def test_the_first_probe_of_a_node_says_it_adds_your_key(
             return [n.message for n in app._notifications]
 
         assert "adding your ssh key to demo-v4-8's metadata" in told()
-    await remote.close()
-    await fleet.close()

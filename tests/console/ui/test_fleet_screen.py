@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from textual.widgets import DataTable, Static
 from console.models import FleetError
 from console.sandbox.runtime import Sandbox
 from console.services.fleet import FleetService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
+from console.ui.confirm_screen import ConfirmScreen
 from console.ui.help_screen import HelpScreen
 from console.ui.node_detail import NodeDetailScreen
-from tests.conftest import DEFAULT_NODES, cursor_to, fleet_for
+from tests.conftest import DEFAULT_NODES, cursor_to, services_on, until
 
 SIZE = (160, 40)
 
@@ -61,8 +64,10 @@ def banner(app: TpuConsoleApp) -> Static:
     return app.screen.query_one("#banner", Static)
 
 
-async def test_table_shows_every_sandbox_node_with_its_state(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_table_shows_every_sandbox_node_with_its_state(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         assert row_keys(app) == list(DEFAULT_NODES)
@@ -72,8 +77,10 @@ async def test_table_shows_every_sandbox_node_with_its_state(sandbox: Sandbox) -
         assert "SANDBOX" in text_of(app.screen.query_one("#status", Static))
 
 
-async def test_slash_filters_rows_and_escape_brings_them_back(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_slash_filters_rows_and_escape_brings_them_back(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await pilot.press("slash", *"v4-16 team=rl")
@@ -84,8 +91,10 @@ async def test_slash_filters_rows_and_escape_brings_them_back(sandbox: Sandbox) 
         assert len(row_keys(app)) == len(DEFAULT_NODES)
 
 
-async def test_r_refreshes_and_the_cursor_stays_on_its_node(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_r_refreshes_and_the_cursor_stays_on_its_node(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await cursor_to(pilot, "us-central2-b/demo-v4-16")
@@ -100,8 +109,8 @@ async def test_r_refreshes_and_the_cursor_stays_on_its_node(sandbox: Sandbox) ->
         assert app.screen.cursor_node_key() == "us-central2-b/demo-v4-16"
 
 
-async def test_sort_keys_order_by_column_and_reverse(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_sort_keys_order_by_column_and_reverse(sandbox: Sandbox, services: Services) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         ages = {n.key: n.age_seconds(app.now()) for n in app.screen.snapshot.nodes}
@@ -115,8 +124,10 @@ async def test_sort_keys_order_by_column_and_reverse(sandbox: Sandbox) -> None:
         )
 
 
-async def test_enter_opens_the_node_detail_and_escape_returns(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_enter_opens_the_node_detail_and_escape_returns(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await cursor_to(pilot, "us-central2-b/demo-v4-16")
@@ -132,8 +143,10 @@ async def test_enter_opens_the_node_detail_and_escape_returns(sandbox: Sandbox) 
         assert app.screen.cursor_node_key() == "us-central2-b/demo-v4-16"
 
 
-async def test_detail_of_a_preempted_node_explains_what_to_do(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_detail_of_a_preempted_node_explains_what_to_do(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await cursor_to(pilot, "us-central2-b/demo-spot-v4-8")
@@ -145,8 +158,9 @@ async def test_detail_of_a_preempted_node_explains_what_to_do(sandbox: Sandbox) 
 
 async def test_unreachable_zone_shows_a_banner_and_keeps_its_last_rows(
     sandbox: Sandbox,
+    services: Services,
 ) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         sandbox.faults.inject(
@@ -169,13 +183,16 @@ async def test_unreachable_zone_shows_a_banner_and_keeps_its_last_rows(
         assert not banner(app).has_class("shown")
 
 
-async def test_missing_credentials_show_the_remedy_and_the_app_keeps_running() -> None:
+async def test_missing_credentials_show_the_remedy_and_the_app_keeps_running(
+    services: Services,
+) -> None:
     def no_credentials():
         raise FleetError(
             "No Google Cloud credentials found.", "Run `gcloud auth application-default login`."
         )
 
-    app = TpuConsoleApp(FleetService(no_credentials, ("us-central2-b",)), mode="project p")
+    fleet = FleetService(no_credentials, ("us-central2-b",))
+    app = TpuConsoleApp(replace(services, fleet=fleet), mode="project p", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         text = text_of(banner(app))
@@ -187,21 +204,23 @@ async def test_missing_credentials_show_the_remedy_and_the_app_keeps_running() -
         assert app.is_running
 
 
-async def test_question_mark_lists_every_key_including_sort_keys(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_question_mark_lists_every_key_including_sort_keys(
+    sandbox: Sandbox, services: Services
+) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = "".join(text_of(s) for s in app.screen.query(Static))
-        for words in ("Refresh", "Filter", "Sort by age", "Sort by name", "Quit"):
+        for words in ("Refresh", "Filter", "Sort by age", "Sort by name", "Quit", "Jump to a node"):
             assert words in text
         await pilot.press("question_mark")
         assert not isinstance(app.screen, HelpScreen)
 
 
-async def test_q_quits(sandbox: Sandbox) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+async def test_q_quits(sandbox: Sandbox, services: Services) -> None:
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         await pilot.press("q")
@@ -215,20 +234,24 @@ FIXED = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 def test_fleet_screen_snapshot(snap_compare, tmp_path: Path) -> None:
     sandbox = Sandbox.start(tmp_path / "snap-home", now=FIXED.timestamp())
     try:
-        app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX", clock=lambda: FIXED)
+        with services_on(sandbox, tmp_path) as services:
+            app = TpuConsoleApp(
+                services, mode="SANDBOX", clock=lambda: FIXED, probe_interval_s=None
+            )
 
-        async def loaded(pilot: Pilot) -> None:
-            await settled(pilot)
+            async def loaded(pilot: Pilot) -> None:
+                await settled(pilot)
 
-        assert snap_compare(app, terminal_size=(160, 24), run_before=loaded)
+            assert snap_compare(app, terminal_size=(160, 24), run_before=loaded)
     finally:
         sandbox.stop()
 
 
 async def test_the_table_and_detail_show_reserved_timeout_and_a_state_newer_than_the_client(
     sandbox: Sandbox,
+    services: Services,
 ) -> None:
-    app = TpuConsoleApp(fleet_for(sandbox), mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=SIZE) as pilot:
         await settled(pilot)
         assert cell(app, "us-central2-b/demo-reserved-v4-8", "provisioning") == "reserved"
@@ -249,3 +272,24 @@ async def test_the_table_and_detail_show_reserved_timeout_and_a_state_newer_than
         await pilot.press("enter")
         summary = text_of(app.screen.query_one("#summary", Static))
         assert "a state newer than this console's API client" in summary
+
+
+def test_stop_confirmation_snapshot(snap_compare, tmp_path: Path) -> None:
+    """The dialog base of console.tcss: a warning frame over the fleet, centred."""
+    sandbox = Sandbox.start(tmp_path / "snap-home", now=FIXED.timestamp())
+    try:
+        with services_on(sandbox, tmp_path) as services:
+            app = TpuConsoleApp(
+                services, mode="SANDBOX", clock=lambda: FIXED, probe_interval_s=None
+            )
+
+            async def asked(pilot: Pilot) -> None:
+                await settled(pilot)
+                await cursor_to(pilot, "us-central2-b/demo-v4-8")
+                await pilot.press("s")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.pause()
+
+            assert snap_compare(app, terminal_size=(160, 24), run_before=asked)
+    finally:
+        sandbox.stop()

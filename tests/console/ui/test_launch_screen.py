@@ -7,7 +7,7 @@ from textual.widgets import Input, Select, Static
 
 from console.sandbox.engine_env import engine_env
 from console.services.jobs import JobService
-from console.services.probe import ProbeService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.launch_screen import LaunchScreen
 from console.ui.log_screen import LogScreen
@@ -18,9 +18,7 @@ ENGINE = engine_env()
 
 
 def console(jobs: JobService) -> TpuConsoleApp:
-    return TpuConsoleApp(
-        jobs.remote.fleet, jobs=jobs, prober=ProbeService(jobs.remote), mode="SANDBOX"
-    )
+    return TpuConsoleApp(Services.build(jobs), mode="SANDBOX", probe_interval_s=None)
 
 
 async def open_form(app: TpuConsoleApp, pilot, node_key: str) -> LaunchScreen:

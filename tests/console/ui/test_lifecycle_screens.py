@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,16 +10,15 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Select, Static
 
-from console.adapters.history_db import HistoryStore
 from console.sandbox.fleet_state import SandboxTiming
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.lifecycle import LifecycleService
-from console.services.remote import RemoteService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.confirm_screen import ConfirmScreen, TypedConfirmScreen
 from console.ui.create_screen import CreateScreen
-from tests.conftest import cursor_to, fleet_for, fleet_loaded, ssh_options_for, until
+from tests.conftest import cursor_to, fleet_loaded, services_on, until
 
 
 def rows(app: TpuConsoleApp) -> dict[str, str]:
@@ -27,14 +27,11 @@ def rows(app: TpuConsoleApp) -> dict[str, str]:
 
 
 @pytest.fixture
-async def app(sandbox: Sandbox, tmp_path: Path):
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    life = LifecycleService(fleet, history, remote, poll_s=0.05)
-    yield TpuConsoleApp(fleet, lifecycle=life, mode="SANDBOX", refresh_s=0.5)
-    await remote.close()
-    history.close()
+async def app(services: Services):
+    life = LifecycleService(services.fleet, services.history, services.remote, poll_s=0.05)
+    return TpuConsoleApp(
+        replace(services, lifecycle=life), mode="SANDBOX", refresh_s=0.5, probe_interval_s=None
+    )
 
 
 async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) -> None:
@@ -53,9 +50,9 @@ async def test_the_create_form_by_keys_makes_a_ready_node(app: TpuConsoleApp) ->
         await pilot.press("ctrl+u", *"form-made", "tab", *"team=rl", "ctrl+s")
         assert not isinstance(app.screen, CreateScreen)
         await until(pilot, lambda: rows(app).get("us-central1-a/form-made") == "READY")
-        node = await app.fleet.get_node("us-central1-a", "form-made")
+        node = await app.services.fleet.get_node("us-central1-a", "form-made")
         assert node.labels == {"team": "rl"} and node.accelerator_type == "v3-8"
-        history = app.lifecycle.history
+        history = app.services.lifecycle.history
 
         def kinds() -> list[str]:
             return [e.kind for e in history.events_for("us-central1-a", "form-made")]
@@ -120,9 +117,9 @@ async def test_a_spot_stockout_falls_back_with_every_try_in_the_progress_lines(
         assert failed < fallback < text.index("(on-demand): ")
         assert "spot had no capacity in europe-west4-a (stockout)" in text
         await until(pilot, lambda: rows(app).get(key) == "READY")
-        node = await app.fleet.get_node("europe-west4-a", request.name)
+        node = await app.services.fleet.get_node("europe-west4-a", request.name)
         assert node.provisioning == "on-demand"
-        history = app.lifecycle.history
+        history = app.services.lifecycle.history
 
         def kinds() -> list[str]:
             return [e.kind for e in history.events_for("europe-west4-a", request.name)]
@@ -188,32 +185,30 @@ FIXED = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 def test_create_form_snapshot(snap_compare, tmp_path: Path) -> None:
     sandbox = Sandbox.start(tmp_path / "snap", now=FIXED.timestamp(), timing=SandboxTiming())
     try:
-        app = TpuConsoleApp(
-            fleet_for(sandbox),
-            mode="SANDBOX",
-            clock=lambda: FIXED,
-            lifecycle=LifecycleService(fleet_for(sandbox), HistoryStore(tmp_path / "h.db")),
-        )
-
-        async def form_loaded(pilot: Pilot) -> None:
-            await until(pilot, lambda: fleet_loaded(app))
-            await pilot.press("c")
-            await until(
-                pilot,
-                lambda: (
-                    isinstance(app.screen, CreateScreen)
-                    and app.screen.query_one("#type", Select).value == "v5litepod-4"
-                ),
+        with services_on(sandbox, tmp_path) as services:
+            app = TpuConsoleApp(
+                services, mode="SANDBOX", clock=lambda: FIXED, probe_interval_s=None
             )
-            await pilot.pause()
 
-        assert snap_compare(app, terminal_size=(120, 48), run_before=form_loaded)
+            async def form_loaded(pilot: Pilot) -> None:
+                await until(pilot, lambda: fleet_loaded(app))
+                await pilot.press("c")
+                await until(
+                    pilot,
+                    lambda: (
+                        isinstance(app.screen, CreateScreen)
+                        and app.screen.query_one("#type", Select).value == "v5litepod-4"
+                    ),
+                )
+                await pilot.pause()
+
+            assert snap_compare(app, terminal_size=(120, 48), run_before=form_loaded)
     finally:
         sandbox.stop()
 
 
 async def test_a_job_whose_vm_is_deleted_mid_run_is_shown_lost_with_the_reason(
-    sandbox: Sandbox, jobs: JobService
+    sandbox: Sandbox, jobs: JobService, services: Services
 ) -> None:
     from console.ui.log_screen import LogScreen
 
@@ -221,7 +216,9 @@ async def test_a_job_whose_vm_is_deleted_mid_run_is_shown_lost_with_the_reason(
     life = LifecycleService(fleet, jobs.history, remote, poll_s=0.05)
     node = await fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "echo started; sleep 60")
-    app = TpuConsoleApp(fleet, jobs=jobs, lifecycle=life, mode="SANDBOX", refresh_s=0.5)
+    app = TpuConsoleApp(
+        replace(services, lifecycle=life), mode="SANDBOX", refresh_s=0.5, probe_interval_s=None
+    )
     async with app.run_test(size=(160, 40)) as pilot:
         await until(pilot, lambda: rows(app).get("us-central2-b/demo-v4-8") == "READY")
         logs = LogScreen(job)

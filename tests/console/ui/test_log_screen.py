@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from console.adapters.history_db import HistoryStore
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.remote import RemoteService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.jobs_screen import JobsScreen
 from console.ui.log_screen import LogScreen
-from tests.conftest import fleet_for, screen_text, ssh_options_for, until
+from tests.conftest import screen_text, until
 
 ZONE = "us-central2-b"
 # Forty lines and an error per worker, then it waits for the test to let it finish.
@@ -28,14 +26,11 @@ SCRIPT = (
 
 
 @pytest.fixture
-async def app_with_job(sandbox: Sandbox, tmp_path: Path):
-    fleet = fleet_for(sandbox)
-    remote = RemoteService(fleet, ssh_options_for(sandbox, tmp_path))
-    history = HistoryStore(tmp_path / "history.db")
-    jobs = JobService(remote, history, tmp_path / "home")
+async def app_with_job(sandbox: Sandbox, services: Services):
+    fleet, jobs = services.fleet, services.jobs
     node = await fleet.find_node("demo-v4-16")
     job = await jobs.launch(node, "all", SCRIPT)
-    app = TpuConsoleApp(fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     release = [
         sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-16"), w).root / "release"
         for w in (0, 1)
@@ -43,7 +38,6 @@ async def app_with_job(sandbox: Sandbox, tmp_path: Path):
     yield app, job, release
     for path in release:
         path.touch()
-    history.close()
 
 
 def shown(screen: LogScreen) -> list[tuple[int, str]]:
@@ -60,6 +54,7 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("j")
         assert isinstance(app.screen, JobsScreen)
+        await until(pilot, lambda: app.screen.query_one("#jobs").row_count == 1)
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, LogScreen)
@@ -114,27 +109,27 @@ async def test_log_view_follows_pauses_searches_and_switches_workers(app_with_jo
         assert shown(screen)[-1][1].endswith("done") and len(shown(screen)) == 86
 
         await pilot.press("s")
-        saved = list((app.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
+        saved = list((app.services.jobs.home / "saved").glob(f"{job.job_id}-*.log"))
         assert len(saved) == 1 and len(saved[0].read_text().splitlines()) == 86
 
 
 async def test_hang_and_silence_are_judged_only_while_the_job_runs(
-    jobs: JobService, monkeypatch: pytest.MonkeyPatch
+    jobs: JobService, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import console.ui.log_screen as log_screen
+    import console.services.job_monitor as job_monitor
 
-    monkeypatch.setattr(log_screen, "HANG_AFTER_DONE_S", 0.0)
-    monkeypatch.setattr(log_screen, "SILENT_S", 0.0)
+    monkeypatch.setattr(job_monitor, "HANG_AFTER_DONE_S", 0.0)
+    monkeypatch.setattr(job_monitor, "SILENT_S", 0.0)
     node = await jobs.remote.fleet.find_node("demo-v4-8")
     ended = await jobs.launch(node, "all", "echo 'DONE: engines=1 wall_sec=0.1'")
     await jobs.follow(ended, node, lambda w, t: None)
     hanging = await jobs.launch(node, "all", "echo 'DONE: engines=1 wall_sec=0.1'; sleep 30")
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(160, 40)) as pilot:
         done = LogScreen(jobs.get(ended.job_id))
         await app.push_screen(done)
         await until(pilot, lambda: 0 in done.metrics.done)
-        done._check_conditions()  # what each redraw does, with both limits already passed
+        done.monitor.check(done.job.open, done.ended)  # each redraw asks; both limits passed
         assert done.diagnoser.found == [] and jobs.get(ended.job_id).diagnoses == ()
         app.pop_screen()
         live = LogScreen(jobs.get(hanging.job_id))
@@ -147,7 +142,7 @@ BIG = 2_000_000  # lines, as the report had it
 
 
 async def test_search_and_filter_of_a_big_log_leave_the_keys_working(
-    jobs: JobService, monkeypatch: pytest.MonkeyPatch
+    jobs: JobService, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The search reads every line off the event loop: keys work meanwhile, esc stops it."""
     import threading
@@ -170,7 +165,7 @@ async def test_search_and_filter_of_a_big_log_leave_the_keys_working(
         check(query)
 
     monkeypatch.setattr(Query, "check", held)
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     try:  # never leave the held search waiting
         async with app.run_test(size=(120, 30), notifications=True) as pilot:
             screen = LogScreen(jobs.get(job.job_id))
@@ -200,7 +195,9 @@ async def test_search_and_filter_of_a_big_log_leave_the_keys_working(
         gate.set()
 
 
-async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(jobs: JobService) -> None:
+async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(
+    jobs: JobService, services: Services
+) -> None:
     """The lines remote/grpo.py and Tunix print, from both workers of a slice."""
     node = await jobs.remote.fleet.find_node("demo-v4-16")
     script = (
@@ -209,7 +206,7 @@ async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(jobs: Jo
         'echo "Train step $s reward_mean=$((s * 25)).5 kl=0.001"; done'
     )
     job = await jobs.launch(node, "all", script, kind="grpo")
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(160, 40)) as pilot:
         screen = LogScreen(jobs.get(job.job_id))
         await app.push_screen(screen)
@@ -224,10 +221,11 @@ async def test_loss_and_mean_reward_are_plotted_side_by_side_per_worker(jobs: Jo
 
 async def test_the_last_line_without_a_newline_is_shown_once_the_job_ends(
     jobs: JobService,
+    services: Services,
 ) -> None:
     node = await jobs.remote.fleet.find_node("demo-v4-8")
     job = await jobs.launch(node, "all", "printf 'one\\ntwo\\nlast words'")
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(120, 30)) as pilot:
         screen = LogScreen(job)
         await app.push_screen(screen)
@@ -240,6 +238,7 @@ CONTROLS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 async def test_job_output_cannot_drive_the_terminal_but_its_colours_and_bars_show(
     jobs: JobService,
+    services: Services,
 ) -> None:
     node = await jobs.remote.fleet.find_node("demo-v4-8")
     script = (
@@ -249,7 +248,7 @@ async def test_job_output_cannot_drive_the_terminal_but_its_colours_and_bars_sho
         " 10%%\\r 50%%\\r100%% done\\n'"
     )
     job = await jobs.launch(node, "all", script)
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(120, 30)) as pilot:
         screen = LogScreen(job)
         await app.push_screen(screen)
@@ -276,7 +275,7 @@ def bar_rows(app: TpuConsoleApp) -> list[str]:
 
 
 async def test_a_running_progress_bar_is_counted_and_shown_at_its_latest_state(
-    jobs: JobService, sandbox: Sandbox
+    jobs: JobService, services: Services, sandbox: Sandbox
 ) -> None:
     node = await jobs.remote.fleet.find_node("demo-v4-8")
     script = (
@@ -285,7 +284,7 @@ async def test_a_running_progress_bar_is_counted_and_shown_at_its_latest_state(
     )
     job = await jobs.launch(node, "all", script)
     home = sandbox.worker_place(sandbox.fleet.get(ZONE, "demo-v4-8"), 0).root
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(120, 30)) as pilot:
         screen = LogScreen(job)
         await app.push_screen(screen)
@@ -300,7 +299,9 @@ async def test_a_running_progress_bar_is_counted_and_shown_at_its_latest_state(
         await until(pilot, lambda: "3/3 lines" in status.text and screen.ended[0] == "rc=0")
 
 
-async def test_a_30_mb_line_is_one_row_shown_in_part_and_read_once(jobs: JobService) -> None:
+async def test_a_30_mb_line_is_one_row_shown_in_part_and_read_once(
+    jobs: JobService, services: Services
+) -> None:
     from datetime import UTC, datetime
 
     from console.models import Job, JobWorker
@@ -311,7 +312,7 @@ async def test_a_30_mb_line_is_one_row_shown_in_part_and_read_once(jobs: JobServ
     copy = jobs.log_path(job.job_id, 0)
     copy.parent.mkdir(parents=True)
     copy.write_bytes(b"before\n" + b"x" * (30 << 20) + b"\nafter\n")
-    app = TpuConsoleApp(jobs.remote.fleet, jobs=jobs, mode="SANDBOX")
+    app = TpuConsoleApp(services, mode="SANDBOX", probe_interval_s=None)
     async with app.run_test(size=(120, 30)) as pilot:
         screen = LogScreen(jobs.get(job.job_id))
         await app.push_screen(screen)

@@ -17,8 +17,7 @@ from textual.widgets import DataTable, Input
 from console.sandbox.fleet_state import SandboxNode
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService
-from console.services.probe import ProbeService
+from console.services.session import Services
 from console.ui.app import TpuConsoleApp
 from console.ui.cleanup_screen import CleanupScreen
 from console.ui.create_screen import CreateScreen
@@ -62,15 +61,7 @@ def hostile_node(sandbox: Sandbox) -> SandboxNode:
 
 
 def console(jobs: JobService, **kw) -> TpuConsoleApp:
-    fleet = jobs.remote.fleet
-    return TpuConsoleApp(
-        fleet,
-        jobs=jobs,
-        prober=ProbeService(jobs.remote),
-        lifecycle=LifecycleService(fleet, jobs.history, jobs.remote, jobs=jobs),
-        mode="SANDBOX",
-        **kw,
-    )
+    return TpuConsoleApp(Services.build(jobs), mode="SANDBOX", **kw)
 
 
 async def cursor_to(app: TpuConsoleApp, pilot, key: str) -> None:
@@ -95,8 +86,10 @@ async def test_a_job_command_with_inst_tags_opens_the_jobs_list_every_time(
             assert isinstance(app.screen, JobsScreen)
             await until(pilot, lambda: COMMAND in screen_text(app))
             await pilot.press("escape")
-        await pilot.press("j", "d")
-        assert isinstance(app.screen, JobDetailScreen)
+        await pilot.press("j")
+        await until(pilot, lambda: COMMAND in screen_text(app))  # the list, read off the loop
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen))
         assert f"job {job.job_id}" in screen_text(app) and COMMAND in screen_text(app)
     assert app.return_code in (None, 0)
 

@@ -67,8 +67,6 @@ class LogView(ScrollView, can_focus=True):
 
     follow: reactive[bool] = reactive(True)
 
-    DEFAULT_CSS = "LogView { height: 1fr; }"
-
     def __init__(self, index: LogIndex, **kw) -> None:
         super().__init__(**kw)
         self.index = index

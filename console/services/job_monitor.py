@@ -1,0 +1,107 @@
+"""What a followed job's lines do not say by themselves: a hang after DONE, a long silence, and
+findings or a status recorded elsewhere (a refresh that saw the VM leave READY, another console).
+
+Plain asyncio and no widgets: a screen feeds it the lines it indexed and asks it, once a frame,
+what changed; the history is read on a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+
+from console.adapters.history_db import HistoryStore
+from console.models import Job
+from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
+from console.services.metrics import JobMetrics
+
+HANG_AFTER_DONE_S = 60.0  # DONE printed, process still alive this long: the seeds' hang
+SILENT_S = 600.0  # no output at all this long while running
+RECORD_SYNC_S = 2.0  # how often the job record is re-read (status, findings made elsewhere)
+
+
+class JobMonitor:
+    """One job's findings (log signatures, results, conditions), kept and recorded once each."""
+
+    def __init__(
+        self,
+        job_id: str,
+        history: HistoryStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_id = job_id
+        self.history = history
+        self.diagnoser = Diagnoser()
+        self.metrics = JobMetrics()
+        self._clock = clock
+        self.last_data = clock()
+        self._done_at: dict[int, float] = {}
+        self._synced_at = -RECORD_SYNC_S
+        self._syncing = False
+
+    @property
+    def found(self) -> list[Diagnosis]:
+        return self.diagnoser.found
+
+    def output_seen(self) -> None:
+        """Bytes arrived (a progress bar that grows is output too, lines or not)."""
+        self.last_data = self._clock()
+
+    def feed(self, worker: int, data: bytes) -> bool:
+        """Newly indexed complete lines of one worker; True if the findings changed."""
+        self.output_seen()
+        changed = bool(self.diagnoser.feed_chunk(worker, data))
+        if self.metrics.feed_chunk(worker, data):
+            changed = True
+            for w in self.metrics.done:
+                self._done_at.setdefault(w, self._clock())
+        return changed
+
+    def check(self, job_open: bool, ended: Mapping[int, str]) -> list[Diagnosis]:
+        """Hang after DONE and silence, about a job still running; the new ones, recorded.
+
+        `ended` maps each worker to how it ended ("" while it runs).
+        """
+        if not job_open:
+            return []
+        now = self._clock()
+        conditions = [
+            from_condition(
+                "hang_after_done",
+                f"w{worker} printed DONE {now - at:.0f} s ago and is still running",
+                worker,
+            )
+            for worker, at in self._done_at.items()
+            if not ended.get(worker) and now - at > HANG_AFTER_DONE_S
+        ]
+        running = [w for w, state in ended.items() if not state]
+        if running and now - self.last_data > SILENT_S:
+            conditions.append(
+                from_condition("silent", f"no output for {now - self.last_data:.0f} s")
+            )
+        new = [d for d in conditions if self.diagnoser.add(d)]
+        if new:  # a finding no log line carries: kept with the job in the history
+            self.history.set_results(self.job_id, diagnoses=[asdict(d) for d in new])
+        return new
+
+    def sync_due(self) -> bool:
+        return not self._syncing and self._clock() - self._synced_at >= RECORD_SYNC_S
+
+    async def sync(self) -> tuple[Job | None, bool]:
+        """The job's record, read on a thread; and whether it brought findings not seen here."""
+        self._synced_at = self._clock()
+        self._syncing = True
+        try:
+            record = await asyncio.to_thread(self.history.get, self.job_id)
+        finally:
+            self._syncing = False
+        if record is None:
+            return None, False
+        changed = False
+        for d in record.diagnoses:
+            if self.diagnoser.add(Diagnosis(**d)):
+                changed = True
+        return record, changed

@@ -1,0 +1,1 @@
+"""Widgets that show state and post messages; the screens that compose them do the I/O."""
