@@ -120,7 +120,9 @@ def rows(r: dict) -> list[str]:
         f"| {s.workers} ({shape}) | OpenSSH `ssh`, `xargs -P {s.workers}` | {o * 1000:.0f} ms "
         "| 1.00 | |",
         f"| {s.workers} | tpuconsole, cold pool (connect + run) | {c * 1000:.0f} ms | "
-        f"{c / o:.2f} | ≤ {s.cold_goal} (#{s.issue}) " + ("✅" if c / o <= s.cold_goal else "❌") + " |",
+        f"{c / o:.2f} | ≤ {s.cold_goal} (#{s.issue}) "
+        + ("✅" if c / o <= s.cold_goal else "❌")
+        + " |",
         f"| {s.workers} | tpuconsole, warm pool | {w * 1000:.0f} ms | {w / o:.3f} | "
         f"≤ {s.warm_goal} (#{s.issue}) " + ("✅" if w / o <= s.warm_goal else "❌") + " |",
     ]

@@ -22,9 +22,9 @@ from console.adapters.history_db import HistoryStore, JobNumberTaken
 from console.adapters.ssh_pool import SshTarget
 from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_worker_selection
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
+from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
-from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.metrics import JobMetrics
 from console.services.remote import RemoteService
 

@@ -128,7 +128,11 @@ class LaunchService:
         if plan.rendered.upload is not None:
             local, remote_dir = plan.rendered.upload
             uploads = await self.upload(
-                plan.node, plan.selection, local, remote_dir, on_progress=staged(on_progress)("uploading")
+                plan.node,
+                plan.selection,
+                local,
+                remote_dir,
+                on_progress=staged(on_progress)("uploading"),
             )
             return Launched(plan, done, uploads=tuple(uploads))
         job = await self.jobs.launch(
