@@ -486,7 +486,7 @@ class _RunSession(asyncssh.SSHClientSession):
         self.signal: str | None = None
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    def data_received(self, data: bytes, datatype: int | None) -> None:  # type: ignore[override]
+    def data_received(self, data: bytes, datatype: int | None) -> None:
         sink = self._sinks.get(datatype)
         if sink is not None:
             sink(data)
@@ -517,7 +517,8 @@ async def _run_channel(
         holder.append(_RunSession(on_stdout, on_stderr))
         return holder[0]
 
-    channel, session = await conn.create_session(factory, command, encoding=None)
+    channel, _ = await conn.create_session(factory, command, encoding=None)
+    session = holder[0]
     try:
         if stdin:
             channel.write(stdin)
