@@ -68,12 +68,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     local = str(Path(args.local).expanduser())
     remote_dir = args.remote or default_remote_dir(local)
 
+    progress = ProgressLine(args.node)
+
     async def body(services: Services) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
-        outcomes = await services.launcher.upload(
-            node, args.worker, local, remote_dir, method="sftp" if args.sftp else "auto"
-        )
-        return print_uploads(local, remote_dir, outcomes)
+        async with progress.ticking():
+            outcomes = await services.launcher.upload(
+                node,
+                args.worker,
+                local,
+                remote_dir,
+                method="sftp" if args.sftp else "auto",
+                on_progress=progress,
+            )
+        code = print_uploads(local, remote_dir, outcomes)
+        if len(outcomes) > 1 and progress.progress is not None:
+            say(f"{node.name}: {progress.progress.closing()}")
+        return code
 
     return run(args, body)
 
