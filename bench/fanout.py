@@ -29,7 +29,16 @@ from bench.sandbox_process import ZONE, client_fleet, client_remote, served_sand
 from console.services.fleet import FleetService  # noqa: E402
 from console.services.remote import RemoteService  # noqa: E402
 
-PROFILE_NOTE = "What the profile (cProfile of the console at 256 workers) showed and what changed: cold, the known-hosts file was read whole and rewritten (os.replace) on every connect, O(N²) in workers (0.8 s of 8.3 s profiled); it is now read once and appended to. Warm, most of the console's CPU per command went to asyncssh's process machinery (SSHClientProcess, its readers and writers, two drain tasks and a wait per command); a command without streamed stdin now runs on a bare channel session whose output goes to the sinks as packets arrive. Before both, at 256 in a run the same day: cold 0.82, warm 0.231 of parallel OpenSSH."
+PROFILE_NOTE = (
+    "What the profile (cProfile of the console at 256 workers) showed and what changed: cold,"
+    " the known-hosts file was read whole and rewritten (os.replace) on every connect, O(N²) "
+    "in workers (0.8 s of 8.3 s profiled); it is now read once and appended to. Warm, most of"
+    " the console's CPU per command went to asyncssh's process machinery (SSHClientProcess, "
+    "its readers and writers, two drain tasks and a wait per command); a command without "
+    "streamed stdin now runs on a bare channel session whose output goes to the sinks as "
+    "packets arrive. Before both, at 256 in a run the same day: cold 0.82, warm 0.231 of "
+    "parallel OpenSSH."
+)
 RUNS = 5
 COMMAND = "true"
 WARM_PER_POOL = 3  # warm runs after each cold one; the warm median is over all of them
