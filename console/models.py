@@ -181,11 +181,18 @@ class Node:
     # The node's metadata (`ssh-keys`, `enable-oslogin`, `startup-script`, ...), as the API has it.
     metadata: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    queued_resource: str = ""  # the id of the queued resource that requested it, if one did
+    multislice_node: bool = False  # one slice of a multislice request
 
     @property
     def key(self) -> str:
         """Stable identity across refreshes: zone and name together are unique in a project."""
         return f"{self.zone}/{self.name}"
+
+    @property
+    def queued_key(self) -> str:
+        """Its request's key (zone/id), or "" for a node created on its own."""
+        return f"{self.zone}/{self.queued_resource}" if self.queued_resource else ""
 
     @property
     def accelerator_version(self) -> str:
@@ -234,6 +241,96 @@ def health_is_bad(health: str) -> bool:
     return health == "TIMEOUT" or health.startswith("UNHEALTHY") or health.isdigit()
 
 
+# QueuedResourceState.State, in the order a request is meant to go through them.
+QUEUE_PROGRESS = ("CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE")
+# States in which a request still counts its chips against the project's quota, with no node
+# to show for it: the ones users forget (issue #17).
+QUOTA_HOLDING_STATES = frozenset({"FAILED", "SUSPENDED"})
+RECLAIMED = "spot capacity reclaimed by the TPU service"
+
+
+@dataclass(frozen=True)
+class QueuedResource:
+    """A request for TPU VMs that waits in a queue (`gcloud compute tpus queued-resources`)."""
+
+    name: str
+    zone: str
+    project: str
+    state: str  # QueuedResourceState.State name (a number when newer than the client)
+    accelerator_type: str = ""
+    runtime_version: str = ""
+    tier: str = ""  # spot | guaranteed | "" (on-demand)
+    state_initiator: str = ""  # USER | SERVICE: who caused the state (SUSPENDING/SUSPENDED)
+    node_count: int = 1
+    node_id_prefix: str = ""
+    node_names: tuple[str, ...] = ()  # the nodes it asks for
+    create_time: datetime | None = None
+    valid_until: datetime | None = None
+    valid_until_s: float = 0.0  # the wait bound as a duration (valid_until_duration)
+    valid_after: datetime | None = None
+    error_code: int = 0  # failed_data.error
+    error_message: str = ""
+    reservation: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.zone}/{self.name}"
+
+    @property
+    def multislice(self) -> bool:
+        return self.node_count > 1
+
+    @property
+    def chips(self) -> int:
+        return accelerator_shape(self.accelerator_type).chips * self.node_count
+
+    @property
+    def provisioning(self) -> str:
+        return {"spot": "spot", "guaranteed": "reserved"}.get(self.tier, "on-demand")
+
+    @property
+    def holds_quota(self) -> bool:
+        """A request with nothing to show that still counts against the quota."""
+        return self.state in QUOTA_HOLDING_STATES
+
+    @property
+    def reclaimed(self) -> bool:
+        """The TPU service took its nodes back (spot capacity reclaimed)."""
+        return self.state in {"SUSPENDING", "SUSPENDED"} and self.state_initiator == "SERVICE"
+
+    def age_seconds(self, now: datetime) -> float | None:
+        if self.create_time is None:
+            return None
+        return max(0.0, (now - self.create_time).total_seconds())
+
+    def leaving_reason(self) -> str:
+        """Who took its nodes away and why, read from the request: the TPU service (spot
+        capacity reclaimed), or a user; "" when the request says nothing of it."""
+        if self.reclaimed:
+            return (
+                f"{RECLAIMED} (queued resource {self.name} is {self.state}, initiated by "
+                "SERVICE): not a user or a policy. Delete the request to free its quota, or "
+                "reset it to queue again."
+            )
+        if self.state in {"SUSPENDING", "SUSPENDED", "DELETING"} and self.state_initiator:
+            return (
+                f"its queued resource {self.name} is {self.state}, initiated by "
+                f"{self.state_initiator}."
+            )
+        return ""
+
+    def wait_bound(self) -> str:
+        """ "valid for 6h" / "until 14:05" / "": the queueing policy, as a user set it."""
+        if self.valid_until_s:
+            return f"valid for {format_age(self.valid_until_s)}"
+        if self.valid_until is not None:
+            return f"until {self.valid_until.astimezone():%Y-%m-%d %H:%M}"
+        if self.valid_after is not None:
+            return f"after {self.valid_after.astimezone():%Y-%m-%d %H:%M}"
+        return ""
+
+
 @dataclass(frozen=True)
 class ZoneFailure:
     """A zone whose listing failed: shown as unreachable, never as an empty zone."""
@@ -260,6 +357,11 @@ class FleetSnapshot:
     no_access: tuple[str, ...] = ()
     zones_source: str = ""
     legacy: tuple[str, ...] = ()
+    queued_resources: tuple[QueuedResource, ...] = ()
+
+    def queued(self, key: str) -> QueuedResource | None:
+        """The request of that key (zone/id), if the listing saw it."""
+        return next((q for q in self.queued_resources if q.key == key), None)
 
     @property
     def zones_known(self) -> int:

@@ -26,7 +26,15 @@ from console.services.remote import RemoteService
 from console.services.session import Services
 
 # Transitions fast enough for tests, slow enough that CREATING is observable before READY.
-FAST = SandboxTiming(create_s=0.6, start_s=0.4, stop_s=0.3, delete_s=0.3, key_propagation_s=0.15)
+FAST = SandboxTiming(
+    create_s=0.6,
+    start_s=0.4,
+    stop_s=0.3,
+    delete_s=0.3,
+    key_propagation_s=0.15,
+    queue_accept_s=0.3,
+    queue_wait_s=0.5,
+)
 # The default fleet's nodes ("zone/name"), however many other issues add to it.
 DEFAULT_NODES = tuple(sorted(SandboxFleet.default(None).nodes))
 # Retries short enough that a test of "gave up" ends quickly.

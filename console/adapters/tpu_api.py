@@ -23,13 +23,14 @@ from google.api_core.retry import if_exception_type
 from google.api_core.retry_async import AsyncRetry
 from google.cloud import tpu_v2
 from google.cloud.tpu_v2.services.tpu.transports import TpuGrpcAsyncIOTransport
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from console.models import (
     AcceleratorTypeInfo,
     DataDisk,
     FleetError,
     Node,
+    QueuedResource,
     Symptom,
     Worker,
     type_from_config,
@@ -283,7 +284,64 @@ def node_from_message(msg: tpu_v2.Node) -> Node:
         ),
         metadata=dict(msg.metadata),
         tags=tuple(msg.tags),
+        queued_resource=_short(msg.queued_resource) if msg.queued_resource else "",
+        multislice_node=msg.multislice_node,
     )
+
+
+def _seconds(value: Any) -> float:
+    return value.total_seconds() if hasattr(value, "total_seconds") else 0.0
+
+
+def queued_resource_from_message(msg: tpu_v2.QueuedResource) -> QueuedResource:
+    """Our QueuedResource from the v2 API's (tpu_v2.types.QueuedResource): the first
+    `tpu.node_spec` says what it asks for; `multislice_params` makes it several nodes named
+    `<prefix>-0..` (its docstring's rule, the request's id when no prefix is given)."""
+    parts = msg.name.split("/")
+    project, zone = (parts[1], parts[3]) if len(parts) >= 6 else ("", "")
+    name = _short(msg.name)
+    specs = list(msg.tpu.node_spec) if "tpu" in msg else []
+    spec = specs[0] if specs else None
+    node = spec.node if spec is not None else tpu_v2.Node()
+    multi = spec.multislice_params if spec is not None and "multislice_params" in spec else None
+    count = multi.node_count if multi is not None else 1
+    if multi is not None:
+        prefix = multi.node_id_prefix or name
+        names = tuple(f"{prefix}-{i}" for i in range(count))
+    else:
+        prefix = ""
+        names = (spec.node_id or name,) if spec is not None else ()
+    state = msg.state
+    failed = state.failed_data if "failed_data" in state else None
+    policy = msg.queueing_policy
+    tier = "spot" if "spot" in msg else "guaranteed" if "guaranteed" in msg else ""
+    return QueuedResource(
+        name=name,
+        zone=zone,
+        project=project,
+        state=enum_name(state.state) or "STATE_UNSPECIFIED",
+        accelerator_type=node.accelerator_type,
+        runtime_version=node.runtime_version,
+        tier=tier,
+        state_initiator=enum_name(state.state_initiator, "STATE_INITIATOR_UNSPECIFIED"),
+        node_count=count,
+        node_id_prefix=prefix,
+        node_names=names,
+        create_time=_time(msg.create_time),
+        valid_until=_time(policy.valid_until_time) if "valid_until_time" in policy else None,
+        valid_until_s=_seconds(policy.valid_until_duration)
+        if "valid_until_duration" in policy
+        else 0.0,
+        valid_after=_time(policy.valid_after_time) if "valid_after_time" in policy else None,
+        error_code=failed.error.code if failed is not None else 0,
+        error_message=failed.error.message if failed is not None else "",
+        reservation=msg.reservation_name,
+        labels=dict(node.labels),
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=int(seconds))
 
 
 @dataclass(frozen=True)
@@ -506,6 +564,106 @@ class TpuApi:
 
         what = f"Creating node {name} in {zone}"
         return await self._call(what, self._through_rate_limit(what, go, on_retry))
+
+    # ----- queued resources --------------------------------------------------------------------
+    def _queued_name(self, zone: str, name: str) -> str:
+        return f"{self._parent(zone)}/queuedResources/{name}"
+
+    async def list_queued_resources(self, zone: str) -> list[QueuedResource]:
+        async def go() -> list[QueuedResource]:
+            pager = await self.client.list_queued_resources(
+                request=tpu_v2.ListQueuedResourcesRequest(parent=self._parent(zone)),
+                retry=self._read,
+                timeout=self.policy.timeout_s,
+            )
+            return [queued_resource_from_message(msg) async for msg in pager]
+
+        return await self._call(f"Listing queued resources in {zone}", go)
+
+    async def get_queued_resource(self, zone: str, name: str) -> QueuedResource:
+        async def go() -> QueuedResource:
+            msg = await self.client.get_queued_resource(
+                name=self._queued_name(zone, name), retry=self._read, timeout=self.policy.timeout_s
+            )
+            return queued_resource_from_message(msg)
+
+        return await self._call(f"Getting queued resource {name} in {zone}", go)
+
+    async def create_queued_resource(
+        self,
+        zone: str,
+        name: str,
+        accelerator_type: str,
+        runtime_version: str,
+        *,
+        tier: str = "",
+        valid_for_s: float = 0.0,
+        node_count: int = 1,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        on_retry: RetryNote | None = None,
+    ) -> Any:
+        """CreateQueuedResource, as `gcloud compute tpus queued-resources create` builds it:
+        one node spec (`node_id`, or `multislice_params` for several nodes), `spot` or
+        `guaranteed` as the tier, `valid_until_duration` as the wait bound."""
+        node = tpu_v2.Node(
+            accelerator_type=accelerator_type,
+            runtime_version=runtime_version,
+            scheduling_config=tpu_v2.SchedulingConfig(spot=tier == "spot"),
+            labels=labels or {},
+            metadata=metadata or {},
+        )
+        spec = tpu_v2.QueuedResource.Tpu.NodeSpec(parent=self._parent(zone), node=node)
+        if node_count > 1:
+            spec.multislice_params = tpu_v2.QueuedResource.Tpu.NodeSpec.MultisliceParams(
+                node_count=node_count, node_id_prefix=name
+            )
+        else:
+            spec.node_id = name
+        body = tpu_v2.QueuedResource(tpu=tpu_v2.QueuedResource.Tpu(node_spec=[spec]))
+        if tier == "spot":
+            body.spot = tpu_v2.QueuedResource.Spot()
+        elif tier == "guaranteed":
+            body.guaranteed = tpu_v2.QueuedResource.Guaranteed()
+        if valid_for_s:
+            body.queueing_policy = tpu_v2.QueuedResource.QueueingPolicy(
+                valid_until_duration=_duration(valid_for_s)
+            )
+
+        async def go() -> Any:
+            return await self.client.create_queued_resource(
+                parent=self._parent(zone),
+                queued_resource_id=name,
+                queued_resource=body,
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        what = f"Creating queued resource {name} in {zone}"
+        return await self._call(what, self._through_rate_limit(what, go, on_retry))
+
+    async def delete_queued_resource(self, zone: str, name: str, *, force: bool = False) -> Any:
+        """`force=True` deletes its nodes first, then the request (gcloud's `--force`)."""
+
+        async def go() -> Any:
+            return await self.client.delete_queued_resource(
+                request=tpu_v2.DeleteQueuedResourceRequest(
+                    name=self._queued_name(zone, name), force=force
+                ),
+                retry=self._write,
+                timeout=self.policy.timeout_s,
+            )
+
+        what = f"Deleting queued resource {name} in {zone}"
+        return await self._call(what, self._through_rate_limit(what, go, None))
+
+    async def reset_queued_resource(self, zone: str, name: str) -> Any:
+        async def go() -> Any:
+            return await self.client.reset_queued_resource(
+                name=self._queued_name(zone, name), retry=self._write, timeout=self.policy.timeout_s
+            )
+
+        return await self._call(f"Resetting queued resource {name} in {zone}", go)
 
     async def update_metadata(self, zone: str, name: str, metadata: dict[str, str]) -> Any:
         """Replace the node's metadata (UpdateNode, `update_mask="metadata"`), as gcloud does.

@@ -8,9 +8,18 @@ import sys
 from datetime import UTC, datetime
 
 from console.cli.common import ONGOING, confirmed, fail, run, settings_for, where, zone_of
+from console.cli.queued import (
+    create_queued,
+    delete_queued,
+    queued_as_json,
+    queued_table,
+    request_named,
+)
+from console.models import FleetError
 from console.present.fleet import unreachable_lines
 from console.services.fleet_columns import node_as_json, render_table, zones_line
 from console.services.lifecycle import CreateRequest, Progress, parse_labels, stop_refusal
+from console.services.queued_resources import QueuedResourceService, groups
 from console.wiring import Services
 
 
@@ -26,6 +35,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if args.json:
             for node in snapshot.nodes:
                 print(json.dumps(node_as_json(node, now)))
+            for group in groups(snapshot):  # the requests, after the nodes
+                print(json.dumps(queued_as_json(group, now)))
             if snapshot.no_access or snapshot.legacy:
                 print(f"tpuconsole: {zones_line(snapshot)}", file=sys.stderr)
         else:
@@ -33,6 +44,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 print("SANDBOX fleet (no Google Cloud project configured; see README)")
             print(zones_line(snapshot))
             print(render_table(snapshot, now))
+            for line in queued_table(snapshot, now):
+                print(line)
         for line in unreachable_lines(snapshot):
             print(f"tpuconsole: {line}", file=sys.stderr)
         return 1 if snapshot.unreachable else 0
@@ -50,6 +63,9 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"zone: {zone} (from {settings.default_zone_source})", flush=True)
 
     async def body(services: Services) -> int:
+        if args.queued:
+            show = _shower(services, zone)
+            return await create_queued(args, zone, services.fleet, services.lifecycle, show)
         request = CreateRequest(
             args.name,
             zone,
@@ -88,6 +104,10 @@ def cmd_change(args: argparse.Namespace) -> int:
 
     async def body(services: Services) -> int:
         services.history  # noqa: B018 - a damaged history is refused before anything changes
+        if verb == "delete":
+            done = await _delete_queued(args, services)
+            if done is not None:
+                return done
         node = await services.fleet.find_node(args.name, zone_of(args))
         refusal = stop_refusal(node, verb)
         if refusal:  # before asking, before calling the API
@@ -103,6 +123,25 @@ def cmd_change(args: argparse.Namespace) -> int:
         return 0
 
     return run(args, body)
+
+
+async def _delete_queued(args: argparse.Namespace, services: Services) -> int | None:
+    """`delete NAME` for a node of a queued resource or a request by name; None: neither."""
+    fleet, zone = services.fleet, zone_of(args)
+    service = QueuedResourceService(fleet, services.lifecycle)
+    try:
+        node = await fleet.find_node(args.name, zone)
+    except FleetError as exc:
+        if exc.code != "NOT_FOUND":
+            raise
+        node = None
+    qr = await service.request_of(node) if node is not None else None
+    if qr is None and node is None:
+        qr = await request_named(fleet, args.name, zone)
+    if qr is None:
+        return None
+    show = _shower(services, qr.zone)
+    return await delete_queued(service, node, qr, lambda q: confirmed(args, q), show)
 
 
 def _shower(services: Services, zone: str):

@@ -103,6 +103,9 @@ def _fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="",
         help="a command run as a job on every worker once READY (with --wait)",
     )
+    from console.cli.queued import add_create_flags
+
+    add_create_flags(create)
     for verb in ("stop", "start", "delete"):
         change = sub.add_parser(verb, help=f"{verb} a TPU VM and wait for it")
         _add_common(change, top=False)

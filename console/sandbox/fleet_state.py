@@ -16,6 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from console.models import MAX_LABELS, accelerator_shape, label_fault
+from console.sandbox.queued_resources import (
+    DELETABLE_WITHOUT_FORCE,
+    EXPIRED_CODE,
+    EXPIRED_TEXT,
+    HOLDS_QUOTA,
+    NOT_FORCED_TEXT,
+    RESET_TEXT,
+    SandboxQueuedResource,
+)
 
 SANDBOX_PROJECT = "tpuconsole-sandbox"
 SANDBOX_PROJECT_NUMBER = 100000000001  # what the default compute service account is named by
@@ -182,6 +191,10 @@ class SandboxTiming:
     # How long the guest agent takes to install keys after a metadata change (it watches the
     # metadata server; gcloud retries its ssh 10 x 5 s while this happens).
     key_propagation_s: float = 1.0
+    # A queued request: CREATING -> ACCEPTED after queue_accept_s, WAITING_FOR_RESOURCES after
+    # as long again, PROVISIONING after queue_wait_s more, ACTIVE when its nodes are READY.
+    queue_accept_s: float = 1.0
+    queue_wait_s: float = 4.0
 
 
 @dataclass
@@ -210,6 +223,8 @@ class SandboxNode:
     guest_metadata: dict[str, str] = field(default_factory=dict)
     guest_project: dict[str, str] = field(default_factory=dict)
     guest_sync_at: float = 0.0
+    queued_resource: str = ""  # the request it came from (Node.queued_resource), by its id
+    multislice: bool = False  # Node.multislice_node: one slice of a multislice request
 
     @property
     def key(self) -> str:
@@ -280,6 +295,7 @@ class SandboxOperation:
     fail_at: float = 0.0  # when set, the operation fails then with fail_code / fail_message
     fail_code: int = 0
     fail_message: str = ""
+    resource: str = "nodes"  # or queuedResources: what node_name names
 
     @property
     def name(self) -> str:
@@ -376,6 +392,22 @@ def _default_nodes(now: float) -> list[SandboxNode]:
             now - 2 * hour,
             health="TIMEOUT",
         ),
+        # The two slices of the multislice request demo-multislice (see _default_queued).
+        *(
+            SandboxNode(
+                f"demo-ms-{i}",
+                "us-central2-b",
+                "v4-16",
+                "tpu-ubuntu2204-base",
+                "READY",
+                1030 + i,
+                now - 2.6 * hour,
+                labels={"team": "pretrain"},
+                queued_resource="demo-multislice",
+                multislice=True,
+            )
+            for i in range(2)
+        ),
         # A state newer than the client (17: past UNKNOWN = 16), sent as its raw number.
         SandboxNode(
             "demo-v6e-next",
@@ -386,6 +418,54 @@ def _default_nodes(now: float) -> list[SandboxNode]:
             1008,
             now - 30 * 60.0,
             health="",
+        ),
+    ]
+
+
+def _default_queued(now: float) -> list[SandboxQueuedResource]:
+    """A spot request that FAILED yesterday and still holds its 8 chips of spot quota, one
+    two-slice multislice request (its nodes are in _default_nodes), and one still waiting."""
+    hour = 3600.0
+    return [
+        SandboxQueuedResource(
+            "demo-queue-failed",
+            "europe-west4-a",
+            "v6e-8",
+            "v2-alpha-tpuv6e",
+            "FAILED",
+            now - 30 * hour,
+            tier="spot",
+            node_id="demo-queue-failed",
+            error_code=STOCKOUT_CODE,
+            error_message=STOCKOUT_TEXT.format(zone="europe-west4-a"),
+            valid_until=now - 24 * hour,
+            valid_until_duration_s=6 * hour,
+            state_since=now - 24 * hour,
+        ),
+        SandboxQueuedResource(
+            "demo-multislice",
+            "us-central2-b",
+            "v4-16",
+            "tpu-ubuntu2204-base",
+            "ACTIVE",
+            now - 3 * hour,
+            node_count=2,
+            node_id_prefix="demo-ms",
+            labels={"team": "pretrain"},
+            state_since=now - 2.5 * hour,
+        ),
+        SandboxQueuedResource(
+            "demo-queue-v5p",
+            "us-east5-a",
+            "v5p-8",
+            "v2-alpha-tpuv5",
+            "WAITING_FOR_RESOURCES",
+            now - 25 * 60.0,
+            tier="spot",
+            node_id="demo-queue-v5p",
+            valid_until=now + 6 * hour - 25 * 60.0,
+            valid_until_duration_s=6 * hour,
+            state_since=now - 24 * 60.0,
         ),
     ]
 
@@ -401,7 +481,9 @@ class SandboxFleet:
     timing: SandboxTiming = field(default_factory=SandboxTiming)
     zones: tuple[str, ...] = tuple(sorted((*DEFAULT_ACCELERATOR_TYPES, *NO_ACCESS_ZONES)))
     no_access_zones: tuple[str, ...] = NO_ACCESS_ZONES
-    spot_chip_quota: dict[str, int] = field(default_factory=lambda: {"us-central2-b": 4})
+    spot_chip_quota: dict[str, int] = field(
+        default_factory=lambda: {"us-central2-b": 4, "europe-west4-a": 8}
+    )
     default_spot_quota: int = 64
     spot_stockouts: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SPOT_STOCKOUTS))
     create_rate: CreateRate = field(default_factory=CreateRate)
@@ -410,14 +492,19 @@ class SandboxFleet:
     project_metadata: dict[str, str] = field(default_factory=dict)
     # OS Login: each account's imported public keys ("type blob").
     oslogin_keys: dict[str, list[str]] = field(default_factory=dict)
+    # Queued resources by "zone/id" (see queued_resources.py for their shapes).
+    queued: dict[str, SandboxQueuedResource] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # ----- persistence -------------------------------------------------------------------------
     @classmethod
     def default(cls, path: Path | None, now: float | None = None, **kw) -> SandboxFleet:
         fleet = cls(path=path, **kw)
-        for node in _default_nodes(time.time() if now is None else now):
+        now = time.time() if now is None else now
+        for node in _default_nodes(now):
             fleet.nodes[node.key] = node
+        for qr in _default_queued(now):
+            fleet.queued[qr.key] = qr
         fleet.save()
         return fleet
 
@@ -436,6 +523,10 @@ class SandboxFleet:
         for raw in data.get("operations", []):
             op = SandboxOperation(**raw)
             fleet.operations[op.op_id] = op
+        for raw in data.get("queued_resources", []):
+            raw["pending"] = [tuple(p) for p in raw.get("pending", [])]
+            qr = SandboxQueuedResource(**raw)
+            fleet.queued[qr.key] = qr
         return fleet
 
     def save(self) -> None:
@@ -448,6 +539,7 @@ class SandboxFleet:
                 "operations": [asdict(o) for o in self.operations.values()],
                 "project_metadata": self.project_metadata,
                 "oslogin_keys": self.oslogin_keys,
+                "queued_resources": [asdict(q) for q in self.queued.values()],
             }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -474,11 +566,15 @@ class SandboxFleet:
                 if node.guest_sync_at and node.guest_sync_at <= now and node.state == "READY":
                     self._guest_sync(node)
                     changes.append((key, node.state, node.state))
+            changes.extend(self._advance_queued(now))
             for op in self.operations.values():
                 if op.end_time or op.error:
                     continue
                 if op.fail_at and now >= op.fail_at:
                     op.error, op.error_code, op.end_time = op.fail_message, op.fail_code, now
+                    continue
+                if op.resource == "queuedResources":
+                    self._advance_queued_operation(op, now)
                     continue
                 target = self.nodes.get(f"{op.zone}/{op.node_name}")
                 state = target.state if target else GONE
@@ -617,12 +713,37 @@ class SandboxFleet:
         self.operations[op.op_id] = op
         return op
 
-    def _spot_chips_in_use(self, zone: str) -> int:
-        return sum(
+    def _spot_chips_in_use(self, zone: str, version: str = "") -> int:
+        """Spot chips of one generation (each has its own quota metric): spot nodes of their
+        own, and every spot request that still holds its chips (a SUSPENDED or FAILED one
+        too, until it is deleted)."""
+
+        def counted(accelerator_type: str) -> bool:
+            return not version or accelerator_shape(accelerator_type).version == version
+
+        nodes = sum(
             accelerator_shape(n.accelerator_type).chips
             for n in self.nodes.values()
-            if n.zone == zone and (n.spot or n.preemptible)
+            if n.zone == zone
+            and (n.spot or n.preemptible)
+            and not n.queued_resource
+            and counted(n.accelerator_type)
         )
+        return nodes + sum(
+            q.chips
+            for q in self.queued.values()
+            if q.zone == zone and q.spot and q.state in HOLDS_QUOTA and counted(q.accelerator_type)
+        )
+
+    def _check_spot_quota(self, zone: str, accelerator_type: str, chips: int) -> None:
+        version = accelerator_shape(accelerator_type).version
+        metric = SPOT_QUOTA_METRICS.get(version)
+        if not metric:
+            return
+        quota = self.spot_chip_quota.get(zone, self.default_spot_quota)
+        if self._spot_chips_in_use(zone, version) + chips > quota:
+            region = zone.rsplit("-", 1)[0]
+            raise QuotaExceeded(QUOTA_TEXT.format(metric=metric, limit=quota, region=region))
 
     def create(
         self,
@@ -649,14 +770,8 @@ class SandboxFleet:
             shape = accelerator_shape(accelerator_type)
             if shape.chips == 0 or accelerator_type not in self.accelerator_types(zone):
                 raise InvalidArgument(UNKNOWN_TYPE_TEXT.format(type=accelerator_type, zone=zone))
-            metric = SPOT_QUOTA_METRICS.get(shape.version)
-            if (spot or preemptible) and metric:
-                quota = self.spot_chip_quota.get(zone, self.default_spot_quota)
-                if self._spot_chips_in_use(zone) + shape.chips > quota:
-                    region = zone.rsplit("-", 1)[0]
-                    raise QuotaExceeded(
-                        QUOTA_TEXT.format(metric=metric, limit=quota, region=region)
-                    )
+            if spot or preemptible:
+                self._check_spot_quota(zone, accelerator_type, shape.chips)
             now = time.time()
             if not self.create_rate.take(now):
                 raise RateLimited(RATE_LIMIT_TEXT)
@@ -726,17 +841,206 @@ class SandboxFleet:
         )
 
     def preempt(self, zone: str, name: str) -> None:
-        """What Compute Engine does to a spot VM: it goes PREEMPTED at once and stays there."""
+        """What Compute Engine does to a spot VM: it goes PREEMPTED at once and stays there.
+
+        A spot node of a queued resource is reclaimed through its request instead: the
+        request goes SUSPENDING (initiated by SERVICE), every node of it is deleted, then it
+        is SUSPENDED (the SUSPENDING/SUSPENDED docstrings of QueuedResourceState).
+        """
         with self._lock:
             node = self.nodes.get(f"{zone}/{name}")
             if node is None:
                 raise NotFound(f"Node {name} not found in zone {zone}.")
             if not (node.spot or node.preemptible):
                 raise FailedPrecondition(f"Node {name} is on-demand; only spot VMs are preempted.")
+            qr = self.queued.get(f"{zone}/{node.queued_resource}")
+            if qr is not None:
+                self._suspend(qr, "SERVICE", time.time())
+                self.save()
+                return
             node.state, node.health, node.pending = "PREEMPTED", "", []
             node.symptoms = ["Node was preempted by the Compute Engine scheduler"]
         self.advance()
         self.save()
+
+    # ----- queued resources --------------------------------------------------------------------
+    def list_queued(self, zone: str) -> list[SandboxQueuedResource]:
+        self._known_zone(zone)
+        self.advance()
+        with self._lock:
+            return sorted((q for q in self.queued.values() if q.zone == zone), key=lambda q: q.name)
+
+    def get_queued(self, zone: str, name: str) -> SandboxQueuedResource:
+        self._known_zone(zone)
+        self.advance()
+        with self._lock:
+            qr = self.queued.get(f"{zone}/{name}")
+            if qr is None:
+                raise NotFound(f"Queued resource {name} not found in zone {zone}.")
+            return qr
+
+    def _queue_schedule(self, qr: SandboxQueuedResource, now: float) -> None:
+        """When it is accepted, starts waiting and is selected; a spot request in a zone out of
+        spot capacity waits until its `valid until` time, if it has one, then FAILs."""
+        t = self.timing
+        accepted = now + t.queue_accept_s
+        waiting = max(accepted + t.queue_accept_s, qr.valid_after)
+        qr.pending = [(accepted, "ACCEPTED"), (waiting, "WAITING_FOR_RESOURCES")]
+        if not (qr.spot and self._stockout(qr.zone, qr.accelerator_type)):
+            qr.pending.append((waiting + t.queue_wait_s, "PROVISIONING"))
+
+    def create_queued(self, qr: SandboxQueuedResource) -> SandboxOperation:
+        """CreateQueuedResource: refused at once as CreateNode refuses (bad type or version,
+        labels, names taken, spot quota); otherwise it is queued and its operation ends when
+        it is ACCEPTED."""
+        zone = qr.zone
+        self._known_zone(zone)
+        check_labels(qr.labels)
+        if not qr.name:
+            raise InvalidArgument("queued_resource_id is required.")
+        if qr.runtime_version not in self.runtime_versions(zone):
+            raise InvalidArgument(BAD_RUNTIME_TEXT.format(v=qr.runtime_version))
+        shape = accelerator_shape(qr.accelerator_type)
+        if shape.chips == 0 or qr.accelerator_type not in self.accelerator_types(zone):
+            raise InvalidArgument(UNKNOWN_TYPE_TEXT.format(type=qr.accelerator_type, zone=zone))
+        self.advance()
+        with self._lock:
+            if qr.key in self.queued:
+                raise AlreadyExists(f"Queued resource {qr.name} already exists in zone {zone}.")
+            taken = [n for n in qr.node_names() if f"{zone}/{n}" in self.nodes]
+            if taken:
+                raise AlreadyExists(f"Node {taken[0]} already exists in zone {zone}.")
+            if qr.spot:
+                self._check_spot_quota(zone, qr.accelerator_type, qr.chips)
+            self._queue_schedule(qr, qr.create_time)
+            self.queued[qr.key] = qr
+            op = self._new_operation(zone, qr.name, "create", "ACCEPTED")
+            op.resource = "queuedResources"
+            self.save()
+            return op
+
+    def _queued_nodes(self, qr: SandboxQueuedResource) -> list[SandboxNode]:
+        return [
+            n for n in self.nodes.values() if n.zone == qr.zone and n.queued_resource == qr.name
+        ]
+
+    def _enter(self, qr: SandboxQueuedResource, state: str, now: float) -> None:
+        qr.state, qr.state_since = state, now
+        if state == "PROVISIONING":
+            for name in qr.node_names():
+                node = SandboxNode(
+                    name,
+                    qr.zone,
+                    qr.accelerator_type,
+                    qr.runtime_version,
+                    "CREATING",
+                    self.next_id,
+                    now,
+                    health="",
+                    spot=qr.spot,
+                    labels=dict(qr.labels),
+                    description=qr.description,
+                    pending=[(now + self.timing.create_s, "READY")],
+                    metadata=dict(qr.metadata),
+                    reserved=qr.tier == "guaranteed" and bool(qr.reservation),
+                    queued_resource=qr.name,
+                    multislice=qr.multislice,
+                )
+                self.next_id += 1
+                self.nodes[node.key] = node
+
+    def _suspend(self, qr: SandboxQueuedResource, initiator: str, now: float) -> None:
+        """SUSPENDING: every node of the request is deleted; SUSPENDED once they are gone."""
+        qr.state, qr.initiator, qr.state_since, qr.pending = "SUSPENDING", initiator, now, []
+        for node in self._queued_nodes(qr):
+            if node.state != "DELETING":
+                node.state, node.health = "DELETING", ""
+                node.pending = [(now + self.timing.delete_s, GONE)]
+
+    def _advance_queued(self, now: float) -> list[tuple[str, str, str]]:
+        changes: list[tuple[str, str, str]] = []
+        for key, qr in list(self.queued.items()):
+            before = qr.state
+            while qr.pending and qr.pending[0][0] <= now:
+                at, state = qr.pending.pop(0)
+                if state == GONE:
+                    del self.queued[key]
+                    break
+                if qr.valid_until and at >= qr.valid_until and state == "PROVISIONING":
+                    break  # its time ran out first: failed below
+                self._enter(qr, state, at)
+            if key not in self.queued:
+                changes.append((f"queued:{key}", before, GONE))
+                continue
+            nodes = self._queued_nodes(qr)
+            waiting = qr.state in {"CREATING", "ACCEPTED", "WAITING_FOR_RESOURCES"}
+            if waiting and qr.valid_until and now >= qr.valid_until:
+                qr.state, qr.state_since, qr.pending = "FAILED", qr.valid_until, []
+                qr.error_code, qr.error_message = EXPIRED_CODE, EXPIRED_TEXT
+            elif qr.state == "PROVISIONING" and nodes and all(n.state == "READY" for n in nodes):
+                qr.state, qr.state_since = "ACTIVE", now
+            elif qr.state == "ACTIVE" and (
+                len(nodes) < qr.node_count or any(n.state == "DELETING" for n in nodes)
+            ):
+                self._suspend(qr, "USER", now)  # a node deleted by hand: the request stays
+            elif qr.state == "SUSPENDING" and not nodes:
+                qr.state, qr.state_since = "SUSPENDED", now
+            elif qr.state == "DELETING" and not nodes and not qr.pending:
+                qr.pending = [(now + self.timing.delete_s / 2, GONE)]
+            if qr.state != before:
+                changes.append((f"queued:{key}", before, qr.state))
+        return changes
+
+    def _advance_queued_operation(self, op: SandboxOperation, now: float) -> None:
+        qr = self.queued.get(f"{op.zone}/{op.node_name}")
+        if op.done_state == GONE:
+            if qr is None:
+                op.end_time = now
+        elif qr is None:
+            op.error, op.end_time = f"Queued resource {op.node_name} was deleted.", now
+        elif qr.state != "CREATING":
+            op.end_time = now
+
+    def delete_queued(self, zone: str, name: str, *, force: bool = False) -> SandboxOperation:
+        """DeleteQueuedResource: with force its nodes are deleted first; without, only a request
+        with no node left, or ACCEPTED, FAILED or SUSPENDED (the `force` field's docstring)."""
+        self._known_zone(zone)
+        self.advance()
+        with self._lock:
+            qr = self.queued.get(f"{zone}/{name}")
+            if qr is None:
+                raise NotFound(f"Queued resource {name} not found in zone {zone}.")
+            nodes = self._queued_nodes(qr)
+            if nodes and not force and qr.state not in DELETABLE_WITHOUT_FORCE:
+                raise FailedPrecondition(NOT_FORCED_TEXT.format(name=name, state=qr.state))
+            now = time.time()
+            qr.state, qr.initiator, qr.state_since, qr.pending = "DELETING", "USER", now, []
+            for node in nodes:
+                if node.state != "DELETING":
+                    node.state, node.health = "DELETING", ""
+                    node.pending = [(now + self.timing.delete_s, GONE)]
+            op = self._new_operation(zone, name, "delete", GONE)
+            op.resource = "queuedResources"
+            self.save()
+            return op
+
+    def reset_queued(self, zone: str, name: str) -> SandboxOperation:
+        """ResetQueuedResource: a SUSPENDED request goes back into the queue."""
+        self._known_zone(zone)
+        self.advance()
+        with self._lock:
+            qr = self.queued.get(f"{zone}/{name}")
+            if qr is None:
+                raise NotFound(f"Queued resource {name} not found in zone {zone}.")
+            if qr.state != "SUSPENDED":
+                raise FailedPrecondition(RESET_TEXT.format(name=name, state=qr.state))
+            now = time.time()
+            qr.state, qr.initiator, qr.state_since = "CREATING", "", now
+            self._queue_schedule(qr, now)
+            op = self._new_operation(zone, name, "reset", "ACCEPTED")
+            op.resource = "queuedResources"
+            self.save()
+            return op
 
     def add_node(self, node: SandboxNode) -> None:
         """For benchmarks and tests that need a fleet of a given size."""

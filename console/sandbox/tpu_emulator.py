@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from console.sandbox.fleet_state import (
     check_labels,
     loopback,
 )
+from console.sandbox.queued_resources import from_request, queued_resource_message
 
 DEFAULT_PAGE_SIZE = 50
 # The TPU runtime's port, on every endpoint of every real node (PerfKitBenchmarker's and other
@@ -109,6 +111,12 @@ def _parse(name: str, *, expect: str) -> tuple[str, str]:
             f"Permission denied on project {parts[1]!r} (the sandbox serves {SANDBOX_PROJECT}).",
         )
     rest = parts[4:]
+    if expect == "queuedResource":
+        if len(rest) != 2 or rest[0] != "queuedResources":
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Expected a queued resource name, got {name!r}."
+            )
+        return parts[3], rest[1]
     if expect == "node":
         if len(rest) != 2 or rest[0] != "nodes":
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Expected a node name, got {name!r}.")
@@ -219,12 +227,18 @@ class TpuEmulator:
             msg.network_config = self.network_configs(node)[0]
         if node.health:
             msg.health = getattr(cloud_tpu.Node.Health, node.health)
+        if node.queued_resource:  # Node.queued_resource: "the QueuedResource that requested it"
+            msg.queued_resource = (
+                f"projects/{SANDBOX_PROJECT}/locations/{node.zone}/queuedResources/"
+                f"{node.queued_resource}"
+            )
+            msg.multislice_node = node.multislice
         msg.create_time = datetime.fromtimestamp(node.create_time, tz=UTC)
         return msg
 
     def operation_message(self, op: SandboxOperation) -> operations_pb2.Operation:
         meta = cloud_tpu.OperationMetadata(
-            target=f"projects/{SANDBOX_PROJECT}/locations/{op.zone}/nodes/{op.node_name}",
+            target=f"projects/{SANDBOX_PROJECT}/locations/{op.zone}/{op.resource}/{op.node_name}",
             verb=op.verb,
             api_version="v2",
         )
@@ -240,6 +254,11 @@ class TpuEmulator:
             payload = any_pb2.Any()
             if op.verb == "delete":
                 payload.Pack(empty_pb2.Empty())
+            elif op.resource == "queuedResources":  # create and reset answer the request
+                qr = self.fleet.queued.get(f"{op.zone}/{op.node_name}")
+                if qr is not None:
+                    message = queued_resource_message(qr, SANDBOX_PROJECT)
+                    payload.Pack(cloud_tpu.QueuedResource.pb(message))
             else:
                 node = self.fleet.nodes.get(f"{op.zone}/{op.node_name}")
                 if node is not None:
@@ -312,6 +331,59 @@ class TpuEmulator:
         zone, node = self._access(name, f"tpu.nodes.{verb}", expect="node")
         op = getattr(self.fleet, verb)(zone, node)
         return self.operation_message(op)
+
+    # ----- queued resources ----------------------------------------------------------------------
+    def list_queued_resources(
+        self, req: cloud_tpu.ListQueuedResourcesRequest
+    ) -> cloud_tpu.ListQueuedResourcesResponse:
+        zone, _ = self._access(
+            f"{req.parent}/queuedResources", "tpu.queuedresources.list", expect="parent"
+        )
+        found = self.fleet.list_queued(zone)
+        start = int(req.page_token or 0)
+        size = req.page_size or DEFAULT_PAGE_SIZE
+        token = str(start + size) if start + size < len(found) else ""
+        return cloud_tpu.ListQueuedResourcesResponse(
+            queued_resources=[
+                queued_resource_message(q, SANDBOX_PROJECT) for q in found[start : start + size]
+            ],
+            next_page_token=token,
+        )
+
+    def get_queued_resource(
+        self, req: cloud_tpu.GetQueuedResourceRequest
+    ) -> cloud_tpu.QueuedResource:
+        zone, name = self._access(req.name, "tpu.queuedresources.get", expect="queuedResource")
+        return queued_resource_message(self.fleet.get_queued(zone, name), SANDBOX_PROJECT)
+
+    def create_queued_resource(
+        self, req: cloud_tpu.CreateQueuedResourceRequest
+    ) -> operations_pb2.Operation:
+        zone, _ = self._access(
+            f"{req.parent}/queuedResources", "tpu.queuedresources.create", expect="parent"
+        )
+        specs = list(req.queued_resource.tpu.node_spec)
+        if len(specs) != 1:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "Exactly one tpu.node_spec is supported."
+            )
+        multi = specs[0].multislice_params if "multislice_params" in specs[0] else None
+        if multi is not None and multi.node_count < 2:  # MultisliceParams: "needs to be > 1"
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "node_count needs to be > 1.")
+        qr = from_request(req, zone, time.time())
+        return self.operation_message(self.fleet.create_queued(qr))
+
+    def delete_queued_resource(
+        self, req: cloud_tpu.DeleteQueuedResourceRequest
+    ) -> operations_pb2.Operation:
+        zone, name = self._access(req.name, "tpu.queuedresources.delete", expect="queuedResource")
+        return self.operation_message(self.fleet.delete_queued(zone, name, force=req.force))
+
+    def reset_queued_resource(
+        self, req: cloud_tpu.ResetQueuedResourceRequest
+    ) -> operations_pb2.Operation:
+        zone, name = self._access(req.name, "tpu.queuedresources.reset", expect="queuedResource")
+        return self.operation_message(self.fleet.reset_queued(zone, name))
 
     def get_guest_attributes(
         self, req: cloud_tpu.GetGuestAttributesRequest
@@ -543,6 +615,39 @@ class TpuEmulator:
                 lambda r: "",
             ),
         }
+        tpu["ListQueuedResources"] = (
+            self.list_queued_resources,
+            proto_plus(cloud_tpu.ListQueuedResourcesRequest),
+            cloud_tpu.ListQueuedResourcesResponse.serialize,
+            zone_of("parent"),
+        )
+        tpu["GetQueuedResource"] = (
+            self.get_queued_resource,
+            proto_plus(cloud_tpu.GetQueuedResourceRequest),
+            cloud_tpu.QueuedResource.serialize,
+            zone_of("name"),
+        )
+        for method, fn, req_type, field_name in (
+            (
+                "CreateQueuedResource",
+                self.create_queued_resource,
+                cloud_tpu.CreateQueuedResourceRequest,
+                "parent",
+            ),
+            (
+                "DeleteQueuedResource",
+                self.delete_queued_resource,
+                cloud_tpu.DeleteQueuedResourceRequest,
+                "name",
+            ),
+            (
+                "ResetQueuedResource",
+                self.reset_queued_resource,
+                cloud_tpu.ResetQueuedResourceRequest,
+                "name",
+            ),
+        ):
+            tpu[method] = (fn, proto_plus(req_type), op_ser, zone_of(field_name))
         tpu["UpdateNode"] = (
             self.update_node,
             proto_plus(cloud_tpu.UpdateNodeRequest),

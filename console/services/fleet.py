@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from console.adapters.tpu_api import TpuApi
-from console.models import FleetError, FleetSnapshot, Node, ZoneFailure
+from console.models import FleetError, FleetSnapshot, Node, QueuedResource, ZoneFailure
 
 # Enough to overlap every zone of a large project without a burst the API would throttle.
 MAX_ZONES_IN_FLIGHT = 32
@@ -129,15 +129,31 @@ class FleetService:
         wanted = self._due(known) if discovering else known
         gate = asyncio.Semaphore(MAX_ZONES_IN_FLIGHT)
 
+        queued: dict[str, list[QueuedResource] | ZoneFailure] = {}
+
         async def every_zone() -> dict[str, list[Node] | ZoneFailure]:
             api = self.api
 
             async def one(zone: str) -> list[Node] | ZoneFailure:
+                """The zone's nodes and its queued resources, asked at once."""
                 async with gate:
-                    try:
-                        return await api.list_nodes(zone)
-                    except FleetError as exc:
-                        return ZoneFailure(zone, exc.reason, exc.remedy, exc.code)
+                    nodes, requests = await asyncio.gather(
+                        api.list_nodes(zone),
+                        api.list_queued_resources(zone),
+                        return_exceptions=True,
+                    )
+                for answer in (nodes, requests):
+                    if isinstance(answer, BaseException) and not isinstance(answer, FleetError):
+                        raise answer
+                if isinstance(requests, FleetError):
+                    queued[zone] = ZoneFailure(
+                        zone, requests.reason, requests.remedy, requests.code
+                    )
+                else:
+                    queued[zone] = requests
+                if isinstance(nodes, FleetError):
+                    return ZoneFailure(zone, nodes.reason, nodes.remedy, nodes.code)
+                return nodes
 
             answers = await asyncio.gather(*(one(z) for z in wanted))
             return dict(zip(wanted, answers, strict=True))
@@ -150,13 +166,19 @@ class FleetService:
             self._note_access(results)
         nodes: list[Node] = []
         failures: list[ZoneFailure] = []
+        requests: list[QueuedResource] = []
         for zone, result in results.items():
             if isinstance(result, ZoneFailure):
                 if zone not in self._no_access:
                     failures.append(result)
+                continue
+            nodes.extend(result)
+            listed_requests = queued.get(zone, [])
+            if isinstance(listed_requests, ZoneFailure):  # nodes listed, requests not: say so
+                failures.append(listed_requests)
             else:
-                nodes.extend(result)
-        answered = {n.zone for n in nodes} | {f.zone for f in failures}
+                requests.extend(listed_requests)
+        answered = {n.zone for n in (*nodes, *requests)} | {f.zone for f in failures}
         doubtful = [z for z in wanted if z not in answered and z not in self._no_access]
         if not discovering:  # a zone the user named that refuses may be a typo: Google says
             # "Location X is not found or access is unauthorized" for both
@@ -174,6 +196,7 @@ class FleetService:
             no_access=no_access,
             zones_source=self.zones_source,
             legacy=legacy,
+            queued_resources=tuple(sorted(requests, key=lambda q: (q.zone, q.name))),
         )
 
     def _note_access(self, results: dict[str, list[Node] | ZoneFailure]) -> None:

@@ -132,6 +132,7 @@ JSON_KEYS = (
     "age_seconds",
     "symptoms",
     "description",
+    "queued_resource",
 )
 
 
@@ -197,6 +198,7 @@ def node_as_json(node: Node, now: datetime) -> dict[str, Any]:
             for s in node.symptoms
         ],
         "description": node.description,
+        "queued_resource": node.queued_resource,
     }
 
 

@@ -165,6 +165,7 @@ class LifecycleService:
         self.jobs = jobs
         self._results_tasks: set[asyncio.Future] = set()  # kept referenced until they finish
         self._last_states: dict[str, str] = {}
+        self._last_requests: dict[str, str] = {}  # node key -> its queued resource's key
 
     def _event(self, zone: str, node: str, kind: str, source: str, detail: str = "") -> None:
         self.history.record_event(NodeEvent(datetime.now(UTC), zone, node, kind, source, detail))
@@ -528,6 +529,8 @@ class LifecycleService:
         seen = set()
         for node in snapshot.nodes:
             seen.add(node.key)
+            if node.queued_resource:
+                self._last_requests[node.key] = node.queued_key
             before = self._last_states.get(node.key)
             if before == node.state:
                 continue
@@ -536,18 +539,27 @@ class LifecycleService:
                 continue  # first sight: nothing changed that we know of
             self._event(node.zone, node.name, "state", "refresh", f"{before} → {node.state}")
             if node.state in LEAVING_REASONS:
-                alerts.append(self._left_ready(node.zone, node.name, node.state))
+                why = self._request_reason(snapshot, node.key)
+                alerts.append(self._left_ready(node.zone, node.name, node.state, why))
         for key in list(self._last_states):
             zone, name = key.split("/", 1)
             if key not in seen and zone not in unreachable:
                 before = self._last_states.pop(key)
+                why = self._request_reason(snapshot, key)
+                self._last_requests.pop(key, None)
                 self._event(zone, name, "state", "refresh", f"{before} → gone")
                 if before not in {"DELETING"}:
-                    alerts.append(self._left_ready(zone, name, "DELETING"))
+                    alerts.append(self._left_ready(zone, name, "DELETING", why))
         return [a for a in alerts if a]
 
-    def _left_ready(self, zone: str, name: str, state: str) -> str:
-        reason = LEAVING_REASONS[state]
+    def _request_reason(self, snapshot: FleetSnapshot, node_key: str) -> str:
+        """What the node's queued resource says of who took it (the same listing read it)."""
+        request = self._last_requests.get(node_key, "")
+        qr = snapshot.queued(request) if request else None
+        return qr.leaving_reason() if qr is not None else ""
+
+    def _left_ready(self, zone: str, name: str, state: str, why: str = "") -> str:
+        reason = why or LEAVING_REASONS[state]
         lost = self.history.running_jobs_on(zone, name)
         when = datetime.now().astimezone().strftime("%H:%M:%S")
         finding = asdict(from_condition("node_left", f"{name} went {state} at {when}: {reason}"))

@@ -34,7 +34,10 @@ def preflight(
     node: Node,
     selection: str,
     probes: list[WorkerProbe] | None = None,
+    *,
+    in_group: bool = False,
 ) -> list[Check]:
+    """`in_group`: the launch is on the node's whole multislice group, not on it alone."""
     checks: list[Check] = []
     if node.state != "READY":
         checks.append(
@@ -42,6 +45,17 @@ def preflight(
                 "refuse",
                 f"{node.name} is {node.state}, not READY.",
                 LEAVING_REASONS.get(node.state, "Wait for READY or start the node."),
+            )
+        )
+        return checks
+    if node.multislice_node and not in_group:
+        checks.append(
+            Check(
+                "refuse",
+                f"{node.name} is one slice of multislice request {node.queued_resource}: a "
+                "program on one slice waits forever for the others.",
+                "Launch on the group (every worker of every slice, with the MEGASCALE "
+                "environment): choose the group's row, or `launch --group`.",
             )
         )
         return checks

@@ -22,7 +22,7 @@ from tests.conftest import DEFAULT_NODES, FAST
 def test_ls_json_prints_one_object_per_sandbox_node(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "--json"]) == 0
     nodes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    by_name = {n["name"]: n for n in nodes}
+    by_name = {n["name"]: n for n in nodes if "name" in n}  # the requests follow the nodes
     assert set(by_name) == {key.split("/")[1] for key in DEFAULT_NODES}
     spot = by_name["demo-spot-v4-8"]
     assert (spot["state"], spot["spot"], spot["provisioning"]) == ("PREEMPTED", True, "spot")
@@ -40,7 +40,7 @@ def test_ls_table_marks_the_sandbox_and_shows_states(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert out.startswith("SANDBOX")
     assert out.splitlines()[1] == "zones: --zone · 1 zone"
-    header, *rows = out.splitlines()[2:]
+    header, *rows = out.split("\n\nQueued resources:")[0].splitlines()[2:]
     assert header.split()[:4] == ["NAME", "ZONE", "TYPE", "STATE"]
     assert len(rows) == len([k for k in DEFAULT_NODES if k.startswith("us-central2-b/")])
     assert {r.split()[0] for r in rows} >= {"demo-v4-8", "demo-spot-v4-8", "demo-v4-16"}
@@ -95,7 +95,8 @@ def test_ls_json_lists_a_node_in_a_state_newer_than_the_client(
     capsys: pytest.CaptureFixture,
 ) -> None:
     assert main(["ls", "--json", "--zone", "europe-west4-a"]) == 0
-    nodes = {n["name"]: n for n in map(json.loads, capsys.readouterr().out.splitlines())}
+    rows = map(json.loads, capsys.readouterr().out.splitlines())
+    nodes = {n["name"]: n for n in rows if "name" in n}  # requests follow, without `name`
     assert nodes["demo-v6e-next"]["state"] == "17"
     assert nodes["demo-v5e-8"]["state"] == "READY"
 
@@ -107,12 +108,59 @@ def test_ls_json_keys_are_the_documented_ones(capsys: pytest.CaptureFixture) -> 
     from console.services.fleet_columns import JSON_KEYS
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("<!-- ls-json-keys -->")[1]
+    section = readme.split("<!-- ls-json-keys -->")[1].split("<!-- /ls-json-keys -->")[0]
     documented = tuple(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
     assert documented == JSON_KEYS
     assert main(["ls", "--json", "--zone", "us-central2-b"]) == 0
-    for line in capsys.readouterr().out.splitlines():
-        assert tuple(json.loads(line)) == JSON_KEYS
+    lines = [tuple(json.loads(line)) for line in capsys.readouterr().out.splitlines()]
+    assert [k for k in lines if k[0] == "name"] and all(k == JSON_KEYS for k in lines[:-1])
+    # After the nodes, one object per queued resource, its first key telling it apart.
+    from console.cli.queued import QUEUED_JSON_KEYS
+
+    queued = readme.split("<!-- ls-json-queued-keys -->")[1]
+    assert tuple(re.findall(r"^\| `([a-z_]+)` \|", queued, flags=re.M)) == QUEUED_JSON_KEYS
+    assert lines[-1] == QUEUED_JSON_KEYS
+
+
+def test_ls_shows_requests_their_groups_and_what_holds_quota(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("Queued resources:")[1]
+    assert "demo-multislice" in section and "v4-16 x2" in section
+    assert "nodes: demo-ms-0 (READY), demo-ms-1 (READY)" in section
+    assert "WAITING_FOR_RESOURCES" in section and "valid for 6h" in section
+    assert "finding: Queued resource demo-queue-failed in europe-west4-a is FAILED" in section
+    assert main(["ls", "--json", "--zone", "europe-west4-a"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    failed = next(r for r in rows if r.get("queued_resource") == "demo-queue-failed")
+    assert failed["holds_quota"] and failed["error"]["code"] == 8 and failed["chips"] == 8
+
+
+def test_create_queued_waits_in_the_queue_then_delete_takes_the_request(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    args = ["--zone", "us-central2-b", "--type", "v4-8", "--queued", "--valid-for", "6h"]
+    assert main(["create", "q-cli", *args]) == 0
+    out = capsys.readouterr().out
+    for state in ("WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE"):
+        assert f"queue q-cli: {state} after" in out
+    assert "ssh q-cli: READY" in out and "queued resource q-cli ACTIVE after" in out
+    assert main(["delete", "q-cli", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "queued resource q-cli: deleted, with its nodes (q-cli)" in out
+    assert main(["ls", "--json", "--zone", "us-central2-b"]) == 0
+    assert '"q-cli"' not in capsys.readouterr().out
+
+
+def test_delete_of_a_queued_node_asks_and_says_the_request_goes_with_force(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["delete", "demo-ms-0"]) == 2  # no terminal to ask on, no --yes
+    err = capsys.readouterr().err
+    assert "demo-ms-0 belongs to queued resource demo-multislice" in err
+    assert "with force: its nodes (demo-ms-0, demo-ms-1) are deleted too" in err
 
 
 def test_ls_without_credentials_says_how_to_log_in(
@@ -162,7 +210,8 @@ def test_sandbox_serve_prints_endpoints_and_other_commands_join_it(tmp_path: Pat
             timeout=60,
         )
         assert ls.returncode == 0, ls.stderr
-        assert len(ls.stdout.splitlines()) == len(DEFAULT_NODES)
+        nodes = [x for x in ls.stdout.splitlines() if x.startswith('{"name"')]
+        assert len(nodes) == len(DEFAULT_NODES)
     finally:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0

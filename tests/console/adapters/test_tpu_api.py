@@ -232,9 +232,19 @@ async def test_spot_quota_refusals_name_each_generations_metric(
     sandbox: Sandbox, api: TpuApi
 ) -> None:
     """Metric names as the API quotes them (marin-community/marin#87 and #1612)."""
-    for zone, kind, metric in [
-        ("europe-west4-a", "v6e-8", "TPUV6EPreemptiblePerProjectPerRegionForTPUAPI"),
-        ("us-central1-a", "v5litepod-8", "TPUV5sPreemptibleLitepodPerProjectPerRegionForTPUAPI"),
+    for zone, kind, version, metric in [
+        (
+            "europe-west4-a",
+            "v6e-8",
+            "v2-alpha-tpuv6e",
+            "TPUV6EPreemptiblePerProjectPerRegionForTPUAPI",
+        ),
+        (
+            "us-central1-a",
+            "v5litepod-8",
+            "v2-alpha-tpuv5-lite",
+            "TPUV5sPreemptibleLitepodPerProjectPerRegionForTPUAPI",
+        ),
     ]:
         sandbox.fleet.spot_chip_quota[zone] = 0
         version = default_runtime(kind)  # a version the zone lists: the quota is what refuses

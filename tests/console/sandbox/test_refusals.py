@@ -105,7 +105,8 @@ async def test_a_gone_nodes_job_processes_go_with_it_and_nothing_else_does(
 ) -> None:
     zone = "us-central1-a"  # europe-west4-a has no spot v5e capacity
     await api.wait_operation(
-        await api.create_node(zone, "doomed", "v5litepod-8", "v2-alpha-tpuv5-lite", spot=True),
+        # v3: spot v5e has no capacity in this zone (SPOT_STOCKOUTS), spot v3 has.
+        await api.create_node(zone, "doomed", "v3-8", "tpu-ubuntu2204-base", spot=True),
         poll_s=0.05,
     )
     node = await api.get_node(zone, "doomed")

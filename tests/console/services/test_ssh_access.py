@@ -166,6 +166,9 @@ async def test_a_multi_nic_node_counts_one_worker_per_network_config(
         raw.network_endpoints[0].ip_address,
         raw.network_endpoints[2].ip_address,
     ]
+    # READY comes before the VMs' sshd answers (as on Google Cloud); wait for both workers'.
+    while any(sandbox.worker_address(ZONE, "two-nic-v4-16", w) is None for w in (0, 1)):
+        await asyncio.sleep(0.05)
     remote = service(sandbox, tmp_path)
     try:
         lines: list[str] = []
