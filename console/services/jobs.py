@@ -287,12 +287,20 @@ class JobService:
         streams = await self.streams(job, node, selection)
 
         async def one(stream: LogStream) -> int | None:
+            rc: int | None = None
             try:
                 rc = await stream.follow(on_line, follow=follow, from_start=from_start)
             finally:
-                self.history.set_worker(job.job_id, stream.worker, log_offset=stream.offset)
-            if rc is not None:
-                self.history.set_worker(job.job_id, stream.worker, rc=rc)
+                # One write a worker, on a thread: each is a commit (an fsync in WAL), and the
+                # 256 workers of a pod slice end together; made on the loop, they froze the
+                # log view for seconds.
+                await asyncio.to_thread(
+                    self.history.set_worker,
+                    job.job_id,
+                    stream.worker,
+                    log_offset=stream.offset,
+                    rc=rc,
+                )
             if on_end is not None and follow:
                 on_end(stream.worker, rc)
             return rc
