@@ -436,8 +436,7 @@ class WorkerSelectionError(FleetError):
     """
 
     def __init__(self, reason: str, remedy: str = "") -> None:
-        # The console's own refusal, not an API status: no code goes into the sentence.
-        super().__init__(reason, remedy, field="worker")
+        super().__init__(reason, remedy, field="worker")  # ours, not the API's: no code
 
 
 class ConfigError(ConsoleError):

@@ -6,6 +6,7 @@ because the sandbox serves from its own thread while tests poke it (preempt, inj
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -864,7 +865,7 @@ class SandboxFleet:
         self.save()
 
     # ----- queued resources --------------------------------------------------------------------
-    def list_queued(self, zone: str) -> list[SandboxQueuedResource]:
+    def list_queued(self, zone: str) -> builtins.list[SandboxQueuedResource]:
         self._known_zone(zone)
         self.advance()
         with self._lock:
@@ -919,7 +920,7 @@ class SandboxFleet:
             self.save()
             return op
 
-    def _queued_nodes(self, qr: SandboxQueuedResource) -> list[SandboxNode]:
+    def _queued_nodes(self, qr: SandboxQueuedResource) -> builtins.list[SandboxNode]:
         return [
             n for n in self.nodes.values() if n.zone == qr.zone and n.queued_resource == qr.name
         ]
@@ -957,7 +958,7 @@ class SandboxFleet:
                 node.state, node.health = "DELETING", ""
                 node.pending = [(now + self.timing.delete_s, GONE)]
 
-    def _advance_queued(self, now: float) -> list[tuple[str, str, str]]:
+    def _advance_queued(self, now: float) -> builtins.list[tuple[str, str, str]]:
         changes: list[tuple[str, str, str]] = []
         for key, qr in list(self.queued.items()):
             before = qr.state

@@ -107,7 +107,7 @@ def state_message(qr: SandboxQueuedResource) -> cloud_tpu.QueuedResourceState:
     """The state with its `state_data` oneof: `failed_data.error` for FAILED, the (empty)
     `suspending_data`/`suspended_data` and the `state_initiator` for a suspension."""
     state_cls = cloud_tpu.QueuedResourceState
-    msg = state_cls(state=state_cls.State[qr.state])
+    msg = state_cls(state=getattr(state_cls.State, qr.state))
     data = {
         "CREATING": ("creating_data", state_cls.CreatingData()),
         "ACCEPTED": ("accepted_data", state_cls.AcceptedData()),
@@ -126,7 +126,7 @@ def state_message(qr: SandboxQueuedResource) -> cloud_tpu.QueuedResourceState:
     if data is not None:
         setattr(msg, data[0], data[1])
     if qr.initiator:
-        msg.state_initiator = state_cls.StateInitiator[qr.initiator]
+        msg.state_initiator = getattr(state_cls.StateInitiator, qr.initiator)
     return msg
 
 

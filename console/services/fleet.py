@@ -149,10 +149,11 @@ class FleetService:
                     queued[zone] = ZoneFailure(
                         zone, requests.reason, requests.remedy, requests.code
                     )
-                else:
+                elif not isinstance(requests, BaseException):
                     queued[zone] = requests
                 if isinstance(nodes, FleetError):
                     return ZoneFailure(zone, nodes.reason, nodes.remedy, nodes.code)
+                assert not isinstance(nodes, BaseException)  # re-raised above
                 return nodes
 
             answers = await asyncio.gather(*(one(z) for z in wanted))
@@ -178,7 +179,7 @@ class FleetService:
                 failures.append(listed_requests)
             else:
                 requests.extend(listed_requests)
-        answered = {n.zone for n in (*nodes, *requests)} | {f.zone for f in failures}
+        answered = {n.zone for n in nodes} | {r.zone for r in requests} | {f.zone for f in failures}
         doubtful = [z for z in wanted if z not in answered and z not in self._no_access]
         if not discovering:  # a zone the user named that refuses may be a typo: Google says
             # "Location X is not found or access is unauthorized" for both

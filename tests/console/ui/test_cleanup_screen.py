@@ -96,10 +96,18 @@ async def test_the_first_probe_of_a_node_says_it_adds_your_key(
     """A new sandbox, like a new VM, has your key in no metadata: the console says it adds it."""
     app = TpuConsoleApp(services, mode="SANDBOX")
     key = "us-central2-b/demo-v4-8"
+    shown: list[str] = []  # every notification, kept past its 8 s on screen
+    notify = app.notify
+
+    def keep(message: str, **kw: object) -> None:
+        shown.append(str(message))
+        notify(message, **kw)  # type: ignore[arg-type]
+
+    app.notify = keep  # type: ignore[method-assign,assignment]
     async with app.run_test(size=(170, 40)) as pilot:
         await until(pilot, lambda: lock_cell(app, key) == "clean")
 
         def told() -> list[str]:
-            return [n.message for n in app._notifications]
+            return shown
 
         assert "adding your ssh key to demo-v4-8's metadata" in told()
