@@ -1,8 +1,11 @@
-"""Log ingest: 16 workers writing lines as fast as they can for 10 s, into the real log view.
+"""Log ingest: N workers writing lines as fast as they can for 10 s, into the real log view.
 
-Measures the lines per second the log view indexes and the longest event-loop stall while it
-runs, live and catching up on the finished logs, against 16 parallel `ssh … cat` of the same
-files (OpenSSH). Goals (issue 3): ingest at least half the `ssh cat` rate, no stall over 100 ms.
+Measures the lines per second the log view indexes, the longest event-loop stall and the
+memory it takes while it runs, live and catching up on the finished logs, against N parallel
+`ssh … cat` of the same files (OpenSSH), at 16, 64 and 256 workers (one v4-128, v4-512 and
+v4-2048 node). Goals: issue 3 at 16, catch-up at least half the `ssh cat` rate and no stall over
+100 ms; issue 20 at 256, catch-up at least 0.9x and no stall over 50 ms, memory bounded.
+`python bench/logtail.py [16] [64] [256]` runs only the scales named.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results_file import machine_line, write_section  # noqa: E402
+from bench.results_file import load_line, machine_line, write_section  # noqa: E402
 from bench.sandbox_process import client_fleet, client_remote, served_sandbox  # noqa: E402
 from console.adapters.history_db import HistoryStore  # noqa: E402
 from console.services.jobs import JobService  # noqa: E402
@@ -33,11 +36,17 @@ DURATION_S = 10
 # runs in its own session, and with the kernel's autogroup scheduling a session is its own group
 # with nice 0 whatever its processes' nice: so each producer also sets its group's nice.
 SANDBOX_NICE = 19
+
+
+def producer(duration_s: int) -> str:
+    return PRODUCER.replace("DURATION", str(duration_s))
+
+
 PRODUCER = (
     "python3 -c 'import sys, time\n"
     'try: open("/proc/self/autogroup", "w").write("19")\n'
     "except OSError: pass\n"
-    f"end = time.time() + {DURATION_S}; w = sys.stdout.write; i = 0\n"
+    "end = time.time() + DURATION; w = sys.stdout.write; i = 0\n"
     "while time.time() < end:\n"
     "    for _ in range(500):\n"
     '        i += 1; w("line %d %s\\n" % (i, "x" * 40))\n'
@@ -70,9 +79,25 @@ class StallMonitor:
         return self.worst
 
 
-async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple[int, float, float]:
-    """Open the log view on the job; return (lines indexed, seconds until all, worst stall)."""
+def rss_kib(field: str = "VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def index_bytes(index) -> int:
+    """What the index keeps per line: its arrays (no text: the copies on disk are the store)."""
+    arrays = [index._workers, index._offsets, index.visible]
+    arrays += list(index._entries_of.values()) + list(index._offsets_of.values())
+    return sum(a.buffer_info()[1] * a.itemsize for a in arrays)
+
+
+async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple:
+    """Open the log view on the job; return (lines indexed, seconds until all, worst stall,
+    the process's RSS growth in bytes, the index's own bytes)."""
     monitor = StallMonitor()
+    rss_before = rss_kib()
     async with app.run_test(size=(160, 48)) as pilot:
         start = time.perf_counter()
         screen = LogScreen(job)
@@ -86,7 +111,8 @@ async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple[int, 
                 break
         elapsed = time.perf_counter() - start
         stall = monitor.stop()
-        return len(screen.index), elapsed, stall
+        grown = (rss_kib() - rss_before) * 1024
+        return len(screen.index), elapsed, stall, grown, index_bytes(screen.index)
 
 
 def ssh_cat(endpoint, targets, job_id: str) -> tuple[int, float]:
@@ -125,7 +151,7 @@ def ssh_cat(endpoint, targets, job_id: str) -> tuple[int, float]:
     return lines, time.perf_counter() - start
 
 
-async def measure(endpoint, home: Path) -> dict:
+async def measure(endpoint, home: Path, duration_s: int = DURATION_S) -> dict:
     fleet = client_fleet(endpoint)
     remote = client_remote(fleet, endpoint, home)
     history = HistoryStore(home / "history.db")
@@ -133,7 +159,7 @@ async def measure(endpoint, home: Path) -> dict:
     try:
         node = (await fleet.list_nodes()).nodes[0]
         targets = await remote.targets(node, "all")
-        job = await jobs.launch(node, "all", PRODUCER)
+        job = await jobs.launch(node, "all", producer(duration_s))
         app = TpuConsoleApp(Services.build(jobs), mode="SANDBOX", probe_interval_s=None)
         live = await view_ingest(app, job, None)
         shutil.rmtree(home / "logs" / job.job_id)
@@ -146,17 +172,38 @@ async def measure(endpoint, home: Path) -> dict:
         history.close()
 
 
-RUNS = 3
+PROFILE_NOTE = (
+    "What the profiles at 256 showed (asyncio's slow-callback log and py-spy on the console "
+    "during a run; issue 20), and what changed: (1) when the job ended, each of the 256 "
+    "followers wrote its worker's offset and rc to the history on the loop, two autocommits "
+    "(two WAL fsyncs) each: 512 commits in a row froze the view 2.5 s (2,478 ms in the first "
+    "run at 256, catch-up 0.31); each worker's end is now one write on a thread. (2) An "
+    "indexing slice's budget was per copy (64 KiB each: 16 MiB a slice at 256 workers); it is"
+    " now for all copies together, turning through them. (3) The ssh pool's bare channel "
+    "sessions (see fanout) carry the log bytes too. Left, and not reached here: the worst "
+    "stall (0.5-0.7 s at 256) and catch-up (0.48 of parallel `ssh … cat`). Under this load "
+    "(the machine's load average 25-35 while it ran, so the console got about a fifteenth of "
+    "the CPU) a 10 ms slice of work shows as a 150 ms stall; what is left on the loop is the "
+    "indexing slices (1 MiB, splitting lines and the diagnosis scan over them), the screen's "
+    "render of the rows it shows, and asyncssh's per-packet work for 256 channels. The bytes "
+    "pass through Python line by line once (the index's split of what the copies hold); the "
+    "fetch writes chunks to the copy as they come, without splitting them."
+)
+SCALES = {16: "v4-128", 64: "v4-512", 256: "v4-2048"}  # one node of that many hosts
+RUNS = {16: 3, 64: 3, 256: 2}
+# At 256 the producers write for less time: the same lines a second, many more of them to
+# follow and to catch up on; the benchmark stays minutes long.
+DURATION = {16: DURATION_S, 64: DURATION_S, 256: 5}
 
 
-def one_run() -> dict:
+def one_run(size: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        with served_sandbox(home, 1, "v4-128", nice=SANDBOX_NICE) as endpoint:
-            got = asyncio.run(measure(endpoint, home))
+        with served_sandbox(home, 1, SCALES[size], nice=SANDBOX_NICE) as endpoint:
+            got = asyncio.run(measure(endpoint, home, DURATION[size]))
             cat_lines, cat_s = ssh_cat(endpoint, got["targets"], got["job"].job_id)
-    live_lines, live_s, live_stall = got["live"]
-    cu_lines, cu_s, cu_stall = got["catch_up"]
+    live_lines, live_s, live_stall, live_rss, live_index = got["live"]
+    cu_lines, cu_s, cu_stall, cu_rss, cu_index = got["catch_up"]
     assert cu_lines == live_lines == cat_lines, (live_lines, cu_lines, cat_lines)
     run = {
         "lines": live_lines,
@@ -166,62 +213,86 @@ def one_run() -> dict:
         "cu_stall": cu_stall,
         "cat_rate": cat_lines / cat_s,
         "ratio": (cu_lines / cu_s) / (cat_lines / cat_s),
+        "per_line": live_index / live_lines,
+        "per_worker": max(0, live_rss - live_index) / size,
+        "rss": live_rss,
     }
     print(
-        f"{live_lines:,} lines from 16 workers. live: {run['live_rate']:,.0f} lines/s "
-        f"(stall {live_stall * 1000:.0f} ms); catch-up: {run['cu_rate']:,.0f} lines/s "
-        f"(stall {cu_stall * 1000:.0f} ms); ssh cat: {run['cat_rate']:,.0f} lines/s",
+        f"{live_lines:,} lines from {size} workers. live: {run['live_rate']:,.0f} lines/s "
+        f"(stall {live_stall * 1000:.0f} ms, RSS +{live_rss / 1e6:.1f} MB, index "
+        f"{run['per_line']:.1f} B/line); catch-up: {run['cu_rate']:,.0f} lines/s "
+        f"(stall {cu_stall * 1000:.0f} ms); ssh cat: {run['cat_rate']:,.0f} lines/s "
+        f"({run['ratio']:.2f})",
         flush=True,
     )
     return run
 
 
-def main() -> None:
-    runs = [one_run() for _ in range(RUNS)]
-
+def section(size: int, runs: list[dict]) -> list[str]:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
     def each(key: str, scale: float = 1.0, fmt: str = "{:,.0f}") -> str:
         return ", ".join(fmt.format(r[key] * scale) for r in runs)
 
+    stall_goal, ratio_goal = (0.05, 0.9) if size == 256 else (0.1, 0.5)
     live_stall, cu_stall, ratio = med("live_stall"), med("cu_stall"), med("ratio")
-    lines = [
-        "## logtail (issue 3)",
-        "",
-        f"`python bench/logtail.py` — {machine_line()}. 16 sandbox workers (one v4-128 node, "
-        f"servers in a separate process at nice {SANDBOX_NICE}, standing for remote VMs) each "
-        f"print lines as fast as they can for {DURATION_S} s; "
-        "the real log view (LogScreen, headless) follows the job; then, with the local copies "
-        "deleted, catches up on the finished logs; then 16 parallel OpenSSH `ssh … cat` read "
-        f"the same files. Medians of {RUNS} runs (each run's figures in brackets).",
+    ok_live = "✅" if live_stall <= stall_goal else "❌"
+    ok_cu = "✅" if ratio >= ratio_goal and cu_stall <= stall_goal else "❌"
+    return [
+        f"### {size} workers (one {SCALES[size]} node)",
         "",
         "| phase | lines/s | worst event-loop stall | goal |",
         "|---|---|---|---|",
         f"| live, while producing | {med('live_rate'):,.0f} ({each('live_rate')}) | "
-        f"{live_stall * 1000:.0f} ms ({each('live_stall', 1000)}) | stall ≤ 100 ms "
-        + ("✅" if live_stall <= 0.1 else "❌")
-        + " |",
+        f"{live_stall * 1000:.0f} ms ({each('live_stall', 1000)}) | stall ≤ "
+        f"{stall_goal * 1000:.0f} ms {ok_live} |",
         f"| catch-up, finished logs | {med('cu_rate'):,.0f} ({each('cu_rate')}) | "
-        f"{cu_stall * 1000:.0f} ms ({each('cu_stall', 1000)}) | ≥ 0.5 × ssh cat: "
-        f"{ratio:.2f} ({each('ratio', fmt='{:.2f}')}) "
-        + ("✅" if ratio >= 0.5 and cu_stall <= 0.1 else "❌")
-        + " |",
-        f"| OpenSSH `ssh … cat`, 16 parallel | {med('cat_rate'):,.0f} ({each('cat_rate')}) | "
+        f"{cu_stall * 1000:.0f} ms ({each('cu_stall', 1000)}) | ≥ {ratio_goal} × ssh cat: "
+        f"{ratio:.2f} ({each('ratio', fmt='{:.2f}')}) {ok_cu} |",
+        f"| OpenSSH `ssh … cat`, {size} parallel | {med('cat_rate'):,.0f} ({each('cat_rate')}) | "
         "| baseline |",
         "",
-        f"Lines per run: {each('lines')}. Live lines/s is bounded by what 16 niced producers "
-        "write on this machine's cores, shared with the sandbox and the console.",
+        f"Lines per run: {each('lines')}. Memory while following: the index keeps "
+        f"{med('per_line'):.1f} bytes a line (offsets only; the text stays in the local "
+        "copies on disk); the process's RSS growth less the index is "
+        f"{med('per_worker') / 1024:,.0f} KiB a worker ({each('per_worker', 1 / 1024)}) "
+        f"(RSS grew {each('rss', 1e-6, '{:.0f}')} MB in all).",
         "",
-        "Two things made the live stall: the diagnosis scan (an alternation of regular "
-        "expressions costs Python's engine ~137 ns a byte; it now runs only on lines holding "
-        "one of the signatures' literal anchors, found with bytes.find: ~2 ns a byte), and the "
-        "benchmark itself: each job runs in its own session, and with the kernel's autogroup "
-        "scheduling each session is a group of nice 0, so the 16 producers took the CPU from "
-        "the console as equals despite the sandbox's nice 19; they now set their group's nice "
-        "too, as remote VMs would not compete at all. (Left at nice 0, one run on 2026-11-23 "
-        "wrote 12.5 M lines and stalled the view 338 ms: 17 equal groups on 2 cores leave the "
-        "console an eighth of a core.)",
+    ]
+
+
+def main() -> None:
+    wanted = [int(a) for a in sys.argv[1:]] or sorted(SCALES)
+    started = load_line()
+    results = {size: [one_run(size) for _ in range(RUNS[size])] for size in wanted}
+    lines = [
+        "## logtail (issues 3 and 20)",
+        "",
+        f"`python bench/logtail.py` — {machine_line()}, {started}. N sandbox workers "
+        f"(one node, servers in a separate process at nice {SANDBOX_NICE}, standing for "
+        f"remote VMs) each print lines as fast as they can for {DURATION_S} s (5 s at 256); "
+        "the real log "
+        "view (LogScreen, headless) follows the job; then, with the local copies deleted, "
+        "catches up on the finished logs (same pool); then N parallel OpenSSH `ssh … cat` "
+        "read the same files. Medians of 3 runs (2 at 256; each run's figures in brackets).",
+        "",
+    ]
+    for size, runs in results.items():
+        lines += section(size, runs)
+    lines += [
+        "Live lines/s is bounded by what the niced producers write on this machine's cores, "
+        "shared with the sandbox and the console.",
+        "",
+        "Two things made the live stall (issue 3): the diagnosis scan (an alternation of "
+        "regular expressions costs Python's engine ~137 ns a byte; it now runs only on lines "
+        "holding one of the signatures' literal anchors, found with bytes.find: ~2 ns a byte), "
+        "and the benchmark itself: each job runs in its own session, and with the kernel's "
+        "autogroup scheduling each session is a group of nice 0, so the producers took the "
+        "CPU from the console as equals despite the sandbox's nice 19; they now set their "
+        "group's nice too, as remote VMs would not compete at all.",
+        "",
+        PROFILE_NOTE,
     ]
     write_section("logtail", "\n".join(lines))
 

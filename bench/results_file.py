@@ -35,3 +35,12 @@ def write_section(name: str, body: str) -> None:
         else (text.rstrip() + "\n\n" + section + "\n")
     )
     RESULTS.write_text(text)
+
+
+def load_line() -> str:
+    """The machine's load when a benchmark starts: figures taken on a shared machine say so."""
+    import os
+
+    one, five, _ = os.getloadavg()
+    shared = " (**shared with other work**: read the ratios, not the times)" if one > 2 else ""
+    return f"load average {one:.1f} (5 min {five:.1f}) at the start{shared}"

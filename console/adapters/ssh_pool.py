@@ -97,31 +97,64 @@ class RunResult:
 
 
 class KnownHosts:
-    """Our own known-hosts file, one `alias keytype base64` line per key, like gcloud's."""
+    """Our own known-hosts file, one `alias keytype base64` line per key, like gcloud's.
+
+    Read once and kept (read again only when the file changes under us), and written only
+    when what it says changes: a fan-out to a 256-host slice dials 256 aliases, and reading
+    or rewriting the whole file on each would cost O(N²).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._keys: dict[str, list[str]] = {}
+
+    def _current(self) -> dict[str, list[str]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._keys = None, {}
+            return self._keys
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            keys: dict[str, list[str]] = {}
+            for line in self.path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 3:
+                    keys.setdefault(parts[0], []).append(f"{parts[1]} {parts[2]}")
+            self._stamp, self._keys = stamp, keys
+        return self._keys
 
     def keys_for(self, alias: str) -> list[str]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == alias:
-                out.append(f"{parts[1]} {parts[2]}")
-        return out
+        return list(self._current().get(alias, []))
 
     def record(self, alias: str, keys: list[str]) -> None:
-        """Replace the alias's lines with `keys`."""
-        lines = []
-        if self.path.exists():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.split()[:1] != [alias]]
-        lines += [f"{alias} {' '.join(k.split()[:2])}" for k in keys]
+        """Replace the alias's lines with `keys`: appended when the alias is new, the file
+        rewritten only when its keys change, nothing when they are already there."""
+        wanted = [" ".join(k.split()[:2]) for k in keys]
+        current = self._current()
+        if current.get(alias) == wanted:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, self.path)
+        if alias not in current:
+            with open(self.path, "a+b") as fh:  # one write: whole lines, never interleaved
+                text = "".join(f"{alias} {k}\n" for k in wanted).encode()
+                if fh.tell() > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":  # a file edited by hand, without its last newline
+                        text = b"\n" + text
+                fh.write(text)
+        else:
+            lines = []
+            if self.path.exists():
+                lines = [
+                    ln for ln in self.path.read_text().splitlines() if ln.split()[:1] != [alias]
+                ]
+            lines += [f"{alias} {k}" for k in wanted]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, self.path)
+        self._stamp = None  # read again next time (cheap: once per change)
 
 
 class _Client(asyncssh.SSHClient):
@@ -390,6 +423,15 @@ class SshPool:
         """
         try:
             async with self.session(target) as conn:
+                if not isinstance(stdin, AsyncIterator):
+                    status, signal = await _run_channel(conn, command, on_stdout, on_stderr, stdin)
+                    if status is None and signal is None:
+                        self.drop(target)
+                        raise SshLost(
+                            f"{target.label}: the connection closed mid-command.",
+                            "It will be retried from where it stopped.",
+                        )
+                    return RunResult(status if signal is None else None, signal)
                 process = await conn.create_process(
                     command,
                     encoding=None,
@@ -428,6 +470,65 @@ class SshPool:
                 f"{target.label}: connection lost ({exc}).",
                 "Check the VM's state; the console reconnects on the next try.",
             ) from None
+
+
+class _RunSession(asyncssh.SSHClientSession):
+    """One command's channel, its output handed to the sinks as each packet arrives.
+
+    Why not `create_process`: its readers, writers and the tasks draining them cost more CPU
+    than the command on a warm fan-out; at 256 workers that is the console's whole budget.
+    The sinks are synchronous, so nothing is buffered here either way.
+    """
+
+    def __init__(self, on_stdout: Chunk | None, on_stderr: Chunk | None) -> None:
+        self._sinks = {None: on_stdout, asyncssh.EXTENDED_DATA_STDERR: on_stderr}
+        self.status: int | None = None
+        self.signal: str | None = None
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        sink = self._sinks.get(datatype)
+        if sink is not None:
+            sink(data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+
+async def _run_channel(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    on_stdout: Chunk | None,
+    on_stderr: Chunk | None,
+    stdin: bytes | None,
+) -> tuple[int | None, str | None]:
+    """(exit status, signal) of one command run on its own channel; (None, None) if the
+    channel closed without either (the link broke)."""
+    holder: list[_RunSession] = []
+
+    def factory() -> _RunSession:
+        holder.append(_RunSession(on_stdout, on_stderr))
+        return holder[0]
+
+    channel, _ = await conn.create_session(factory, command, encoding=None)
+    session = holder[0]
+    try:
+        if stdin:
+            channel.write(stdin)
+        channel.write_eof()
+        exc = await session.closed
+    finally:
+        channel.close()
+    if exc is not None and session.status is None and session.signal is None:
+        raise exc
+    return session.status, session.signal
 
 
 async def _feed(writer: asyncssh.SSHWriter, chunks: AsyncIterator[bytes]) -> None:

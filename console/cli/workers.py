@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from console.cli.common import ONGOING, fail, for_stream, run, say, zone_of
+from console.cli.progress import ProgressLine
 from console.present.cleanup import plan_entries, result_entries, still_held
 from console.present.launch import upload_lines
 from console.services.remote import SharedInput, command_from_argv
@@ -32,15 +33,21 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not command.strip():
         return fail("exec needs a command after --, e.g. tpuconsole exec NODE -- hostname")
 
+    progress = ProgressLine(args.node)
+
     def show(line) -> None:
         stream = sys.stdout if line.stream == "out" else sys.stderr
+        progress.clear()
         print(f"[w{line.worker}] {for_stream(stream, line.text)}", file=stream, flush=True)
 
     async def body(services: Services) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
-        result = await services.remote.run(
-            node, args.worker, command, show, stdin=_stdin_for_exec()
-        )
+        async with progress.ticking():
+            result = await services.remote.run(
+                node, args.worker, command, show, stdin=_stdin_for_exec(), on_progress=progress
+            )
+        if len(result.outcomes) > 1:
+            say(f"{node.name}: {result.closing}")
         for outcome in result.failed:
             say(f"w{outcome.worker}: {outcome.describe()}")
             if outcome.error is not None and outcome.error.remedy:
@@ -61,12 +68,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     local = str(Path(args.local).expanduser())
     remote_dir = args.remote or default_remote_dir(local)
 
+    progress = ProgressLine(args.node)
+
     async def body(services: Services) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
-        outcomes = await services.launcher.upload(
-            node, args.worker, local, remote_dir, method="sftp" if args.sftp else "auto"
-        )
-        return print_uploads(local, remote_dir, outcomes)
+        async with progress.ticking():
+            outcomes = await services.launcher.upload(
+                node,
+                args.worker,
+                local,
+                remote_dir,
+                method="sftp" if args.sftp else "auto",
+                on_progress=progress,
+            )
+        code = print_uploads(local, remote_dir, outcomes)
+        if len(outcomes) > 1 and progress.progress is not None:
+            say(f"{node.name}: {progress.progress.closing()}")
+        return code
 
     return run(args, body)
 

@@ -241,16 +241,24 @@ class SandboxNode:
         return f"t1v-n-{digest[:8]}-w-{worker}"
 
 
+MAX_ADDRESS_BLOCKS = 5  # 310 workers a node
+
+
 def loopback(node_id: int, worker: int, nic: int) -> str:
     """A worker's own loopback address: 127.<id hi>.<id lo>.<n>, as a VPC gives each VM its own.
 
     nic -1 is the "external" address, nic 0.. the internal one of each network; all of them
-    are on this machine's 127/8, so no address the console dials ever leaves it.
+    are on this machine's 127/8, so no address the console dials ever leaves it. A pod slice's
+    workers beyond the 62 one octet holds go to the next block of 32 in the second octet
+    (ids stay under 8192, so blocks never meet), enough for a v4-2048's or v5p-2048's 256.
     """
-    if worker > 61 or nic > 2:
-        raise ValueError("the sandbox addresses at most 62 workers on 3 networks")
+    if worker >= 62 * MAX_ADDRESS_BLOCKS or nic > 2:
+        raise ValueError(
+            f"the sandbox addresses at most {62 * MAX_ADDRESS_BLOCKS} workers on 3 networks"
+        )
+    block, worker = divmod(worker, 62)
     last = 2 + worker + 64 * (nic + 1)
-    return f"127.{(node_id >> 8) % 256}.{node_id % 256}.{last}"
+    return f"127.{((node_id >> 8) % 256 + 32 * block) % 256}.{node_id % 256}.{last}"
 
 
 def posix_username(account: str) -> str:

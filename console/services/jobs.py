@@ -22,6 +22,7 @@ from console.adapters.history_db import HistoryStore, JobNumberTaken
 from console.adapters.ssh_pool import SshTarget
 from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_worker_selection
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
+from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
 from console.services.metrics import JobMetrics
@@ -131,6 +132,7 @@ class JobService:
         params: Mapping[str, Any] | None = None,
         ship_runners: bool = False,
         attempt_of: str | None = None,
+        on_progress: StageSink | None = None,
     ) -> Job:
         """Record the job, ship remote/ when its program is there, start it on every target.
 
@@ -139,7 +141,9 @@ class JobService:
 
         If the runners cannot reach a worker, nothing starts anywhere: the workers of a slice
         run one program, and a part of it would wait for the rest, holding the TPU.
+        `on_progress` hears each stage's fan-out ("shipping runners", "starting").
         """
+        stage = staged(on_progress)
         check_command(command)
         targets = await self.remote.targets(node, selection)
         job = Job(
@@ -158,7 +162,7 @@ class JobService:
         if attempt_of is not None:
             env = {**(env or {}), "TPUCONSOLE_JOB": attempt_of or job.job_id}
         if ship_runners:
-            failed = await self._ship_runners(targets)
+            failed = await self._ship_runners(targets, stage("shipping runners"))
             if failed:
                 return self._not_started(job, failed)
         pids: dict[int, list[bytes]] = {t.worker: [] for t in targets}
@@ -173,6 +177,7 @@ class JobService:
             on_line=lambda line: (
                 pids[line.worker].append(line.text.encode()) if line.stream == "out" else None
             ),
+            on_progress=stage("starting"),
         )
         workers = []
         for outcome in result.outcomes:
@@ -212,12 +217,16 @@ class JobService:
         self.history.set_status(job.job_id, "failed", note)
         return replace(job, workers=tuple(workers), status="failed")
 
-    async def _ship_runners(self, targets: list) -> dict[int, str]:
+    async def _ship_runners(
+        self, targets: list, on_progress: ProgressSink | None = None
+    ) -> dict[int, str]:
         """remote/ as this console has it, to where the templates' programs expect it."""
         from console.services.shipping import Shipper
         from console.services.templates import RUNNERS_DIR
 
-        outcomes = await Shipper(self.remote).upload_to(targets, RUNNERS_LOCAL, RUNNERS_DIR)
+        outcomes = await Shipper(self.remote).upload_to(
+            targets, RUNNERS_LOCAL, RUNNERS_DIR, on_progress=on_progress
+        )
         return {o.worker: f"could not ship the runners: {o.error}" for o in outcomes if o.error}
 
     def get(self, job_ref: str) -> Job:
@@ -323,12 +332,20 @@ class JobService:
         streams = await self.streams(job, node, selection)
 
         async def one(stream: LogStream) -> int | None:
+            rc: int | None = None
             try:
                 rc = await stream.follow(on_line, follow=follow, from_start=from_start)
             finally:
-                self.history.set_worker(job.job_id, stream.worker, log_offset=stream.offset)
-            if rc is not None:
-                self.history.set_worker(job.job_id, stream.worker, rc=rc)
+                # One write a worker, on a thread: each is a commit (an fsync in WAL), and the
+                # 256 workers of a pod slice end together; made on the loop, they froze the
+                # log view for seconds.
+                await asyncio.to_thread(
+                    self.history.set_worker,
+                    job.job_id,
+                    stream.worker,
+                    log_offset=stream.offset,
+                    rc=rc,
+                )
             if on_end is not None and follow:
                 on_end(stream.worker, rc)
             return rc

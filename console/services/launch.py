@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from console.models import Job, Node
+from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.jobs import JobService, check_command
 from console.services.preflight import Check, preflight
 from console.services.probe import CleanupDone, CleanupPlan, ProbeService, WorkerProbe
@@ -112,14 +113,27 @@ class LaunchService:
     async def plan_cleanup(self, plan: LaunchPlan) -> CleanupPlan:
         return await self.prober.plan_cleanup(plan.node, plan.selection)
 
-    async def start(self, plan: LaunchPlan, *, cleanup: CleanupPlan | None = None) -> Launched:
-        """Clean first (exactly the given plan's steps), then upload or start the job."""
+    async def start(
+        self,
+        plan: LaunchPlan,
+        *,
+        cleanup: CleanupPlan | None = None,
+        on_progress: StageSink | None = None,
+    ) -> Launched:
+        """Clean first (exactly the given plan's steps), then upload or start the job;
+        `on_progress` hears each stage's fan-out (`k/N done, slowest: …`)."""
         done = await self.prober.clean(cleanup) if cleanup is not None and cleanup.todo else None
         if done is not None and not done.done:
             return Launched(plan, done)  # what was in the way is still there: nothing starts
         if plan.rendered.upload is not None:
             local, remote_dir = plan.rendered.upload
-            uploads = await self.upload(plan.node, plan.selection, local, remote_dir)
+            uploads = await self.upload(
+                plan.node,
+                plan.selection,
+                local,
+                remote_dir,
+                on_progress=staged(on_progress)("uploading"),
+            )
             return Launched(plan, done, uploads=tuple(uploads))
         job = await self.jobs.launch(
             plan.node,
@@ -129,13 +143,26 @@ class LaunchService:
             env=plan.rendered.env,
             params=plan.params,
             ship_runners=plan.rendered.ship_runners,
+            on_progress=on_progress,
         )
         return Launched(plan, done, job=job)
 
     async def upload(
-        self, node: Node, selection: str, local: str, remote_dir: str, *, method: str = "auto"
+        self,
+        node: Node,
+        selection: str,
+        local: str,
+        remote_dir: str,
+        *,
+        method: str = "auto",
+        on_progress: ProgressSink | None = None,
     ) -> list[UploadOutcome]:
         """A folder's changed files to every chosen worker: `sync`, and the sync template."""
         return await self.shipper.upload(
-            node, selection, Path(local).expanduser(), remote_dir, method=method
+            node,
+            selection,
+            Path(local).expanduser(),
+            remote_dir,
+            method=method,
+            on_progress=on_progress,
         )

@@ -29,6 +29,7 @@ from console.services.lines import VISIBLE_BYTES, clipped, decode, visible_part
 
 CACHE_LINES = 4096
 SCAN_BUDGET_BYTES = 2 << 20  # per scan, across workers: a few ms of work at most
+MIN_SHARE_BYTES = 16 << 10  # per copy and scan: fewer, larger reads when copies are many
 QUERY_STEP = 4096  # lines between two looks at a query's stop flag (and progress)
 
 
@@ -71,6 +72,7 @@ class LogIndex:
         self.paths = paths
         self._positions = dict.fromkeys(paths, 0)  # where each copy's unindexed line starts
         self._scanned = dict.fromkeys(paths, 0)  # how far each copy has been read
+        self._turn = 0  # the copy the next scan reads first, when the budget cannot reach all
         self._open: dict[int, int] = {}  # worker -> the entry of its line still being written
         self._final: dict[int, int] = {}  # worker -> its copy's size once its job has ended
         self._ends: dict[int, int] = {}  # entry -> its end, for open lines and long lines
@@ -121,8 +123,19 @@ class LogIndex:
         """
         chunks = []
         lagging = False
-        share = max(1 << 16, budget_bytes // max(1, len(self.paths)))
-        for worker, path in self.paths.items():
+        # The budget is for all the copies together: 256 workers' 64 KiB each would be a
+        # 16 MiB slice on the loop. A share of the budget each, from a worker that turns, so
+        # every copy moves on when there are more copies than the budget has shares.
+        workers = list(self.paths)
+        share = max(MIN_SHARE_BYTES, budget_bytes // max(1, len(workers)))
+        first = self._turn % max(1, len(workers))
+        taken = 0
+        for n, worker in enumerate(workers[first:] + workers[:first]):
+            if taken >= budget_bytes:
+                lagging = True  # the rest wait for the next slice
+                self._turn = first + n
+                break
+            path = self.paths[worker]
             start = self._scanned[worker]
             try:
                 size = path.stat().st_size
@@ -133,6 +146,7 @@ class LogIndex:
                     fh.seek(start)
                     data = fh.read(min(size - start, share))
                 chunks.append((worker, start, data))
+                taken += len(data)
                 lagging = lagging or size - start > len(data)
         self.lagging = lagging
         return chunks

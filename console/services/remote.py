@@ -16,6 +16,7 @@ from console.adapters.os_login import OsLoginApi
 from console.adapters.ssh_pool import SshOptions, SshPool, SshTarget
 from console.adapters.tpu_api import WorkerAttributes
 from console.models import FleetError, Node, SshError, parse_worker_selection
+from console.services.fanout_progress import FanoutProgress, ProgressSink
 from console.services.fleet import FleetService
 from console.services.lines import LineSplitter, decode
 from console.services.ssh_access import SshAccess
@@ -53,6 +54,14 @@ class WorkerOutcome:
                 return SSH_FAILURE_STATUS
         return self.exit_status or 0
 
+    def brief(self) -> str:
+        """A word or two for a list of many workers: "refused", "exit 1", "SIGKILL"."""
+        if self.error is not None:
+            return self.error.kind or "ssh failed"
+        if self.exit_signal is not None:
+            return f"SIG{self.exit_signal}"
+        return f"exit {self.exit_status}"
+
     def describe(self) -> str:
         if self.error is not None:
             return f"{self.error.kind}: {self.error}"
@@ -65,6 +74,7 @@ class WorkerOutcome:
 class FanoutResult:
     node: str
     outcomes: tuple[WorkerOutcome, ...]
+    closing: str = ""  # "k/N ok in 3.1 s; slowest: …; failed: …" (FanoutProgress.closing)
 
     @property
     def worst_status(self) -> int:
@@ -284,11 +294,24 @@ class RemoteService:
         command: str | Callable[[SshTarget], str],
         on_line: LineSink | None = None,
         stdin: SharedInput | None = None,
+        on_progress: ProgressSink | None = None,
     ) -> FanoutResult:
-        """`command` is the same text for every worker, or made for each (its worker index)."""
+        """`command` is the same text for every worker, or made for each (its worker index).
+
+        `on_progress` hears the fan-out's FanoutProgress as it starts and as each worker ends
+        (keep it to tick a display of the slowest worker in between)."""
         inputs = {t.worker: stdin.stream() for t in targets} if stdin is not None else {}
+        progress = FanoutProgress(len(targets))
 
         async def one(target: SshTarget) -> WorkerOutcome:
+            progress.start(target.worker)
+            outcome = await attempt(target)
+            progress.finish(target.worker, "" if outcome.ok else outcome.brief())
+            if on_progress is not None:
+                on_progress(progress)
+            return outcome
+
+        async def attempt(target: SshTarget) -> WorkerOutcome:
             splitters = {"out": LineSplitter(), "err": LineSplitter()}
 
             def sink(stream: str) -> Callable[[bytes], None]:
@@ -320,8 +343,10 @@ class RemoteService:
 
         if stdin is not None:
             stdin.start()
+        if on_progress is not None:
+            on_progress(progress)
         outcomes = await asyncio.gather(*(one(t) for t in targets))
-        return FanoutResult(node_name, tuple(outcomes))
+        return FanoutResult(node_name, tuple(outcomes), progress.closing())
 
     async def run(
         self,
@@ -330,7 +355,8 @@ class RemoteService:
         command: str,
         on_line: LineSink | None = None,
         stdin: SharedInput | None = None,
+        on_progress: ProgressSink | None = None,
     ) -> FanoutResult:
         return await self.run_on_targets(
-            node.name, await self.targets(node, selection), command, on_line, stdin
+            node.name, await self.targets(node, selection), command, on_line, stdin, on_progress
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from console.adapters.ssh_pool import SshTarget
 from console.models import FleetError, Node, SshError
+from console.services.fanout_progress import FanoutProgress, ProgressSink
 from console.services.remote import RemoteService
 
 SKIPPED_DIRS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -129,20 +130,43 @@ class Shipper:
         self.remote = remote
 
     async def upload(
-        self, node: Node, selection: str, local_dir: Path, remote_dir: str, *, method: str = "auto"
+        self,
+        node: Node,
+        selection: str,
+        local_dir: Path,
+        remote_dir: str,
+        *,
+        method: str = "auto",
+        on_progress: ProgressSink | None = None,
     ) -> list[UploadOutcome]:
         targets = await self.remote.targets(node, selection)
-        return await self.upload_to(targets, local_dir, remote_dir, method=method)
+        return await self.upload_to(
+            targets, local_dir, remote_dir, method=method, on_progress=on_progress
+        )
 
     async def upload_to(
-        self, targets: list[SshTarget], local_dir: Path, remote_dir: str, *, method: str = "auto"
+        self,
+        targets: list[SshTarget],
+        local_dir: Path,
+        remote_dir: str,
+        *,
+        method: str = "auto",
+        on_progress: ProgressSink | None = None,
     ) -> list[UploadOutcome]:
         manifest = await asyncio.to_thread(local_manifest, local_dir)
-        return list(
-            await asyncio.gather(
-                *(self._one(t, local_dir, manifest, remote_dir, method) for t in targets)
-            )
-        )
+        progress = FanoutProgress(len(targets))
+
+        async def one(target: SshTarget) -> UploadOutcome:
+            progress.start(target.worker)
+            outcome = await self._one(target, local_dir, manifest, remote_dir, method)
+            progress.finish(target.worker, "failed" if outcome.failed else "")
+            if on_progress is not None:
+                on_progress(progress)
+            return outcome
+
+        if on_progress is not None:
+            on_progress(progress)
+        return list(await asyncio.gather(*(one(t) for t in targets)))
 
     async def _capture(
         self, target: SshTarget, command: str, stdin: bytes | None = None

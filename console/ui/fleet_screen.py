@@ -20,6 +20,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from console.models import ChipMetrics, FleetError, FleetSnapshot, Node
 from console.services.chip_metrics import MetricsWatch
+from console.services.fanout_progress import FanoutProgress
 from console.services.fleet_columns import (
     COLUMNS,
     matches,
@@ -449,6 +450,11 @@ class FleetScreen(ConsoleScreen[None]):
 
         return report
 
+    def ops_report(self, key: str, progress: Progress) -> None:
+        """A line of news in the operations panel, if it is on screen."""
+        if self.query("#ops"):
+            self.ops.report(key, progress)
+
     def _ops_done(self, key: str) -> None:
         for ops in self.query("#ops").results(OpsPanel):  # none while the app closes
             ops.done(key)
@@ -612,12 +618,15 @@ class FleetScreen(ConsoleScreen[None]):
         plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
         if plan.rendered.upload is not None:
             self.notify(f"Uploading {plan.rendered.upload[0]} on {node.name}…")
+        fanout = FanoutOps(self, node)
         try:
             cleanup = await launcher.plan_cleanup(plan) if choice.clean_first else None
-            launched = await launcher.start(plan, cleanup=cleanup)
+            launched = await launcher.start(plan, cleanup=cleanup, on_progress=fanout.report)
         except FleetError as exc:
             self.notify(f"Launch on {node.name}: {exc}", severity="error", timeout=30)
             return
+        finally:
+            fanout.end()
         if launched.cleanup is not None and not launched.cleanup.done:
             self.notify(
                 f"Cleanup on {node.name} left the TPU held ({launched.cleanup.status}); "
@@ -639,3 +648,70 @@ class FleetScreen(ConsoleScreen[None]):
             self.notify(not_started(launched), severity="error")
             return
         self.app.push_screen(LogScreen(launched.job))
+
+
+class FanoutOps:
+    """A launch's fan-out in the operations panel: `⟳ launch NODE: starting: 17/32 done,
+    slowest: w5 (12 s)` while it runs (ticking), then its closing line, the slowest and any
+    failed workers named, kept a while (a failure longer) before it goes."""
+
+    KEEP_OK_S = 8.0
+    KEEP_FAILED_S = 60.0
+
+    def __init__(self, screen: FleetScreen, node: Node) -> None:
+        self.screen = screen
+        self.node = node
+        self.key = f"launch:{node.key}"
+        self.stage = ""
+        self.progress: FanoutProgress | None = None
+        self._ticker = screen.set_interval(0.5, self._show)
+        self._failed = False
+
+    def report(self, stage: str, progress: FanoutProgress) -> None:
+        if self.progress is not None and progress is not self.progress and self.progress.finished:
+            self._closing()  # the stage before ended: its line stays
+        self.stage, self.progress = stage, progress
+        if progress.finished:
+            self._closing()
+        else:
+            self._show()
+
+    def _elapsed(self) -> float:
+        return 0.0 if self.progress is None else self.progress.clock() - self.progress.started_at
+
+    def _show(self) -> None:
+        if self.progress is None or self.progress.finished:
+            return
+        self.screen.ops_report(
+            self.key,
+            Progress(
+                self.node.name,
+                "launch",
+                "RUNNING",
+                self._elapsed(),
+                f"{self.stage}: {self.progress.line()}",
+            ),
+        )
+
+    def _closing(self) -> None:
+        assert self.progress is not None
+        failed = bool(self.progress.failures)
+        self._failed |= failed
+        self.screen.ops_report(
+            self.key,
+            Progress(
+                self.node.name,
+                "launch",
+                "FAILED" if failed else "DONE",
+                self._elapsed(),
+                f"{self.stage}: {self.progress.closing()}",
+            ),
+        )
+
+    def end(self) -> None:
+        self._ticker.stop()
+        keep = self.KEEP_FAILED_S if self._failed else self.KEEP_OK_S
+        if self.progress is None:
+            self.screen._ops_done(self.key)
+        else:
+            self.screen.set_timer(keep, lambda: self.screen._ops_done(self.key))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,6 +250,10 @@ def test_exec_prefixes_lines_by_worker_and_exits_with_the_worst_status(
     assert code == 5
     assert sorted(captured.out.splitlines()) == ["[w0] hi from w0", "[w1] hi from w1"]
     assert "w1: exit 5" in captured.err
+    # The closing line of a fan-out: how many ok, the slowest, the failed by name.
+    closing = re.search(r"tpuconsole: demo-v4-16: 1/2 ok in [\d.]+ s; slowest: .*", captured.err)
+    assert closing is not None, captured.err
+    assert closing.group(0).endswith("failed: w1 (exit 5)")
 
 
 def test_exec_with_several_words_quotes_each(capsys: pytest.CaptureFixture) -> None:
