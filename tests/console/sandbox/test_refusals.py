@@ -110,6 +110,8 @@ async def test_a_gone_nodes_job_processes_go_with_it_and_nothing_else_does(
         poll_s=0.05,
     )
     node = await api.get_node(zone, "doomed")
+    while sandbox.worker_address(zone, "doomed", 0) is None:  # READY comes before its sshd
+        await asyncio.sleep(0.05)
     # The job, a child it put in a session of its own, and a bystander with a look-alike
     # environment that the sandbox did not start.
     job = await jobs.launch(node, "all", "setsid sleep 300 & echo $! > ~/child; exec sleep 301")
