@@ -88,9 +88,7 @@ def rss_kib(field: str = "VmRSS") -> int:
 
 def index_bytes(index) -> int:
     """What the index keeps per line: its arrays (no text: the copies on disk are the store)."""
-    arrays = [index._workers, index._offsets, index.visible]
-    arrays += list(index._entries_of.values()) + list(index._offsets_of.values())
-    return sum(a.buffer_info()[1] * a.itemsize for a in arrays)
+    return index.memory_bytes()
 
 
 async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple:

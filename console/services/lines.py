@@ -199,6 +199,15 @@ def matching_lines(
             yield match, decode(line)
 
 
+def lines_holding(anchors: tuple[bytes, ...], data: bytes) -> bytes:
+    """The lines of `data` (complete lines) that contain any of the anchors, in order."""
+    pieces = []
+    for start in _lines_with(anchors, data):
+        end = data.find(b"\n", start)
+        pieces.append(data[start : end + 1 if end >= 0 else len(data)])
+    return b"".join(pieces)
+
+
 def _lines_with(anchors: tuple[bytes, ...], data: bytes) -> list[int]:
     """Start offsets, in order, of the lines that contain any of the anchors."""
     starts = set()

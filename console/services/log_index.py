@@ -1,10 +1,12 @@
 """A merged, filterable view of a job's local log copies that keeps only line offsets in memory.
 
-As Toolong does: the files are the store, the index holds (worker, offset) per line in arrival
-order, and text is read back from disk only for the lines on screen (with a small cache). Each
-copy is read once, front to back, however long its lines: a line still being written (a
-progress bar) is a row already, read again only when it grows; a line longer than
-lines.VISIBLE_BYTES is read back as its visible part, never whole.
+As Toolong does: the files are the store, the index holds each line's offset in its worker's
+copy (8 bytes a line) and the arrival order as runs of one worker's lines (one per read of a
+copy, however many lines it brought), and text is read back from disk only for the lines on
+screen (with a small cache). Each copy is read once, front to back, however long its lines,
+and its lines are cut on the index's own thread: the event loop only appends the offsets. A
+line still being written (a progress bar) is a row already, read again only when it grows; a
+line longer than lines.VISIBLE_BYTES is read back as its visible part, never whole.
 
 Searching and filtering every line (millions of them) run on a thread with handles of their own
 (`find_row`, `filtered`), report progress and stop when asked (`Query`).
@@ -16,9 +18,10 @@ import asyncio
 import re
 import threading
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add
@@ -67,6 +70,41 @@ def _matcher(text: str) -> Callable[[str], bool] | None:
     return lambda line: pattern.search(line) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """What one read of a copy brought, cut into lines off the event loop.
+
+    `starts` (None without a newline): the chunk's start, then where each line after a
+    newline begins; `cut`: the last newline; `longest`: the longest line wholly inside;
+    `head` and `rest`: the chunk up to its first newline and the complete lines after it, as
+    the matchers want them (all of them, or what `select` keeps).
+    """
+
+    worker: int
+    start: int
+    data: bytes
+    starts: array | None = None
+    cut: int = -1
+    longest: int = 0
+    head: bytes = b""
+    rest: bytes = b""
+
+    @classmethod
+    def cut_lines(
+        cls, worker: int, start: int, data: bytes, select: Callable[[bytes], bytes] | None
+    ) -> Chunk:
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return cls(worker, start, data)
+        lengths = list(map(len, data[:cut].split(b"\n")))
+        starts = array("Q", accumulate(map(add, lengths, repeat(1)), initial=start))
+        first = lengths[0]
+        head, rest = data[: first + 1], data[first + 1 : cut + 1]
+        if select is not None:
+            head, rest = select(head), select(rest)
+        return cls(worker, start, data, starts, cut, max(lengths[1:], default=0), head, rest)
+
+
 class LogIndex:
     def __init__(self, paths: dict[int, Path]) -> None:
         self.paths = paths
@@ -76,30 +114,56 @@ class LogIndex:
         self._open: dict[int, int] = {}  # worker -> the entry of its line still being written
         self._final: dict[int, int] = {}  # worker -> its copy's size once its job has ended
         self._ends: dict[int, int] = {}  # entry -> its end, for open lines and long lines
-        self._workers = array("H")
-        self._offsets = array("Q")
-        # Per worker, its entries and their offsets (both rising): a byte offset found by a
-        # bulk scan of one copy becomes its row by bisection. One worker's are the whole index.
-        self._single = len(paths) == 1
-        self._entries_of = {w: array("I") for w in paths}
+        self._count = 0
+        # Each worker's line offsets (rising): a byte offset found by a bulk scan of one copy
+        # becomes its line by bisection. The entries (arrival order) are runs of one worker's
+        # consecutive lines: where each run starts among the entries, whose it is, and where it
+        # starts among that worker's lines; per worker, the same two numbers for its own runs.
         self._offsets_of = {w: array("Q") for w in paths}
+        self._run_entry = array("Q")
+        self._run_worker = array("H")
+        self._run_line = array("Q")
+        self._runs_entry = {w: array("Q") for w in paths}
+        self._runs_line = {w: array("Q") for w in paths}
         self._handles: dict[int, BinaryIO] = {}
         self._cache: OrderedDict[int, str] = OrderedDict()
         self.shown_workers: frozenset[int] = frozenset(paths)
         self.filter_text = ""
         self._passes_filter: Callable[[str], bool] | None = None
-        self.visible = array("Q")  # indices into the entries, in order
+        self._visible: array | None = None  # the entries shown, in order; None: every one
+        self._reader: ThreadPoolExecutor | None = None
         self.lagging = False  # the last read left data unread (the budget stopped it)
         # Told of every run of complete new lines, as bytes: for matchers that scan in bulk.
         self.on_lines: Callable[[int, bytes], None] | None = None
+        # What of a run the matchers want (the lines holding their anchors), worked out on
+        # the index's thread: scanning every byte for a score of literals took more of the
+        # loop than all the rest of indexing (bench/logtail.py at 256 workers).
+        self.select_lines: Callable[[bytes], bytes] | None = None
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return self._count
+
+    @property
+    def visible(self) -> Sequence[int]:
+        """The entries the view shows, in order (a new sequence when the view changes)."""
+        return range(self._count) if self._visible is None else self._visible
+
+    def memory_bytes(self) -> int:
+        """What the index itself holds for its lines: offsets, runs and the view (no text)."""
+        arrays = [self._run_entry, self._run_worker, self._run_line]
+        for per_worker in (self._offsets_of, self._runs_entry, self._runs_line):
+            arrays += per_worker.values()
+        if self._visible is not None:
+            arrays.append(self._visible)
+        return sum(a.buffer_info()[1] * a.itemsize for a in arrays)
 
     def close(self) -> None:
         for fh in self._handles.values():
             fh.close()
         self._handles.clear()
+        if self._reader is not None:
+            self._reader.shutdown(wait=False)
+            self._reader = None
 
     # ----- growing -----------------------------------------------------------------------------
     def scan(self, budget_bytes: int = SCAN_BUDGET_BYTES) -> int:
@@ -111,11 +175,18 @@ class LogIndex:
         return self.apply(self.read_new(budget_bytes))
 
     async def scan_off_loop(self, budget_bytes: int = SCAN_BUDGET_BYTES) -> int:
-        """`scan`, with the disk reads on a thread: a busy disk must not stall the UI."""
-        return self.apply(await asyncio.to_thread(self.read_new, budget_bytes))
+        """`scan`, with the disk reads and the cutting into lines on the index's own thread.
 
-    def read_new(self, budget_bytes: int) -> list[tuple[int, int, bytes]]:
-        """(worker, start offset, bytes) for each file that grew; only reads, changes nothing.
+        A busy disk must not stall the UI; and a thread of its own, not asyncio's pool, which
+        256 followers ending together (each writing its end to the history) fill for seconds.
+        """
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="log-index")
+        loop = asyncio.get_running_loop()
+        return self.apply(await loop.run_in_executor(self._reader, self.read_new, budget_bytes))
+
+    def read_new(self, budget_bytes: int) -> list[Chunk]:
+        """What each file that grew holds beyond the last read, cut into lines; changes nothing.
 
         Each read starts where the last one ended, even inside a line: a line being written
         for minutes is read once, not again on every tick. Also notes whether anything was
@@ -145,24 +216,24 @@ class LogIndex:
                 with open(path, "rb") as fh:
                     fh.seek(start)
                     data = fh.read(min(size - start, share))
-                chunks.append((worker, start, data))
+                chunks.append(Chunk.cut_lines(worker, start, data, self.select_lines))
                 taken += len(data)
                 lagging = lagging or size - start > len(data)
         self.lagging = lagging
         return chunks
 
-    def apply(self, chunks: list[tuple[int, int, bytes]]) -> int:
+    def apply(self, chunks: list[Chunk]) -> int:
         changed = 0
-        for worker, start, data in chunks:
+        for chunk in chunks:
+            worker, start, data = chunk.worker, chunk.start, chunk.data
             if start != self._scanned[worker] or not data:
                 continue  # already taken by another scan
             self._scanned[worker] = end = start + len(data)
-            cut = data.rfind(b"\n")
-            if cut < 0:
+            if chunk.starts is None:
                 changed += self._grow_open_line(worker, end)
                 continue
-            changed += self._add_lines(worker, start, data, cut)
-            if cut + 1 < len(data):  # a new line begun after the last newline
+            changed += self._add_lines(chunk)
+            if chunk.cut + 1 < len(data):  # a new line begun after the last newline
                 changed += self._grow_open_line(worker, end)
         for worker in self._final:
             self._finish(worker)
@@ -172,56 +243,98 @@ class LogIndex:
         """The worker's line still being written now reaches `end`: a row, shown as it grows."""
         entry = self._open.get(worker)
         if entry is None:
-            entry = self._open[worker] = self._append(worker, [self._positions[worker]])
+            entry = self._open[worker] = self._append(worker, array("Q", [self._positions[worker]]))
         self._ends[entry] = end
         self._cache.pop(entry, None)
         return 1
 
-    def _add_lines(self, worker: int, start: int, data: bytes, cut: int) -> int:
-        """Lines ending at each newline of `data` (read from `start`), the first one perhaps
-        begun in an earlier read (then already a row: the open line, now complete)."""
+    def _add_lines(self, chunk: Chunk) -> int:
+        """Lines ending at each newline of the chunk, the first one perhaps begun in an earlier
+        read (then already a row: the open line, now complete)."""
+        worker, start, cut = chunk.worker, chunk.start, chunk.cut
+        ends = chunk.starts
+        assert ends is not None
         line_start = self._positions[worker]
-        lengths = list(map(len, data[:cut].split(b"\n")))
-        lengths[0] += start - line_start
         first = self._open.pop(worker, None)
         if first is not None:
             self._ends.pop(first, None)
             self._cache.pop(first, None)
-        starts = list(accumulate(map(add, lengths, repeat(1)), initial=line_start))
-        starts.pop()  # the last sum is where the next line starts
-        new = starts if first is None else starts[1:]
-        first_new = self._append(worker, new) if new else len(self._offsets)
-        if max(lengths) > VISIBLE_BYTES:
+        # ends[0] is the chunk's start; ends[i] where its line i begins (and line i-1 ends).
+        new = ends[1:-1] if first is not None else array("Q", [line_start]) + ends[1:-1]
+        first_new = self._append(worker, new) if new else self._count
+        first_length = ends[1] - 1 - line_start
+        if first_length > VISIBLE_BYTES or chunk.longest > VISIBLE_BYTES:
             entries = ([first] if first is not None else []) + list(range(first_new, len(self)))
-            for entry, begin, length in zip(entries, starts, lengths, strict=True):
-                if length > VISIBLE_BYTES:
-                    self._ends[entry] = begin + length
+            begins = [line_start, *ends[1:-1]]
+            for entry, begin, stop in zip(entries, begins, ends[1:], strict=True):
+                if stop - 1 - begin > VISIBLE_BYTES:
+                    self._ends[entry] = stop - 1
         if first is not None and self._passes_filter is not None:
             self._refilter(first)  # its text was partial when it was first tested
         self._positions[worker] = start + cut + 1
         if self.on_lines is not None:
             if first is None:
-                self.on_lines(worker, data[: cut + 1])
+                self.on_lines(worker, chunk.head + chunk.rest)
             else:  # the completed line as it is shown, then the lines after it as they are
-                head = data.find(b"\n")
-                self.on_lines(worker, self._raw(first).encode() + b"\n" + data[head + 1 : cut + 1])
-        return len(lengths)
+                completed = self._raw(first).encode() + b"\n"
+                select = self.select_lines
+                self.on_lines(worker, (select(completed) if select else completed) + chunk.rest)
+        return len(ends) - 1
 
-    def _append(self, worker: int, starts: list[int]) -> int:
-        first_new = len(self._offsets)
-        self._offsets.extend(starts)
-        self._workers.extend(repeat(worker, len(starts)))
-        if not self._single:
-            self._entries_of[worker].extend(range(first_new, first_new + len(starts)))
-            self._offsets_of[worker].extend(starts)
-        self._extend_visible(range(first_new, len(self._offsets)))
+    def _append(self, worker: int, starts: array) -> int:
+        """The worker's next lines, at these offsets, as the newest entries: the first's."""
+        first_new = self._count
+        offsets = self._offsets_of[worker]
+        if not self._run_worker or self._run_worker[-1] != worker:  # a run begins
+            self._run_entry.append(first_new)
+            self._run_worker.append(worker)
+            self._run_line.append(len(offsets))
+            self._runs_entry[worker].append(first_new)
+            self._runs_line[worker].append(len(offsets))
+        offsets.extend(starts)
+        self._count += len(starts)
+        self._extend_visible(worker, range(first_new, self._count))
         return first_new
 
-    def _of(self, worker: int) -> tuple[Sequence[int], Sequence[int]]:
-        """The worker's entries and their offsets, rising."""
-        if self._single:
-            return range(len(self._offsets)), self._offsets
-        return self._entries_of[worker], self._offsets_of[worker]
+    def _locate(self, entry: int) -> tuple[int, int]:
+        """The entry's worker and which of that worker's lines it is."""
+        run = bisect_right(self._run_entry, entry) - 1
+        return self._run_worker[run], self._run_line[run] + entry - self._run_entry[run]
+
+    def _offset(self, entry: int) -> int:
+        worker, line = self._locate(entry)
+        return self._offsets_of[worker][line]
+
+    def _entry_of(self, worker: int, line: int) -> int:
+        """The entry of the worker's line number `line`."""
+        run = bisect_right(self._runs_line[worker], line) - 1
+        return self._runs_entry[worker][run] + line - self._runs_line[worker][run]
+
+    def _lines_before(self, worker: int, entry: int) -> int:
+        """How many of the worker's lines are entries before `entry`."""
+        runs_entry, runs_line = self._runs_entry[worker], self._runs_line[worker]
+        run = bisect_right(runs_entry, entry) - 1
+        if run < 0:
+            return 0
+        run_end = runs_line[run + 1] if run + 1 < len(runs_line) else len(self._offsets_of[worker])
+        return min(runs_line[run] + entry - runs_entry[run], run_end)
+
+    def _runs_from(self, entry: int) -> Iterator[tuple[int, range]]:
+        """(worker, its entries) of each run from `entry` on, in order."""
+        first = max(0, bisect_right(self._run_entry, entry) - 1)
+        for run in range(first, len(self._run_entry)):
+            end = self._run_entry[run + 1] if run + 1 < len(self._run_entry) else self._count
+            if end > entry:
+                yield self._run_worker[run], range(max(entry, self._run_entry[run]), end)
+
+    def _worker_runs(self, workers: frozenset[int], upto: int) -> Iterator[range]:
+        """The entries before `upto` of these workers, as ranges in order."""
+        for run, first in enumerate(self._run_entry):
+            if first >= upto:
+                return
+            if self._run_worker[run] in workers:
+                end = self._run_entry[run + 1] if run + 1 < len(self._run_entry) else upto
+                yield range(first, min(end, upto))
 
     def mark_ended(self, worker: int) -> None:
         """The worker's job has ended and its copy is complete: a last line there without a
@@ -242,7 +355,8 @@ class LogIndex:
         if self._passes_filter is not None:
             self._refilter(entry)
         if self.on_lines is not None:  # the matchers see it as they see every line
-            self.on_lines(worker, self._raw(entry).encode() + b"\n")
+            last = self._raw(entry).encode() + b"\n"
+            self.on_lines(worker, self.select_lines(last) if self.select_lines else last)
 
     @property
     def behind(self) -> bool:
@@ -257,24 +371,30 @@ class LogIndex:
 
     # ----- views -------------------------------------------------------------------------------
     def _passes(self, entry: int) -> bool:
-        if self._workers[entry] not in self.shown_workers:
+        if self.worker_of(entry) not in self.shown_workers:
             return False
         return self._passes_filter is None or self._passes_filter(self.text(entry))
 
-    def _extend_visible(self, entries: range) -> None:
-        if self._passes_filter is None and self.shown_workers.issuperset(self.paths):
-            self.visible.extend(entries)  # everything shows: no per-line test
+    def _extend_visible(self, worker: int, entries: range) -> None:
+        """New entries, all of one worker, into the view: nothing to do when all show."""
+        if self._visible is None or worker not in self.shown_workers:
+            return
+        if self._passes_filter is None:
+            self._visible.extend(entries)
         else:
-            self.visible.extend(e for e in entries if self._passes(e))
+            self._visible.extend(e for e in entries if self._passes(e))
 
     def _refilter(self, entry: int) -> None:
         """Test again a row whose text changed; put it in (or take it out of) the view."""
-        at = bisect_left(self.visible, entry)
-        present = at < len(self.visible) and self.visible[at] == entry
+        visible = self._visible
+        if visible is None:
+            return  # every row shows
+        at = bisect_left(visible, entry)
+        present = at < len(visible) and visible[at] == entry
         if self._passes(entry) and not present:
-            self.visible.insert(at, entry)
+            visible.insert(at, entry)
         elif present and not self._passes(entry):
-            del self.visible[at]
+            del visible[at]
 
     def set_view(
         self, workers: Iterable[int] | None = None, filter_text: str | None = None
@@ -285,20 +405,25 @@ class LogIndex:
         visible, upto = self.filtered(workers, text, Query("filter", text))
         self.install_view(workers, text, visible, upto)
 
-    def filtered(self, workers: frozenset[int], text: str, query: Query) -> tuple[array, int]:
+    def filtered(
+        self, workers: frozenset[int], text: str, query: Query
+    ) -> tuple[Sequence[int], int]:
         """The rows a view would show among the entries indexed now, and how many those are.
 
         Safe on a thread while the index grows: it reads with its own file handles and only
         the entries that existed when it began. Raises QueryCancelled once `query.stop` is set.
         """
-        upto = len(self._offsets)
+        upto = self._count
         workers = frozenset(workers) & frozenset(self.paths)
         if text:
             return self._matching(text, workers, upto, query), upto
         if workers == frozenset(self.paths):
-            return array("Q", range(upto)), upto
-        chosen = [self._of(w)[0][: bisect_left(self._of(w)[0], upto)] for w in workers]
-        return array("Q", sorted(e for part in chosen for e in part)), upto
+            return range(upto), upto
+        chosen = array("Q")
+        for run in self._worker_runs(workers, upto):
+            query.check()
+            chosen.extend(run)
+        return chosen, upto
 
     def _matching(
         self,
@@ -323,8 +448,8 @@ class LogIndex:
         needle = text.encode().lower()
         begins = {}
         for w in workers:
-            entries, offsets = self._of(w)
-            first = bisect_left(entries, after + 1)
+            offsets = self._offsets_of[w]
+            first = self._lines_before(w, after + 1)
             begins[w] = (first, offsets[first] if first < len(offsets) else None)
         if not query.total:  # a search that wraps set it for both of its passes
             query.total = sum(
@@ -337,8 +462,8 @@ class LogIndex:
                 at, begin = begins[worker]
                 if begin is None:
                     continue
-                entries, offsets = self._of(worker)
-                count = bisect_left(entries, upto)
+                offsets = self._offsets_of[worker]
+                count = self._lines_before(worker, upto)
                 starts = _matching_line_starts(
                     self.paths[worker], begin, self._scanned[worker], needle, query
                 )
@@ -348,7 +473,7 @@ class LogIndex:
                         break
                     if offsets[at] != line_start:
                         continue
-                    entry = entries[at]
+                    entry = self._entry_of(worker, at)
                     # A long or open line is shown in part: it matches if its shown part does.
                     if (
                         entry in self._ends
@@ -379,27 +504,33 @@ class LogIndex:
             for start in range(after + 1, upto, QUERY_STEP):
                 query.step(start)
                 for entry in range(start, min(upto, start + QUERY_STEP)):
-                    if self._workers[entry] in workers and passes(self._raw(entry, handles)):
+                    if self.worker_of(entry) in workers and passes(self._raw(entry, handles)):
                         found.append(entry)
         finally:
             for fh in handles.values():
                 fh.close()
         return found
 
-    def install_view(self, workers: frozenset[int], text: str, visible: array, upto: int) -> None:
+    def install_view(
+        self, workers: frozenset[int], text: str, visible: Sequence[int], upto: int
+    ) -> None:
         """Adopt a view made by `filtered`, with the rows indexed since it began added."""
         self.shown_workers = frozenset(workers)
         self.filter_text = text
         self._passes_filter = _matcher(text)
-        self.visible = visible
-        self._extend_visible(range(upto, len(self._offsets)))
+        if not text and self.shown_workers.issuperset(self.paths):
+            self._visible = None  # every row: nothing to hold
+        else:
+            self._visible = visible if isinstance(visible, array) else array("Q", visible)
+            for worker, entries in self._runs_from(upto):
+                self._extend_visible(worker, entries)
         for entry in self._open.values():
             if entry < upto and self._passes_filter is not None:
                 self._refilter(entry)  # grown since it was tested
 
     # ----- reading -----------------------------------------------------------------------------
     def worker_of(self, entry: int) -> int:
-        return self._workers[entry]
+        return self._locate(entry)[0]
 
     def text(self, entry: int) -> str:
         cached = self._cache.get(entry)
@@ -415,11 +546,11 @@ class LogIndex:
     def _raw(self, entry: int, handles: dict[int, BinaryIO] | None = None) -> str:
         """A line from its copy: whole when short, its visible part when long (never whole)."""
         handles = self._handles if handles is None else handles
-        worker = self._workers[entry]
+        worker, line = self._locate(entry)
         fh = handles.get(worker)
         if fh is None:
             fh = handles[worker] = open(self.paths[worker], "rb")  # noqa: SIM115
-        offset = self._offsets[entry]
+        offset = self._offsets_of[worker][line]
         end = self._ends.get(entry)
         fh.seek(offset)
         if end is None:  # a complete line no longer than VISIBLE_BYTES
@@ -433,7 +564,7 @@ class LogIndex:
 
     def visible_line(self, row: int) -> tuple[int, str]:
         entry = self.visible[row]
-        return self._workers[entry], self.text(entry)
+        return self.worker_of(entry), self.text(entry)
 
     def find(self, needle: str, start_row: int, forward: bool = True) -> int | None:
         """The next visible row (wrapping) whose text contains `needle`, case-insensitive."""

@@ -10,6 +10,7 @@ of the same copy reads it from the disk as it grows, and takes over when the wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import queue
@@ -57,7 +58,7 @@ class _DiskWriter:
                 fh.flush()
             if done is not None:
                 fh.close()
-                done.set()
+                done()
 
 
 _WRITER = _DiskWriter()
@@ -95,9 +96,23 @@ class LocalCopy:
         _WRITER.put((self._file, data, None))
 
     async def close(self) -> None:
-        done = threading.Event()
+        # Told from the writer thread, not waited for on one of the loop's threads: 256
+        # followers ending together held every thread of asyncio's pool, and the log index's
+        # reads queued behind them for seconds (bench/logtail.py at 256 workers).
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+
+        def done() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits
+                loop.call_soon_threadsafe(_settle, closed)
+
         _WRITER.put((self._file, None, done))
-        await asyncio.to_thread(done.wait)
+        await closed
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _read_piece(path: Path, offset: int) -> bytes:

@@ -20,9 +20,12 @@ from textual.widgets import Footer, Header, Input, Static
 
 from console.models import ChipMetrics, FleetError, Job, Node, NodeGone
 from console.services.chip_metrics import MetricsWatch
+from console.services.diagnosis import _ANCHORS as DIAGNOSIS_ANCHORS
 from console.services.diagnosis import Diagnoser
 from console.services.job_monitor import JobMonitor
+from console.services.lines import lines_holding
 from console.services.log_index import LogIndex, Query, QueryCancelled
+from console.services.metrics import _RESULT_ANCHORS as RESULT_ANCHORS
 from console.services.metrics import JobMetrics
 from console.services.terminal_text import plain_text
 from console.ui.base_screens import ConsoleScreen
@@ -35,6 +38,33 @@ from console.ui.widgets.status_line import StatusLine
 TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
 SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
+# What the monitor's bulk matchers (diagnosis, results) look for: each matches only lines that
+# hold one of its anchors, so the index hands them only those, picked out on its thread.
+MATCHER_ANCHORS = DIAGNOSIS_ANCHORS + RESULT_ANCHORS
+
+
+def matched_lines(data: bytes) -> bytes:
+    return lines_holding(MATCHER_ANCHORS, data)
+
+
+LISTED_WORKERS = 8  # beyond that, the status counts workers by state (one row for 256)
+NAMED_IN_STATE = 3  # a state this few workers are in names them: the odd one out shows
+
+
+def worker_states(ended: dict[int, str]) -> str:
+    """How each worker's job stands, in one status row however many workers there are."""
+    if len(ended) <= LISTED_WORKERS:
+        return " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(ended.items()))
+    groups: dict[str, list[int]] = {}
+    for worker, state in sorted(ended.items()):
+        groups.setdefault(state or "running", []).append(worker)
+    parts = []
+    for state, workers in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0])):
+        if len(workers) <= NAMED_IN_STATE:
+            parts.append(" ".join(f"w{w}:{state}" for w in workers))
+        else:
+            parts.append(f"{len(workers)} {state}")
+    return " ".join(parts)
 
 
 class LogScreen(ConsoleScreen[None]):
@@ -84,6 +114,7 @@ class LogScreen(ConsoleScreen[None]):
         self.monitor = self.services.monitor(self.job.job_id, self.job)
         self.index = LogIndex(paths)
         self.index.on_lines = self._scan_lines
+        self.index.select_lines = matched_lines
         yield Header()
         yield Static("", id="log-banner", classes="banner", markup=False)
         yield StatusLine(id="log-status")
@@ -229,7 +260,7 @@ class LogScreen(ConsoleScreen[None]):
             if self.index.shown_workers == frozenset(self.ended)
             else ",".join(f"w{w}" for w in sorted(self.index.shown_workers))
         )
-        states = " ".join(f"w{w}:{state or 'running'}" for w, state in sorted(self.ended.items()))
+        states = worker_states(self.ended)
         follow = ("FOLLOW", "b green") if self.view.follow else ("PAUSED", "b yellow")
         job_state = {"killed": ("KILLED", "b red"), "lost": ("LOST", "b red")}.get(self.job.status)
         parts: list[Piece] = [

@@ -5,6 +5,7 @@ Memory stays flat however long the job runs: the widget holds no text, only a sc
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 from rich.cells import cell_len
@@ -33,6 +34,8 @@ WORKER_COLOURS = (
 ERROR_STYLE = Style(color="bright_white", bgcolor="dark_red")
 MATCH_STYLE = Style(bgcolor="grey35")
 CURSOR_STYLE = Style(reverse=True)
+ROW_CACHE = 512  # rendered rows kept: a screenful scrolls by while following, drawn once each
+PREFIX_STYLES = [Style(color=c, bold=True) for c in WORKER_COLOURS]
 
 
 def _colour(spec: tuple | None) -> Color | None:
@@ -73,6 +76,9 @@ class LogView(ScrollView, can_focus=True):
         self.search_text = ""
         self.current_row: int | None = None  # the search hit being shown
         self._width = 0
+        # entry -> (its text, cursor?, search, segments): following a flood, each row is
+        # drawn once, not again on every frame it scrolls through.
+        self._rows: OrderedDict[int, tuple[str, bool, str, list[Segment]]] = OrderedDict()
 
     def refresh_rows(self) -> None:
         """Call after the index changed: resize, and stay at the bottom when following."""
@@ -85,30 +91,44 @@ class LogView(ScrollView, can_focus=True):
         self.refresh()
 
     def render_line(self, y: int) -> Strip:
-        row = int(self.scroll_offset.y) + y
-        if row >= len(self.index.visible):
-            return Strip.blank(self.size.width, self.rich_style)
+        offset = self.scroll_offset
+        width = self.size.width
+        row = int(offset.y) + y
+        visible = self.index.visible
+        if row >= len(visible):
+            return Strip.blank(width, self.rich_style)
+        entry = visible[row]
         worker, raw = self.index.visible_line(row)
+        cursor = row == self.current_row
+        cached = self._rows.get(entry)
+        if cached is not None and cached[0] == raw and cached[1:3] == (cursor, self.search_text):
+            self._rows.move_to_end(entry)
+            segments = cached[3]
+        else:
+            segments = self._segments(worker, raw, cursor)
+            self._rows[entry] = (raw, cursor, self.search_text, segments)
+            if len(self._rows) > ROW_CACHE:
+                self._rows.popitem(last=False)
+        strip = Strip(segments).crop(int(offset.x), int(offset.x) + width)
+        return strip.extend_cell_length(width)
+
+    def _segments(self, worker: int, raw: str, cursor: bool) -> list[Segment]:
         # The job's bytes as a terminal row would show them: colours kept as styles, `\r` bars
         # at their latest state, every other escape and control gone before Textual sees it.
         runs = terminal_runs(raw)
         text = "".join(part for part, _ in runs)
         prefix = f"w{worker} │ "
         self._width = max(self._width, len(prefix) + cell_len(text))
-        colour = WORKER_COLOURS[worker % len(WORKER_COLOURS)]
         line_style = ERROR_STYLE if looks_like_error(text) else None
-        if row == self.current_row:
+        if cursor:
             line_style = CURSOR_STYLE
         elif self.search_text and self.search_text.lower() in text.lower():
             line_style = line_style or MATCH_STYLE
-        segments = [Segment(prefix, Style(color=colour, bold=True))]
+        segments = [Segment(prefix, PREFIX_STYLES[worker % len(PREFIX_STYLES)])]
         for part, sgr in runs:
             style = rich_style(sgr)
             segments.append(Segment(part, style + line_style if style else line_style))
-        strip = Strip(segments).crop(
-            int(self.scroll_offset.x), int(self.scroll_offset.x) + self.size.width
-        )
-        return strip.extend_cell_length(self.size.width)
+        return segments
 
     def on_resize(self) -> None:
         self.refresh_rows()  # the first layout, or a terminal resize, while following
