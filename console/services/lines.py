@@ -186,6 +186,8 @@ def matching_lines(
     regex engine over 100 ns a byte, which a log pouring in cannot afford. Without, one C-level
     scan of the chunk. Either way only matching lines are cut out and decoded.
     """
+    if not data:
+        return  # the usual case where a prefilter took every line away: no scan at all
     if not anchors:
         for match in pattern.finditer(data):
             start = data.rfind(b"\n", 0, match.start()) + 1

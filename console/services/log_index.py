@@ -32,7 +32,7 @@ from console.services.lines import VISIBLE_BYTES, clipped, decode, visible_part
 
 CACHE_LINES = 4096
 SCAN_BUDGET_BYTES = 2 << 20  # per scan, across workers: a few ms of work at most
-MIN_SHARE_BYTES = 16 << 10  # per copy and scan: fewer, larger reads when copies are many
+MIN_SHARE_BYTES = 64 << 10  # per copy and scan: fewer, larger reads when copies are many
 QUERY_STEP = 4096  # lines between two looks at a query's stop flag (and progress)
 
 
@@ -112,6 +112,9 @@ class LogIndex:
         self._scanned = dict.fromkeys(paths, 0)  # how far each copy has been read
         self._turn = 0  # the copy the next scan reads first, when the budget cannot reach all
         self._open: dict[int, int] = {}  # worker -> the entry of its line still being written
+        # worker -> that line's bytes so far while short (None once longer): the matchers are
+        # told of it, complete, without reading it back from the disk on the event loop.
+        self._tails: dict[int, bytes | None] = {}
         self._final: dict[int, int] = {}  # worker -> its copy's size once its job has ended
         self._ends: dict[int, int] = {}  # entry -> its end, for open lines and long lines
         self._count = 0
@@ -230,14 +233,20 @@ class LogIndex:
                 continue  # already taken by another scan
             self._scanned[worker] = end = start + len(data)
             if chunk.starts is None:
+                self._keep_tail(worker, self._tails.get(worker, b""), data)
                 changed += self._grow_open_line(worker, end)
                 continue
             changed += self._add_lines(chunk)
             if chunk.cut + 1 < len(data):  # a new line begun after the last newline
+                self._keep_tail(worker, b"", data[chunk.cut + 1 :])
                 changed += self._grow_open_line(worker, end)
         for worker in self._final:
             self._finish(worker)
         return changed
+
+    def _keep_tail(self, worker: int, tail: bytes | None, more: bytes) -> None:
+        short = tail is not None and len(tail) + len(more) <= VISIBLE_BYTES
+        self._tails[worker] = tail + more if short and tail is not None else None
 
     def _grow_open_line(self, worker: int, end: int) -> int:
         """The worker's line still being written now reaches `end`: a row, shown as it grows."""
@@ -275,8 +284,13 @@ class LogIndex:
         if self.on_lines is not None:
             if first is None:
                 self.on_lines(worker, chunk.head + chunk.rest)
-            else:  # the completed line as it is shown, then the lines after it as they are
-                completed = self._raw(first).encode() + b"\n"
+            else:  # the completed line, then the lines after it as they are
+                tail = self._tails.pop(worker, None)
+                head = ends[1] - 1 - start  # the completed line's bytes in this chunk
+                if tail is not None and len(tail) + head <= VISIBLE_BYTES:
+                    completed = tail + chunk.data[:head] + b"\n"
+                else:  # a long one, as it is shown
+                    completed = self._raw(first).encode() + b"\n"
                 select = self.select_lines
                 self.on_lines(worker, (select(completed) if select else completed) + chunk.rest)
         return len(ends) - 1
@@ -349,6 +363,7 @@ class LogIndex:
         if self._scanned[worker] != self._final.get(worker):
             return
         entry = self._open.pop(worker, None)
+        self._tails.pop(worker, None)
         if entry is None:
             return
         self._cache.pop(entry, None)  # its end stays in _ends: it is read back as it is

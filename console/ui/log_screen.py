@@ -37,7 +37,7 @@ from console.ui.widgets.status_line import StatusLine
 
 TICK_S = 0.05  # how often to look for new lines when caught up
 REDRAW_S = 0.1  # how often the view redraws while lines pour in
-SLICE_BYTES = 1 << 20  # one indexing slice: a few milliseconds
+SLICE_BYTES = 4 << 20  # one indexing slice: cut on the index thread, a few ms on the loop
 # What the monitor's bulk matchers (diagnosis, results) look for: each matches only lines that
 # hold one of its anchors, so the index hands them only those, picked out on its thread.
 MATCHER_ANCHORS = DIAGNOSIS_ANCHORS + RESULT_ANCHORS

@@ -186,3 +186,23 @@ def test_a_steady_flood_costs_about_eight_bytes_a_line(tmp_path: Path) -> None:
         pass
     assert len(index) == 16 * 5000
     assert index.memory_bytes() / len(index) < 9  # an offset a line; the order as runs
+
+
+def test_the_matchers_get_a_line_whole_when_it_was_written_in_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "w0.log"
+    index = LogIndex({0: path})
+    told: list[bytes] = []
+    index.on_lines = lambda worker, data: told.append(data)
+    index.select_lines = lambda data: b"".join(
+        line + b"\n" for line in data.split(b"\n") if b"DONE" in line
+    )
+    for piece in (b"noise\nDO", b"NE: step", b"s=10\nmore noise\n"):
+        with open(path, "ab") as fh:
+            fh.write(piece)
+        index.scan()
+    assert b"".join(told) == b"DONE: steps=10\n"  # the anchor spanned two reads
+    assert [index.visible_line(r)[1] for r in range(len(index.visible))] == [
+        "noise",
+        "DONE: steps=10",
+        "more noise",
+    ]
