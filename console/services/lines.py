@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 # What of one line is ever held in memory, shown or matched: a terminal row shows far less,
@@ -210,9 +211,43 @@ def lines_holding(anchors: tuple[bytes, ...], data: bytes) -> bytes:
     return b"".join(pieces)
 
 
+# Letters from the commonest in text to the rarest; digits, blanks and the usual punctuation of
+# logs are commoner still, any other byte rarer.
+_LETTERS = b"etaoinsrhldcumfpgwybvkxjqz"
+_COMMON = b" 0123456789.,:-/\t\n"
+
+
+def _rarity(byte: int) -> int:
+    if byte in _COMMON:
+        return -1
+    lower = bytes([byte]).lower()[0]
+    rank = _LETTERS.find(bytes([lower]))
+    if rank < 0:
+        return 60  # punctuation and the rest
+    return rank + (30 if lower != byte else 0)  # capitals are rarer than their lower case
+
+
+@lru_cache(maxsize=64)
+def _by_rare_byte(anchors: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+    """The anchors grouped by the rarest byte each holds: a chunk without that byte (memchr
+    finds out at memory speed) holds none of the group, and is not searched for them."""
+    groups: dict[bytes, list[bytes]] = {}
+    for anchor in anchors:
+        rare = max(anchor, key=_rarity) if anchor else 0
+        groups.setdefault(bytes([rare]), []).append(anchor)
+    return tuple((byte, tuple(group)) for byte, group in groups.items())
+
+
 def _lines_with(anchors: tuple[bytes, ...], data: bytes) -> list[int]:
     """Start offsets, in order, of the lines that contain any of the anchors."""
     starts = set()
+    for rare, group in _by_rare_byte(anchors):
+        if data.find(rare) >= 0:
+            _add_lines_with(group, data, starts)
+    return sorted(starts)
+
+
+def _add_lines_with(anchors: tuple[bytes, ...], data: bytes, starts: set[int]) -> None:
     for anchor in anchors:
         at = data.find(anchor)
         while at >= 0:
@@ -222,4 +257,3 @@ def _lines_with(anchors: tuple[bytes, ...], data: bytes) -> list[int]:
             if end < 0:
                 break
             at = data.find(anchor, end)
-    return sorted(starts)
