@@ -240,7 +240,7 @@ def _by_rare_byte(anchors: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes,
 
 def _lines_with(anchors: tuple[bytes, ...], data: bytes) -> list[int]:
     """Start offsets, in order, of the lines that contain any of the anchors."""
-    starts = set()
+    starts: set[int] = set()
     for rare, group in _by_rare_byte(anchors):
         if data.find(rare) >= 0:
             _add_lines_with(group, data, starts)
