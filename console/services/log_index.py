@@ -281,11 +281,11 @@ class LogIndex:
         if first is not None and self._passes_filter is not None:
             self._refilter(first)  # its text was partial when it was first tested
         self._positions[worker] = start + cut + 1
+        tail = self._tails.pop(worker, None)  # the open line's bytes, if there was one
         if self.on_lines is not None:
             if first is None:
                 self.on_lines(worker, chunk.head + chunk.rest)
             else:  # the completed line, then the lines after it as they are
-                tail = self._tails.pop(worker, None)
                 head = ends[1] - 1 - start  # the completed line's bytes in this chunk
                 if tail is not None and len(tail) + head <= VISIBLE_BYTES:
                     completed = tail + chunk.data[:head] + b"\n"
