@@ -36,6 +36,7 @@ DURATION_S = 10
 # runs in its own session, and with the kernel's autogroup scheduling a session is its own group
 # with nice 0 whatever its processes' nice: so each producer also sets its group's nice.
 SANDBOX_NICE = 19
+STUCK_S = 180  # no new line and no worker ended for this long: the run failed
 
 
 def producer(duration_s: int) -> str:
@@ -102,11 +103,21 @@ async def view_ingest(app: TpuConsoleApp, job, total: int | None) -> tuple:
         await app.push_screen(screen)
         await pilot.pause()
         monitor.start()  # from the first line on; opening the screen is not ingest
+        progress, moved = None, time.perf_counter()
         while True:
             await pilot.pause(0.05)
             done = all(state for state in screen.ended.values())
             if done and not screen.index.behind and (total is None or len(screen.index) >= total):
                 break
+            now = (len(screen.index), sum(bool(s) for s in screen.ended.values()))
+            if now != progress:
+                progress, moved = now, time.perf_counter()
+            elif time.perf_counter() - moved > STUCK_S:  # a run that hangs says so and ends
+                banner = screen.query_one("#log-banner").render()
+                raise RuntimeError(
+                    f"no progress for {STUCK_S} s: {now[0]:,} lines, {now[1]} workers ended, "
+                    f"follower running: {bool(app.workers)}, banner: {banner!s:.200}"
+                )
         elapsed = time.perf_counter() - start
         stall = monitor.stop()
         grown = (rss_kib() - rss_before) * 1024
