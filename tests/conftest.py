@@ -234,3 +234,10 @@ async def sshd_up(sandbox: Sandbox, zone: str, name: str, workers: tuple[int, ..
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the sshd of {name} never answered")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow end-to-end runs go first, so that `make test`'s two xdist workers start them
+    early and the short tests fill in around them, instead of one long run ending the suite
+    alone (stable: the order within each kind is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
