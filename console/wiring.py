@@ -334,6 +334,8 @@ class Services:
             self.launcher,
             self.notifier,
             say=self.say,
+            chips=self.chips,
+            stuck_after_s=self.settings.stuck_after_s,
         )
 
     async def aclose(self) -> None:

@@ -30,11 +30,15 @@ from typing import Any
 
 from console.adapters.history_db import HistoryStore
 from console.models import FleetError, Job, ManagedRecord, Node
+from console.services.chip_metrics import ChipMetricsService
 from console.services.fleet import FleetService
+from console.services.hangs import HangFinding, HangSettings, HangWatch
+from console.services.job_monitor import JobMonitor
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
 from console.services.lifecycle import CreateRequest, LifecycleService, ProgressSink
 from console.services.notify import JobEvent, Notifier
+from console.services.settings import DEFAULT_STUCK_AFTER_S
 
 # The node is lost to the job: recovered. A node someone stopped is not (that is their call):
 # the job waits for it to be started, then runs again on it, set up afresh.
@@ -150,7 +154,11 @@ class ManagedService:
         poll_s: float = 2.0,
         lease_s: float = 30.0,
         say: Callable[[str], None] | None = None,
+        chips: ChipMetricsService | None = None,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
     ) -> None:
+        """`chips`: the duty cycle a running attempt's "stuck?" weighs against its silence
+        (without, silence alone decides); `stuck_after_s` is config.toml's `stuck_after`."""
         self.fleet = fleet
         self.history = history
         self.jobs = jobs
@@ -161,6 +169,9 @@ class ManagedService:
         self.poll_s = poll_s
         self.lease_s = lease_s
         self.say = say or (lambda _text: None)
+        self.chips = chips
+        self.stuck_after_s = stuck_after_s
+        self.monitors: dict[str, JobMonitor] = {}  # run id -> its "stuck?" while followed
         self._acting: dict[str, asyncio.Future] = {}  # managed id -> its recovery under way
         self._followers: dict[str, asyncio.Future] = {}  # run id -> its follower
         self._held: set[str] = set()  # the managed jobs whose lease this process holds
@@ -299,7 +310,7 @@ class ManagedService:
         if node is None or node.state != "READY":
             return []  # CREATING, STARTING, REPAIRING: look again later
         if run.open:
-            self._follow(run, node)
+            self._follow(record.job_id, run, node)
             return []
         return [self._ended(record, spec, run)]
 
@@ -358,16 +369,66 @@ class ManagedService:
         self._tell("failed", record.job_id, "failed", run.node, f"job {record.job_id}: {note}")
         return note
 
-    def _follow(self, run: Job, node: Node) -> None:
-        """One follower per open run: it records the workers' rcs and settles the run."""
+    def _follow(self, managed_id: str, run: Job, node: Node) -> None:
+        """One follower per open run: it records the workers' rcs and settles the run, and
+        asks "stuck?" while it runs."""
         task = self._followers.get(run.job_id)
         if task is not None and not task.done():
             return
-        self._followers[run.job_id] = asyncio.ensure_future(self._follow_quietly(run, node))
+        follower = self._follow_quietly(managed_id, run, node)
+        self._followers[run.job_id] = asyncio.ensure_future(follower)
 
-    async def _follow_quietly(self, run: Job, node: Node) -> None:
-        with contextlib.suppress(FleetError, OSError):
-            await self.jobs.watch(run, node)
+    async def _follow_quietly(self, managed_id: str, run: Job, node: Node) -> None:
+        ended = {w.worker: "" for w in run.workers if w.pid}
+
+        def on_end(worker: int, rc: int | None) -> None:
+            ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+
+        watching = asyncio.ensure_future(self._watch_for_stuck(managed_id, run, node, ended))
+        try:
+            with contextlib.suppress(FleetError, OSError):
+                await self.jobs.watch(run, node, on_end=on_end)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            self.monitors.pop(run.job_id, None)
+
+    async def _watch_for_stuck(
+        self, managed_id: str, run: Job, node: Node, ended: dict[int, str]
+    ) -> None:
+        """The log view's "stuck?" without a view: silence read off the local copies (which
+        the follower appends to) and the chips' duty cycle; told once per stuck spell."""
+
+        def told(finding: HangFinding) -> None:
+            text = f"job {managed_id} on {run.node}: {finding.summary()}"
+            self._tell("stuck", managed_id, "running", run.node, text)
+
+        hang = HangWatch(run, HangSettings(after_s=self.stuck_after_s))
+        monitor = JobMonitor(run.job_id, self.history, hang=hang, on_stuck=told)
+        self.monitors[run.job_id] = monitor
+        chips = self.chips.watch(node, monitor.saw_metrics) if self.chips is not None else None
+        sizes: dict[int, int] = {}
+        try:
+            while True:
+                for worker, (size, mtime) in (await asyncio.to_thread(self._copies, run)).items():
+                    if size != sizes.get(worker, 0):  # the follower appended: output, then
+                        sizes[worker] = size
+                        monitor.worker_output(worker, mtime)
+                monitor.check(True, ended)
+                await asyncio.sleep(self.poll_s)
+        finally:
+            if chips is not None:
+                await chips.close()
+
+    def _copies(self, run: Job) -> dict[int, tuple[int, float]]:
+        """Each started worker's local copy: its size and when it last grew."""
+        out = {}
+        for w in run.workers:
+            if w.pid:
+                with contextlib.suppress(FileNotFoundError):
+                    st = self.jobs.log_path(run.job_id, w.worker).stat()
+                    out[w.worker] = (st.st_size, st.st_mtime)
+        return out
 
     # ----- recovery ----------------------------------------------------------------------------
     async def _recover(self, record: ManagedRecord, spec: ManagedSpec, kind: str) -> None:

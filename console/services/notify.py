@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from console.services.terminal_text import plain_text
 
-EVENTS = ("ended", "failed", "preempted", "retried", "recovered", "gave_up")
+EVENTS = ("ended", "failed", "preempted", "retried", "recovered", "gave_up", "stuck")
 HOOK_TIMEOUT_S = 30.0
 
 
