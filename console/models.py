@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 # States a user must notice at a glance; the UI colours them.
@@ -566,7 +567,93 @@ def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
     return tuple(sorted({w for lo, hi in spans for w in range(lo, hi + 1)}))
 
 
-OPEN_STATUSES = ("launching", "running")
+class JobStatus(StrEnum):
+    """Where a job (one run) stands. A StrEnum: stored in the history as its plain value and
+    equal to it, so the SQLite rows and `--json` read as they always did."""
+
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+
+    @property
+    def open(self) -> bool:
+        """Still launching or running: a follower may attach, a stop may act."""
+        return self in OPEN_STATUSES
+
+
+OPEN_STATUSES = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+
+
+class ManagedState(StrEnum):
+    """Where a managed job (services/managed.py) stands, over all its attempts."""
+
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+    CANCELLED = "cancelled"
+
+    @property
+    def open(self) -> bool:
+        return self in MANAGED_OPEN
+
+
+MANAGED_OPEN = (ManagedState.RUNNING, ManagedState.RECOVERING)
+
+
+class StopResult(StrEnum):
+    """What stopping a job did on one worker: the first word of the stop command's answer."""
+
+    STOPPED = "stopped"  # ended by SIGTERM within the grace period
+    KILLED = "killed"  # SIGKILL after it
+    GONE = "gone"  # nothing of the job was running (ended already, or its pid reused)
+    NOT_STOPPED = "not stopped"  # the worker could not be reached or the command failed
+
+    @property
+    def ended_it(self) -> bool:
+        """This worker's processes were running and were ended now."""
+        return self in (StopResult.STOPPED, StopResult.KILLED)
+
+
+@dataclass(frozen=True)
+class WorkerStop:
+    """One worker's stop: the result and its detail (`stopped: 1 process it left running…`)."""
+
+    result: StopResult
+    detail: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerStop:
+        """From the stop command's `word[: detail]` line; an unknown word is not stopped."""
+        word, _, detail = text.partition(":")
+        try:
+            return cls(StopResult(word.strip()), detail.strip())
+        except ValueError:
+            return cls(StopResult.NOT_STOPPED, text.strip())
+
+    def __str__(self) -> str:
+        return f"{self.result}: {self.detail}" if self.detail else str(self.result)
+
+
+class EventKind(StrEnum):
+    """What the user is told of a job (services/notify.py): TPUCONSOLE_EVENT's values."""
+
+    ENDED = "ended"
+    FAILED = "failed"
+    PREEMPTED = "preempted"
+    RETRIED = "retried"
+    RECOVERED = "recovered"
+    GAVE_UP = "gave_up"
+    STUCK = "stuck"
+
+    @property
+    def warns(self) -> bool:
+        """News that something went wrong (shown as a warning), not that it went on."""
+        return self not in (EventKind.ENDED, EventKind.RECOVERED)
 
 
 @dataclass(frozen=True)
@@ -580,7 +667,7 @@ class ManagedRecord:
 
     job_id: str
     spec: dict[str, Any]
-    state: str
+    state: ManagedState
     current: str
     attempt: int
     recoveries: int
@@ -589,7 +676,7 @@ class ManagedRecord:
 
     @property
     def open(self) -> bool:
-        return self.state in {"running", "recovering"}
+        return self.state in MANAGED_OPEN
 
 
 @dataclass(frozen=True)
@@ -614,7 +701,7 @@ class Job:
     started_at: datetime
     kind: str = "custom"
     workers: tuple[JobWorker, ...] = ()
-    status: str = "launching"  # launching | running | succeeded | failed | killed | lost
+    status: JobStatus = JobStatus.LAUNCHING
     env: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # the template's values, for re-runs
     ended_at: datetime | None = None

@@ -15,7 +15,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import OPEN_STATUSES, FleetError, Job, JobWorker, ManagedRecord, NodeEvent
+from console.models import (
+    MANAGED_OPEN,
+    OPEN_STATUSES,
+    FleetError,
+    Job,
+    JobStatus,
+    JobWorker,
+    ManagedRecord,
+    ManagedState,
+    NodeEvent,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,8 +81,6 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL,"
     " host TEXT NOT NULL, expires REAL NOT NULL)",
 )
-
-MANAGED_OPEN = ("running", "recovering")
 
 
 ELSEWHERE = "or set TPUCONSOLE_HOME to another folder to keep a separate history."
@@ -235,7 +243,7 @@ class HistoryStore:
         )
 
     def set_status(
-        self, job_id: str, status: str, note: str = "", ended_at: datetime | None = None
+        self, job_id: str, status: JobStatus, note: str = "", ended_at: datetime | None = None
     ) -> None:
         """`ended_at` defaults to now for a status that ends the job."""
         ended = "" if status in OPEN_STATUSES else (ended_at or datetime.now(UTC)).isoformat()
@@ -261,7 +269,7 @@ class HistoryStore:
             kind=row[3],
             command=row[4],
             started_at=_when(row[5]) or datetime.now(UTC),
-            status=row[6],
+            status=JobStatus(row[6]),
             workers=workers,
             env=json.loads(row[7] or "{}"),
             params=json.loads(row[8] or "{}"),
@@ -378,7 +386,14 @@ class HistoryStore:
             )
         )
         return ManagedRecord(
-            row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6], attempts
+            row[0],
+            json.loads(row[1]),
+            ManagedState(row[2]),
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            attempts,
         )
 
     def open_managed(self) -> list[ManagedRecord]:
@@ -404,7 +419,7 @@ class HistoryStore:
         self,
         job_id: str,
         *,
-        state: str | None = None,
+        state: ManagedState | None = None,
         current: str | None = None,
         recoveries: int | None = None,
         note: str | None = None,

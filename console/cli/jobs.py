@@ -11,7 +11,15 @@ from collections import Counter
 
 from console.cli.common import ONGOING, confirmed, fail, print_line, run, say, zone_of
 from console.cli.workers import print_uploads
-from console.models import FleetError, Job, NodeGone, WorkerSelectionError, parse_worker_selection
+from console.models import (
+    FleetError,
+    Job,
+    ManagedState,
+    NodeGone,
+    StopResult,
+    WorkerSelectionError,
+    parse_worker_selection,
+)
 from console.present.cleanup import plan_entries, result_entries
 from console.present.jobs import job_json, job_row
 from console.present.launch import plan_lines, started_line
@@ -257,7 +265,9 @@ async def _stop(services: Services, args: argparse.Namespace) -> int:
         # Stopping a managed job stops its attempt now, and no watcher brings it back.
         if not confirmed(args, f"Stop managed job {job.job_id} (no more recoveries)?"):
             return 1
-        services.history.set_managed(job.job_id, state="cancelled", note="stopped by the user")
+        services.history.set_managed(
+            job.job_id, state=ManagedState.CANCELLED, note="stopped by the user"
+        )
         print(f"managed job {job.job_id} cancelled; stopping its attempt {job.managed.current}")
         job = services.jobs.get(job.managed.current)
         args.yes = True
@@ -274,7 +284,7 @@ async def _stop(services: Services, args: argparse.Namespace) -> int:
     outcome = await services.jobs.stop(job, node)
     for w, result in sorted(outcome.items()):
         print(f"w{w}: {result}")
-    return 0 if all(not r.startswith("not stopped") for r in outcome.values()) else 1
+    return 0 if all(r.result != StopResult.NOT_STOPPED for r in outcome.values()) else 1
 
 
 JOB_ACTIONS = {"list": _list, "show": _show, "stop": _stop}

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from console.cli.common import fail, run, say, zone_of
-from console.models import FleetError
+from console.models import FleetError, ManagedState
 from console.present.jobs import managed_line
 from console.services.lifecycle import Progress, parse_labels
 from console.services.managed import ManagedSpec, NodeSpec, Step, parse_exit_codes
@@ -122,5 +122,5 @@ async def _watch(services: Services, *, until_done: bool) -> int:
     )
     await services.managed.run_forever(until_done=until_done)
     ended = [services.history.managed(j.job_id) for j in open_jobs]
-    failed = [m for m in ended if m is not None and m.state != "succeeded"]
+    failed = [m for m in ended if m is not None and m.state != ManagedState.SUCCEEDED]
     return 1 if until_done and failed else 0

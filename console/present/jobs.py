@@ -47,7 +47,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "managed": None
         if job.managed is None
         else {
-            "state": job.managed.state,
+            "state": str(job.managed.state),
             "current": job.managed.current,
             "attempts": list(job.managed.attempts),
             "max_recoveries": job.managed.spec.get("max_recoveries"),
@@ -58,7 +58,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 def shown_status(job: Job) -> str:
     """A managed job shows where it stands (its first run may be long lost); others their own."""
-    return job.managed.state if job.managed is not None else str(job.status)
+    return str(job.managed.state) if job.managed is not None else str(job.status)
 
 
 def managed_line(job: Job) -> str:

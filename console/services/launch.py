@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from console.models import Job, Node
+from console.models import Job, JobStatus, Node
 from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.jobs import JobService, check_command
 from console.services.preflight import Check, preflight
@@ -61,7 +61,7 @@ class Launched:
         if self.cleanup is not None and not self.cleanup.done:
             return True
         if self.job is not None:
-            return self.job.status == "failed"
+            return self.job.status == JobStatus.FAILED
         return any(o.failed for o in self.uploads)
 
 

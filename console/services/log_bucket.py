@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from console.models import FleetError, Job, Node
+from console.models import FleetError, Job, JobStatus, Node
 from console.services.fleet import FleetService
 from console.services.jobs import JobService, bucket_log
 
@@ -76,7 +76,7 @@ async def read_back(
     """The job ended with its VM (recorded `lost` if it was open): its copies completed."""
     current = await asyncio.to_thread(jobs.history.get, job.job_id)
     if current is not None and current.open:
-        await asyncio.to_thread(jobs.history.set_status, job.job_id, "lost", why_gone)
+        await asyncio.to_thread(jobs.history.set_status, job.job_id, JobStatus.LOST, why_gone)
     return await restore(jobs, job, workers)
 
 

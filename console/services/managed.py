@@ -29,7 +29,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from console.adapters.history_db import HistoryStore
-from console.models import FleetError, Job, ManagedRecord, Node
+from console.models import (
+    EventKind,
+    FleetError,
+    Job,
+    JobStatus,
+    ManagedRecord,
+    ManagedState,
+    Node,
+)
 from console.services.chip_metrics import ChipMetricsService
 from console.services.fleet import FleetService
 from console.services.hangs import HangFinding, HangSettings, HangWatch
@@ -293,20 +301,24 @@ class ManagedService:
 
     async def _look(self, record: ManagedRecord) -> list[str]:
         spec = ManagedSpec.from_json(record.spec)
-        if record.state == "recovering":  # claimed, and its recovery did not finish: go on
+        if (
+            record.state == ManagedState.RECOVERING
+        ):  # claimed, and its recovery did not finish: go on
             return [self._act(record, spec, "resume", "")]
         run = self.history.get(record.current)
         if run is None:
-            self.history.set_managed(record.job_id, state="failed", note="its run is missing")
+            self.history.set_managed(
+                record.job_id, state=ManagedState.FAILED, note="its run is missing"
+            )
             return []
         node = await self._node_or_none(run.zone, run.node)
         if node is not None and node.state in STOPPED_STATES:
             return []  # stopped by someone: recovered once it is started again
         gone = node is None or node.state in GONE_STATES
-        if gone or run.status == "lost":
+        if gone or run.status == JobStatus.LOST:
             state = "GONE" if node is None else node.state
             why = f"{run.node} is {state}" if gone else f"its run was lost: {run.note}"
-            return [self._recover_or_give_up(record, spec, run, "preempted", why)]
+            return [self._recover_or_give_up(record, spec, run, EventKind.PREEMPTED, why)]
         if node is None or node.state != "READY":
             return []  # CREATING, STARTING, REPAIRING: look again later
         if run.open:
@@ -315,23 +327,25 @@ class ManagedService:
         return [self._ended(record, spec, run)]
 
     def _recover_or_give_up(
-        self, record: ManagedRecord, spec: ManagedSpec, run: Job, why_kind: str, why: str
+        self, record: ManagedRecord, spec: ManagedSpec, run: Job, why_kind: EventKind, why: str
     ) -> str:
         if record.recoveries >= spec.max_recoveries:
-            status = "lost" if why_kind == "preempted" else "failed"
+            status = JobStatus.LOST if why_kind == EventKind.PREEMPTED else JobStatus.FAILED
             if run.open:
-                self.history.set_status(run.job_id, "lost", why)
+                self.history.set_status(run.job_id, JobStatus.LOST, why)
             times = f"{record.recoveries} recover{'y' if record.recoveries == 1 else 'ies'}"
             note = f"{why}; gave up after {times} (--max-recoveries {spec.max_recoveries})"
-            self.history.set_managed(record.job_id, state="gave_up", note=note)
-            self._tell("gave_up", record.job_id, status, run.node, f"job {record.job_id}: {note}")
+            self.history.set_managed(record.job_id, state=ManagedState.GAVE_UP, note=note)
+            self._tell(
+                EventKind.GAVE_UP, record.job_id, status, run.node, f"job {record.job_id}: {note}"
+            )
             return note
         if not self.history.claim_recovery(record.job_id, record.attempt):
             return ""  # another watcher claimed this attempt first
         if run.open:
-            self.history.set_status(run.job_id, "lost", why)
+            self.history.set_status(run.job_id, JobStatus.LOST, why)
         text = f"job {record.job_id} {why_kind}: {why}; recovering (attempt {record.attempt + 2})"
-        self._tell(why_kind, record.job_id, "recovering", run.node, text)
+        self._tell(why_kind, record.job_id, ManagedState.RECOVERING, run.node, text)
         fresh = self.history.managed(record.job_id)
         assert fresh is not None
         return self._act(fresh, spec, why_kind, why)
@@ -342,31 +356,39 @@ class ManagedService:
         return f"job {record.job_id}: recovering ({kind}{': ' + why if why else ''})"
 
     def _ended(self, record: ManagedRecord, spec: ManagedSpec, run: Job) -> str:
-        if run.status == "succeeded":
-            self.history.set_managed(record.job_id, state="succeeded")
+        if run.status == JobStatus.SUCCEEDED:
+            self.history.set_managed(record.job_id, state=ManagedState.SUCCEEDED)
             text = f"job {record.job_id} succeeded on {run.node}"
             if record.recoveries:
                 n = record.recoveries
                 text += f" after {n} recover{'y' if n == 1 else 'ies'}"
-            self._tell("ended", record.job_id, "succeeded", run.node, text)
+            self._tell(EventKind.ENDED, record.job_id, run.status, run.node, text)
             return text
-        if run.status == "killed":
-            self.history.set_managed(record.job_id, state="cancelled", note="stopped by the user")
+        if run.status == JobStatus.KILLED:
+            self.history.set_managed(
+                record.job_id, state=ManagedState.CANCELLED, note="stopped by the user"
+            )
             text = f"job {record.job_id} was stopped; not recovered"
-            self._tell("ended", record.job_id, "killed", run.node, text)
+            self._tell(EventKind.ENDED, record.job_id, run.status, run.node, text)
             return text
         codes = sorted({w.rc for w in run.workers if w.rc not in (None, 0)})
         listed = [c for c in codes if c in spec.retry_on_exit]
         said = ", ".join(str(c) for c in codes) or "none"
         if listed:
             return self._recover_or_give_up(
-                record, spec, run, "retried", f"it exited with {listed[0]} (--retry-on-exit)"
+                record,
+                spec,
+                run,
+                EventKind.RETRIED,
+                f"it exited with {listed[0]} (--retry-on-exit)",
             )
         note = f"the run failed (exit {said}); not retried"
         if spec.retry_on_exit:
             note += f" (--retry-on-exit lists {','.join(map(str, spec.retry_on_exit))})"
-        self.history.set_managed(record.job_id, state="failed", note=note)
-        self._tell("failed", record.job_id, "failed", run.node, f"job {record.job_id}: {note}")
+        self.history.set_managed(record.job_id, state=ManagedState.FAILED, note=note)
+        self._tell(
+            EventKind.FAILED, record.job_id, run.status, run.node, f"job {record.job_id}: {note}"
+        )
         return note
 
     def _follow(self, managed_id: str, run: Job, node: Node) -> None:
@@ -401,7 +423,7 @@ class ManagedService:
 
         def told(finding: HangFinding) -> None:
             text = f"job {managed_id} on {run.node}: {finding.summary()}"
-            self._tell("stuck", managed_id, "running", run.node, text)
+            self._tell(EventKind.STUCK, managed_id, JobStatus.RUNNING, run.node, text)
 
         hang = HangWatch(run, HangSettings(after_s=self.stuck_after_s))
         monitor = JobMonitor(run.job_id, self.history, hang=hang, on_stuck=told)
@@ -441,7 +463,7 @@ class ManagedService:
         run = self.history.get(record.current)
         assert run is not None
         recovery = record.attempt
-        same_node = kind == "retried"
+        same_node = kind == EventKind.RETRIED
         if same_node:
             node = await self.fleet.get_node(run.zone, run.node)
         else:
@@ -449,16 +471,20 @@ class ManagedService:
             spec = self._adopted(spec, node)
             await self._set_up(spec, node, recovery=recovery)
         new = await self._start_run(spec, node, root=record.job_id, recovery=recovery)
-        if new.status == "failed":
+        if new.status == JobStatus.FAILED:
             raise StepFailed(f"attempt {recovery + 1} did not start: {new.note}")
         self.history.set_managed(
-            record.job_id, state="running", current=new.job_id, recoveries=recovery, note=""
+            record.job_id,
+            state=ManagedState.RUNNING,
+            current=new.job_id,
+            recoveries=recovery,
+            note="",
         )
         text = (
             f"job {record.job_id} recovered on {node.name} in {node.zone}: attempt "
             f"{recovery + 1} is run {new.job_id}"
         )
-        self._tell("recovered", record.job_id, "running", node.name, text)
+        self._tell(EventKind.RECOVERED, record.job_id, ManagedState.RUNNING, node.name, text)
 
     async def _fresh_node(self, spec: ManagedSpec, run: Job) -> Node:
         """A READY node for the next attempt: the one there if READY (recreated by a try that
@@ -521,7 +547,7 @@ class ManagedService:
                 continue  # an upload: done when start returns
             rcs = await self.jobs.watch(job, node)
             done = self.history.get(job.job_id)
-            if done is None or done.status != "succeeded":
+            if done is None or done.status != JobStatus.SUCCEEDED:
                 raise StepFailed(
                     f"setup step {step.describe()} (job {job.job_id}) ended "
                     f"{done.status if done else 'unrecorded'} (rc {rcs})"
@@ -574,6 +600,6 @@ class ManagedService:
                 return None
             raise
 
-    def _tell(self, event: str, job_id: str, status: str, node: str, text: str) -> None:
+    def _tell(self, event: EventKind, job_id: str, status: str, node: str, text: str) -> None:
         """To every sink and hook (the front ends show it through their sinks)."""
         self.notifier.tell_soon(JobEvent(event, job_id, status, node, text))

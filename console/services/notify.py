@@ -20,17 +20,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from console.models import EventKind
 from console.services.terminal_text import plain_text
 
-EVENTS = ("ended", "failed", "preempted", "retried", "recovered", "gave_up", "stuck")
 HOOK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    event: str  # one of EVENTS
+    event: EventKind
     job_id: str
-    status: str
+    status: str  # the run's JobStatus, or the managed job's state while it recovers
     node: str
     text: str  # one sentence for people
 
