@@ -691,6 +691,44 @@ class JobWorker:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """A known failure (or condition) found in a job: what, the line or fact that shows it, why,
+    and what to do; `worker` is None for the whole job. Kept once per (key, worker)."""
+
+    key: str
+    title: str
+    evidence: str
+    cause: str
+    remedy: str
+    worker: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented shape of `--json` and of the history's rows:
+        {key, title, evidence, cause, remedy, worker}."""
+        return {
+            "key": self.key,
+            "title": self.title,
+            "evidence": self.evidence,
+            "cause": self.cause,
+            "remedy": self.remedy,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Diagnosis:
+        """From that shape; a field a older row lacks is empty, one it has extra is ignored."""
+        worker = doc.get("worker")
+        return cls(
+            str(doc.get("key", "")),
+            str(doc.get("title", "")),
+            str(doc.get("evidence", "")),
+            str(doc.get("cause", "")),
+            str(doc.get("remedy", "")),
+            int(worker) if isinstance(worker, int) else None,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A detached run on one or more workers, as recorded in the history before output arrives."""
 
@@ -707,7 +745,7 @@ class Job:
     ended_at: datetime | None = None
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # JobMetrics.as_json()
-    diagnoses: tuple[dict[str, Any], ...] = ()  # Diagnosis fields, each once per worker
+    diagnoses: tuple[Diagnosis, ...] = ()  # each (key, worker) once
     attempt_of: str = ""  # a managed job's later attempt: the managed job's id
     managed: ManagedRecord | None = None  # this run is the first attempt of a managed job
 

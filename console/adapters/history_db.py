@@ -18,6 +18,7 @@ from pathlib import Path
 from console.models import (
     MANAGED_OPEN,
     OPEN_STATUSES,
+    Diagnosis,
     FleetError,
     Job,
     JobStatus,
@@ -276,7 +277,7 @@ class HistoryStore:
             ended_at=_when(row[9]),
             note=row[10],
             metrics=json.loads(row[11] or "{}"),
-            diagnoses=tuple(json.loads(row[12] or "[]")),
+            diagnoses=tuple(Diagnosis.from_dict(d) for d in json.loads(row[12] or "[]")),
             attempt_of=row[13],
             managed=self.managed(job_id),
         )
@@ -287,7 +288,10 @@ class HistoryStore:
     )
 
     def set_results(
-        self, job_id: str, metrics: dict | None = None, diagnoses: list[dict] | None = None
+        self,
+        job_id: str,
+        metrics: dict | None = None,
+        diagnoses: list[Diagnosis] | None = None,
     ) -> None:
         """What a job achieved; diagnoses add to those recorded, each (key, worker) once."""
         with self._db:
@@ -300,9 +304,9 @@ class HistoryStore:
             known = json.loads(row[0] or "[]")
             seen = {(d.get("key"), d.get("worker")) for d in known}
             for d in diagnoses or []:
-                if (d.get("key"), d.get("worker")) not in seen:
-                    seen.add((d.get("key"), d.get("worker")))
-                    known.append(d)
+                if (d.key, d.worker) not in seen:
+                    seen.add((d.key, d.worker))
+                    known.append(d.as_dict())
             if metrics is not None:
                 self._db.execute(
                     "UPDATE jobs SET metrics = ? WHERE job_id = ?", (json.dumps(metrics), job_id)

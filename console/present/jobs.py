@@ -12,11 +12,9 @@ first run of a managed job, whose id is the managed job's).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from console.models import Job
-from console.services.diagnosis import Diagnosis
+from console.models import Diagnosis, Job
 
 JOB_JSON_KEYS = (
     "job_id", "status", "kind", "params", "node", "zone", "command", "env", "started_at",
@@ -41,7 +39,7 @@ def job_json(job: Job) -> dict[str, Any]:
             {"worker": w.worker, "pid": w.pid, "rc": w.rc, "error": w.error} for w in job.workers
         ],
         "metrics": job.metrics,
-        "diagnoses": [dict(d) for d in job.diagnoses],
+        "diagnoses": [d.as_dict() for d in job.diagnoses],
         "recoveries": job.recoveries,
         "attempt_of": job.attempt_of,
         "managed": None
@@ -98,4 +96,4 @@ def finding_lines(d: Diagnosis) -> list[str]:
 def findings_json(found: list[Diagnosis], summary: str) -> dict[str, Any]:
     """`diagnose --json`: {"diagnoses": [{key, title, evidence, cause, remedy, worker}],
     "summary": the results line (tokens/s, rewards…) or ""}."""
-    return {"diagnoses": [dataclasses.asdict(d) for d in found], "summary": summary}
+    return {"diagnoses": [d.as_dict() for d in found], "summary": summary}

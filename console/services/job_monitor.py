@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 
 from console.adapters.history_db import HistoryStore
-from console.models import ChipMetrics, Job
-from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
+from console.models import ChipMetrics, Diagnosis, Job
+from console.services.diagnosis import Diagnoser, from_condition
 from console.services.hangs import HangFinding, HangWatch
 from console.services.metrics import JobMetrics
 
@@ -114,7 +113,7 @@ class JobMonitor:
             )
         new = [d for d in conditions if self.diagnoser.add(d)]
         if new:  # a finding no log line carries: kept with the job in the history
-            self.history.set_results(self.job_id, diagnoses=[asdict(d) for d in new])
+            self.history.set_results(self.job_id, diagnoses=new)
         return new
 
     def _stuck(self, verdict: HangFinding) -> None:
@@ -144,6 +143,6 @@ class JobMonitor:
             return None, False
         changed = False
         for d in record.diagnoses:
-            if self.diagnoser.add(Diagnosis(**d)):
+            if self.diagnoser.add(d):
                 changed = True
         return record, changed

@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -506,7 +506,7 @@ class JobService:
         for w in current.workers:  # died of SIGQUIT with no line saying so (sgl-jax's way)
             if w.rc == SIGQUIT_RC and ("scheduler_failed", w.worker) not in explained:
                 found.append(from_condition("killed_by_sigquit", f"rc={w.rc}", w.worker))
-        self.history.set_results(job.job_id, metrics.as_json(), [asdict(d) for d in found])
+        self.history.set_results(job.job_id, metrics.as_json(), found)
 
     def _results_from_copies(self, job: Job) -> tuple[JobMetrics, list]:
         metrics, diagnoser = JobMetrics(), Diagnoser()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def test_a_worker_alive_a_minute_after_done_is_a_hang_recorded_once(history) -> 
     [hang] = monitor.check(True, running)
     assert (hang.key, hang.worker) == ("hang_after_done", 0)
     assert monitor.check(True, running) == []  # once
-    assert [(d["key"], d["worker"]) for d in history.get("1-abc123").diagnoses] == [
+    assert [(d.key, d.worker) for d in history.get("1-abc123").diagnoses] == [
         ("hang_after_done", 0)
     ]
 
@@ -85,7 +84,7 @@ async def test_findings_recorded_elsewhere_and_the_status_arrive_by_sync(history
     clock = Clock()
     monitor = JobMonitor("1-abc123", history, clock=clock)
     left = from_condition("node_left", "demo-v4-16 went DELETING")
-    history.set_results("1-abc123", diagnoses=[asdict(left)])
+    history.set_results("1-abc123", diagnoses=[left])
     history.set_status("1-abc123", "lost")
     assert monitor.sync_due()
     record, changed = await monitor.sync()

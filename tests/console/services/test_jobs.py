@@ -219,8 +219,8 @@ async def test_the_record_holds_parameters_results_and_diagnoses_once_the_job_en
     assert stored.kind == "grpo" and stored.params == {"steps": 2, "model": "toy"}
     assert stored.metrics["losses"] == {"0": [[1, 0.5], [2, 0.25]], "1": [[1, 0.5], [2, 0.25]]}
     assert stored.metrics["done"] == {"0": "DONE: steps=2 elapsed_sec=1.5"}
-    assert [(d["key"], d["worker"]) for d in stored.diagnoses] == [("hbm_oom", 1)]
-    assert "mem-fraction-static" in stored.diagnoses[0]["remedy"]
+    assert [(d.key, d.worker) for d in stored.diagnoses] == [("hbm_oom", 1)]
+    assert "mem-fraction-static" in stored.diagnoses[0].remedy
 
 
 async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
@@ -240,7 +240,7 @@ async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
     await jobs.follow(job, node, lambda w, t: None)
     stored = HistoryStore(tmp_path / "history.db").get(job.job_id)
     assert stored is not None and stored.status == "failed" and stored.workers[0].rc == 131
-    assert [(d["key"], d["worker"], d["evidence"]) for d in stored.diagnoses] == [
+    assert [(d.key, d.worker, d.evidence) for d in stored.diagnoses] == [
         ("killed_by_sigquit", 0, "rc=131")
     ]
 
@@ -348,7 +348,7 @@ async def test_a_stopped_job_keeps_its_last_lines_and_their_diagnosis(jobs: JobS
     stored = jobs.get(job.job_id)
     assert stored.status == "killed"
     assert jobs.log_path(job.job_id, 0).read_text().splitlines()[-1].startswith("RuntimeError")
-    assert [d["key"] for d in stored.diagnoses] == ["tpu_in_use"]
+    assert [d.key for d in stored.diagnoses] == ["tpu_in_use"]
 
 
 async def test_a_job_whose_process_vanished_without_an_exit_code_is_lost(

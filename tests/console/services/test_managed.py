@@ -375,7 +375,7 @@ async def test_a_managed_job_gone_silent_with_idle_chips_tells_the_hook_stuck_on
         [post] = [p for p in hooks.posts if p["tpuconsole_event"] == "stuck"]
         assert post["text"].startswith(f"job {job.job_id} on demo-v4-8: Stuck? w0 silent")
         assert "chips idle" in post["text"], post["text"]
-        assert any(d["key"] == "stuck" for d in jobs.history.get(job.job_id).diagnoses)
+        assert any(d.key == "stuck" for d in jobs.history.get(job.job_id).diagnoses)
         jobs.history.set_managed(job.job_id, state="cancelled")
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
