@@ -12,8 +12,10 @@ from collections import Counter
 from console.cli.common import ONGOING, confirmed, fail, print_line, run, say, zone_of
 from console.cli.workers import print_uploads
 from console.models import (
+    CleanupPlan,
     FleetError,
     Job,
+    LaunchPlan,
     ManagedState,
     NodeGone,
     StopResult,
@@ -25,9 +27,7 @@ from console.present.jobs import job_json, job_row
 from console.present.launch import plan_lines, started_line
 from console.services import log_bucket
 from console.services.jobs import check_command
-from console.services.launch import LaunchPlan
 from console.services.lines import copy_lines
-from console.services.probe import CleanupPlan
 from console.services.remote import command_from_argv
 from console.services.templates import parse_sets
 from console.wiring import Services

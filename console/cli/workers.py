@@ -11,10 +11,10 @@ from pathlib import Path
 
 from console.cli.common import ONGOING, fail, for_stream, run, say, zone_of
 from console.cli.progress import ProgressLine
+from console.models import UploadOutcome
 from console.present.cleanup import plan_entries, result_entries, still_held
 from console.present.launch import upload_lines
 from console.services.remote import SharedInput, command_from_argv
-from console.services.shipping import UploadOutcome
 from console.services.templates import default_remote_dir
 from console.wiring import Services
 
