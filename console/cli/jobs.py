@@ -30,7 +30,7 @@ from console.services.jobs import check_command
 from console.services.lines import copy_lines
 from console.services.remote import command_from_argv
 from console.services.templates import parse_sets
-from console.wiring import Services
+from console.wiring import Wiring
 
 # VM names start with a letter, job ids with their number: `stop 17` is a job.
 JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
@@ -59,7 +59,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if len(args.target) == 1:
         check_command(command)  # before a probe touches the node
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         launcher = services.launcher
         node = await services.fleet.find_node(args.target[-1], zone_of(args))
         if len(args.target) == 2:
@@ -108,7 +108,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 async def _stale_cleared(
-    services: Services, plan: LaunchPlan, clean_first: bool
+    services: Wiring, plan: LaunchPlan, clean_first: bool
 ) -> CleanupPlan | bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: the cleanup plan to carry out
     first, True when there is nothing to clean, False when stale state refuses the launch."""
@@ -129,7 +129,7 @@ async def _stale_cleared(
     return cleanup
 
 
-async def _stream_job(services: Services, job: Job, selection: str, follow: bool) -> int:
+async def _stream_job(services: Wiring, job: Job, selection: str, follow: bool) -> int:
     """Local copy first (what was already fetched), then whatever the workers have beyond it;
     with `[jobs] log_bucket`, a job whose VM is gone is read from the bucket's copy instead."""
     jobs = services.jobs
@@ -176,14 +176,14 @@ async def _stream_job(services: Services, job: Job, selection: str, follow: bool
     return worst
 
 
-def _print_local(services: Services, job: Job, chosen: set[int]) -> None:
+def _print_local(services: Wiring, job: Job, chosen: set[int]) -> None:
     for w in sorted(chosen):
         for line in copy_lines(services.jobs.log_path(job.job_id, w)):
             print_line(w, line)
 
 
 async def _from_bucket(
-    services: Services, job: Job, chosen: set[int], printed: Counter[int], why: str, follow: bool
+    services: Wiring, job: Job, chosen: set[int], printed: Counter[int], why: str, follow: bool
 ) -> int:
     """The VM is gone: the local copies completed from the bucket, the lines not printed yet
     printed, and one line saying where they came from."""
@@ -197,7 +197,7 @@ async def _from_bucket(
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         job = services.jobs.get(args.job)
         if job.managed is not None and len(job.managed.attempts) > 1:
             job = await _earlier_attempts(services, job, args.worker)
@@ -208,7 +208,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return run(args, body)
 
 
-async def _earlier_attempts(services: Services, job: Job, selection: str) -> Job:
+async def _earlier_attempts(services: Wiring, job: Job, selection: str) -> Job:
     """A managed job's logs are every attempt's: the earlier ones from their local copies (each
     under a line on stderr naming it), completed from the bucket where one is configured (their
     VMs are gone), then the current one as any job's. Returns that one."""
@@ -238,14 +238,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return run(args, lambda services: action(services, args))
 
 
-async def _list(services: Services, args: argparse.Namespace) -> int:
+async def _list(services: Wiring, args: argparse.Namespace) -> int:
     await services.jobs.settle_ended()  # ended since anyone looked: say so, and when
     for job in services.history.recent():
         print(json.dumps(job_json(job)) if args.json else job_row(job))
     return 0
 
 
-async def _show(services: Services, args: argparse.Namespace) -> int:
+async def _show(services: Wiring, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
     if await services.jobs.settle_ended([job]):
         job = services.jobs.get(job.job_id)
@@ -259,7 +259,7 @@ async def _show(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stop(services: Services, args: argparse.Namespace) -> int:
+async def _stop(services: Wiring, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
     if job.managed is not None and job.managed.open:
         # Stopping a managed job stops its attempt now, and no watcher brings it back.
