@@ -129,7 +129,8 @@ async def _read_from(where: str, start: int) -> bytes:
         raise OSError(f"gcloud storage cat took over {READ_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         said = err.decode(errors="replace").strip().splitlines()
-        if any("not found" in line.lower() or "404" in line for line in said):
+        # gcloud says "The following URLs matched no objects or files" for a missing object.
+        if any("matched no objects" in line or "404" in line for line in said):
             raise FileNotFoundError(where)
         raise OSError(said[-1] if said else f"gcloud storage cat exited {proc.returncode}")
     return out

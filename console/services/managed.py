@@ -600,6 +600,8 @@ class ManagedService:
                 return None
             raise
 
-    def _tell(self, event: EventKind, job_id: str, status: str, node: str, text: str) -> None:
+    def _tell(
+        self, event: EventKind, job_id: str, status: JobStatus | ManagedState, node: str, text: str
+    ) -> None:
         """To every sink and hook (the front ends show it through their sinks)."""
         self.notifier.tell_soon(JobEvent(event, job_id, status, node, text))

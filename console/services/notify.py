@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from console.models import EventKind
+from console.models import EventKind, JobStatus, ManagedState
 from console.services.terminal_text import plain_text
 
 HOOK_TIMEOUT_S = 30.0
@@ -30,7 +30,7 @@ HOOK_TIMEOUT_S = 30.0
 class JobEvent:
     event: EventKind
     job_id: str
-    status: str  # the run's JobStatus, or the managed job's state while it recovers
+    status: JobStatus | ManagedState  # the run's, or the managed job's while it recovers
     node: str
     text: str  # one sentence for people
 
