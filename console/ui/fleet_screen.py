@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import ChipMetrics, FleetError, FleetSnapshot, Node
+from console.models import ChipMetrics, FleetError, FleetSnapshot, Node, WorkerProbe
 from console.services.chip_metrics import MetricsWatch
 from console.services.fanout_progress import FanoutProgress
 from console.services.fleet_columns import (
@@ -29,7 +29,6 @@ from console.services.fleet_columns import (
     zones_line,
 )
 from console.services.lifecycle import CreateRequest, Progress, ProgressSink, stop_refusal
-from console.services.probe import WorkerProbe
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import lines, styled
 from console.ui.widgets.fleet_table import FleetTable
@@ -607,8 +606,8 @@ class FleetScreen(ConsoleScreen[None]):
     async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:
         """The form's choice through the launch service: clean first if it offered, then the
         upload or the job (its logs open); any failure is one notification."""
+        from console.models import LaunchPlan
         from console.present.launch import not_started, upload_lines
-        from console.services.launch import LaunchPlan
         from console.ui.log_screen import LogScreen
 
         if getattr(choice, "managed", False) and self.app.managed is not None:

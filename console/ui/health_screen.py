@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.services.probe import odd_lock_note
+from console.models import odd_lock_note
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable
 
