@@ -10,7 +10,7 @@ from console.adapters.history_db import HistoryStore
 from console.models import FleetError
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService, Progress
+from console.services.lifecycle import CreateRequest, LifecycleService, Progress
 from console.services.preflight import preflight
 from console.services.queued_resources import (
     QueuedCreateRequest,
@@ -112,8 +112,6 @@ async def test_deleting_a_queued_node_deletes_its_request_with_force(
 async def test_the_failed_request_is_a_finding_and_its_cleanup_frees_the_quota(
     queued: QueuedResourceService, lifecycle: LifecycleService, remote: RemoteService
 ) -> None:
-    from console.services.lifecycle import CreateRequest
-
     spot = CreateRequest("spot-v6e", "europe-west4-a", "v6e-8", spot=True)
     with pytest.raises(FleetError) as refused:
         await lifecycle.create(spot, wait=False)
@@ -198,3 +196,15 @@ def test_wait_bounds_are_read_as_gcloud_spells_them() -> None:
     assert parse_duration("90m") == 5400
     with pytest.raises(FleetError, match="not like 6h"):
         parse_duration("six hours")
+
+
+def test_a_queued_request_is_checked_as_a_plain_create_is_then_for_the_queue() -> None:
+    bad = QueuedCreateRequest("Bad Name", "", "v4-8", labels={"Team": "rl"}, count=0, tier="x")
+    said = bad.problems()
+    plain = CreateRequest("Bad Name", "", "v4-8", labels={"Team": "rl"}).problems()
+    assert said[: len(plain)] == plain and len(plain) == 3  # name, zone, label key
+    assert said[len(plain) :] == [
+        "--count 0: a request asks for at least one node.",
+        "Tier 'x': spot, guaranteed (reserved) or none (on-demand).",
+    ]
+    assert QueuedCreateRequest("ok-name", ZONE, "v4-8", tier="spot").problems() == []
