@@ -408,6 +408,7 @@ class QueuedResourceService:
         kind: str = "custom",
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
+        ship_runners: bool = False,
     ) -> list[Job]:
         """The same command on every worker of every slice, started together, each slice with
         its MEGASCALE values; nothing starts if a slice is missing or not READY."""
@@ -434,6 +435,7 @@ class QueuedResourceService:
                         kind=kind,
                         env={**(env or {}), **self.megascale_env(whole, i)},
                         params=params,
+                        ship_runners=ship_runners,
                     )
                     for i, node in enumerate(slices)
                 )
