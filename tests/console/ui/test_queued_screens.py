@@ -100,9 +100,18 @@ async def test_requests_are_rows_and_a_multislice_requests_nodes_one_group_under
         assert 'error 8: There is no more capacity in the zone "europe-west4-a"' in note(app)
         await cursor_to(pilot, "us-central2-b/demo-ms-1")
         assert note(app).startswith("queued resource demo-multislice: ACTIVE, on-demand, 2/2")
+        await pilot.press("A")  # by age: the group moves as one, its row above its slices
+        rows = fleet_row_keys(app)
+        at = rows.index(f"queued:{MS}")
+        assert rows[at + 1 : at + 3] == ["us-central2-b/demo-ms-0", "us-central2-b/demo-ms-1"]
+        assert app.screen.cursor_node_key() == "us-central2-b/demo-ms-1"  # the cursor stayed
+        await pilot.press("Z")
         # The filter reads requests too: v5p has no node, only its request.
         await pilot.press("slash", *"v5p")
         assert fleet_row_keys(app) == [waiting]
+        await pilot.press("escape", "slash", *"demo-ms-1")  # one slice: under its request
+        assert fleet_row_keys(app) == [f"queued:{MS}", "us-central2-b/demo-ms-1"]
+        assert cell(app, "us-central2-b/demo-ms-1", "name") == "└ demo-ms-1"
         await pilot.press("escape")
         assert f"queued:{MS}" in fleet_row_keys(app)
 
@@ -322,6 +331,9 @@ async def test_a_launch_on_a_slice_of_a_group_runs_on_every_slice_or_is_refused_
         await until(pilot, lambda: "REFUSE" not in str(checks.content))
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        first = app.screen.job
+        assert first.node == "demo-ms-0"  # the first slice's logs open
+        await until(pilot, lambda: jobs.get(first.job_id).status == "succeeded")
         launched = [j for j in jobs.history.recent(10) if j.node.startswith("demo-ms-")]
         assert sorted(j.node for j in launched) == ["demo-ms-0", "demo-ms-1"]
         snapshot = await app.services.fleet.list_nodes()
