@@ -117,8 +117,11 @@ async def test_requests_are_rows_and_a_multislice_requests_nodes_one_group_under
 
 
 async def test_a_create_through_the_queue_shows_each_state_with_the_time_waited(
-    app: TpuConsoleApp,
+    app: TpuConsoleApp, sandbox: Sandbox
 ) -> None:
+    # Each state long enough for a loaded machine's polls to see it (the sandbox moves a
+    # request along whenever anyone looks, so a late look skips a state).
+    sandbox.fleet.timing = replace(sandbox.fleet.timing, queue_accept_s=1.0, queue_wait_s=2.0)
     shown: list[str] = []  # every text the operations panel was given, in order
     told = kept_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
