@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,10 @@ async def test_the_listing_reads_requests_in_the_same_pass_and_groups_their_node
 
 
 async def test_create_through_the_queue_waits_and_ends_ready_with_ssh(
-    queued: QueuedResourceService,
+    queued: QueuedResourceService, sandbox: Sandbox
 ) -> None:
+    # Each state long enough for a loaded machine's polls to see it (a late look skips one).
+    sandbox.fleet.timing = replace(sandbox.fleet.timing, queue_accept_s=1.0, queue_wait_s=2.0)
     seen: list[Progress] = []
     outcome = await queued.create(
         QueuedCreateRequest("queued-v4", ZONE, "v4-16", valid_for_s=3600), seen.append
