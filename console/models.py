@@ -1,13 +1,17 @@
-"""Plain values that cross the console's layers: nodes, workers, fleet snapshots and errors.
+"""Plain values that cross the console's layers: nodes, workers, fleet snapshots, jobs and their
+statuses, probes and cleanup plans, launch plans, and errors.
 
-Nothing here does I/O or imports another module of ours, so every layer can share these types.
+Nothing here does I/O or imports another module of ours, so every layer can share these types;
+present/ imports nothing else (an import contract in pyproject.toml says so).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 # States a user must notice at a glance; the UI colours them.
@@ -566,7 +570,93 @@ def parse_worker_selection(selection: str, count: int) -> tuple[int, ...]:
     return tuple(sorted({w for lo, hi in spans for w in range(lo, hi + 1)}))
 
 
-OPEN_STATUSES = ("launching", "running")
+class JobStatus(StrEnum):
+    """Where a job (one run) stands. A StrEnum: stored in the history as its plain value and
+    equal to it, so the SQLite rows and `--json` read as they always did."""
+
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+
+    @property
+    def open(self) -> bool:
+        """Still launching or running: a follower may attach, a stop may act."""
+        return self in OPEN_STATUSES
+
+
+OPEN_STATUSES = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+
+
+class ManagedState(StrEnum):
+    """Where a managed job (services/managed.py) stands, over all its attempts."""
+
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    GAVE_UP = "gave_up"
+    CANCELLED = "cancelled"
+
+    @property
+    def open(self) -> bool:
+        return self in MANAGED_OPEN
+
+
+MANAGED_OPEN = (ManagedState.RUNNING, ManagedState.RECOVERING)
+
+
+class StopResult(StrEnum):
+    """What stopping a job did on one worker: the first word of the stop command's answer."""
+
+    STOPPED = "stopped"  # ended by SIGTERM within the grace period
+    KILLED = "killed"  # SIGKILL after it
+    GONE = "gone"  # nothing of the job was running (ended already, or its pid reused)
+    NOT_STOPPED = "not stopped"  # the worker could not be reached or the command failed
+
+    @property
+    def ended_it(self) -> bool:
+        """This worker's processes were running and were ended now."""
+        return self in (StopResult.STOPPED, StopResult.KILLED)
+
+
+@dataclass(frozen=True)
+class WorkerStop:
+    """One worker's stop: the result and its detail (`stopped: 1 process it left running…`)."""
+
+    result: StopResult
+    detail: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerStop:
+        """From the stop command's `word[: detail]` line; an unknown word is not stopped."""
+        word, _, detail = text.partition(":")
+        try:
+            return cls(StopResult(word.strip()), detail.strip())
+        except ValueError:
+            return cls(StopResult.NOT_STOPPED, text.strip())
+
+    def __str__(self) -> str:
+        return f"{self.result}: {self.detail}" if self.detail else str(self.result)
+
+
+class EventKind(StrEnum):
+    """What the user is told of a job (services/notify.py): TPUCONSOLE_EVENT's values."""
+
+    ENDED = "ended"
+    FAILED = "failed"
+    PREEMPTED = "preempted"
+    RETRIED = "retried"
+    RECOVERED = "recovered"
+    GAVE_UP = "gave_up"
+    STUCK = "stuck"
+
+    @property
+    def warns(self) -> bool:
+        """News that something went wrong (shown as a warning), not that it went on."""
+        return self not in (EventKind.ENDED, EventKind.RECOVERED)
 
 
 @dataclass(frozen=True)
@@ -580,7 +670,7 @@ class ManagedRecord:
 
     job_id: str
     spec: dict[str, Any]
-    state: str
+    state: ManagedState
     current: str
     attempt: int
     recoveries: int
@@ -589,7 +679,7 @@ class ManagedRecord:
 
     @property
     def open(self) -> bool:
-        return self.state in {"running", "recovering"}
+        return self.state in MANAGED_OPEN
 
 
 @dataclass(frozen=True)
@@ -604,6 +694,44 @@ class JobWorker:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """A known failure (or condition) found in a job: what, the line or fact that shows it, why,
+    and what to do; `worker` is None for the whole job. Kept once per (key, worker)."""
+
+    key: str
+    title: str
+    evidence: str
+    cause: str
+    remedy: str
+    worker: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The documented shape of `--json` and of the history's rows:
+        {key, title, evidence, cause, remedy, worker}."""
+        return {
+            "key": self.key,
+            "title": self.title,
+            "evidence": self.evidence,
+            "cause": self.cause,
+            "remedy": self.remedy,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Diagnosis:
+        """From that shape; a field a older row lacks is empty, one it has extra is ignored."""
+        worker = doc.get("worker")
+        return cls(
+            str(doc.get("key", "")),
+            str(doc.get("title", "")),
+            str(doc.get("evidence", "")),
+            str(doc.get("cause", "")),
+            str(doc.get("remedy", "")),
+            int(worker) if isinstance(worker, int) else None,
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """A detached run on one or more workers, as recorded in the history before output arrives."""
 
@@ -614,13 +742,13 @@ class Job:
     started_at: datetime
     kind: str = "custom"
     workers: tuple[JobWorker, ...] = ()
-    status: str = "launching"  # launching | running | succeeded | failed | killed | lost
+    status: JobStatus = JobStatus.LAUNCHING
     env: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # the template's values, for re-runs
     ended_at: datetime | None = None
     note: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)  # JobMetrics.as_json()
-    diagnoses: tuple[dict[str, Any], ...] = ()  # Diagnosis fields, each once per worker
+    diagnoses: tuple[Diagnosis, ...] = ()  # each (key, worker) once
     attempt_of: str = ""  # a managed job's later attempt: the managed job's id
     managed: ManagedRecord | None = None  # this run is the first attempt of a managed job
 
@@ -800,6 +928,265 @@ class WorkerPlan:
     @property
     def empty(self) -> bool:
         return not (self.kills or self.locks)
+
+
+# ----- a probe's results and the cleanup made from them (services/probe.py does the I/O) -----
+# The TPU LOCK cell and the step texts live here, beside the reports they read: the probe
+# service, preflight and present/ all say them, in the same words.
+
+
+@dataclass(frozen=True)
+class WorkerProbe:
+    worker: int
+    report: ProbeReport | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    worker: int
+    what: str
+    done: bool
+    result: str
+    needs_root: bool = False
+
+
+def job_label(job_id: str) -> str:
+    return f"job {job_id.split('-')[0]}"
+
+
+def node_status(probes: list[WorkerProbe]) -> str:
+    """The fleet table's TPU LOCK cell: the worst news first, short."""
+    if not probes:
+        return "-"
+    parts = []
+    unreachable = [p.worker for p in probes if p.report is None]
+    reports = [p.report for p in probes if p.report is not None]
+    if unreachable:
+        parts.append("? " + ",".join(f"w{w}" for w in unreachable))
+    odd = sorted({r.odd_lock for r in reports if r.odd_lock})
+    if odd:
+        parts.append("lockfile is a " + "/".join(odd))
+    if any(r.foreign_lock for r in reports):
+        parts.append("needs root")
+    if any(r.stale_lock for r in reports):
+        parts.append("STALE LOCK")
+    lingering = sum(len(r.lingering) for r in reports)
+    if lingering:
+        parts.append(f"{lingering} lingering")
+    busy = sorted({job for r in reports for job in r.busy})
+    if busy and not parts:
+        parts.append("busy: " + ", ".join(job_label(j) for j in busy))
+    return ", ".join(parts) or "clean"
+
+
+def describe_kill(step: KillStep) -> str:
+    devices = (
+        ", ".join(
+            d.rsplit("/", 2)[-1] if "vfio" not in d else "vfio/" + d.rsplit("/", 1)[-1]
+            for d in step.devices
+        )
+        or "the lock"
+    )
+    command = step.cmdline if len(step.cmdline) <= 60 else step.cmdline[:57] + "…"
+    return (
+        f"SIGTERM pid {step.pid} ({command}; user {step.user}, running "
+        f"{format_age(step.elapsed_s)}, holds {devices}), SIGKILL after "
+        f"{step.grace_s:.0f} s if still alive — {step.why}"
+    )
+
+
+def describe_holders(report: ProbeReport) -> str:
+    """Who holds the worker's TPU now (chips, lock, a lockfile left behind); "" if nobody."""
+    parts = []
+    for h in report.holders:
+        command = h.cmdline if len(h.cmdline) <= 40 else h.cmdline[:39] + "…"
+        devices = ", ".join(d.rsplit("/", 1)[-1] for d in h.devices) or "the lock"
+        parts.append(f"pid {h.pid} ({command}) holds {devices}")
+    listed = {h.pid for h in report.holders}
+    parts += [f"pid {pid} holds the lock" for pid in report.lock_holders if pid not in listed]
+    if report.busy:
+        parts.append("running: " + ", ".join(job_label(j) for j in report.busy))
+    if report.stale_lock:
+        parts.append(f"{report.lockfile} is still there with no holder")
+    if report.foreign_lock:
+        parts.append(f"{report.lockfile} belongs to {report.lock_owner} (needs root)")
+    return "; ".join(parts)
+
+
+def describe_lock(step: RemoveLockStep) -> str:
+    return f"remove {step.path} ({step.why})"
+
+
+def odd_lock_note(report: ProbeReport) -> str:
+    """Why a lockfile that is no regular file is left alone, and what a person may do."""
+    path = report.lockfile
+    if report.odd_lock == "replaced":
+        return f"{path} changed while it was probed; not touched. Probe again."
+    what = {
+        "symlink": f"a symbolic link (to {report.lock_target or '?'})",
+        "directory": "a directory",
+        "fifo": "a FIFO (named pipe)",
+        "socket": "a socket",
+        "device": "a device file",
+    }.get(report.odd_lock, f"no regular file ({report.odd_lock})")
+    return (
+        f"{path} is {what}, owned by {report.lock_owner or '?'}: not followed, nothing behind it "
+        "is signalled or removed. libtpu expects a regular file there; if nobody should have "
+        f"put this there, remove it yourself (`ls -la {path}` first)."
+    )
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """What a probe found on a node's workers and what cleaning would do there."""
+
+    node: Node
+    probes: tuple[WorkerProbe, ...]
+    plans: tuple[WorkerPlan, ...]  # one per worker that answered
+
+    @property
+    def todo(self) -> tuple[WorkerPlan, ...]:
+        return tuple(p for p in self.plans if not p.empty)
+
+    @property
+    def clean(self) -> bool:
+        """Every worker answered and holds nothing stale (notes may still say something)."""
+        return all(p.report is not None and p.report.clean for p in self.probes)
+
+    @property
+    def status(self) -> str:
+        return node_status(list(self.probes))
+
+    def odd_lock_notes(self) -> list[tuple[int, str]]:
+        """(worker, note) for lockfiles that are not files: nothing to clean, worth a look."""
+        return [
+            (p.worker, odd_lock_note(p.report))
+            for p in self.probes
+            if p.report is not None and p.report.odd_lock
+        ]
+
+
+@dataclass(frozen=True)
+class CleanupDone:
+    """A carried-out plan: each step's result and every probed worker as it is now."""
+
+    node: Node
+    results: tuple[StepResult, ...]
+    after: tuple[WorkerProbe, ...]  # the cleaned workers, probed again
+    before: tuple[WorkerProbe, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.results)
+
+    @property
+    def now(self) -> list[WorkerProbe]:
+        """Every probed worker as last seen: re-probed if cleaned, else as planned."""
+        by_worker = {p.worker: p for p in self.before}
+        by_worker.update({p.worker: p for p in self.after})
+        return [by_worker[w] for w in sorted(by_worker)]
+
+    @property
+    def status(self) -> str:
+        return node_status(self.now)
+
+
+# ----- a launch: what would run (a template rendered, preflight's checks) and what did ------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a template produced: the argv, its environment, and the shell text that runs it."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    prelude: tuple[str, ...] = ()
+    script: str = ""  # shell text as the user wrote it (the custom template), instead of argv
+    ship_runners: bool = False  # remote/ goes to the workers first (changed files only)
+    upload: tuple[str, str] | None = None  # (local, remote): the sync template runs no command
+
+    def shell(self) -> str:
+        if self.upload:
+            local, remote = self.upload
+            return f"# upload {local} -> {remote} on each worker (changed files only)"
+        return "\n".join([*self.prelude, self.script or shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class Check:
+    level: str  # refuse | warn | offer
+    message: str
+    remedy: str = ""
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    worker: int
+    sent: tuple[str, ...] = ()
+    unchanged: int = 0
+    bytes_sent: int = 0
+    method: str = "tar"
+    error: str = ""
+    refused: tuple[str, ...] = ()  # "path: why" for what the folder holds but cannot be sent
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error or self.refused)
+
+    def describe(self) -> str:
+        if self.error:
+            return f"w{self.worker}: failed: {self.error}"
+        text = (
+            f"w{self.worker}: {len(self.sent)} sent ({self.bytes_sent} bytes, {self.method}),"
+            f" {self.unchanged} unchanged"
+        )
+        if self.refused:
+            text += f"; {len(self.refused)} not sent: " + "; ".join(self.refused)
+        return text
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What would run, where, and what preflight says of it."""
+
+    node: Node
+    selection: str
+    kind: str  # the template's name, or "custom" for a command given as is
+    rendered: Rendered
+    params: dict[str, Any]
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return any(c.level == "refuse" for c in self.checks)
+
+    @property
+    def offers_cleanup(self) -> bool:
+        """Stale TPU state on the workers: preflight offers to clear it first."""
+        return any(c.level == "offer" for c in self.checks)
+
+    @property
+    def is_upload(self) -> bool:
+        return self.rendered.upload is not None
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a start did: the cleanup first (if any), then a job or an upload's outcomes."""
+
+    plan: LaunchPlan
+    cleanup: CleanupDone | None = None
+    job: Job | None = None
+    uploads: tuple[UploadOutcome, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        if self.cleanup is not None and not self.cleanup.done:
+            return True
+        if self.job is not None:
+            return self.job.status == JobStatus.FAILED
+        return any(o.failed for o in self.uploads)
 
 
 @dataclass(frozen=True)

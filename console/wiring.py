@@ -6,7 +6,7 @@ itself as one of its users, and follows it when it is served again elsewhere (a 
 ssh port, or a background server started just now).
 
 Every service: `open_services()` is the one async context manager the CLI's commands run in
-(and `Services.build` what the TUI is handed): the fleet, the ssh fan-out, the job history
+(and `Wiring.build` what the TUI is handed): the fleet, the ssh fan-out, the job history
 (opened on first use, so `ls` never fails on a damaged history), jobs, probes, lifecycle and
 launches; leaving it closes each once, in order.
 """
@@ -249,8 +249,9 @@ def open_history(
 
 
 @dataclass(eq=False)
-class Services:
-    """Every service of one console process, built on one FleetSource."""
+class Wiring:
+    """Every service of one console process, built on one FleetSource and opened on first
+    use (not the screens' `services.session.Services`, which it fills for the TUI)."""
 
     source: FleetSource
     remote: RemoteService
@@ -266,7 +267,7 @@ class Services:
         fresh_history: bool = False,
         say: Callable[[str], None] | None = None,
         history: HistoryStore | None = None,
-    ) -> Services:
+    ) -> Wiring:
         """`say` hears what the fan-out does to reach the VMs (the CLI prints it on stderr;
         the TUI passes none, its screen being the terminal, and opens `history` itself)."""
         remote = source.remote(internal_ip=reach.internal_ip, iap=reach.iap)
@@ -334,6 +335,8 @@ class Services:
             self.launcher,
             self.notifier,
             say=self.say,
+            chips=self.chips,
+            stuck_after_s=self.settings.stuck_after_s,
         )
 
     async def aclose(self) -> None:
@@ -359,11 +362,11 @@ async def open_services(
     reach: Reach = Reach(),
     fresh_history: bool = False,
     say: Callable[[str], None] | None = None,
-) -> AsyncIterator[Services]:
+) -> AsyncIterator[Wiring]:
     """Every service for one command, closed on the way out whatever happens."""
     source = open_fleet_source(settings)
     try:
-        services = Services.build(source, reach=reach, fresh_history=fresh_history, say=say)
+        services = Wiring.build(source, reach=reach, fresh_history=fresh_history, say=say)
         try:
             yield services
         finally:

@@ -221,3 +221,23 @@ async def cursor_to(pilot, key: str) -> None:
     there = rows.index(key)
     await pilot.press(*(["down"] * (there - here) or ["up"] * (here - there)))
     assert pilot.app.screen.cursor_node_key() == key
+
+
+async def sshd_up(sandbox: Sandbox, zone: str, name: str, workers: tuple[int, ...] = (0,)) -> None:
+    """Wait until the named workers' sshd answers: READY comes before it, as on Google Cloud,
+    so a test that ssh-es right after a create waits on this condition (30 s turns a hang into
+    a failure)."""
+    import asyncio
+
+    for _ in range(1500):
+        if all(sandbox.worker_address(zone, name, w) is not None for w in workers):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the sshd of {name} never answered")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow end-to-end runs go first, so that `make test`'s two xdist workers start them
+    early and the short tests fill in around them, instead of one long run ending the suite
+    alone (stable: the order within each kind is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,7 +15,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from console.models import OPEN_STATUSES, FleetError, Job, JobWorker, ManagedRecord, NodeEvent
+from console.models import (
+    MANAGED_OPEN,
+    OPEN_STATUSES,
+    Diagnosis,
+    FleetError,
+    Job,
+    JobStatus,
+    JobWorker,
+    ManagedRecord,
+    ManagedState,
+    NodeEvent,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,8 +82,6 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL,"
     " host TEXT NOT NULL, expires REAL NOT NULL)",
 )
-
-MANAGED_OPEN = ("running", "recovering")
 
 
 ELSEWHERE = "or set TPUCONSOLE_HOME to another folder to keep a separate history."
@@ -235,7 +244,7 @@ class HistoryStore:
         )
 
     def set_status(
-        self, job_id: str, status: str, note: str = "", ended_at: datetime | None = None
+        self, job_id: str, status: JobStatus, note: str = "", ended_at: datetime | None = None
     ) -> None:
         """`ended_at` defaults to now for a status that ends the job."""
         ended = "" if status in OPEN_STATUSES else (ended_at or datetime.now(UTC)).isoformat()
@@ -261,14 +270,14 @@ class HistoryStore:
             kind=row[3],
             command=row[4],
             started_at=_when(row[5]) or datetime.now(UTC),
-            status=row[6],
+            status=JobStatus(row[6]),
             workers=workers,
             env=json.loads(row[7] or "{}"),
             params=json.loads(row[8] or "{}"),
             ended_at=_when(row[9]),
             note=row[10],
             metrics=json.loads(row[11] or "{}"),
-            diagnoses=tuple(json.loads(row[12] or "[]")),
+            diagnoses=tuple(Diagnosis.from_dict(d) for d in json.loads(row[12] or "[]")),
             attempt_of=row[13],
             managed=self.managed(job_id),
         )
@@ -279,7 +288,10 @@ class HistoryStore:
     )
 
     def set_results(
-        self, job_id: str, metrics: dict | None = None, diagnoses: list[dict] | None = None
+        self,
+        job_id: str,
+        metrics: dict | None = None,
+        diagnoses: list[Diagnosis] | None = None,
     ) -> None:
         """What a job achieved; diagnoses add to those recorded, each (key, worker) once."""
         with self._db:
@@ -292,9 +304,9 @@ class HistoryStore:
             known = json.loads(row[0] or "[]")
             seen = {(d.get("key"), d.get("worker")) for d in known}
             for d in diagnoses or []:
-                if (d.get("key"), d.get("worker")) not in seen:
-                    seen.add((d.get("key"), d.get("worker")))
-                    known.append(d)
+                if (d.key, d.worker) not in seen:
+                    seen.add((d.key, d.worker))
+                    known.append(d.as_dict())
             if metrics is not None:
                 self._db.execute(
                     "UPDATE jobs SET metrics = ? WHERE job_id = ?", (json.dumps(metrics), job_id)
@@ -378,7 +390,14 @@ class HistoryStore:
             )
         )
         return ManagedRecord(
-            row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], row[6], attempts
+            row[0],
+            json.loads(row[1]),
+            ManagedState(row[2]),
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            attempts,
         )
 
     def open_managed(self) -> list[ManagedRecord]:
@@ -404,7 +423,7 @@ class HistoryStore:
         self,
         job_id: str,
         *,
-        state: str | None = None,
+        state: ManagedState | None = None,
         current: str | None = None,
         recoveries: int | None = None,
         note: str | None = None,

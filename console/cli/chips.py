@@ -16,7 +16,7 @@ from console.cli.common import fail, for_stream, run, zone_of
 from console.models import FleetError
 from console.present.chips import metrics_as_json, top_lines
 from console.present.stacks import report_as_json, report_lines
-from console.wiring import Services
+from console.wiring import Wiring
 
 CLEAR = "\x1b[H\x1b[2J"  # home and clear: the table redrawn in place on a terminal
 
@@ -30,7 +30,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         return fail("--count must be 1 or more (or left out: refresh until Ctrl-C).")
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
         if args.json:
             print(json.dumps(metrics_as_json(await services.chips.snapshot(node))))
@@ -60,7 +60,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_stacks(args: argparse.Namespace) -> int:
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         job = services.jobs.get(args.job)
         if not job.open:
             raise FleetError(

@@ -17,7 +17,7 @@ from console.models import ConsoleError
 from console.services.settings import Settings, ensure_home, resolve_settings
 
 if TYPE_CHECKING:  # the wiring pulls in the Google clients: only commands that use it pay
-    from console.wiring import Services
+    from console.wiring import Wiring
 
 
 def say(text: str) -> None:
@@ -55,13 +55,13 @@ def zone_of(args: argparse.Namespace) -> str:
     return args.zone[0] if args.zone else ""
 
 
-def where(services: Services) -> str:
+def where(services: Wiring) -> str:
     return "in the sandbox" if services.source.is_sandbox else "in Google Cloud"
 
 
 def run(
     args: argparse.Namespace,
-    body: Callable[[Services], Awaitable[int]],
+    body: Callable[[Wiring], Awaitable[int]],
     settings: Settings | None = None,
 ) -> int:
     """Open every service as the flags say, run the command's body, close them all."""

@@ -20,7 +20,7 @@ from console.present.fleet import unreachable_lines
 from console.services.fleet_columns import node_as_json, render_table, zones_line
 from console.services.lifecycle import CreateRequest, Progress, parse_labels, stop_refusal
 from console.services.queued_resources import QueuedResourceService, groups
-from console.wiring import Services
+from console.wiring import Wiring
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     Discovered zones without TPU access are one summary line, not failures.
     """
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         snapshot = await services.fleet.list_nodes()
         now = datetime.now(UTC)
         if args.json:
@@ -62,7 +62,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         zone = settings.default_zone
         print(f"zone: {zone} (from {settings.default_zone_source})", flush=True)
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         if args.queued:
             show = _shower(services, zone)
             return await create_queued(args, zone, services.fleet, services.lifecycle, show)
@@ -102,7 +102,7 @@ def cmd_change(args: argparse.Namespace) -> int:
     """stop, start or delete a node, asking first for the two that lose something."""
     verb = args.command
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         services.history  # noqa: B018 - a damaged history is refused before anything changes
         if verb == "delete":
             done = await _delete_queued(args, services)
@@ -125,7 +125,7 @@ def cmd_change(args: argparse.Namespace) -> int:
     return run(args, body)
 
 
-async def _delete_queued(args: argparse.Namespace, services: Services) -> int | None:
+async def _delete_queued(args: argparse.Namespace, services: Wiring) -> int | None:
     """`delete NAME` for a node of a queued resource or a request by name; None: neither."""
     fleet, zone = services.fleet, zone_of(args)
     service = QueuedResourceService(fleet, services.lifecycle)
@@ -144,7 +144,7 @@ async def _delete_queued(args: argparse.Namespace, services: Services) -> int | 
     return await delete_queued(service, node, qr, lambda q: confirmed(args, q), show)
 
 
-def _shower(services: Services, zone: str):
+def _shower(services: Wiring, zone: str):
     def show(progress: Progress) -> None:
         print(progress.line(), flush=True)
         ONGOING.sentence = ongoing_operation(progress, where(services), zone)

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import sys
+from collections import Counter
 
 from console.cli.common import ONGOING, confirmed, fail, print_line, run, say, zone_of
 from console.cli.workers import print_uploads
-from console.models import FleetError, Job, NodeGone, WorkerSelectionError, parse_worker_selection
+from console.models import (
+    CleanupPlan,
+    FleetError,
+    Job,
+    LaunchPlan,
+    ManagedState,
+    NodeGone,
+    StopResult,
+    WorkerSelectionError,
+    parse_worker_selection,
+)
 from console.present.cleanup import plan_entries, result_entries
 from console.present.jobs import job_json, job_row
 from console.present.launch import plan_lines, started_line
+from console.services import log_bucket
 from console.services.jobs import check_command
-from console.services.launch import LaunchPlan
 from console.services.lines import copy_lines
-from console.services.probe import CleanupPlan
 from console.services.remote import command_from_argv
 from console.services.templates import parse_sets
-from console.wiring import Services
+from console.wiring import Wiring
 
 # VM names start with a letter, job ids with their number: `stop 17` is a job.
 JOB_REF = re.compile(r"^\d+(-[0-9a-f]+)?$")
@@ -48,7 +59,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if len(args.target) == 1:
         check_command(command)  # before a probe touches the node
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         launcher = services.launcher
         node = await services.fleet.find_node(args.target[-1], zone_of(args))
         if len(args.target) == 2:
@@ -97,7 +108,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 async def _stale_cleared(
-    services: Services, plan: LaunchPlan, clean_first: bool
+    services: Wiring, plan: LaunchPlan, clean_first: bool
 ) -> CleanupPlan | bool:
     """The seeds' `rm -f /tmp/libtpu_lockfile`, done safely: the cleanup plan to carry out
     first, True when there is nothing to clean, False when stale state refuses the launch."""
@@ -118,8 +129,9 @@ async def _stale_cleared(
     return cleanup
 
 
-async def _stream_job(services: Services, job: Job, selection: str, follow: bool) -> int:
-    """Local copy first (what was already fetched), then whatever the workers have beyond it."""
+async def _stream_job(services: Wiring, job: Job, selection: str, follow: bool) -> int:
+    """Local copy first (what was already fetched), then whatever the workers have beyond it;
+    with `[jobs] log_bucket`, a job whose VM is gone is read from the bucket's copy instead."""
     jobs = services.jobs
     chosen = {w.worker for w in job.workers}
     if selection != "all":
@@ -128,28 +140,32 @@ async def _stream_job(services: Services, job: Job, selection: str, follow: bool
         except WorkerSelectionError as exc:
             ran_on = ", ".join(f"w{w}" for w in sorted(chosen))
             raise WorkerSelectionError(exc.reason, f"Job {job.job_id} ran on {ran_on}.") from None
-    printed = 0
+    printed: Counter[int] = Counter()
 
     def show(worker: int, text: str) -> None:
-        nonlocal printed
-        printed += 1
+        printed[worker] += 1
         print_line(worker, text)
 
     try:
         node = await services.fleet.get_node(job.zone, job.node)
+        if jobs.log_bucket and (gone := log_bucket.vm_gone(job, node)):
+            raise NodeGone(gone, node.state)  # preempted, or a new VM of the same name
         rcs = await jobs.follow(
             job, node, show, selection=selection, follow=follow, from_start=True
         )
-    except NodeGone as gone:  # the job ended with its VM: say so at once, in one sentence
-        say(gone.reason)
+    except NodeGone as gone_now:  # the job ended with its VM: say so at once, in one sentence
+        if jobs.log_bucket:
+            return await _from_bucket(services, job, chosen, printed, gone_now.reason, follow)
+        say(gone_now.reason)
         return 1
     except FleetError as exc:
+        if jobs.log_bucket and exc.code == "NOT_FOUND":
+            why = f"{job.node} no longer exists"
+            return await _from_bucket(services, job, chosen, printed, why, follow)
         if printed:  # the copy was replayed already; the worker was lost after
             say(f"lost {job.node}: {exc}")
             return 1
-        for w in sorted(chosen):
-            for line in copy_lines(jobs.log_path(job.job_id, w)):
-                print_line(w, line)
+        _print_local(services, job, chosen)
         say(f"cannot reach {job.node}: {exc}; shown: the local copy.")
         return 1
     if not follow:
@@ -160,11 +176,31 @@ async def _stream_job(services: Services, job: Job, selection: str, follow: bool
     return worst
 
 
+def _print_local(services: Wiring, job: Job, chosen: set[int]) -> None:
+    for w in sorted(chosen):
+        for line in copy_lines(services.jobs.log_path(job.job_id, w)):
+            print_line(w, line)
+
+
+async def _from_bucket(
+    services: Wiring, job: Job, chosen: set[int], printed: Counter[int], why: str, follow: bool
+) -> int:
+    """The VM is gone: the local copies completed from the bucket, the lines not printed yet
+    printed, and one line saying where they came from."""
+    read = await log_bucket.read_back(services.jobs, job, why, chosen)
+    for w in sorted(chosen):
+        lines = copy_lines(services.jobs.log_path(job.job_id, w))
+        for line in itertools.islice(lines, printed[w], None):
+            print_line(w, line)
+    say(read.line(why))
+    return 1 if read.missing or follow else 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         job = services.jobs.get(args.job)
         if job.managed is not None and len(job.managed.attempts) > 1:
-            job = _earlier_attempts(services, job, args.worker)
+            job = await _earlier_attempts(services, job, args.worker)
         if args.follow and job.open:
             ONGOING.sentence = _job_goes_on(job)
         return await _stream_job(services, job, args.worker, args.follow)
@@ -172,27 +208,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return run(args, body)
 
 
-def _attempt_lines(services: Services, run_id: str, worker: int) -> list[str]:
-    """An attempt's lines: the local copy, else the bucket's (the sandbox's local stand-in is
-    read here; a gs:// copy is named, for `gcloud storage cat`)."""
-    from pathlib import Path
-
-    from console.services.jobs import bucket_log
-
-    local = services.jobs.log_path(run_id, worker)
-    bucket = services.settings.log_bucket
-    if local.exists() or not bucket:
-        return list(copy_lines(local))
-    where = bucket_log(bucket, run_id, worker)
-    if bucket.startswith("gs://"):
-        say(f"w{worker}: no local copy of run {run_id}; its log is at {where}")
-        return []
-    return list(copy_lines(Path(where)))
-
-
-def _earlier_attempts(services: Services, job: Job, selection: str) -> Job:
+async def _earlier_attempts(services: Wiring, job: Job, selection: str) -> Job:
     """A managed job's logs are every attempt's: the earlier ones from their local copies (each
-    under a line on stderr naming it), then the current one as any job's. Returns that one."""
+    under a line on stderr naming it), completed from the bucket where one is configured (their
+    VMs are gone), then the current one as any job's. Returns that one."""
     assert job.managed is not None
     *earlier, last = job.managed.attempts
     for number, run_id in enumerate(earlier, start=1):
@@ -201,9 +220,12 @@ def _earlier_attempts(services: Services, job: Job, selection: str) -> Job:
         wanted = {w.worker for w in ran.workers}
         if selection != "all":
             wanted &= set(parse_worker_selection(selection, max(wanted, default=0) + 1))
-        for w in sorted(wanted):
-            for line in _attempt_lines(services, run_id, w):
-                print_line(w, line)
+        read = None
+        if services.jobs.log_bucket:
+            read = await log_bucket.restore(services.jobs, ran, wanted)
+        _print_local(services, ran, wanted)
+        if read is not None and (read.added_bytes or read.missing):
+            say(read.line(f"attempt {number} (run {run_id})"))
     say(f"attempt {len(earlier) + 1} of {job.job_id}: run {last}")
     return services.jobs.get(last)
 
@@ -216,14 +238,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return run(args, lambda services: action(services, args))
 
 
-async def _list(services: Services, args: argparse.Namespace) -> int:
+async def _list(services: Wiring, args: argparse.Namespace) -> int:
     await services.jobs.settle_ended()  # ended since anyone looked: say so, and when
     for job in services.history.recent():
         print(json.dumps(job_json(job)) if args.json else job_row(job))
     return 0
 
 
-async def _show(services: Services, args: argparse.Namespace) -> int:
+async def _show(services: Wiring, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
     if await services.jobs.settle_ended([job]):
         job = services.jobs.get(job.job_id)
@@ -237,13 +259,15 @@ async def _show(services: Services, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stop(services: Services, args: argparse.Namespace) -> int:
+async def _stop(services: Wiring, args: argparse.Namespace) -> int:
     job = services.jobs.get(args.job)
     if job.managed is not None and job.managed.open:
         # Stopping a managed job stops its attempt now, and no watcher brings it back.
         if not confirmed(args, f"Stop managed job {job.job_id} (no more recoveries)?"):
             return 1
-        services.history.set_managed(job.job_id, state="cancelled", note="stopped by the user")
+        services.history.set_managed(
+            job.job_id, state=ManagedState.CANCELLED, note="stopped by the user"
+        )
         print(f"managed job {job.job_id} cancelled; stopping its attempt {job.managed.current}")
         job = services.jobs.get(job.managed.current)
         args.yes = True
@@ -260,7 +284,7 @@ async def _stop(services: Services, args: argparse.Namespace) -> int:
     outcome = await services.jobs.stop(job, node)
     for w, result in sorted(outcome.items()):
         print(f"w{w}: {result}")
-    return 0 if all(not r.startswith("not stopped") for r in outcome.values()) else 1
+    return 0 if all(r.result != StopResult.NOT_STOPPED for r in outcome.values()) else 1
 
 
 JOB_ACTIONS = {"list": _list, "show": _show, "stop": _stop}

@@ -8,14 +8,14 @@ import shlex
 import sys
 
 from console.cli.common import fail, run, say, zone_of
-from console.models import FleetError
+from console.models import FleetError, ManagedState
 from console.present.jobs import managed_line
 from console.services.lifecycle import Progress, parse_labels
 from console.services.managed import ManagedSpec, NodeSpec, Step, parse_exit_codes
 from console.services.notify import JobEvent, osc_notification
 from console.services.remote import command_from_argv
 from console.services.templates import parse_sets
-from console.wiring import Services
+from console.wiring import Wiring
 
 
 def parse_setup(text: str) -> Step:
@@ -61,7 +61,7 @@ def cmd_launch_managed(args: argparse.Namespace) -> int:
     if args.dry_run:
         return fail("--dry-run shows a plain launch's plan; drop --managed to see it")
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         zone = zone_of(args) or services.settings.default_zone
         try:
             node = await services.fleet.find_node(args.target[-1], zone_of(args))
@@ -96,14 +96,14 @@ def cmd_launch_managed(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     """Headless recovery: the same loop as the TUI's, until interrupted (or --until-done)."""
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         services.managed.poll_s = max(0.2, args.poll)
         return await _watch(services, until_done=args.until_done)
 
     return run(args, body)
 
 
-async def _watch(services: Services, *, until_done: bool) -> int:
+async def _watch(services: Wiring, *, until_done: bool) -> int:
     notifier = services.notifier
     notifier.desktop = True
     tty = sys.stdout.isatty()
@@ -122,5 +122,5 @@ async def _watch(services: Services, *, until_done: bool) -> int:
     )
     await services.managed.run_forever(until_done=until_done)
     ended = [services.history.managed(j.job_id) for j in open_jobs]
-    failed = [m for m in ended if m is not None and m.state != "succeeded"]
+    failed = [m for m in ended if m is not None and m.state != ManagedState.SUCCEEDED]
     return 1 if until_done and failed else 0

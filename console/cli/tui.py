@@ -9,25 +9,25 @@ from console.cli.common import say, settings_for
 
 def cmd_tui(args: argparse.Namespace) -> int:
     from console.services.lock_watch import LockWatch
-    from console.services.session import Services as ScreenServices
+    from console.services.session import Services
     from console.ui.app import TpuConsoleApp
-    from console.wiring import Services, open_fleet_source, open_history
+    from console.wiring import Wiring, open_fleet_source, open_history
 
     settings = settings_for(args)
     history = open_history(settings, fresh=args.fresh_history, say=say)  # said before the screen
     source = open_fleet_source(settings, serve_here=True)
     try:
-        services = Services.build(source, history=history)
-        # The screens' typed bundle (every service required) over the wiring's own services.
-        screens = ScreenServices(
-            fleet=services.fleet,
-            jobs=services.jobs,
-            prober=services.prober,
-            lifecycle=services.lifecycle,
-            locks=LockWatch(services.prober),
-            launcher=services.launcher,
-            chips=services.chips,
-            stacks=services.stacks,
+        wiring = Wiring.build(source, history=history)
+        # The screens' typed bundle (every service required) over the wiring's own wiring.
+        screens = Services(
+            fleet=wiring.fleet,
+            jobs=wiring.jobs,
+            prober=wiring.prober,
+            lifecycle=wiring.lifecycle,
+            locks=LockWatch(wiring.prober),
+            launcher=wiring.launcher,
+            chips=wiring.chips,
+            stacks=wiring.stacks,
             stuck_after_s=settings.stuck_after_s,
         )
         app = TpuConsoleApp(
@@ -35,10 +35,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
             mode=source.label,
             refresh_s=args.refresh or settings.refresh_s,
             others_using=source.stranded_by_quit,
-            managed=services.managed,
+            managed=wiring.managed,
         )
         app.run()
-        services.history.close()
+        wiring.history.close()
     finally:
         source.close()
     return 0

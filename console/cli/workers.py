@@ -11,12 +11,12 @@ from pathlib import Path
 
 from console.cli.common import ONGOING, fail, for_stream, run, say, zone_of
 from console.cli.progress import ProgressLine
+from console.models import UploadOutcome
 from console.present.cleanup import plan_entries, result_entries, still_held
 from console.present.launch import upload_lines
 from console.services.remote import SharedInput, command_from_argv
-from console.services.shipping import UploadOutcome
 from console.services.templates import default_remote_dir
-from console.wiring import Services
+from console.wiring import Wiring
 
 
 def _stdin_for_exec() -> SharedInput | None:
@@ -40,7 +40,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         progress.clear()
         print(f"[w{line.worker}] {for_stream(stream, line.text)}", file=stream, flush=True)
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
         async with progress.ticking():
             result = await services.remote.run(
@@ -70,7 +70,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     progress = ProgressLine(args.node)
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
         async with progress.ticking():
             outcomes = await services.launcher.upload(
@@ -92,7 +92,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """What holds each worker's TPU; exit 1 unless every worker is clean."""
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
         plan = await services.prober.plan_cleanup(node, args.worker)
         if args.json:
@@ -109,7 +109,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     """The plan, then (on --yes or a `y`) exactly its steps; exit 1 if anything is left."""
 
-    async def body(services: Services) -> int:
+    async def body(services: Wiring) -> int:
         node = await services.fleet.find_node(args.node, zone_of(args))
         plan = await services.prober.plan_cleanup(node, args.worker)
         for entry in plan_entries(plan):

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from console.services.probe import (
-    CleanupDone,
-    CleanupPlan,
-    describe_holders,
-    describe_kill,
-    describe_lock,
-)
+from console.models import CleanupDone, CleanupPlan, describe_holders, describe_kill, describe_lock
 
 
 @dataclass(frozen=True)

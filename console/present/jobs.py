@@ -12,11 +12,9 @@ first run of a managed job, whose id is the managed job's).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from console.models import Job
-from console.services.diagnosis import Diagnosis
+from console.models import Diagnosis, Job
 
 JOB_JSON_KEYS = (
     "job_id", "status", "kind", "params", "node", "zone", "command", "env", "started_at",
@@ -41,13 +39,13 @@ def job_json(job: Job) -> dict[str, Any]:
             {"worker": w.worker, "pid": w.pid, "rc": w.rc, "error": w.error} for w in job.workers
         ],
         "metrics": job.metrics,
-        "diagnoses": [dict(d) for d in job.diagnoses],
+        "diagnoses": [d.as_dict() for d in job.diagnoses],
         "recoveries": job.recoveries,
         "attempt_of": job.attempt_of,
         "managed": None
         if job.managed is None
         else {
-            "state": job.managed.state,
+            "state": str(job.managed.state),
             "current": job.managed.current,
             "attempts": list(job.managed.attempts),
             "max_recoveries": job.managed.spec.get("max_recoveries"),
@@ -58,7 +56,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 def shown_status(job: Job) -> str:
     """A managed job shows where it stands (its first run may be long lost); others their own."""
-    return job.managed.state if job.managed is not None else str(job.status)
+    return str(job.managed.state) if job.managed is not None else str(job.status)
 
 
 def managed_line(job: Job) -> str:
@@ -98,4 +96,4 @@ def finding_lines(d: Diagnosis) -> list[str]:
 def findings_json(found: list[Diagnosis], summary: str) -> dict[str, Any]:
     """`diagnose --json`: {"diagnoses": [{key, title, evidence, cause, remedy, worker}],
     "summary": the results line (tokens/s, rewards…) or ""}."""
-    return {"diagnoses": [dataclasses.asdict(d) for d in found], "summary": summary}
+    return {"diagnoses": [d.as_dict() for d in found], "summary": summary}

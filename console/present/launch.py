@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from console.services.launch import Launched, LaunchPlan
-from console.services.preflight import Check
-from console.services.shipping import UploadOutcome
+from console.models import Check, Launched, LaunchPlan, UploadOutcome
 
 
 def check_line(check: Check) -> str:

@@ -13,8 +13,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from console.models import MAX_LABELS, accelerator_shape, label_fault
 from console.sandbox.queued_resources import (
@@ -26,6 +28,16 @@ from console.sandbox.queued_resources import (
     RESET_TEXT,
     SandboxQueuedResource,
 )
+
+
+class _Zoned(Protocol):
+    """A node or a queued resource: both are listed per zone and fetched by name."""
+
+    zone: str
+    name: str
+
+
+_Row = TypeVar("_Row", bound=_Zoned)
 
 SANDBOX_PROJECT = "tpuconsole-sandbox"
 SANDBOX_PROJECT_NUMBER = 100000000001  # what the default compute service account is named by
@@ -671,20 +683,28 @@ class SandboxFleet:
         if zone not in self.zones:
             raise UnknownLocation(UNKNOWN_LOCATION_TEXT.format(zone=zone))
 
-    def list(self, zone: str) -> list[SandboxNode]:
+    def _in_zone(self, table: Mapping[str, _Row], zone: str) -> builtins.list[_Row]:
+        """A List call's answer: the zone checked, transitions applied, sorted by name."""
         self._known_zone(zone)
         self.advance()
         with self._lock:
-            return sorted((n for n in self.nodes.values() if n.zone == zone), key=lambda n: n.name)
+            return sorted((r for r in table.values() if r.zone == zone), key=lambda r: r.name)
+
+    def _one(self, table: Mapping[str, _Row], zone: str, name: str, what: str) -> _Row:
+        """A Get call's answer, or NOT_FOUND in Google's words for the resource kind."""
+        self._known_zone(zone)
+        self.advance()
+        with self._lock:
+            row = table.get(f"{zone}/{name}")
+            if row is None:
+                raise NotFound(f"{what} {name} not found in zone {zone}.")
+            return row
+
+    def list(self, zone: str) -> builtins.list[SandboxNode]:
+        return self._in_zone(self.nodes, zone)
 
     def get(self, zone: str, name: str) -> SandboxNode:
-        self._known_zone(zone)
-        self.advance()
-        with self._lock:
-            node = self.nodes.get(f"{zone}/{name}")
-            if node is None:
-                raise NotFound(f"Node {name} not found in zone {zone}.")
-            return node
+        return self._one(self.nodes, zone, name, "Node")
 
     def operation(self, op_id: int) -> SandboxOperation:
         self.advance()
@@ -866,19 +886,10 @@ class SandboxFleet:
 
     # ----- queued resources --------------------------------------------------------------------
     def list_queued(self, zone: str) -> builtins.list[SandboxQueuedResource]:
-        self._known_zone(zone)
-        self.advance()
-        with self._lock:
-            return sorted((q for q in self.queued.values() if q.zone == zone), key=lambda q: q.name)
+        return self._in_zone(self.queued, zone)
 
     def get_queued(self, zone: str, name: str) -> SandboxQueuedResource:
-        self._known_zone(zone)
-        self.advance()
-        with self._lock:
-            qr = self.queued.get(f"{zone}/{name}")
-            if qr is None:
-                raise NotFound(f"Queued resource {name} not found in zone {zone}.")
-            return qr
+        return self._one(self.queued, zone, name, "Queued resource")
 
     def _queue_schedule(self, qr: SandboxQueuedResource, now: float) -> None:
         """When it is accepted, starts waiting and is selected; a spot request in a zone out of

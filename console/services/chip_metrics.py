@@ -19,8 +19,15 @@ from datetime import UTC, datetime
 
 from console.adapters.runtime_metrics import MetricsError, RuntimeMetricsReader, WorkerReading
 from console.adapters.ssh_pool import SshTarget
-from console.models import ChipMetrics, ChipReading, FleetError, Node, TpuHolder, WorkerChips
-from console.services.probe import WorkerProbe
+from console.models import (
+    ChipMetrics,
+    ChipReading,
+    FleetError,
+    Node,
+    TpuHolder,
+    WorkerChips,
+    WorkerProbe,
+)
 
 NO_PROGRAM = "Libtpu metrics unavailable: no program is using the TPU."
 HISTORY_S = 900.0  # per-worker duty history kept for sparklines and hang verdicts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from console.models import Diagnosis
 from console.services.lines import matching_lines, split_lines
 
 
@@ -23,16 +24,6 @@ class Signature:
     # Literal texts one of which every match contains: the bulk scan looks for these with
     # bytes.find (memchr speed) and runs the pattern only on the lines that have one.
     anchors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    key: str
-    title: str
-    evidence: str
-    cause: str
-    remedy: str
-    worker: int | None = None
 
 
 SIGNATURES: tuple[Signature, ...] = (

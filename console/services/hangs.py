@@ -14,8 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from console.models import ChipMetrics, Job, format_age
-from console.services.diagnosis import Diagnosis
+from console.models import ChipMetrics, Diagnosis, Job, format_age
 from console.services.settings import DEFAULT_STUCK_AFTER_S
 
 # DEFAULT_STUCK_AFTER_S (ten minutes, the log view's SILENT_S) is `stuck_after` in config.toml.

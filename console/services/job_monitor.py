@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 
 from console.adapters.history_db import HistoryStore
-from console.models import ChipMetrics, Job
-from console.services.diagnosis import Diagnoser, Diagnosis, from_condition
+from console.models import ChipMetrics, Diagnosis, Job
+from console.services.diagnosis import Diagnoser, from_condition
 from console.services.hangs import HangFinding, HangWatch
 from console.services.metrics import JobMetrics
 
@@ -33,12 +32,17 @@ class JobMonitor:
         *,
         clock: Callable[[], float] = time.monotonic,
         hang: HangWatch | None = None,
+        on_stuck: Callable[[HangFinding], None] | None = None,
     ) -> None:
         """`hang`: judge "stuck?" per worker by silence and the chips' duty cycle (issue 18)
-        rather than by the whole job's silence alone."""
+        rather than by the whole job's silence alone. `on_stuck`: told once when the verdict
+        turns stuck, and again only after the job showed life in between (a new episode)."""
         self.job_id = job_id
         self.hang = hang
         self.hang_verdict: HangFinding | None = None
+        self.on_stuck = on_stuck
+        self.stuck_episode = False  # told of the current stuck spell already
+        self.checks = 0  # verdicts made: what a test waits on, never a clock
         self.history = history
         self.diagnoser = Diagnoser()
         self.metrics = JobMetrics()
@@ -80,6 +84,7 @@ class JobMonitor:
         """
         if not job_open:
             return []
+        self.checks += 1
         now = self._clock()
         conditions = [
             from_condition(
@@ -99,14 +104,29 @@ class JobMonitor:
             verdict = self.hang_verdict
             if verdict is not None and verdict.stuck and self.hang.settled(verdict):
                 conditions.append(verdict.diagnosis())
+                self._stuck(verdict)
+            elif verdict is None or not verdict.stuck:
+                self.stuck_episode = False  # output again (or nothing runs): the spell is over
         elif running and now - self.last_data > SILENT_S:
             conditions.append(
                 from_condition("silent", f"no output for {now - self.last_data:.0f} s")
             )
         new = [d for d in conditions if self.diagnoser.add(d)]
         if new:  # a finding no log line carries: kept with the job in the history
-            self.history.set_results(self.job_id, diagnoses=[asdict(d) for d in new])
+            self.history.set_results(self.job_id, diagnoses=new)
         return new
+
+    def _stuck(self, verdict: HangFinding) -> None:
+        if not self.stuck_episode:
+            self.stuck_episode = True
+            if self.on_stuck is not None:
+                self.on_stuck(verdict)
+
+    def worker_output(self, worker: int, at: float | None = None) -> None:
+        """Output of one worker seen without its bytes (a local copy that grew, at its mtime)."""
+        self.output_seen()
+        if self.hang is not None:
+            self.hang.saw_output(worker, at)
 
     def sync_due(self) -> bool:
         return not self._syncing and self._clock() - self._synced_at >= RECORD_SYNC_S
@@ -123,6 +143,6 @@ class JobMonitor:
             return None, False
         changed = False
         for d in record.diagnoses:
-            if self.diagnoser.add(Diagnosis(**d)):
+            if self.diagnoser.add(d):
                 changed = True
         return record, changed

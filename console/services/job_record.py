@@ -35,10 +35,10 @@ def job_record_lines(job: Job) -> list[str]:
     summary = job.metrics.get("summary", "")
     lines.append(f"  results: {summary or 'none recorded'}")
     for d in job.diagnoses:
-        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
+        where = f"w{d.worker}: " if d.worker is not None else ""
         lines += [
-            f"  {where}{d['title']}",
-            f"    evidence: {d['evidence']}",
-            f"    remedy: {d['remedy']}",
+            f"  {where}{d.title}",
+            f"    evidence: {d.evidence}",
+            f"    remedy: {d.remedy}",
         ]
     return lines

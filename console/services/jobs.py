@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,17 @@ from typing import Any
 import remote
 from console.adapters.history_db import HistoryStore, JobNumberTaken
 from console.adapters.ssh_pool import SshTarget
-from console.models import FleetError, Job, JobWorker, Node, NodeGone, parse_worker_selection
+from console.models import (
+    FleetError,
+    Job,
+    JobStatus,
+    JobWorker,
+    Node,
+    NodeGone,
+    StopResult,
+    WorkerStop,
+    parse_worker_selection,
+)
 from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
 from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.lines import bounded_runs
@@ -191,7 +201,7 @@ class JobService:
                 self.history.set_worker(job.job_id, outcome.worker, error=reason)
         workers.sort(key=lambda w: w.worker)
         started = [w for w in workers if w.pid]
-        status = "running" if started else "failed"
+        status = JobStatus.RUNNING if started else JobStatus.FAILED
         note = "" if len(started) == len(workers) else result.summary()
         self.history.set_status(job.job_id, status, note)
         return replace(job, workers=tuple(workers), status=status)
@@ -214,8 +224,8 @@ class JobService:
             workers.append(JobWorker(w.worker, error=reason))
             self.history.set_worker(job.job_id, w.worker, error=reason)
         note = "; ".join(f"w{w}: {reason}" for w, reason in sorted(failed.items()))
-        self.history.set_status(job.job_id, "failed", note)
-        return replace(job, workers=tuple(workers), status="failed")
+        self.history.set_status(job.job_id, JobStatus.FAILED, note)
+        return replace(job, workers=tuple(workers), status=JobStatus.FAILED)
 
     async def _ship_runners(
         self, targets: list, on_progress: ProgressSink | None = None
@@ -355,7 +365,7 @@ class JobService:
         except NodeGone as gone:
             current = self.history.get(job.job_id)
             if current is not None and current.open:
-                self.history.set_status(job.job_id, "lost", gone.reason)
+                self.history.set_status(job.job_id, JobStatus.LOST, gone.reason)
             await self.record_results(job)  # what its logs said up to the end
             raise
         rcs: dict[int, int | None] = {}
@@ -404,11 +414,11 @@ class JobService:
         notes += [f"w{w.worker} did not start" for w in never]
         notes += [f"w{w}: the process vanished without an exit code" for w in vanished]
         if vanished:
-            status = "lost"
+            status = JobStatus.LOST
         elif never or any(rc != 0 for rc in rcs.values()):
-            status = "failed"
+            status = JobStatus.FAILED
         else:
-            status = "succeeded"
+            status = JobStatus.SUCCEEDED
         self.history.set_status(job.job_id, status, ", ".join(notes), ended_at)
 
     async def settle_ended(
@@ -496,7 +506,7 @@ class JobService:
         for w in current.workers:  # died of SIGQUIT with no line saying so (sgl-jax's way)
             if w.rc == SIGQUIT_RC and ("scheduler_failed", w.worker) not in explained:
                 found.append(from_condition("killed_by_sigquit", f"rc={w.rc}", w.worker))
-        self.history.set_results(job.job_id, metrics.as_json(), [asdict(d) for d in found])
+        self.history.set_results(job.job_id, metrics.as_json(), found)
 
     def _results_from_copies(self, job: Job) -> tuple[JobMetrics, list]:
         metrics, diagnoser = JobMetrics(), Diagnoser()
@@ -554,11 +564,11 @@ class JobService:
         for job in await asyncio.to_thread(self.history.recent, 200):
             if not job.open:
                 continue
-            if job.status == "launching" and not any(w.pid for w in job.workers):
+            if job.status == JobStatus.LAUNCHING and not any(w.pid for w in job.workers):
                 age = (datetime.now(UTC) - job.started_at).total_seconds()
                 if age < LAUNCH_GRACE_S:
                     continue  # another console may be launching it right now
-                self.history.set_status(job.job_id, "failed", "the launch never completed")
+                self.history.set_status(job.job_id, JobStatus.FAILED, "the launch never completed")
                 notes.append(f"job {job.job_id} failed: its launch never completed")
                 continue
             try:
@@ -566,11 +576,11 @@ class JobService:
             except FleetError as exc:
                 if exc.code != "NOT_FOUND":
                     continue  # unreachable now: try again next start, do not guess
-                self.history.set_status(job.job_id, "lost", f"{job.node} no longer exists")
+                self.history.set_status(job.job_id, JobStatus.LOST, f"{job.node} no longer exists")
                 notes.append(f"job {job.job_id} lost: {job.node} no longer exists")
                 continue
             if node.state != "READY":
-                self.history.set_status(job.job_id, "lost", f"{job.node} is {node.state}")
+                self.history.set_status(job.job_id, JobStatus.LOST, f"{job.node} is {node.state}")
                 notes.append(f"job {job.job_id} lost: {job.node} is {node.state}")
                 continue
             asyncio.ensure_future(self._watch_quietly(job, node))
@@ -583,7 +593,7 @@ class JobService:
         with contextlib.suppress(FleetError, OSError):
             await self.watch(job, node)
 
-    async def stop(self, job: Job, node: Node, grace_s: float = 10.0) -> dict[int, str]:
+    async def stop(self, job: Job, node: Node, grace_s: float = 10.0) -> dict[int, WorkerStop]:
         """SIGTERM the job's whole session on every worker, SIGKILL after the grace period.
 
         The session is the job's (launched with setsid); its leader's start time is checked
@@ -591,11 +601,13 @@ class JobService:
         """
         targets = {t.worker: t for t in await self.remote.targets(node, "all")}
         wanted = [w for w in job.workers if w.pid and w.worker in targets]
-        outcome: dict[int, str] = {}
+        outcome: dict[int, WorkerStop] = {}
 
         def sink(worker: int):
             return lambda line: (
-                outcome.__setitem__(worker, line.text) if line.stream == "out" else None
+                outcome.__setitem__(worker, WorkerStop.parse(line.text))
+                if line.stream == "out"
+                else None
             )
 
         async def one(worker: JobWorker) -> None:
@@ -606,15 +618,15 @@ class JobService:
                 on_line=sink(worker.worker),
             )
             if not result.outcomes[0].ok:
-                outcome[worker.worker] = f"not stopped: {result.outcomes[0].describe()}"
+                failed = WorkerStop(StopResult.NOT_STOPPED, result.outcomes[0].describe())
+                outcome[worker.worker] = failed
 
         await asyncio.gather(*(one(w) for w in wanted))
-        stopped = any(v.split(":")[0] in {"stopped", "killed"} for v in outcome.values())
+        stopped = any(v.result.ended_it for v in outcome.values())
         if stopped:
-            self.history.set_status(
-                job.job_id, "killed", ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
-            )
-        if stopped or (outcome and all(v.startswith("gone") for v in outcome.values())):
+            note = ", ".join(f"w{w}: {v}" for w, v in sorted(outcome.items()))
+            self.history.set_status(job.job_id, JobStatus.KILLED, note)
+        if stopped or (outcome and all(v.result == StopResult.GONE for v in outcome.values())):
             await self._drain(job, node)
         return outcome
 

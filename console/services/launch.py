@@ -13,56 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from console.models import Job, Node
+from console.models import (
+    Check,
+    CleanupPlan,
+    Launched,
+    LaunchPlan,
+    Node,
+    Rendered,
+    UploadOutcome,
+    WorkerProbe,
+)
 from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.jobs import JobService, check_command
-from console.services.preflight import Check, preflight
-from console.services.probe import CleanupDone, CleanupPlan, ProbeService, WorkerProbe
-from console.services.shipping import Shipper, UploadOutcome
-from console.services.templates import Rendered, Template, template
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """What would run, where, and what preflight says of it."""
-
-    node: Node
-    selection: str
-    kind: str  # the template's name, or "custom" for a command given as is
-    rendered: Rendered
-    params: dict[str, Any]
-    checks: tuple[Check, ...] = ()
-
-    @property
-    def refused(self) -> bool:
-        return any(c.level == "refuse" for c in self.checks)
-
-    @property
-    def offers_cleanup(self) -> bool:
-        """Stale TPU state on the workers: preflight offers to clear it first."""
-        return any(c.level == "offer" for c in self.checks)
-
-    @property
-    def is_upload(self) -> bool:
-        return self.rendered.upload is not None
-
-
-@dataclass(frozen=True)
-class Launched:
-    """What a start did: the cleanup first (if any), then a job or an upload's outcomes."""
-
-    plan: LaunchPlan
-    cleanup: CleanupDone | None = None
-    job: Job | None = None
-    uploads: tuple[UploadOutcome, ...] = ()
-
-    @property
-    def failed(self) -> bool:
-        if self.cleanup is not None and not self.cleanup.done:
-            return True
-        if self.job is not None:
-            return self.job.status == "failed"
-        return any(o.failed for o in self.uploads)
+from console.services.preflight import preflight
+from console.services.probe import ProbeService
+from console.services.shipping import Shipper
+from console.services.templates import Template, template
 
 
 @dataclass

@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from console.adapters.history_db import HistoryStore
@@ -24,6 +24,7 @@ from console.models import (
     MAX_LABELS,
     FleetError,
     FleetSnapshot,
+    JobStatus,
     Node,
     NodeEvent,
     SshError,
@@ -562,9 +563,9 @@ class LifecycleService:
         reason = why or LEAVING_REASONS[state]
         lost = self.history.running_jobs_on(zone, name)
         when = datetime.now().astimezone().strftime("%H:%M:%S")
-        finding = asdict(from_condition("node_left", f"{name} went {state} at {when}: {reason}"))
+        finding = from_condition("node_left", f"{name} went {state} at {when}: {reason}")
         for job in lost:
-            self.history.set_status(job.job_id, "lost", f"node went {state}: {reason}")
+            self.history.set_status(job.job_id, JobStatus.LOST, f"node went {state}: {reason}")
             self.history.set_results(job.job_id, diagnoses=[finding])
             if self.jobs is not None:  # what its logs showed up to then, from the local copies
                 self._results_tasks.add(asyncio.ensure_future(self.jobs.record_results(job)))

@@ -10,8 +10,8 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from console.models import FleetError, Node
-from console.services.probe import ProbeService, WorkerProbe, node_status
+from console.models import FleetError, Node, WorkerProbe, node_status
+from console.services.probe import ProbeService
 
 
 class LockWatch:

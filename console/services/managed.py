@@ -29,12 +29,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from console.adapters.history_db import HistoryStore
-from console.models import FleetError, Job, ManagedRecord, Node
+from console.models import (
+    EventKind,
+    FleetError,
+    Job,
+    JobStatus,
+    ManagedRecord,
+    ManagedState,
+    Node,
+)
+from console.services.chip_metrics import ChipMetricsService
 from console.services.fleet import FleetService
+from console.services.hangs import HangFinding, HangSettings, HangWatch
+from console.services.job_monitor import JobMonitor
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
 from console.services.lifecycle import CreateRequest, LifecycleService, ProgressSink
 from console.services.notify import JobEvent, Notifier
+from console.services.settings import DEFAULT_STUCK_AFTER_S
 
 # The node is lost to the job: recovered. A node someone stopped is not (that is their call):
 # the job waits for it to be started, then runs again on it, set up afresh.
@@ -150,7 +162,11 @@ class ManagedService:
         poll_s: float = 2.0,
         lease_s: float = 30.0,
         say: Callable[[str], None] | None = None,
+        chips: ChipMetricsService | None = None,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
     ) -> None:
+        """`chips`: the duty cycle a running attempt's "stuck?" weighs against its silence
+        (without, silence alone decides); `stuck_after_s` is config.toml's `stuck_after`."""
         self.fleet = fleet
         self.history = history
         self.jobs = jobs
@@ -161,6 +177,9 @@ class ManagedService:
         self.poll_s = poll_s
         self.lease_s = lease_s
         self.say = say or (lambda _text: None)
+        self.chips = chips
+        self.stuck_after_s = stuck_after_s
+        self.monitors: dict[str, JobMonitor] = {}  # run id -> its "stuck?" while followed
         self._acting: dict[str, asyncio.Future] = {}  # managed id -> its recovery under way
         self._followers: dict[str, asyncio.Future] = {}  # run id -> its follower
         self._held: set[str] = set()  # the managed jobs whose lease this process holds
@@ -282,45 +301,51 @@ class ManagedService:
 
     async def _look(self, record: ManagedRecord) -> list[str]:
         spec = ManagedSpec.from_json(record.spec)
-        if record.state == "recovering":  # claimed, and its recovery did not finish: go on
+        if (
+            record.state == ManagedState.RECOVERING
+        ):  # claimed, and its recovery did not finish: go on
             return [self._act(record, spec, "resume", "")]
         run = self.history.get(record.current)
         if run is None:
-            self.history.set_managed(record.job_id, state="failed", note="its run is missing")
+            self.history.set_managed(
+                record.job_id, state=ManagedState.FAILED, note="its run is missing"
+            )
             return []
         node = await self._node_or_none(run.zone, run.node)
         if node is not None and node.state in STOPPED_STATES:
             return []  # stopped by someone: recovered once it is started again
         gone = node is None or node.state in GONE_STATES
-        if gone or run.status == "lost":
+        if gone or run.status == JobStatus.LOST:
             state = "GONE" if node is None else node.state
             why = f"{run.node} is {state}" if gone else f"its run was lost: {run.note}"
-            return [self._recover_or_give_up(record, spec, run, "preempted", why)]
+            return [self._recover_or_give_up(record, spec, run, EventKind.PREEMPTED, why)]
         if node is None or node.state != "READY":
             return []  # CREATING, STARTING, REPAIRING: look again later
         if run.open:
-            self._follow(run, node)
+            self._follow(record.job_id, run, node)
             return []
         return [self._ended(record, spec, run)]
 
     def _recover_or_give_up(
-        self, record: ManagedRecord, spec: ManagedSpec, run: Job, why_kind: str, why: str
+        self, record: ManagedRecord, spec: ManagedSpec, run: Job, why_kind: EventKind, why: str
     ) -> str:
         if record.recoveries >= spec.max_recoveries:
-            status = "lost" if why_kind == "preempted" else "failed"
+            status = JobStatus.LOST if why_kind == EventKind.PREEMPTED else JobStatus.FAILED
             if run.open:
-                self.history.set_status(run.job_id, "lost", why)
+                self.history.set_status(run.job_id, JobStatus.LOST, why)
             times = f"{record.recoveries} recover{'y' if record.recoveries == 1 else 'ies'}"
             note = f"{why}; gave up after {times} (--max-recoveries {spec.max_recoveries})"
-            self.history.set_managed(record.job_id, state="gave_up", note=note)
-            self._tell("gave_up", record.job_id, status, run.node, f"job {record.job_id}: {note}")
+            self.history.set_managed(record.job_id, state=ManagedState.GAVE_UP, note=note)
+            self._tell(
+                EventKind.GAVE_UP, record.job_id, status, run.node, f"job {record.job_id}: {note}"
+            )
             return note
         if not self.history.claim_recovery(record.job_id, record.attempt):
             return ""  # another watcher claimed this attempt first
         if run.open:
-            self.history.set_status(run.job_id, "lost", why)
+            self.history.set_status(run.job_id, JobStatus.LOST, why)
         text = f"job {record.job_id} {why_kind}: {why}; recovering (attempt {record.attempt + 2})"
-        self._tell(why_kind, record.job_id, "recovering", run.node, text)
+        self._tell(why_kind, record.job_id, ManagedState.RECOVERING, run.node, text)
         fresh = self.history.managed(record.job_id)
         assert fresh is not None
         return self._act(fresh, spec, why_kind, why)
@@ -331,43 +356,101 @@ class ManagedService:
         return f"job {record.job_id}: recovering ({kind}{': ' + why if why else ''})"
 
     def _ended(self, record: ManagedRecord, spec: ManagedSpec, run: Job) -> str:
-        if run.status == "succeeded":
-            self.history.set_managed(record.job_id, state="succeeded")
+        if run.status == JobStatus.SUCCEEDED:
+            self.history.set_managed(record.job_id, state=ManagedState.SUCCEEDED)
             text = f"job {record.job_id} succeeded on {run.node}"
             if record.recoveries:
                 n = record.recoveries
                 text += f" after {n} recover{'y' if n == 1 else 'ies'}"
-            self._tell("ended", record.job_id, "succeeded", run.node, text)
+            self._tell(EventKind.ENDED, record.job_id, run.status, run.node, text)
             return text
-        if run.status == "killed":
-            self.history.set_managed(record.job_id, state="cancelled", note="stopped by the user")
+        if run.status == JobStatus.KILLED:
+            self.history.set_managed(
+                record.job_id, state=ManagedState.CANCELLED, note="stopped by the user"
+            )
             text = f"job {record.job_id} was stopped; not recovered"
-            self._tell("ended", record.job_id, "killed", run.node, text)
+            self._tell(EventKind.ENDED, record.job_id, run.status, run.node, text)
             return text
         codes = sorted({w.rc for w in run.workers if w.rc not in (None, 0)})
         listed = [c for c in codes if c in spec.retry_on_exit]
         said = ", ".join(str(c) for c in codes) or "none"
         if listed:
             return self._recover_or_give_up(
-                record, spec, run, "retried", f"it exited with {listed[0]} (--retry-on-exit)"
+                record,
+                spec,
+                run,
+                EventKind.RETRIED,
+                f"it exited with {listed[0]} (--retry-on-exit)",
             )
         note = f"the run failed (exit {said}); not retried"
         if spec.retry_on_exit:
             note += f" (--retry-on-exit lists {','.join(map(str, spec.retry_on_exit))})"
-        self.history.set_managed(record.job_id, state="failed", note=note)
-        self._tell("failed", record.job_id, "failed", run.node, f"job {record.job_id}: {note}")
+        self.history.set_managed(record.job_id, state=ManagedState.FAILED, note=note)
+        self._tell(
+            EventKind.FAILED, record.job_id, run.status, run.node, f"job {record.job_id}: {note}"
+        )
         return note
 
-    def _follow(self, run: Job, node: Node) -> None:
-        """One follower per open run: it records the workers' rcs and settles the run."""
+    def _follow(self, managed_id: str, run: Job, node: Node) -> None:
+        """One follower per open run: it records the workers' rcs and settles the run, and
+        asks "stuck?" while it runs."""
         task = self._followers.get(run.job_id)
         if task is not None and not task.done():
             return
-        self._followers[run.job_id] = asyncio.ensure_future(self._follow_quietly(run, node))
+        follower = self._follow_quietly(managed_id, run, node)
+        self._followers[run.job_id] = asyncio.ensure_future(follower)
 
-    async def _follow_quietly(self, run: Job, node: Node) -> None:
-        with contextlib.suppress(FleetError, OSError):
-            await self.jobs.watch(run, node)
+    async def _follow_quietly(self, managed_id: str, run: Job, node: Node) -> None:
+        ended = {w.worker: "" for w in run.workers if w.pid}
+
+        def on_end(worker: int, rc: int | None) -> None:
+            ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
+
+        watching = asyncio.ensure_future(self._watch_for_stuck(managed_id, run, node, ended))
+        try:
+            with contextlib.suppress(FleetError, OSError):
+                await self.jobs.watch(run, node, on_end=on_end)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            self.monitors.pop(run.job_id, None)
+
+    async def _watch_for_stuck(
+        self, managed_id: str, run: Job, node: Node, ended: dict[int, str]
+    ) -> None:
+        """The log view's "stuck?" without a view: silence read off the local copies (which
+        the follower appends to) and the chips' duty cycle; told once per stuck spell."""
+
+        def told(finding: HangFinding) -> None:
+            text = f"job {managed_id} on {run.node}: {finding.summary()}"
+            self._tell(EventKind.STUCK, managed_id, JobStatus.RUNNING, run.node, text)
+
+        hang = HangWatch(run, HangSettings(after_s=self.stuck_after_s))
+        monitor = JobMonitor(run.job_id, self.history, hang=hang, on_stuck=told)
+        self.monitors[run.job_id] = monitor
+        chips = self.chips.watch(node, monitor.saw_metrics) if self.chips is not None else None
+        sizes: dict[int, int] = {}
+        try:
+            while True:
+                for worker, (size, mtime) in (await asyncio.to_thread(self._copies, run)).items():
+                    if size != sizes.get(worker, 0):  # the follower appended: output, then
+                        sizes[worker] = size
+                        monitor.worker_output(worker, mtime)
+                monitor.check(True, ended)
+                await asyncio.sleep(self.poll_s)
+        finally:
+            if chips is not None:
+                await chips.close()
+
+    def _copies(self, run: Job) -> dict[int, tuple[int, float]]:
+        """Each started worker's local copy: its size and when it last grew."""
+        out = {}
+        for w in run.workers:
+            if w.pid:
+                with contextlib.suppress(FileNotFoundError):
+                    st = self.jobs.log_path(run.job_id, w.worker).stat()
+                    out[w.worker] = (st.st_size, st.st_mtime)
+        return out
 
     # ----- recovery ----------------------------------------------------------------------------
     async def _recover(self, record: ManagedRecord, spec: ManagedSpec, kind: str) -> None:
@@ -380,7 +463,7 @@ class ManagedService:
         run = self.history.get(record.current)
         assert run is not None
         recovery = record.attempt
-        same_node = kind == "retried"
+        same_node = kind == EventKind.RETRIED
         if same_node:
             node = await self.fleet.get_node(run.zone, run.node)
         else:
@@ -388,16 +471,20 @@ class ManagedService:
             spec = self._adopted(spec, node)
             await self._set_up(spec, node, recovery=recovery)
         new = await self._start_run(spec, node, root=record.job_id, recovery=recovery)
-        if new.status == "failed":
+        if new.status == JobStatus.FAILED:
             raise StepFailed(f"attempt {recovery + 1} did not start: {new.note}")
         self.history.set_managed(
-            record.job_id, state="running", current=new.job_id, recoveries=recovery, note=""
+            record.job_id,
+            state=ManagedState.RUNNING,
+            current=new.job_id,
+            recoveries=recovery,
+            note="",
         )
         text = (
             f"job {record.job_id} recovered on {node.name} in {node.zone}: attempt "
             f"{recovery + 1} is run {new.job_id}"
         )
-        self._tell("recovered", record.job_id, "running", node.name, text)
+        self._tell(EventKind.RECOVERED, record.job_id, ManagedState.RUNNING, node.name, text)
 
     async def _fresh_node(self, spec: ManagedSpec, run: Job) -> Node:
         """A READY node for the next attempt: the one there if READY (recreated by a try that
@@ -460,7 +547,7 @@ class ManagedService:
                 continue  # an upload: done when start returns
             rcs = await self.jobs.watch(job, node)
             done = self.history.get(job.job_id)
-            if done is None or done.status != "succeeded":
+            if done is None or done.status != JobStatus.SUCCEEDED:
                 raise StepFailed(
                     f"setup step {step.describe()} (job {job.job_id}) ended "
                     f"{done.status if done else 'unrecorded'} (rc {rcs})"
@@ -513,6 +600,8 @@ class ManagedService:
                 return None
             raise
 
-    def _tell(self, event: str, job_id: str, status: str, node: str, text: str) -> None:
+    def _tell(
+        self, event: EventKind, job_id: str, status: JobStatus | ManagedState, node: str, text: str
+    ) -> None:
         """To every sink and hook (the front ends show it through their sinks)."""
         self.notifier.tell_soon(JobEvent(event, job_id, status, node, text))

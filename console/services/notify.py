@@ -20,17 +20,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from console.models import EventKind, JobStatus, ManagedState
 from console.services.terminal_text import plain_text
 
-EVENTS = ("ended", "failed", "preempted", "retried", "recovered", "gave_up")
 HOOK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    event: str  # one of EVENTS
+    event: EventKind
     job_id: str
-    status: str
+    status: JobStatus | ManagedState  # the run's, or the managed job's while it recovers
     node: str
     text: str  # one sentence for people
 

@@ -7,19 +7,19 @@ action (the cleanup) the user can accept.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from console.models import LEAVING_REASONS, Node, WorkerSelectionError, parse_worker_selection
-from console.services.probe import WorkerProbe, node_status, odd_lock_note
+from console.models import (
+    LEAVING_REASONS,
+    Check,
+    Node,
+    WorkerProbe,
+    WorkerSelectionError,
+    node_status,
+    odd_lock_note,
+    parse_worker_selection,
+)
 from console.services.templates import Template
-
-
-@dataclass(frozen=True)
-class Check:
-    level: str  # refuse | warn | offer
-    message: str
-    remedy: str = ""
 
 
 def _value(template: Template, values: Mapping[str, Any], name: str) -> Any:

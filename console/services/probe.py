@@ -10,19 +10,25 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-from dataclasses import dataclass
 from importlib import resources
 
 from console.adapters.ssh_pool import SshTarget
 from console.models import (
+    CleanupDone,
+    CleanupPlan,
     KillStep,
     Node,
     ProbeReport,
     RemoveLockStep,
     SshConfigError,
     SshError,
+    StepResult,
     WorkerPlan,
-    format_age,
+    WorkerProbe,
+    describe_kill,
+    describe_lock,
+    job_label,
+    odd_lock_note,
 )
 from console.services.remote import RemoteService
 
@@ -51,89 +57,6 @@ def probe_command(mode_args: list[str]) -> str:
         '--devices "${TPUCONSOLE_DEVICES:-}" --jobs-dir "$HOME/.tpuconsole/jobs" --sudo "$N" '
         '--login-uid "$(id -u)"'
     )
-
-
-@dataclass(frozen=True)
-class WorkerProbe:
-    worker: int
-    report: ProbeReport | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class StepResult:
-    worker: int
-    what: str
-    done: bool
-    result: str
-    needs_root: bool = False
-
-
-def _job_label(job_id: str) -> str:
-    return f"job {job_id.split('-')[0]}"
-
-
-def node_status(probes: list[WorkerProbe]) -> str:
-    """The fleet table's TPU LOCK cell: the worst news first, short."""
-    if not probes:
-        return "-"
-    parts = []
-    unreachable = [p.worker for p in probes if p.report is None]
-    reports = [p.report for p in probes if p.report is not None]
-    if unreachable:
-        parts.append("? " + ",".join(f"w{w}" for w in unreachable))
-    odd = sorted({r.odd_lock for r in reports if r.odd_lock})
-    if odd:
-        parts.append("lockfile is a " + "/".join(odd))
-    if any(r.foreign_lock for r in reports):
-        parts.append("needs root")
-    if any(r.stale_lock for r in reports):
-        parts.append("STALE LOCK")
-    lingering = sum(len(r.lingering) for r in reports)
-    if lingering:
-        parts.append(f"{lingering} lingering")
-    busy = sorted({job for r in reports for job in r.busy})
-    if busy and not parts:
-        parts.append("busy: " + ", ".join(_job_label(j) for j in busy))
-    return ", ".join(parts) or "clean"
-
-
-def describe_kill(step: KillStep) -> str:
-    devices = (
-        ", ".join(
-            d.rsplit("/", 2)[-1] if "vfio" not in d else "vfio/" + d.rsplit("/", 1)[-1]
-            for d in step.devices
-        )
-        or "the lock"
-    )
-    command = step.cmdline if len(step.cmdline) <= 60 else step.cmdline[:57] + "…"
-    return (
-        f"SIGTERM pid {step.pid} ({command}; user {step.user}, running "
-        f"{format_age(step.elapsed_s)}, holds {devices}), SIGKILL after "
-        f"{step.grace_s:.0f} s if still alive — {step.why}"
-    )
-
-
-def describe_holders(report: ProbeReport) -> str:
-    """Who holds the worker's TPU now (chips, lock, a lockfile left behind); "" if nobody."""
-    parts = []
-    for h in report.holders:
-        command = h.cmdline if len(h.cmdline) <= 40 else h.cmdline[:39] + "…"
-        devices = ", ".join(d.rsplit("/", 1)[-1] for d in h.devices) or "the lock"
-        parts.append(f"pid {h.pid} ({command}) holds {devices}")
-    listed = {h.pid for h in report.holders}
-    parts += [f"pid {pid} holds the lock" for pid in report.lock_holders if pid not in listed]
-    if report.busy:
-        parts.append("running: " + ", ".join(_job_label(j) for j in report.busy))
-    if report.stale_lock:
-        parts.append(f"{report.lockfile} is still there with no holder")
-    if report.foreign_lock:
-        parts.append(f"{report.lockfile} belongs to {report.lock_owner} (needs root)")
-    return "; ".join(parts)
-
-
-def describe_lock(step: RemoveLockStep) -> str:
-    return f"remove {step.path} ({step.why})"
 
 
 def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
@@ -202,7 +125,7 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
         )
     if report.busy:
         notes.append(
-            "busy: " + ", ".join(_job_label(j) for j in report.busy) + " running; not touched."
+            "busy: " + ", ".join(job_label(j) for j in report.busy) + " running; not touched."
         )
     if not report.root and report.unreadable_processes:
         notes.append(
@@ -210,25 +133,6 @@ def plan_for(report: ProbeReport, grace_s: float = GRACE_S) -> WorkerPlan:
             "inspected without root; holders among them are not shown."
         )
     return WorkerPlan(report.worker, tuple(kills), tuple(locks), tuple(notes))
-
-
-def odd_lock_note(report: ProbeReport) -> str:
-    """Why a lockfile that is no regular file is left alone, and what a person may do."""
-    path = report.lockfile
-    if report.odd_lock == "replaced":
-        return f"{path} changed while it was probed; not touched. Probe again."
-    what = {
-        "symlink": f"a symbolic link (to {report.lock_target or '?'})",
-        "directory": "a directory",
-        "fifo": "a FIFO (named pipe)",
-        "socket": "a socket",
-        "device": "a device file",
-    }.get(report.odd_lock, f"no regular file ({report.odd_lock})")
-    return (
-        f"{path} is {what}, owned by {report.lock_owner or '?'}: not followed, nothing behind it "
-        "is signalled or removed. libtpu expects a regular file there; if nobody should have "
-        f"put this there, remove it yourself (`ls -la {path}` first)."
-    )
 
 
 def _step_json(step: KillStep | RemoveLockStep) -> dict:
@@ -328,58 +232,3 @@ class ProbeService:
         """Carry out a plan's steps (only those) and say how each worker is afterwards."""
         results, after = await self.execute(plan.node, list(plan.todo))
         return CleanupDone(plan.node, tuple(results), tuple(after), plan.probes)
-
-
-@dataclass(frozen=True)
-class CleanupPlan:
-    """What a probe found on a node's workers and what cleaning would do there."""
-
-    node: Node
-    probes: tuple[WorkerProbe, ...]
-    plans: tuple[WorkerPlan, ...]  # one per worker that answered
-
-    @property
-    def todo(self) -> tuple[WorkerPlan, ...]:
-        return tuple(p for p in self.plans if not p.empty)
-
-    @property
-    def clean(self) -> bool:
-        """Every worker answered and holds nothing stale (notes may still say something)."""
-        return all(p.report is not None and p.report.clean for p in self.probes)
-
-    @property
-    def status(self) -> str:
-        return node_status(list(self.probes))
-
-    def odd_lock_notes(self) -> list[tuple[int, str]]:
-        """(worker, note) for lockfiles that are not files: nothing to clean, worth a look."""
-        return [
-            (p.worker, odd_lock_note(p.report))
-            for p in self.probes
-            if p.report is not None and p.report.odd_lock
-        ]
-
-
-@dataclass(frozen=True)
-class CleanupDone:
-    """A carried-out plan: each step's result and every probed worker as it is now."""
-
-    node: Node
-    results: tuple[StepResult, ...]
-    after: tuple[WorkerProbe, ...]  # the cleaned workers, probed again
-    before: tuple[WorkerProbe, ...] = ()
-
-    @property
-    def done(self) -> bool:
-        return all(r.done for r in self.results)
-
-    @property
-    def now(self) -> list[WorkerProbe]:
-        """Every probed worker as last seen: re-probed if cleaned, else as planned."""
-        by_worker = {p.worker: p for p in self.before}
-        by_worker.update({p.worker: p for p in self.after})
-        return [by_worker[w] for w in sorted(by_worker)]
-
-    @property
-    def status(self) -> str:
-        return node_status(self.now)

@@ -19,37 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from console.adapters.ssh_pool import SshTarget
-from console.models import FleetError, Node, SshError
+from console.models import FleetError, Node, SshError, UploadOutcome
 from console.services.fanout_progress import FanoutProgress, ProgressSink
 from console.services.remote import RemoteService
 
 SKIPPED_DIRS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
-
-
-@dataclass(frozen=True)
-class UploadOutcome:
-    worker: int
-    sent: tuple[str, ...] = ()
-    unchanged: int = 0
-    bytes_sent: int = 0
-    method: str = "tar"
-    error: str = ""
-    refused: tuple[str, ...] = ()  # "path: why" for what the folder holds but cannot be sent
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.error or self.refused)
-
-    def describe(self) -> str:
-        if self.error:
-            return f"w{self.worker}: failed: {self.error}"
-        text = (
-            f"w{self.worker}: {len(self.sent)} sent ({self.bytes_sent} bytes, {self.method}),"
-            f" {self.unchanged} unchanged"
-        )
-        if self.refused:
-            text += f"; {len(self.refused)} not sent: " + "; ".join(self.refused)
-        return text
 
 
 @dataclass(frozen=True)

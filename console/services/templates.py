@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from console.models import FleetError
+from console.models import FleetError, Rendered
 
 
 @dataclass(frozen=True)
@@ -59,24 +59,6 @@ class Param:
         if self.maximum is not None and value > self.maximum:
             raise FleetError(f"{self.name}: {value} is above {self.maximum}.", field=self.name)
         return value
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What a template produced: the argv, its environment, and the shell text that runs it."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    prelude: tuple[str, ...] = ()
-    script: str = ""  # shell text as the user wrote it (the custom template), instead of argv
-    ship_runners: bool = False  # remote/ goes to the workers first (changed files only)
-    upload: tuple[str, str] | None = None  # (local, remote): the sync template runs no command
-
-    def shell(self) -> str:
-        if self.upload:
-            local, remote = self.upload
-            return f"# upload {local} -> {remote} on each worker (changed files only)"
-        return "\n".join([*self.prelude, self.script or shlex.join(self.argv)])
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,10 @@ class TpuConsoleApp(App[None]):
 
     def _job_event(self, event: JobEvent) -> None:
         """A managed job's news: a notification and the terminal's bell, wherever one looks."""
-        bad = event.event in {"failed", "gave_up", "preempted", "retried"}
-        self.notify(event.text, severity="warning" if bad else "information", timeout=15)
+        if event.event.warns:
+            self.notify(event.text, severity="warning", timeout=15)
+        else:
+            self.notify(event.text, timeout=15)
         self.bell()
 
     async def _reconcile_jobs(self) -> None:

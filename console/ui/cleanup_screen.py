@@ -11,9 +11,8 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from console.models import FleetError, Node
+from console.models import CleanupPlan, FleetError, Node
 from console.present.cleanup import plan_entries, result_entries
-from console.services.probe import CleanupPlan
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import lines, styled
 

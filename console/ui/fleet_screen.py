@@ -25,6 +25,7 @@ from console.models import (
     FleetSnapshot,
     Node,
     QueuedResource,
+    WorkerProbe,
     format_age,
 )
 from console.present.queued import ROW_PREFIX, table_rows
@@ -38,7 +39,6 @@ from console.services.fleet_columns import (
     zones_line,
 )
 from console.services.lifecycle import CreateRequest, Progress, ProgressSink, stop_refusal
-from console.services.probe import WorkerProbe
 from console.services.queued_resources import (
     QueuedCreateRequest,
     QueuedGroup,
@@ -809,7 +809,7 @@ class FleetScreen(ConsoleScreen[None]):
     async def _run_group_launch(self, group: QueuedGroup, choice: LaunchChoice) -> None:
         """Every worker of every slice, one fan-out, each slice with its MEGASCALE values;
         clean each slice first if the form offered; the first slice's logs open."""
-        from console.services.launch import LaunchPlan
+        from console.models import LaunchPlan
         from console.ui.log_screen import LogScreen
 
         name = group.request.name
@@ -856,8 +856,8 @@ class FleetScreen(ConsoleScreen[None]):
     async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:
         """The form's choice through the launch service: clean first if it offered, then the
         upload or the job (its logs open); any failure is one notification."""
+        from console.models import LaunchPlan
         from console.present.launch import not_started, upload_lines
-        from console.services.launch import LaunchPlan
         from console.ui.log_screen import LogScreen
 
         if getattr(choice, "managed", False) and self.app.managed is not None:

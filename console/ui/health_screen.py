@@ -11,8 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.models import FleetError
-from console.services.probe import odd_lock_note
+from console.models import FleetError, odd_lock_note
 from console.services.queued_resources import QuotaFinding, quota_findings
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable

@@ -48,9 +48,9 @@ def result_cell(job: Job) -> Text:
     """The first known failure, else how far it got: the line a user scans the list for."""
     if job.diagnoses:
         d = job.diagnoses[0]
-        where = f"w{d['worker']}: " if d.get("worker") is not None else ""
+        where = f"w{d.worker}: " if d.worker is not None else ""
         more = f" (+{len(job.diagnoses) - 1})" if len(job.diagnoses) > 1 else ""
-        return Text(f"{where}{d['title']}{more}"[:48], style="bold red")
+        return Text(f"{where}{d.title}{more}"[:48], style="bold red")
     losses = job.metrics.get("losses") or {}
     done = job.metrics.get("done") or {}
     if done:

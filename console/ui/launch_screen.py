@@ -17,10 +17,10 @@ from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from console.models import FleetError, Node
-from console.services.preflight import Check, preflight
+from console.models import Check, FleetError, Node, Rendered
+from console.services.preflight import preflight
 from console.services.queued_resources import QueuedGroup, QueuedResourceService
-from console.services.templates import TEMPLATES, Param, Rendered, Template
+from console.services.templates import TEMPLATES, Param, Template
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines, plain, styled
 

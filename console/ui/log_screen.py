@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.widgets import Footer, Header, Input, Static
 
 from console.models import ChipMetrics, FleetError, Job, Node, NodeGone
+from console.services import log_bucket
 from console.services.chip_metrics import MetricsWatch
 from console.services.diagnosis import Diagnoser
 from console.services.job_monitor import JobMonitor
@@ -205,11 +206,20 @@ class LogScreen(ConsoleScreen[None]):
         jobs = self.services.jobs
         try:
             node = await self.services.fleet.get_node(self.job.zone, self.job.node)
+            if jobs.log_bucket and (gone := log_bucket.vm_gone(self.job, node)):
+                raise NodeGone(gone, node.state)  # preempted, or a new VM of the same name
             self._watch_chips(node)
             await jobs.watch(self.job, node, on_end=self._worker_ended)
         except FleetError as exc:
             banner = self.query_one("#log-banner", Static)
-            banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
+            if jobs.log_bucket and (isinstance(exc, NodeGone) or exc.code == "NOT_FOUND"):
+                why = (
+                    exc.reason if isinstance(exc, NodeGone) else f"{self.job.node} no longer exists"
+                )
+                read = await log_bucket.read_back(jobs, self.job, why)
+                banner.update(styled((read.line(why), "b")))
+            else:
+                banner.update(styled((exc.reason, "b"), f" {exc.remedy} Showing the local copy."))
             banner.add_class("shown")
             # Nothing more will come (the job ended, or its VM with it): a last line without
             # newline is one.

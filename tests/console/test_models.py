@@ -84,3 +84,32 @@ def test_ages_read_like_k9s() -> None:
         "1d1h",
         "3d",
     ]
+
+
+def test_a_diagnosis_keeps_its_documented_json_shape_and_reads_older_rows() -> None:
+    from console.models import Diagnosis
+
+    d = Diagnosis("hbm_oom", "Out of HBM", "RuntimeError: …", "too big", "smaller", 1)
+    assert d.as_dict() == {
+        "key": "hbm_oom", "title": "Out of HBM", "evidence": "RuntimeError: …",
+        "cause": "too big", "remedy": "smaller", "worker": 1,
+    }  # fmt: skip
+    assert Diagnosis.from_dict(d.as_dict()) == d
+    # A row written before a field existed (or with one since dropped) still reads.
+    assert Diagnosis.from_dict({"key": "silent", "title": "Silent", "extra": 1}) == Diagnosis(
+        "silent", "Silent", "", "", "", None
+    )
+
+
+def test_statuses_are_their_plain_values_for_the_history_and_json() -> None:
+    import json
+
+    from console.models import JobStatus, StopResult, WorkerStop
+
+    assert JobStatus("lost") == "lost" and json.dumps(JobStatus.LOST) == '"lost"'
+    assert JobStatus.RUNNING.open and not JobStatus.KILLED.open
+    said = WorkerStop.parse("stopped: 1 process it left running in its session")
+    assert said == WorkerStop(StopResult.STOPPED, "1 process it left running in its session")
+    assert str(said) == "stopped: 1 process it left running in its session"
+    assert WorkerStop.parse("gone").result == StopResult.GONE
+    assert WorkerStop.parse("Permission denied").result == StopResult.NOT_STOPPED

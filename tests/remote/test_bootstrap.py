@@ -92,6 +92,7 @@ def steps(out: str) -> list[str]:
             if line.startswith("[bootstrap]   ")]  # fmt: skip
 
 
+@pytest.mark.slow  # three bootstrap runs with real venvs and pip: minutes on this CPU
 def test_bootstrap_sets_up_then_finds_nothing_to_do_then_fast_forwards(place) -> None:
     home, sglang, tunix = place
     first = bootstrap(home, sglang, tunix)

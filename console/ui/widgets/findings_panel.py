@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from console.services.diagnosis import Diagnosis
+from console.models import Diagnosis
 from console.services.metrics import JobMetrics, sparkline
 from console.ui.plain import lines, styled
 

@@ -9,7 +9,6 @@ base64 blob of each host key (GoogleCloudPlatform/guest-agent, instance_setup.go
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import socket
@@ -23,7 +22,7 @@ from console.models import FleetError
 from console.sandbox.fleet_state import SANDBOX_PROJECT, loopback
 from console.sandbox.runtime import Sandbox
 from console.services.remote import RemoteService
-from tests.conftest import grant_key
+from tests.conftest import grant_key, sshd_up
 
 ZONE = "us-central2-b"
 
@@ -128,10 +127,7 @@ async def test_a_worker_whose_address_is_taken_moves_and_is_still_reached(
         )
         node = await api.get_node("us-central1-a", "clash")
         assert node.workers[0].external_ip != squatter.getsockname()[0]
-        for _ in range(500):  # its sshd follows READY on the sandbox's next tick
-            if sandbox.worker_address("us-central1-a", "clash", 0):
-                break
-            await asyncio.sleep(0.02)
+        await sshd_up(sandbox, "us-central1-a", "clash")  # its sshd follows READY
         assert sandbox.worker_address("us-central1-a", "clash", 0) == (
             node.workers[0].external_ip,
             sandbox.ssh_port,

@@ -19,7 +19,7 @@ from console.adapters.tpu_api import TpuApi
 from console.models import FleetError
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from tests.conftest import worker_output
+from tests.conftest import sshd_up, worker_output
 
 ZONE = "us-central1-a"
 
@@ -110,8 +110,7 @@ async def test_a_gone_nodes_job_processes_go_with_it_and_nothing_else_does(
         poll_s=0.05,
     )
     node = await api.get_node(zone, "doomed")
-    while sandbox.worker_address(zone, "doomed", 0) is None:  # READY comes before its sshd
-        await asyncio.sleep(0.05)
+    await sshd_up(sandbox, zone, "doomed")  # READY comes before its sshd
     # The job, a child it put in a session of its own, and a bystander with a look-alike
     # environment that the sandbox did not start.
     job = await jobs.launch(node, "all", "setsid sleep 300 & echo $! > ~/child; exec sleep 301")

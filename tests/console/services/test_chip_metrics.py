@@ -151,6 +151,7 @@ async def test_an_unreachable_worker_keeps_its_last_numbers_marked_stale(
         sandbox.set_worker_down(ZONE, "demo-v4-16", 1, False)
 
 
+@pytest.mark.slow  # the real sgl-jax engines: minutes on this CPU
 async def test_a_multi_engine_run_moves_the_numbers_of_its_engines_devices(
     chip_metrics: ChipMetricsService, jobs: JobService, launch
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from console.adapters.history_db import HistoryStore
 from console.models import Job, JobWorker
 from console.services import job_monitor
 from console.services.diagnosis import from_condition
+from console.services.hangs import HangSettings, HangWatch
 from console.services.job_monitor import JobMonitor
 
 
@@ -51,7 +52,7 @@ def test_a_worker_alive_a_minute_after_done_is_a_hang_recorded_once(history) -> 
     [hang] = monitor.check(True, running)
     assert (hang.key, hang.worker) == ("hang_after_done", 0)
     assert monitor.check(True, running) == []  # once
-    assert [(d["key"], d["worker"]) for d in history.get("1-abc123").diagnoses] == [
+    assert [(d.key, d.worker) for d in history.get("1-abc123").diagnoses] == [
         ("hang_after_done", 0)
     ]
 
@@ -83,7 +84,7 @@ async def test_findings_recorded_elsewhere_and_the_status_arrive_by_sync(history
     clock = Clock()
     monitor = JobMonitor("1-abc123", history, clock=clock)
     left = from_condition("node_left", "demo-v4-16 went DELETING")
-    history.set_results("1-abc123", diagnoses=[asdict(left)])
+    history.set_results("1-abc123", diagnoses=[left])
     history.set_status("1-abc123", "lost")
     assert monitor.sync_due()
     record, changed = await monitor.sync()
@@ -94,3 +95,36 @@ async def test_findings_recorded_elsewhere_and_the_status_arrive_by_sync(history
     assert monitor.sync_due()
     _, changed = await monitor.sync()
     assert not changed  # nothing new: the panel is not redrawn
+
+
+def test_a_stuck_job_is_told_once_per_stuck_spell_not_at_every_check(history) -> None:
+    job = history.get("1-abc123")
+    job = dataclasses.replace(job, workers=(JobWorker(0, pid=41), JobWorker(1, pid=42)))
+    clock = Clock()
+    clock.now = job.started_at.timestamp()
+    told: list[tuple[int, ...]] = []
+    watch = HangWatch(job, HangSettings(after_s=10.0), clock=clock)
+    monitor = JobMonitor(
+        job.job_id,
+        history,
+        clock=clock,
+        hang=watch,
+        on_stuck=lambda f: told.append(f.stuck_workers),
+    )
+    running = {0: "", 1: ""}
+    clock.now += 5
+    monitor.worker_output(1, clock.now)  # w1 printed; w0 never did
+    clock.now += 6
+    monitor.check(True, running)
+    assert told == [(0,)]
+    for _ in range(5):  # still stuck, look after look: not told again
+        clock.now += 1
+        monitor.check(True, running)
+    assert told == [(0,)]
+    monitor.worker_output(0, clock.now)  # life again: the spell is over
+    monitor.worker_output(1, clock.now)
+    monitor.check(True, running)
+    assert told == [(0,)] and not monitor.stuck_episode
+    clock.now += 11
+    monitor.check(True, running)  # silent again: a new spell, told again
+    assert told == [(0,), (0, 1)]

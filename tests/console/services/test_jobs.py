@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from console.adapters.history_db import HistoryStore
+from console.models import StopResult, WorkerStop
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
@@ -133,7 +134,7 @@ async def test_stop_ends_the_whole_session_on_every_worker_and_records_killed(
     # A job whose child ignores SIGTERM: the grace period runs out and SIGKILL follows.
     job = await jobs.launch(node, "all", "(trap '' TERM; sleep 60) & sleep 60")
     outcome = await jobs.stop(job, node, grace_s=0.5)
-    assert outcome == {0: "killed", 1: "killed"}
+    assert outcome == {0: WorkerStop(StopResult.KILLED), 1: WorkerStop(StopResult.KILLED)}
     assert jobs.get(job.job_id).status == "killed"
     for w in job.workers:
         alive = await _remote_text(
@@ -218,8 +219,8 @@ async def test_the_record_holds_parameters_results_and_diagnoses_once_the_job_en
     assert stored.kind == "grpo" and stored.params == {"steps": 2, "model": "toy"}
     assert stored.metrics["losses"] == {"0": [[1, 0.5], [2, 0.25]], "1": [[1, 0.5], [2, 0.25]]}
     assert stored.metrics["done"] == {"0": "DONE: steps=2 elapsed_sec=1.5"}
-    assert [(d["key"], d["worker"]) for d in stored.diagnoses] == [("hbm_oom", 1)]
-    assert "mem-fraction-static" in stored.diagnoses[0]["remedy"]
+    assert [(d.key, d.worker) for d in stored.diagnoses] == [("hbm_oom", 1)]
+    assert "mem-fraction-static" in stored.diagnoses[0].remedy
 
 
 async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
@@ -239,7 +240,7 @@ async def test_a_process_that_sigquit_killed_without_a_word_is_diagnosed(
     await jobs.follow(job, node, lambda w, t: None)
     stored = HistoryStore(tmp_path / "history.db").get(job.job_id)
     assert stored is not None and stored.status == "failed" and stored.workers[0].rc == 131
-    assert [(d["key"], d["worker"], d["evidence"]) for d in stored.diagnoses] == [
+    assert [(d.key, d.worker, d.evidence) for d in stored.diagnoses] == [
         ("killed_by_sigquit", 0, "rc=131")
     ]
 
@@ -343,11 +344,11 @@ async def test_a_stopped_job_keeps_its_last_lines_and_their_diagnosis(jobs: JobS
     )
     job = await jobs.launch(node, "all", script)
     await jobs.follow(job, node, lambda w, t: None, follow=False)  # some output, then the stop
-    assert (await jobs.stop(job, node, grace_s=5)) == {0: "stopped"}
+    assert (await jobs.stop(job, node, grace_s=5)) == {0: WorkerStop(StopResult.STOPPED)}
     stored = jobs.get(job.job_id)
     assert stored.status == "killed"
     assert jobs.log_path(job.job_id, 0).read_text().splitlines()[-1].startswith("RuntimeError")
-    assert [d["key"] for d in stored.diagnoses] == ["tpu_in_use"]
+    assert [d.key for d in stored.diagnoses] == ["tpu_in_use"]
 
 
 async def test_a_job_whose_process_vanished_without_an_exit_code_is_lost(
@@ -401,7 +402,7 @@ async def test_stopping_a_job_that_already_ended_settles_its_record(jobs: JobSer
     await _remote_text(  # until its whole session has ended
         jobs.remote, node, f"while ps -o stat= --sid {pid} | grep -qv '^Z'; do sleep 0.05; done"
     )
-    assert await jobs.stop(job, node) == {0: "gone"}
+    assert await jobs.stop(job, node) == {0: WorkerStop(StopResult.GONE)}
     stored = jobs.get(job.job_id)
     assert stored.status == "failed" and stored.workers[0].rc == 3
 
@@ -417,7 +418,8 @@ async def test_stop_ends_what_the_command_left_running_in_its_session_and_says_s
     )
     outcome = await jobs.stop(job, node, grace_s=2)
     said = "stopped: 1 process it left running in its session (its command had ended with rc=0)"
-    assert outcome == {0: said}
+    assert {w: str(v) for w, v in outcome.items()} == {0: said}
+    assert outcome[0].result == StopResult.STOPPED
     stored = jobs.get(job.job_id)
     assert stored.status == "killed" and stored.note == f"w0: {said}"
     left = await _remote_text(jobs.remote, node, f"ps -o stat= --sid {pid} | grep -v '^Z' | wc -l")

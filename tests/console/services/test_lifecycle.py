@@ -79,8 +79,8 @@ async def test_a_node_deleted_by_automation_marks_its_running_job_lost(
     assert "automation" in alerts[0] and job.job_id in alerts[0]
     lost = jobs.get(job.job_id)
     assert lost.status == "lost"
-    assert [d["key"] for d in lost.diagnoses] == ["node_left"]
-    assert "demo-v4-8 went DELETING" in lost.diagnoses[0]["evidence"]
+    assert [d.key for d in lost.diagnoses] == ["node_left"]
+    assert "demo-v4-8 went DELETING" in lost.diagnoses[0].evidence
     timeline = [(e.kind, e.detail) for e in history.events_for("us-central2-b", "demo-v4-8")]
     assert ("state", "READY → DELETING") in timeline
 
@@ -160,7 +160,7 @@ async def test_a_lost_job_keeps_what_its_logs_showed_until_the_vm_went(
     await asyncio.gather(*lifecycle._results_tasks)
     lost = jobs.get(job.job_id)
     assert lost.status == "lost" and lost.metrics["losses"] == {"0": [[1, 0.5]]}
-    assert [d["key"] for d in lost.diagnoses] == ["node_left"]
+    assert [d.key for d in lost.diagnoses] == ["node_left"]
 
 
 # ----- the API as Google answers it (issue 12) -----------------------------------------------

@@ -120,7 +120,7 @@ async def test_the_last_line_without_a_newline_is_kept_and_reaches_results_and_d
     assert (0, "DONE: engines=4 wall_sec=0.5") in live
     stored = console_jobs.get(job.job_id)
     assert stored.metrics["done"] == {"0": "DONE: engines=4 wall_sec=0.5"}
-    assert [(d["key"], d["worker"]) for d in stored.diagnoses] == [("hbm_oom", 1)]
+    assert [(d.key, d.worker) for d in stored.diagnoses] == [("hbm_oom", 1)]
     # And the replay of the copies prints it, as `tpuconsole logs` does.
     assert await asyncio.to_thread(main, ["logs", job.job_id, "--worker", "0"]) == 0
     assert capsys.readouterr().out.split("\n")[:-1] == [

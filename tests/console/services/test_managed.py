@@ -21,6 +21,7 @@ import pytest
 from console.adapters.history_db import HistoryStore
 from console.models import accelerator_shape
 from console.sandbox.runtime import Sandbox
+from console.services.chip_metrics import ChipMetricsService, PollSettings
 from console.services.jobs import JobService
 from console.services.launch import LaunchService
 from console.services.lifecycle import LifecycleService
@@ -341,3 +342,45 @@ async def test_a_node_someone_stopped_is_never_deleted_and_the_job_runs_again_on
     assert sandbox.fleet.get("us-central2-b", "demo-v4-8").node_id == node_id  # the same VM
     kinds = [e.kind for e in jobs.history.events_for("us-central2-b", "demo-v4-8")]
     assert "delete" not in kinds
+
+
+async def test_a_managed_job_gone_silent_with_idle_chips_tells_the_hook_stuck_once(
+    remote: RemoteService, jobs: JobService, hooks: Hooks
+) -> None:
+    """A run that printed one line and then waits, holding no chip (its duty cycle is zero):
+    after `stuck_after` (2 s here) the hook hears `stuck`, and only once for the spell."""
+    quick = PollSettings(interval_s=0.5, holders_every_s=1.5, recheck_holders_s=0.5)
+    chips = ChipMetricsService.for_remote(
+        remote, ProbeService(remote), settings=quick, standin=True
+    )
+    notifier = Notifier(hooks.command, hooks.url, say=print)
+    managed = managed_for(remote, jobs, jobs.history, notifier, chips=chips, stuck_after_s=2.0)
+    try:
+        job = await _custom_managed(managed, "echo 'waiting for a peer'; sleep 600", ())
+        watching = asyncio.ensure_future(managed.run_forever())
+
+        def stuck_events() -> list[list[str]]:
+            return [e for e in hooks.events() if e[0] == "stuck"]
+
+        await eventually(lambda: bool(stuck_events()) or watching.done(), 120)
+        assert not watching.done()
+        assert stuck_events() == [["stuck", job.job_id, "running", "demo-v4-8"]]
+        # Verdicts go on being made, the job still stuck: the hook is not called again.
+        monitor = managed.monitors[job.job_id]
+        seen = monitor.checks
+        await eventually(lambda: monitor.checks >= seen + 5, 60)
+        assert monitor.stuck_episode
+        await managed.notifier.drain()
+        assert len(stuck_events()) == 1
+        [post] = [p for p in hooks.posts if p["tpuconsole_event"] == "stuck"]
+        assert post["text"].startswith(f"job {job.job_id} on demo-v4-8: Stuck? w0 silent")
+        assert "chips idle" in post["text"], post["text"]
+        assert any(d.key == "stuck" for d in jobs.history.get(job.job_id).diagnoses)
+        jobs.history.set_managed(job.job_id, state="cancelled")
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        node = await remote.fleet.get_node(ZONE, "demo-v4-8")
+        await jobs.stop(jobs.get(job.job_id), node, grace_s=1)
+    finally:
+        await managed.close()
+        await chips.close()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from console.adapters.tpu_api import TpuApi
-from console.models import ProbeReport
+from console.models import ProbeReport, WorkerProbe
 from console.services.preflight import preflight
-from console.services.probe import WorkerProbe
 from console.services.templates import GRPO, MULTI_ENGINE
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from console.models import KillStep
+from console.models import KillStep, describe_kill, node_status
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.probe import ProbeService, describe_kill, node_status, plan_for
+from console.services.probe import ProbeService, plan_for
 from console.services.remote import RemoteService
 from tests.conftest import worker_output
 

@@ -20,7 +20,7 @@ from console.adapters.tpu_api import TpuApi
 from console.sandbox.fleet_state import SANDBOX_ACCOUNT, SANDBOX_PROJECT
 from console.sandbox.runtime import Sandbox
 from console.services.remote import RemoteService
-from tests.conftest import fleet_for, ssh_options_for, worker_output
+from tests.conftest import fleet_for, ssh_options_for, sshd_up, worker_output
 
 ZONE = "us-central2-b"
 STAND_INS = Path(__file__).resolve().parents[2] / "stand_ins"
@@ -167,8 +167,7 @@ async def test_a_multi_nic_node_counts_one_worker_per_network_config(
         raw.network_endpoints[2].ip_address,
     ]
     # READY comes before the VMs' sshd answers (as on Google Cloud); wait for both workers'.
-    while any(sandbox.worker_address(ZONE, "two-nic-v4-16", w) is None for w in (0, 1)):
-        await asyncio.sleep(0.05)
+    await sshd_up(sandbox, ZONE, "two-nic-v4-16", (0, 1))
     remote = service(sandbox, tmp_path)
     try:
         lines: list[str] = []

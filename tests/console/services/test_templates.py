@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.models import FleetError
-from console.services.templates import GRPO, MULTI_ENGINE, Rendered, parse_sets, template
+from console.models import FleetError, Rendered
+from console.services.templates import GRPO, MULTI_ENGINE, parse_sets, template
 from remote import multi_engine
 
 # The commands the seeds ran (shared/seeds/*), after their `python -u -m <runner>` part.

@@ -30,6 +30,7 @@ async def open_form(app: TpuConsoleApp, pilot, node_key: str) -> LaunchScreen:
     return app.screen
 
 
+@pytest.mark.slow  # the real sgl-jax engines behind the form: minutes on this CPU
 async def test_launch_multi_engine_from_the_tui_and_see_it_succeed(
     jobs: JobService,
 ) -> None:

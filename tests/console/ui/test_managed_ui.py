@@ -3,12 +3,16 @@ notification, and RECOVERIES in the jobs table."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from textual.widgets import Checkbox, DataTable, Input, Select
 
-from console.models import Job
+from console.models import Job, ManagedState
 from console.sandbox.runtime import Sandbox
+from console.services.chip_metrics import ChipMetricsService, PollSettings
 from console.services.jobs import JobService
 from console.services.lifecycle import CreateRequest
+from console.services.managed import ManagedSpec, NodeSpec, Step
 from console.services.notify import Notifier
 from console.services.session import Services
 from console.ui.app import TpuConsoleApp
@@ -60,3 +64,33 @@ async def test_a_managed_launch_from_the_form_is_recovered_while_the_tui_is_open
         await until(pilot, lambda: job.job_id in {k.value for k in table.rows})
         row = [str(c) for c in table.get_row(job.job_id)]
         assert row[2] == "1"  # RECOVERIES
+
+
+async def test_a_managed_job_gone_stuck_is_a_warning_notification_in_the_tui(
+    jobs: JobService,
+) -> None:
+    quick = PollSettings(interval_s=0.5, holders_every_s=1.5, recheck_holders_s=0.5)
+    services = Services.build(jobs)
+    chips = ChipMetricsService.for_remote(
+        jobs.remote, services.prober, settings=quick, standin=True
+    )
+    managed = managed_for(
+        jobs.remote, jobs, jobs.history, Notifier(), chips=chips, stuck_after_s=2.0
+    )
+    job = await managed.launch(
+        ManagedSpec(NodeSpec("demo-v4-8", (ZONE,)), Step(command="echo waiting; sleep 600"))
+    )
+    app = TpuConsoleApp(dataclasses.replace(services, chips=chips), mode="SANDBOX", managed=managed)
+    try:
+        async with app.run_test(size=(160, 50)) as pilot:
+
+            def stuck() -> list:
+                return [n for n in app._notifications if "Stuck?" in n.message]
+
+            await until(pilot, lambda: bool(stuck()), limit=6000)
+            [toast] = stuck()
+            assert toast.severity == "warning" and job.job_id in toast.message
+    finally:
+        jobs.history.set_managed(job.job_id, state=ManagedState.CANCELLED)
+        node = await jobs.remote.fleet.get_node(ZONE, "demo-v4-8")
+        await jobs.stop(jobs.get(job.job_id), node, grace_s=1)
