@@ -26,7 +26,7 @@ from console.models import (
     format_age,
 )
 from console.services.fleet import FleetService
-from console.services.lifecycle import NAME_RE, LifecycleService, Progress, ProgressSink
+from console.services.lifecycle import CreateRequest, LifecycleService, Progress, ProgressSink
 from console.services.runtimes import default_runtime
 
 # What MaxText's multihost runner and GoogleCloudPlatform/ml-testing-accelerators' multislice
@@ -155,16 +155,10 @@ class QueuedCreateRequest:
     labels: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        out = []
-        if not NAME_RE.match(self.name):
-            out.append(
-                f"Name {self.name!r}: lowercase letters, digits and dashes, starting with "
-                "a letter, at most 63 characters."
-            )
-        if not self.zone:
-            out.append("Choose a zone.")
-        if not self.accelerator_type:
-            out.append("Choose an accelerator type.")
+        """A plain create's checks (name, zone, type, labels), then the queue's own."""
+        out = CreateRequest(
+            self.name, self.zone, self.accelerator_type, labels=self.labels
+        ).problems()
         if self.count < 1:
             out.append(f"--count {self.count}: a request asks for at least one node.")
         if self.tier not in {"", "spot", "guaranteed"}:
@@ -414,6 +408,7 @@ class QueuedResourceService:
         kind: str = "custom",
         env: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
+        ship_runners: bool = False,
     ) -> list[Job]:
         """The same command on every worker of every slice, started together, each slice with
         its MEGASCALE values; nothing starts if a slice is missing or not READY."""
@@ -440,6 +435,7 @@ class QueuedResourceService:
                         kind=kind,
                         env={**(env or {}), **self.megascale_env(whole, i)},
                         params=params,
+                        ship_runners=ship_runners,
                     )
                     for i, node in enumerate(slices)
                 )

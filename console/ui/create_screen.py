@@ -1,27 +1,33 @@
 """`c`: the create form. Zones, types and runtime versions come from the API; nothing is sent
 until the form is valid, and the create then runs in the background with its progress shown.
 The runtime version follows the type: each generation's base image, among the zone's versions.
+"Through a queued resource" asks through the queue instead (a tier, a wait bound, a count).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from console.models import FleetError
 from console.services.lifecycle import CreateRequest, default_name, parse_labels
+from console.services.queued_resources import QueuedCreateRequest, parse_duration
 from console.services.runtimes import default_runtime
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines
 
 NAME_PREFIX = "tpu"
+# The queue's tiers as the form offers them: (shown, QueuedCreateRequest.tier).
+TIERS = (("on-demand", ""), ("spot", "spot"), ("reserved (guaranteed)", "guaranteed"))
 
 
-class CreateScreen(ConsoleModal[CreateRequest | None]):
+class CreateScreen(ConsoleModal[CreateRequest | QueuedCreateRequest | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "submit", "Create"),
@@ -63,12 +69,36 @@ class CreateScreen(ConsoleModal[CreateRequest | None]):
                 "On-demand if spot has no room (quota or stockout)",
                 id="fallback",
             )
+            yield Checkbox(
+                "Through a queued resource: wait in its queue for capacity "
+                "(v5e, v5p, v6e, multislice)",
+                id="queued",
+            )
+            with Vertical(id="queued-fields"):
+                yield Label(
+                    "Queued: tier (spot and fallback above are for a plain create)", markup=False
+                )
+                yield Select(
+                    [(Text(shown), tier) for shown, tier in TIERS],
+                    value="",
+                    id="tier",
+                    allow_blank=False,
+                )
+                yield Label(
+                    "Queued: how long it may wait (6h, 90m, 1d12h; empty: no bound)", markup=False
+                )
+                yield Input(id="valid-for", placeholder="6h")
+                yield Label(
+                    "Queued: nodes (more than 1: a multislice request, NAME-0 …)", markup=False
+                )
+                yield Input("1", id="count")
             yield Static("", id="create-errors", markup=False)
             with Horizontal():
                 yield Button("Create (ctrl+s)", id="create", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
+        self.query_one("#queued-fields").display = False
         if self.initial_zone:
             self._load_zone(self.initial_zone)
         self.query_one("#zone", Select).focus()
@@ -116,12 +146,16 @@ class CreateScreen(ConsoleModal[CreateRequest | None]):
             now = self.app.now().astimezone()
             self.query_one("#name", Input).value = default_name(NAME_PREFIX, event.value, now)
 
+    @on(Checkbox.Changed, "#queued")
+    def _queued_changed(self, event: Checkbox.Changed) -> None:
+        self.query_one("#queued-fields").display = event.value
+
     @on(Input.Changed, "#name")
     def _name_changed(self, event: Input.Changed) -> None:
         if self.query_one("#name", Input).has_focus:
             self._name_touched = True
 
-    def request(self) -> CreateRequest:
+    def request(self) -> CreateRequest | QueuedCreateRequest:
         def value(selector: str) -> str:
             v = self.query_one(selector, Select).value
             return v if isinstance(v, str) else ""
@@ -129,6 +163,8 @@ class CreateScreen(ConsoleModal[CreateRequest | None]):
         raw_labels = [
             x.strip() for x in self.query_one("#labels", Input).value.split(",") if x.strip()
         ]
+        if self.query_one("#queued", Checkbox).value:
+            return self._queued_request(value, parse_labels(raw_labels))
         return CreateRequest(
             name=self.query_one("#name", Input).value.strip(),
             zone=value("#zone"),
@@ -138,6 +174,33 @@ class CreateScreen(ConsoleModal[CreateRequest | None]):
             fallback_on_demand=self.query_one("#fallback", Checkbox).value,
             labels=parse_labels(raw_labels),
             startup_command=self.query_one("#startup", Input).value.strip(),
+        )
+
+    def _queued_request(
+        self, value: Callable[[str], str], labels: dict[str, str]
+    ) -> QueuedCreateRequest:
+        """The queue's fields; a bound or a count that does not read is one sentence."""
+        if self.query_one("#startup", Input).value.strip():
+            raise FleetError(
+                "A startup bootstrap runs after a plain create, not through the queue.",
+                "Empty it, and launch the bootstrap once the request is ACTIVE.",
+            )
+        bound = self.query_one("#valid-for", Input).value.strip()
+        count_text = self.query_one("#count", Input).value.strip() or "1"
+        if not count_text.isdigit():
+            raise FleetError(
+                f"Nodes {count_text!r} is not a whole number.", "Write 1, or 2 for two slices."
+            )
+        tier = self.query_one("#tier", Select).value
+        return QueuedCreateRequest(
+            self.query_one("#name", Input).value.strip(),
+            value("#zone"),
+            value("#type"),
+            value("#version"),
+            tier=tier if isinstance(tier, str) else "",
+            valid_for_s=parse_duration(bound) if bound else 0.0,
+            count=int(count_text),
+            labels=labels,
         )
 
     def action_submit(self) -> None:

@@ -1,6 +1,7 @@
-"""The fleet screen: every TPU VM across zones in one live table, k9s-style.
+"""The fleet screen: every TPU VM across zones in one live table, k9s-style, each queued
+resource a row above its nodes (or alone while it has none).
 
-Rows are updated by node key, so refreshes never move the cursor or the scroll position.
+Rows are updated by key, so refreshes never move the cursor or the scroll position.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Input, Static
 
-from console.models import ChipMetrics, FleetError, FleetSnapshot, Node, WorkerProbe
+from console.models import (
+    ChipMetrics,
+    FleetError,
+    FleetSnapshot,
+    Node,
+    QueuedResource,
+    WorkerProbe,
+    format_age,
+)
+from console.present.queued import ROW_PREFIX, table_rows
 from console.services.chip_metrics import MetricsWatch
 from console.services.fanout_progress import FanoutProgress
 from console.services.fleet_columns import (
@@ -29,6 +39,12 @@ from console.services.fleet_columns import (
     zones_line,
 )
 from console.services.lifecycle import CreateRequest, Progress, ProgressSink, stop_refusal
+from console.services.queued_resources import (
+    QueuedCreateRequest,
+    QueuedGroup,
+    QueuedResourceService,
+    groups,
+)
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import lines, styled
 from console.ui.widgets.fleet_table import FleetTable
@@ -82,6 +98,8 @@ class FleetScreen(ConsoleScreen[None]):
         self._carried_zones: set[str] = set()
         self._chip_watches: dict[str, MetricsWatch] = {}
         self._chips_paused = False
+        self.groups: dict[str, QueuedGroup] = {}  # request key (zone/name) -> it and its nodes
+        self._shown_nodes = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -89,6 +107,7 @@ class FleetScreen(ConsoleScreen[None]):
             yield Static("", id="banner", classes="banner", markup=False)
             yield Static("loading fleet…", id="status", markup=False)
             yield FleetTable(id="fleet")
+            yield Static("", id="row-note", classes="note", markup=False)
         yield OpsPanel(id="ops")
         yield Input(
             placeholder="filter: name, zone, type, state, label=value …",
@@ -108,6 +127,12 @@ class FleetScreen(ConsoleScreen[None]):
     @property
     def ops(self) -> OpsPanel:
         return self.query_one("#ops", OpsPanel)
+
+    @property
+    def queued(self) -> QueuedResourceService:
+        """Queued resources over the session's fleet and lifecycle (it holds no state)."""
+        life = self.services.lifecycle
+        return QueuedResourceService(self.services.fleet, life, poll_s=life.poll_s)
 
     # ----- refresh -----------------------------------------------------------------------------
     def _periodic_refresh(self) -> None:
@@ -178,9 +203,11 @@ class FleetScreen(ConsoleScreen[None]):
         )
         parts = []
         if self.snapshot is not None:
-            shown = self.table.row_count
+            shown = self._shown_nodes
             total = len(self.snapshot.nodes)
             parts.append(f"{shown} of {total} nodes" if self.filter_text else f"{total} nodes")
+            if self.snapshot.queued_resources:
+                parts.append(f"{len(self.snapshot.queued_resources)} queued resources")
             parts.append(zones_line(self.snapshot))
             if self.snapshot.unreachable:
                 parts.append(f"{len(self.snapshot.unreachable)} unreachable")
@@ -201,9 +228,25 @@ class FleetScreen(ConsoleScreen[None]):
         now = self.app.now()
         nodes = [n for n in self.snapshot.nodes if matches(n, self.filter_text)]
         nodes = sort_nodes(nodes, self.sort_column, self.sort_reverse, now)
+        found = groups(self.snapshot)
+        self.groups = {g.key: g for g in found}
+        self._shown_nodes = len(nodes)
         self._watch_chips()
-        self.table.show(nodes, now, self.lock_status, self.marked, self.chips_of)
+        rows = table_rows(nodes, found, self.filter_text)
+        self.table.show(rows, now, self.lock_status, self.marked, self.chips_of)
+        self._show_row_note()
         self.query_one("#status", Static).update(self._status_text(loading=self.refreshing))
+
+    def _show_row_note(self) -> None:
+        """Under the table: the queued resource of the row under the cursor, in a line (its
+        state, tier, nodes, wait, bound and a FAILED one's error)."""
+        note = self.query_one("#row-note", Static)
+        group = self.cursor_group()
+        text = ""
+        if group is not None:
+            text = f"queued resource {group.request.name}: {group.summary(self.app.now())}"
+        note.update(text)
+        note.display = bool(text)
 
     # ----- HBM and DUTY: the chips of READY nodes a process holds, polled while shown --------
     def chips_wanted(self) -> dict[str, Node]:
@@ -263,6 +306,16 @@ class FleetScreen(ConsoleScreen[None]):
             return None
         return next((n for n in self.snapshot.nodes if n.key == key), None)
 
+    def cursor_group(self) -> QueuedGroup | None:
+        """The queued resource under the cursor: its own row, or one of its nodes'."""
+        key = self.cursor_node_key()
+        if key is None:
+            return None
+        if key.startswith(ROW_PREFIX):
+            return self.groups.get(key[len(ROW_PREFIX) :])
+        node = self.cursor_node()
+        return self.groups.get(node.queued_key) if node is not None else None
+
     # ----- filter and sort ---------------------------------------------------------------------
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -313,6 +366,8 @@ class FleetScreen(ConsoleScreen[None]):
     @on(FleetTable.NodeHighlighted)
     def _cursor_moved(self) -> None:
         self.refresh_bindings()
+        if self.snapshot is not None:
+            self._show_row_note()
 
     def binding_note(self, action: str) -> str:
         """Why a key is greyed out right now (the help screen shows it), or ""."""
@@ -348,6 +403,11 @@ class FleetScreen(ConsoleScreen[None]):
         from console.ui.node_detail import NodeDetailScreen
 
         node = self.cursor_node()
+        group = self.cursor_group()
+        if node is None and group is not None:  # a request's row: what it is, in a line
+            summary = group.summary(self.app.now())
+            self.notify(f"Queued resource {group.request.name}: {summary}", timeout=15)
+            return
         if node is None:
             self.notify("No node selected.", severity="warning")
             return
@@ -404,7 +464,7 @@ class FleetScreen(ConsoleScreen[None]):
 
     def action_mark(self) -> None:
         key = self.cursor_node_key()
-        if key is None:
+        if key is None or key.startswith(ROW_PREFIX):  # a request is deleted from its row
             return
         self.marked.symmetric_difference_update({key})
         self._render_rows()
@@ -465,9 +525,53 @@ class FleetScreen(ConsoleScreen[None]):
         node = self.cursor_node()
         self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
 
-    def _create(self, request: CreateRequest | None) -> None:
-        if request is not None:
+    def _create(self, request: CreateRequest | QueuedCreateRequest | None) -> None:
+        if isinstance(request, QueuedCreateRequest):
+            self._run_queued_create(request)
+        elif request is not None:
             self._run_create(request)
+
+    @work(group="lifecycle")
+    async def _run_queued_create(self, request: QueuedCreateRequest) -> None:
+        """Through the queue: each state with the time waited in the operations panel (the
+        table brought along at each change), then the ssh check; a FAILED one says why."""
+        key = f"{request.zone}/{request.name}"
+        show = self._progress(key)
+        last = ""
+
+        def report(progress: Progress) -> None:
+            nonlocal last
+            show(progress)
+            if progress.state != last and self.query("#status") and not self.refreshing:
+                self.action_refresh()  # the request's row moves on with it
+            last = progress.state
+
+        try:
+            outcome = await self.queued.create(request, report)
+        except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
+            self.notify(
+                f"Queued create {request.name}: {exc.reason} {exc.remedy}{code}",
+                severity="error",
+                timeout=30,
+            )
+        else:
+            ssh = (
+                "ssh answers on every worker"
+                if not outcome.ssh_failed
+                else "ssh failed: " + "; ".join(outcome.ssh_failed)
+            )
+            nodes = ", ".join(f"{n.name} {n.state}" for n in outcome.nodes)
+            self.notify(
+                f"Queued resource {request.name} ACTIVE after {format_age(outcome.waited_s)}: "
+                f"{nodes} ({ssh})",
+                severity="information" if not outcome.ssh_failed else "warning",
+                timeout=15,
+            )
+        finally:
+            self._ops_done(key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     @work(group="lifecycle")
     async def _run_create(self, request: CreateRequest) -> None:
@@ -508,6 +612,9 @@ class FleetScreen(ConsoleScreen[None]):
     def action_change(self, verb: str) -> None:
         from console.ui.confirm_screen import ConfirmScreen
 
+        if verb == "delete" and self._requests_chosen():
+            self._delete_with_requests()
+            return
         chosen = self._chosen_nodes()
         if not chosen:
             return
@@ -527,6 +634,64 @@ class FleetScreen(ConsoleScreen[None]):
                     self._run_change(verb, node)
 
         self.app.push_screen(ConfirmScreen(f"{verb.capitalize()} {len(nodes)} node(s)?", lines), go)
+
+    def _requests_chosen(self) -> dict[str, tuple[Node | None, QueuedResource]]:
+        """The queued resources a delete takes: those of the chosen nodes, or the request
+        under the cursor (a request's row); request key -> (the node chosen, the request)."""
+        out: dict[str, tuple[Node | None, QueuedResource]] = {}
+        for node in self._chosen_nodes():
+            group = self.groups.get(node.queued_key)
+            if group is not None:
+                out.setdefault(group.key, (node, group.request))
+        if not self.marked and not out and (group := self.cursor_group()) is not None:
+            out[group.key] = (None, group.request)
+        return out
+
+    def _delete_with_requests(self) -> None:
+        """A node of a queued resource is deleted with its request (force: every node of it),
+        after a question that says so; a request's own row deletes the request."""
+        from console.ui.confirm_screen import ConfirmScreen
+
+        requests = self._requests_chosen()
+        nodes = [n for n in self._chosen_nodes() if n.queued_key not in requests]
+        lines = [f"delete {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
+        lines += [self.queued.delete_question(node, qr) for node, qr in requests.values()]
+        lines.append("Deleting cannot be undone; local logs and history stay.")
+        what = [f"{len(nodes)} node(s)"] if nodes else []
+        if len(requests) == 1 and not nodes:
+            what.append(f"queued resource {next(iter(requests.values()))[1].name}")
+        else:
+            what.append(f"{len(requests)} queued resource(s)")
+
+        def go(yes: bool | None) -> None:
+            if yes:
+                self.marked.clear()
+                for node in nodes:
+                    self._run_change("delete", node)
+                for _node, qr in requests.values():
+                    self._run_queued_delete(qr)
+
+        self.app.push_screen(ConfirmScreen(f"Delete {' and '.join(what)}?", lines), go)
+
+    @work(group="lifecycle")
+    async def _run_queued_delete(self, qr: QueuedResource) -> None:
+        key = ROW_PREFIX + qr.key
+        try:
+            await self.queued.delete(qr.zone, qr.name, self._progress(key), force=True)
+        except FleetError as exc:
+            code = f" [{exc.code}]" if exc.code else ""
+            self.notify(
+                f"Delete queued resource {qr.name}: {exc.reason} {exc.remedy}{code}",
+                severity="error",
+                timeout=30,
+            )
+        else:
+            gone = ", ".join(qr.node_names)
+            self.notify(f"Queued resource {qr.name}: deleted, with its nodes ({gone}).")
+        finally:
+            self._ops_done(key)
+            if self.query("#status"):  # not when the app is closing
+                self.action_refresh()
 
     def action_delete_zone(self) -> None:
         from console.ui.confirm_screen import TypedConfirmScreen
@@ -570,6 +735,10 @@ class FleetScreen(ConsoleScreen[None]):
         from console.ui.launch_screen import LaunchScreen
 
         node = self.cursor_node()
+        group = self.cursor_group()
+        if group is not None and (group.request.multislice or node is None):
+            self._launch_on_group(group)
+            return
         if node is None:
             return
         if node.state != "READY":
@@ -578,6 +747,36 @@ class FleetScreen(ConsoleScreen[None]):
             )
             return
         self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
+
+    def _launch_on_group(self, group: QueuedGroup) -> None:
+        """A multislice request's node or row: the form launches on every slice at once
+        (preflight refuses a part of it); a one-node request's row: on its node."""
+        from console.ui.launch_screen import LaunchScreen
+
+        qr = group.request
+        if not group.nodes:
+            self.notify(
+                f"Queued resource {qr.name} is {qr.state} and has no node yet to launch on.",
+                severity="warning",
+            )
+            return
+        if not group.ready:
+            missing = ", ".join(group.missing) or ", ".join(
+                f"{n.name} ({n.state})" for n in group.nodes if n.state != "READY"
+            )
+            self.notify(
+                f"Multislice group {qr.name} is not whole ({missing}); a launch needs every "
+                "slice READY.",
+                severity="warning",
+            )
+            return
+        node = sorted(group.nodes, key=group.slice_of)[0]
+        if not qr.multislice:
+            self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
+            return
+        self.app.push_screen(
+            LaunchScreen(node, group), lambda choice: self._launch(node, choice, group)
+        )
 
     async def _run_managed(self, node: Node, choice: LaunchChoice) -> None:
         """The form's choice as a managed job on this node (adopted: its spec is the node's)."""
@@ -598,9 +797,60 @@ class FleetScreen(ConsoleScreen[None]):
         self.notify(f"Managed job {job.job_id} started; recovered after a preemption.")
         self.app.push_screen(LogScreen(job))
 
-    def _launch(self, node: Node, choice: LaunchChoice | None) -> None:
-        if choice is not None:
+    def _launch(
+        self, node: Node, choice: LaunchChoice | None, group: QueuedGroup | None = None
+    ) -> None:
+        if choice is not None and group is not None:
+            self._run_group_launch(group, choice)
+        elif choice is not None:
             self._run_launch(node, choice)
+
+    @work(group="launch")
+    async def _run_group_launch(self, group: QueuedGroup, choice: LaunchChoice) -> None:
+        """Every worker of every slice, one fan-out, each slice with its MEGASCALE values;
+        clean each slice first if the form offered; the first slice's logs open."""
+        from console.models import LaunchPlan
+        from console.ui.log_screen import LogScreen
+
+        name = group.request.name
+        if choice.managed or choice.rendered.upload is not None:
+            what = "a managed job" if choice.managed else "an upload"
+            self.notify(
+                f"Launch on group {name}: {what} goes to one node; launch it per slice, or "
+                "untick Managed.",
+                severity="error",
+            )
+            return
+        try:
+            if choice.clean_first:
+                for node in group.nodes:
+                    plan = LaunchPlan(node, "all", choice.kind, choice.rendered, choice.params)
+                    cleanup = await self.services.launcher.plan_cleanup(plan)
+                    done = await self.services.prober.clean(cleanup) if cleanup.todo else None
+                    if done is not None and not done.done:
+                        self.notify(
+                            f"Cleanup on {node.name} left the TPU held ({done.status}); "
+                            f"nothing launched on group {name}. K shows the plan.",
+                            severity="error",
+                            timeout=30,
+                        )
+                        return
+            jobs = await self.queued.launch_group(
+                self.services.jobs,
+                group,
+                choice.rendered.shell(),
+                kind=choice.kind,
+                env=choice.rendered.env,
+                params=choice.params,
+                ship_runners=choice.rendered.ship_runners,
+            )
+        except FleetError as exc:
+            self.notify(f"Launch on group {name}: {exc}", severity="error", timeout=30)
+            return
+        ids = ", ".join(f"{j.node} {j.job_id}" for j in jobs)
+        self.notify(f"Launched on every slice of {name}: {ids}.", timeout=10)
+        if jobs:
+            self.app.push_screen(LogScreen(jobs[0]))
 
     @work(group="launch")
     async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:

@@ -19,6 +19,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from console.models import Check, FleetError, Node, Rendered
 from console.services.preflight import preflight
+from console.services.queued_resources import QueuedGroup, QueuedResourceService
 from console.services.templates import TEMPLATES, Param, Template
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines, plain, styled
@@ -39,9 +40,11 @@ class LaunchChoice:
 class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "launch", "Launch")]
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, group: QueuedGroup | None = None) -> None:
+        """`group`: the node's multislice group, launched on as a whole (issue 17)."""
         super().__init__()
         self.node = node
+        self.group = group
         self.probes: list = []
         self.checks: list[Check] = []
         self.error = ""
@@ -55,6 +58,12 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
                     (f"Launch on {self.node.name}", "bold"),
                     f" ({self.node.zone}, {self.node.accelerator_type}, "
                     f"{len(self.node.workers)} worker(s))",
+                )
+                if self.group is None
+                else styled(
+                    (f"Launch on multislice group {self.group.request.name}", "bold"),
+                    f" ({', '.join(n.name for n in self.group.nodes)}: every worker of every "
+                    "slice, with the MEGASCALE environment)",
                 ),
                 markup=False,
             )
@@ -190,7 +199,13 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
             return
         self.error = ""
         selection = self.query_one("#workers", Input).value.strip() or "all"
-        self.checks = preflight(template, values, self.node, selection, self.probes)
+        on_group = self.group is not None and selection == "all"
+        self.checks = preflight(
+            template, values, self.node, selection, self.probes, in_group=on_group
+        )
+        if self.group is not None and not on_group:
+            refusal = QueuedResourceService.launch_refusal(self.group, self.node, selection)
+            self.checks = [Check("refuse", refusal, "Set Workers to all.")]
         colours = {"refuse": "red", "warn": "yellow", "offer": "cyan"}
         found = [
             styled(

@@ -1,4 +1,5 @@
-"""One node in full: workers and their addresses, labels, symptoms, runtime and provisioning.
+"""One node in full: workers and their addresses, labels, symptoms, runtime and provisioning,
+and the queued resource it came from (who took it back, and why, when the service did).
 
 It re-reads the node on `r` and on the app's refresh interval, so a preemption shows here too.
 """
@@ -15,9 +16,10 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.models import ChipMetrics, FleetError, Node, format_age
+from console.models import ChipMetrics, FleetError, Node, QueuedResource, format_age
 from console.present.chips import CHIP_HEADER, STANDIN_NOTE, chip_rows, worker_reasons
 from console.services.chip_metrics import MetricsWatch
+from console.services.queued_resources import QueuedResourceService
 from console.ui.base_screens import ConsoleScreen
 from console.ui.plain import PlainTable, plain, styled
 from console.ui.styling import health_text, provisioning_text, state_text
@@ -56,7 +58,28 @@ def _metadata_row(node: Node) -> str:
     return "\n".join(out) or "-"
 
 
-def summary_table(node: Node, now) -> Table:
+def request_rows(node: Node, qr: QueuedResource | None) -> list[tuple[str, Text | str]]:
+    """The request a node came from: its state, who caused it, its tier; and, when the TPU
+    service (or a user) took the node back through it, what the request says of that."""
+    if not node.queued_resource:
+        return []
+    if qr is None:
+        return [("queued resource", f"{node.queued_resource} (not read yet, or gone)")]
+    text = f"{qr.name}: {qr.state}"
+    if qr.state_initiator:
+        text += f", initiated by {qr.state_initiator}"
+    text += f", {qr.provisioning}"
+    if qr.multislice and node.name in qr.node_names:
+        text += f", slice {qr.node_names.index(node.name)} of {qr.node_count}"
+    rows: list[tuple[str, Text | str]] = [("queued resource", text)]
+    if reason := qr.leaving_reason():
+        rows.append(("", Text(reason, style="bold yellow")))
+    if qr.error_message:
+        rows.append(("", Text(f"error {qr.error_code}: {qr.error_message}", style="red")))
+    return rows
+
+
+def summary_table(node: Node, now, request: QueuedResource | None = None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan", justify="right")
     grid.add_column()
@@ -71,6 +94,7 @@ def summary_table(node: Node, now) -> Table:
         ("state", state),
         ("health", health_text(node.health)),
         ("provisioning", provisioning_text(node.provisioning)),
+        *request_rows(node, request),
         ("type", _type_row(node)),
         ("runtime", node.runtime_version or "-"),
         ("api version", node.api_version or "-"),
@@ -141,6 +165,7 @@ class NodeDetailScreen(ConsoleScreen[None]):
         self.node = node
         self._chips_watch: MetricsWatch | None = None
         self.chip_metrics: ChipMetrics | None = None
+        self.request: QueuedResource | None = None  # the queued resource it came from, if any
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -170,6 +195,8 @@ class NodeDetailScreen(ConsoleScreen[None]):
     def on_mount(self) -> None:
         self.sub_title = f"{self.app.mode} · {self.node.zone}/{self.node.name}"
         self._show(self.node)
+        if self.node.queued_resource:
+            self._reload()  # its request is read from the API, as a refresh reads it
         self.set_interval(self.app.refresh_s, self.action_refresh)
         # Every chip of every worker, about once a second while this screen shows: on demand,
         # whatever the node's state (a node that is not READY says why it has no numbers).
@@ -206,7 +233,7 @@ class NodeDetailScreen(ConsoleScreen[None]):
 
     def _show(self, node: Node) -> None:
         self.node = node
-        self.query_one("#summary", Static).update(summary_table(node, self.app.now()))
+        self.query_one("#summary", Static).update(summary_table(node, self.app.now(), self.request))
         self._load_events()
         table = self.query_one("#workers", DataTable)
         table.clear()
@@ -245,8 +272,24 @@ class NodeDetailScreen(ConsoleScreen[None]):
         try:
             node = await self.services.fleet.get_node(self.node.zone, self.node.name)
         except FleetError as exc:
-            banner.update(styled((exc.reason, "bold"), " ", exc.remedy))
+            why = await self._read_request(self.node)
+            reason = why.leaving_reason() if why is not None else ""
+            went = f" It went: {reason}" if reason else ""
+            banner.update(styled((exc.reason, "bold"), " ", exc.remedy, went))
             banner.add_class("shown")
+            return
+        self.request = await self._read_request(node)
+        if not self.is_attached:
             return
         banner.remove_class("shown")
         self._show(node)
+
+    async def _read_request(self, node: Node) -> QueuedResource | None:
+        """The node's queued resource (None: it has none, it is gone, or it cannot be read)."""
+        if not node.queued_resource:
+            return None
+        life = self.services.lifecycle
+        try:
+            return await QueuedResourceService(self.services.fleet, life).request_of(node)
+        except FleetError:
+            return self.request

@@ -1,4 +1,5 @@
-"""The fleet's live table: one row per node, brought to each snapshot by key.
+"""The fleet's live table: one row per node, and one per queued resource above its nodes
+(or alone, while it has none), brought to each snapshot by key.
 
 It shows what it is given and says what the user did (`NodeHighlighted`, `NodeChosen`,
 `SortAsked`); the fleet screen decides what that means. Refreshes never move the cursor.
@@ -17,6 +18,13 @@ from textual.widgets import DataTable
 
 from console.models import ChipMetrics, Node
 from console.present.chips import duty_cell, hbm_cell
+from console.present.queued import (
+    GROUP_MARK,
+    LONE_MARK,
+    ROW_PREFIX,
+    TableRow,
+    fleet_cells,
+)
 from console.services.fleet_columns import COLUMNS, row_texts
 from console.ui.plain import PlainTable
 from console.ui.styling import health_text, provisioning_text, state_text
@@ -54,19 +62,67 @@ def styled_cells(
     lock: str = "-",
     marked: bool = False,
     chips: ChipMetrics | None = None,
+    branch: str = "",
 ) -> list[Text | str]:
+    """`branch`: the node sits under its queued resource's row (├ / └ before its name)."""
     cells: list[Text | str] = list(row_texts(node, now))
     keys = [c.key for c in COLUMNS]
-    cells[keys.index("name")] = Text(node.name, style="bold" if node.needs_attention else "")
+    name = Text(branch + node.name, style="bold" if node.needs_attention else "")
+    name.stylize("dim", 0, len(branch))  # the base style stays the name's: _same sees it
+    cells[keys.index("name")] = name
     cells[keys.index("state")] = state_text(node.state)
     cells[keys.index("health")] = health_text(node.health)
     cells[keys.index("provisioning")] = provisioning_text(node.provisioning)
     cells[keys.index("lock")] = lock_text(lock)
     if marked:
-        cells[keys.index("name")] = Text("✓ " + node.name, style="bold reverse")
+        cells[keys.index("name")] = Text("✓ " + branch + node.name, style="bold reverse")
     cells[keys.index("job")] = Text("-", style="dim")
     cells[keys.index("hbm")], cells[keys.index("duty")] = chip_texts(chips)
     return cells
+
+
+# A request's state: waiting is news (yellow), FAILED and SUSPENDED sit on quota (red).
+REQUEST_STYLES = {
+    "ACTIVE": "bold green",
+    "FAILED": "bold white on red",
+    "SUSPENDED": "bold white on red",
+    "SUSPENDING": "bold red",
+    "DELETING": "bold yellow",
+}
+
+
+def request_cells(row: TableRow, now: datetime) -> list[Text | str]:
+    """A queued resource's row, in the node columns: what present/queued.py says, coloured."""
+    assert row.group is not None
+    words = fleet_cells(row.group, now)
+    qr = row.group.request
+    cells: list[Text | str] = []
+    for column in COLUMNS:
+        word = words.get(column.key, "-")
+        if column.key == "name":
+            name = Text(word, style="bold")
+            name.stylize("cyan", 0, len(GROUP_MARK))
+            cells.append(name)
+        elif column.key == "state":
+            cells.append(Text(word, style=REQUEST_STYLES.get(qr.state, "bold yellow")))
+        elif column.key == "provisioning":
+            cells.append(provisioning_text(word))
+        elif column.key == "job" and word != "-":
+            cells.append(Text(word, style="red"))
+        elif word == "-":
+            cells.append(Text("-", style="dim"))
+        else:
+            cells.append(Text(word, style="cyan" if column.key == "workers" else ""))
+    return cells
+
+
+def _row_key(zone: object, name: object) -> str:
+    """A row's key from its zone and name cells (the table's sort sees only cells): a request's
+    name cell starts with its mark, a node's may carry a branch or a check before its name."""
+    text = _plain(name)
+    if text.startswith((GROUP_MARK, LONE_MARK)):
+        return f"{ROW_PREFIX}{_plain(zone)}/{text[len(GROUP_MARK) :]}"
+    return f"{_plain(zone)}/{text.split()[-1]}"
 
 
 def _plain(cell: object) -> str:
@@ -115,33 +171,37 @@ class FleetTable(PlainTable):
 
     def show(
         self,
-        nodes: Iterable[Node],
+        rows: Iterable[TableRow],
         now: datetime,
         lock_of: Callable[[Node], str],
         marked: set[str],
         chips_of: Callable[[Node], ChipMetrics | None] = lambda _node: None,
     ) -> None:
-        """Bring the rows to these nodes, in this order, by key: remove, add, update, reorder."""
-        nodes = list(nodes)
-        wanted = {n.key: n for n in nodes}
+        """Bring the table to these rows, in this order, by key: remove, add, update, reorder."""
+        rows = list(rows)
+        wanted = {r.key: r for r in rows}
         cursor_key = self.cursor_node_key()
         for row_key in list(self.rows):
             if row_key.value not in wanted:
                 self.remove_row(row_key)
-        for node in nodes:
-            cells = styled_cells(node, now, lock_of(node), node.key in marked, chips_of(node))
-            if node.key in self.rows:
-                current = self.get_row(node.key)
+        for row in rows:
+            node = row.node
+            if node is None:
+                cells = request_cells(row, now)
+            else:
+                cells = styled_cells(
+                    node, now, lock_of(node), node.key in marked, chips_of(node), row.branch
+                )
+            if row.key in self.rows:
+                current = self.get_row(row.key)
                 for column, old, new in zip(COLUMNS, current, cells, strict=True):
                     if not _same(old, new):
-                        self.update_cell(node.key, column.key, new, update_width=True)
+                        self.update_cell(row.key, column.key, new, update_width=True)
             else:
-                self.add_row(*cells, key=node.key)
-        order = {n.key: i for i, n in enumerate(nodes)}
+                self.add_row(*cells, key=row.key)
+        order = {r.key: i for i, r in enumerate(rows)}
         if [r.key.value for r in self.ordered_rows] != list(order):
-            self.sort(
-                "zone", "name", key=lambda vals: order[f"{_plain(vals[0])}/{_plain(vals[1])}"]
-            )
+            self.sort("zone", "name", key=lambda vals: order[_row_key(vals[0], vals[1])])
         if cursor_key in wanted:
             index = self.get_row_index(cursor_key)
             if index != self.cursor_row:
@@ -162,7 +222,7 @@ class FleetTable(PlainTable):
         return row_key.value
 
     def move_to(self, key: str) -> bool:
-        """Put the cursor on this node's row; False if it is not shown (filtered out)."""
+        """Put the cursor on this row (a node's or a request's); False if it is not shown."""
         if key not in self.rows:
             return False
         self.move_cursor(row=self.get_row_index(key))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from console.adapters.history_db import HistoryStore
 from console.models import FleetError
 from console.sandbox.runtime import Sandbox
 from console.services.jobs import JobService
-from console.services.lifecycle import LifecycleService, Progress
+from console.services.lifecycle import CreateRequest, LifecycleService, Progress
 from console.services.preflight import preflight
 from console.services.queued_resources import (
     QueuedCreateRequest,
@@ -66,8 +67,10 @@ async def test_the_listing_reads_requests_in_the_same_pass_and_groups_their_node
 
 
 async def test_create_through_the_queue_waits_and_ends_ready_with_ssh(
-    queued: QueuedResourceService,
+    queued: QueuedResourceService, sandbox: Sandbox
 ) -> None:
+    # Each state long enough for a loaded machine's polls to see it (a late look skips one).
+    sandbox.fleet.timing = replace(sandbox.fleet.timing, queue_accept_s=1.0, queue_wait_s=2.0)
     seen: list[Progress] = []
     outcome = await queued.create(
         QueuedCreateRequest("queued-v4", ZONE, "v4-16", valid_for_s=3600), seen.append
@@ -112,8 +115,6 @@ async def test_deleting_a_queued_node_deletes_its_request_with_force(
 async def test_the_failed_request_is_a_finding_and_its_cleanup_frees_the_quota(
     queued: QueuedResourceService, lifecycle: LifecycleService, remote: RemoteService
 ) -> None:
-    from console.services.lifecycle import CreateRequest
-
     spot = CreateRequest("spot-v6e", "europe-west4-a", "v6e-8", spot=True)
     with pytest.raises(FleetError) as refused:
         await lifecycle.create(spot, wait=False)
@@ -198,3 +199,15 @@ def test_wait_bounds_are_read_as_gcloud_spells_them() -> None:
     assert parse_duration("90m") == 5400
     with pytest.raises(FleetError, match="not like 6h"):
         parse_duration("six hours")
+
+
+def test_a_queued_request_is_checked_as_a_plain_create_is_then_for_the_queue() -> None:
+    bad = QueuedCreateRequest("Bad Name", "", "v4-8", labels={"Team": "rl"}, count=0, tier="x")
+    said = bad.problems()
+    plain = CreateRequest("Bad Name", "", "v4-8", labels={"Team": "rl"}).problems()
+    assert said[: len(plain)] == plain and len(plain) == 3  # name, zone, label key
+    assert said[len(plain) :] == [
+        "--count 0: a request asks for at least one node.",
+        "Tier 'x': spot, guaranteed (reserved) or none (on-demand).",
+    ]
+    assert QueuedCreateRequest("ok-name", ZONE, "v4-8", tier="spot").problems() == []

@@ -45,7 +45,9 @@ async def settled(pilot: Pilot) -> None:
 
 
 def row_keys(app: TpuConsoleApp) -> list[str]:
-    return [row.key.value for row in app.screen.query_one("#fleet", DataTable).ordered_rows]
+    """The node rows, top to bottom (a queued resource's own row left out)."""
+    rows = app.screen.query_one("#fleet", DataTable).ordered_rows
+    return [row.key.value for row in rows if not row.key.value.startswith("queued:")]
 
 
 def cell(app: TpuConsoleApp, key: str, column: str) -> str:
