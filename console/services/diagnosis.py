@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from console.models import Diagnosis
 from console.services.lines import matching_lines, split_lines
@@ -211,6 +212,13 @@ def line_signature(line: str) -> Signature | None:
 def from_condition(key: str, evidence: str, worker: int | None = None) -> Diagnosis:
     sig = {s.key: s for s in (NODE_LEFT, HANG_AFTER_DONE, KILLED_BY_SIGQUIT, SILENT)}[key]
     return _diagnosis(sig, evidence, worker)
+
+
+def node_left(name: str, state: str, reason: str) -> Diagnosis:
+    """The VM left READY under a running job. Made by whichever sees it first, the fleet's
+    refresh or the job's own follower; recorded once (a job's findings are one per key)."""
+    when = datetime.now().astimezone().strftime("%H:%M:%S")
+    return from_condition("node_left", f"{name} went {state} at {when}: {reason}")
 
 
 class Diagnoser:

@@ -31,7 +31,7 @@ from console.models import (
     WorkerStop,
     parse_worker_selection,
 )
-from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition
+from console.services.diagnosis import SIGQUIT_RC, Diagnoser, from_condition, node_left
 from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.lines import bounded_runs
 from console.services.log_stream import LineSink, LogStream, job_dir, parse_rc_file
@@ -366,6 +366,10 @@ class JobService:
             current = self.history.get(job.job_id)
             if current is not None and current.open:
                 self.history.set_status(job.job_id, JobStatus.LOST, gone.reason)
+                # The follower may see it before the fleet's refresh does: the finding either way.
+                self.history.set_results(
+                    job.job_id, diagnoses=[node_left(job.node, _as_listed(gone.state), gone.reason)]
+                )
             await self.record_results(job)  # what its logs said up to the end
             raise
         rcs: dict[int, int | None] = {}
@@ -712,3 +716,8 @@ def stop_command(job_id: str, grace_s: float) -> str:
             'pkill -KILL -s "$pid" 2>/dev/null; echo "killed$left"',
         ]
     )
+
+
+def _as_listed(state: str) -> str:
+    """A node no longer listed was deleted: DELETING, as the fleet's refresh calls it."""
+    return "DELETING" if state == "GONE" else state

@@ -30,7 +30,7 @@ from console.models import (
     SshError,
     label_fault,
 )
-from console.services.diagnosis import from_condition
+from console.services.diagnosis import node_left
 from console.services.fleet import FleetService
 from console.services.jobs import JobService
 from console.services.remote import RemoteService
@@ -562,8 +562,7 @@ class LifecycleService:
     def _left_ready(self, zone: str, name: str, state: str, why: str = "") -> str:
         reason = why or LEAVING_REASONS[state]
         lost = self.history.running_jobs_on(zone, name)
-        when = datetime.now().astimezone().strftime("%H:%M:%S")
-        finding = from_condition("node_left", f"{name} went {state} at {when}: {reason}")
+        finding = node_left(name, state, reason)
         for job in lost:
             self.history.set_status(job.job_id, JobStatus.LOST, f"node went {state}: {reason}")
             self.history.set_results(job.job_id, diagnoses=[finding])
