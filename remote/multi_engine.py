@@ -70,8 +70,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+SAY_LOCK = threading.Lock()
+
+
 def say(text):
-    print(text, flush=True)
+    """One whole line at a time: the engines are built and run in threads of their own, and
+    print() writes the text and its newline separately, so two engines' lines could merge."""
+    with SAY_LOCK:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def choose_devices(jax, args):

@@ -27,6 +27,7 @@ from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.jobs import JobService, check_command
 from console.services.preflight import preflight
 from console.services.probe import ProbeService
+from console.services.queued_resources import QueuedGroup, QueuedResourceService
 from console.services.shipping import Shipper
 from console.services.templates import Template, template
 
@@ -47,10 +48,20 @@ class LaunchService:
         node: Node,
         selection: str,
         probes: list[WorkerProbe] | None = None,
+        group: QueuedGroup | None = None,
     ) -> tuple[Rendered, tuple[Check, ...]]:
-        """Render and preflight without touching the workers (the form, as the user types)."""
+        """Render and preflight without touching the workers (the form, as the user types).
+
+        `group`: the launch is on the node's multislice group, which only "all" workers may
+        be (a program on part of a group waits forever for the rest).
+        """
         rendered = chosen.render(values)
-        return rendered, tuple(preflight(chosen, values, node, selection, probes))
+        if group is not None and selection.strip() not in {"", "all"}:
+            refusal = QueuedResourceService.launch_refusal(group, node, selection)
+            return rendered, (Check("refuse", refusal, "Set Workers to all."),)
+        in_group = group is not None
+        found = preflight(chosen, values, node, selection, probes, in_group=in_group)
+        return rendered, tuple(found)
 
     async def plan_template(
         self,

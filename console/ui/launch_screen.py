@@ -18,8 +18,7 @@ from textual.containers import Grid, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from console.models import Check, FleetError, Node, Rendered
-from console.services.preflight import preflight
-from console.services.queued_resources import QueuedGroup, QueuedResourceService
+from console.services.queued_resources import QueuedGroup
 from console.services.templates import TEMPLATES, Param, Template
 from console.ui.base_screens import ConsoleModal
 from console.ui.plain import choices, lines, plain, styled
@@ -188,7 +187,10 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
             field.remove_class("-bad")
         try:
             template, values = self._values()
-            rendered = template.render(values)
+            selection = self.query_one("#workers", Input).value.strip() or "all"
+            rendered, checks = self.services.launcher.checks(
+                template, values, self.node, selection, self.probes, self.group
+            )
         except FleetError as exc:
             self.error = f"{exc.reason} {exc.remedy}".strip()
             self.checks = []
@@ -198,14 +200,7 @@ class LaunchScreen(ConsoleModal["LaunchChoice | None"]):
             command_box.update("")
             return
         self.error = ""
-        selection = self.query_one("#workers", Input).value.strip() or "all"
-        on_group = self.group is not None and selection == "all"
-        self.checks = preflight(
-            template, values, self.node, selection, self.probes, in_group=on_group
-        )
-        if self.group is not None and not on_group:
-            refusal = QueuedResourceService.launch_refusal(self.group, self.node, selection)
-            self.checks = [Check("refuse", refusal, "Set Workers to all.")]
+        self.checks = list(checks)
         colours = {"refuse": "red", "warn": "yellow", "offer": "cyan"}
         found = [
             styled(

@@ -434,7 +434,14 @@ async def test_jobs_nobody_follows_are_settled_from_their_workers_folders(
     running = await jobs.launch(node, "all", "sleep 60")
     vanished = await jobs.launch(node, "0", "sleep 60")
     d = f".tpuconsole/jobs/{vanished.job_id}"
-    await _remote_text(jobs.remote, node, f"kill -9 $(cat {d}/pid); rm -f {d}/rc*")
+    # SIGKILL is delivered, not waited for: wait until the worker no longer lists it (a
+    # zombie counts as gone, as the status check counts it).
+    await _remote_text(
+        jobs.remote,
+        node,
+        f"P=$(cat {d}/pid); kill -9 $P; rm -f {d}/rc*; "
+        'while ps -o stat= -p "$P" | grep -qv "^Z"; do sleep 0.05; done',
+    )
     for w in (0, 1):
         await _remote_text(
             jobs.remote,
