@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 
 from console.cli.common import ONGOING, fail
 from console.cli.parser import build_parser
-from console.models import ConsoleError, FleetError
+from console.models import ConsoleError
+from console.present.errors import error_sentence
 
 # command -> (module under console.cli, function): each takes the parsed flags, returns the exit.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,16 +60,6 @@ def command_for(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]
             name = "jobs"
     module, function = COMMANDS[name]
     return getattr(importlib.import_module(f"console.cli.{module}"), function)
-
-
-def error_sentence(exc: ConsoleError) -> str:
-    """What the user reads: the reason and the remedy, and the API's code when it has one."""
-    code = getattr(exc, "code", "")
-    said = str(exc)
-    if isinstance(exc, FleetError) and code and code.isupper():
-        stop = "." if said.endswith(".") else ""  # the code inside the sentence, before its stop
-        said = f"{said.removesuffix('.')} [{code}]{stop}"
-    return said
 
 
 def main(argv: Sequence[str] | None = None) -> int:

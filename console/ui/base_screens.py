@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from textual.screen import ModalScreen, Screen
 
+from console.models import ConsoleError
+from console.present.errors import error_sentence
+
 if TYPE_CHECKING:
     from textual import getters
 
@@ -24,6 +27,11 @@ class ConsoleScreen(Screen[ResultT]):
     def services(self) -> Services:
         return self.app.services
 
+    def show_error(self, what: str, exc: ConsoleError, timeout: float = 30) -> None:
+        """The one way a screen says an action failed: what was tried, then the sentence the
+        CLI would print (reason, remedy, the API's code), kept long enough to read."""
+        show_error(self, what, exc, timeout)
+
 
 class ConsoleModal(ModalScreen[ResultT]):
     """A dialog: console.tcss frames every one the same way (its VerticalScroll)."""
@@ -34,3 +42,10 @@ class ConsoleModal(ModalScreen[ResultT]):
     @property
     def services(self) -> Services:
         return self.app.services
+
+    def show_error(self, what: str, exc: ConsoleError, timeout: float = 30) -> None:
+        show_error(self, what, exc, timeout)
+
+
+def show_error(screen: Screen, what: str, exc: ConsoleError, timeout: float) -> None:
+    screen.notify(f"{what}: {error_sentence(exc)}", severity="error", timeout=timeout)

@@ -24,13 +24,10 @@ from console.models import (
     FleetError,
     FleetSnapshot,
     Node,
-    QueuedResource,
     WorkerProbe,
-    format_age,
 )
 from console.present.queued import ROW_PREFIX, table_rows
 from console.services.chip_metrics import MetricsWatch
-from console.services.fanout_progress import FanoutProgress
 from console.services.fleet_columns import (
     COLUMNS,
     matches,
@@ -38,20 +35,21 @@ from console.services.fleet_columns import (
     unreachable_groups,
     zones_line,
 )
-from console.services.lifecycle import CreateRequest, Progress, ProgressSink, stop_refusal
+from console.services.lifecycle import Progress, ProgressSink, stop_refusal
 from console.services.queued_resources import (
-    QueuedCreateRequest,
     QueuedGroup,
     QueuedResourceService,
     groups,
 )
 from console.ui.base_screens import ConsoleScreen
+from console.ui.fleet_launch import LaunchActions
+from console.ui.fleet_lifecycle import LifecycleActions
 from console.ui.plain import lines, styled
 from console.ui.widgets.fleet_table import FleetTable
 from console.ui.widgets.ops_panel import OpsPanel
 
 if TYPE_CHECKING:
-    from console.ui.launch_screen import LaunchChoice
+    pass
 
 SORTABLE = [c.key for c in COLUMNS if c.sort_hotkey]
 
@@ -100,6 +98,8 @@ class FleetScreen(ConsoleScreen[None]):
         self._chips_paused = False
         self.groups: dict[str, QueuedGroup] = {}  # request key (zone/name) -> it and its nodes
         self._shown_nodes = 0
+        self.lifecycle = LifecycleActions(self)
+        self.launching = LaunchActions(self)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -373,7 +373,7 @@ class FleetScreen(ConsoleScreen[None]):
         """Why a key is greyed out right now (the help screen shows it), or ""."""
         if action.startswith("change('stop')") or action.startswith("change('start')"):
             verb = "stop" if "stop" in action else "start"
-            nodes = self._chosen_nodes()
+            nodes = self.chosen_nodes()
             refusals = [stop_refusal(n, verb) for n in nodes]
             if nodes and all(refusals):
                 return refusals[0]
@@ -471,7 +471,7 @@ class FleetScreen(ConsoleScreen[None]):
         self.table.action_cursor_down()
         self.refresh_bindings()
 
-    def _chosen_nodes(self) -> list[Node]:
+    def chosen_nodes(self) -> list[Node]:
         if self.snapshot is None:
             return []
         if self.marked:
@@ -482,7 +482,7 @@ class FleetScreen(ConsoleScreen[None]):
     def action_kill_stale(self) -> None:
         from console.ui.cleanup_screen import CleanupScreen
 
-        nodes = [n for n in self._chosen_nodes() if n.state == "READY"]
+        nodes = [n for n in self.chosen_nodes() if n.state == "READY"]
         if not nodes:
             self.notify("Choose a READY node (space marks several).", severity="warning")
             return
@@ -500,7 +500,7 @@ class FleetScreen(ConsoleScreen[None]):
         self.app.push_screen(HealthScreen(self))
 
     # ----- lifecycle ---------------------------------------------------------------------------
-    def _progress(self, key: str) -> ProgressSink:
+    def progress_sink(self, key: str) -> ProgressSink:
         """Each try's outcome stays on screen ("✗ …"), the live state replaces itself ("⟳ …")."""
 
         def report(progress: Progress) -> None:
@@ -514,453 +514,19 @@ class FleetScreen(ConsoleScreen[None]):
         if self.query("#ops"):
             self.ops.report(key, progress)
 
-    def _ops_done(self, key: str) -> None:
+    def ops_done(self, key: str) -> None:
         for ops in self.query("#ops").results(OpsPanel):  # none while the app closes
             ops.done(key)
 
     def action_create(self) -> None:
-        from console.ui.create_screen import CreateScreen
-
-        zones = list(self.snapshot.zones) if self.snapshot else []  # zones with TPU access
-        node = self.cursor_node()
-        self.app.push_screen(CreateScreen(zones, node.zone if node else ""), self._create)
-
-    def _create(self, request: CreateRequest | QueuedCreateRequest | None) -> None:
-        if isinstance(request, QueuedCreateRequest):
-            self._run_queued_create(request)
-        elif request is not None:
-            self._run_create(request)
-
-    @work(group="lifecycle")
-    async def _run_queued_create(self, request: QueuedCreateRequest) -> None:
-        """Through the queue: each state with the time waited in the operations panel (the
-        table brought along at each change), then the ssh check; a FAILED one says why."""
-        key = f"{request.zone}/{request.name}"
-        show = self._progress(key)
-        last = ""
-
-        def report(progress: Progress) -> None:
-            nonlocal last
-            show(progress)
-            if progress.state != last and self.query("#status") and not self.refreshing:
-                self.action_refresh()  # the request's row moves on with it
-            last = progress.state
-
-        try:
-            outcome = await self.queued.create(request, report)
-        except FleetError as exc:
-            code = f" [{exc.code}]" if exc.code else ""
-            self.notify(
-                f"Queued create {request.name}: {exc.reason} {exc.remedy}{code}",
-                severity="error",
-                timeout=30,
-            )
-        else:
-            ssh = (
-                "ssh answers on every worker"
-                if not outcome.ssh_failed
-                else "ssh failed: " + "; ".join(outcome.ssh_failed)
-            )
-            nodes = ", ".join(f"{n.name} {n.state}" for n in outcome.nodes)
-            self.notify(
-                f"Queued resource {request.name} ACTIVE after {format_age(outcome.waited_s)}: "
-                f"{nodes} ({ssh})",
-                severity="information" if not outcome.ssh_failed else "warning",
-                timeout=15,
-            )
-        finally:
-            self._ops_done(key)
-            if self.query("#status"):  # not when the app is closing
-                self.action_refresh()
-
-    @work(group="lifecycle")
-    async def _run_create(self, request: CreateRequest) -> None:
-        key = f"{request.zone}/{request.name}"
-        try:
-            outcome = await self.services.lifecycle.create(request, self._progress(key))
-        except FleetError as exc:
-            code = f" [{exc.code}]" if exc.code else ""
-            self.notify(
-                f"Create {request.name}: {exc.reason} {exc.remedy}{code}",
-                severity="error",
-                timeout=30,
-            )
-        else:
-            notes = "; ".join(
-                outcome.notes
-                + (
-                    (f"bootstrap running as job {outcome.startup_job}",)
-                    if outcome.startup_job
-                    else ()
-                )
-            )
-            ssh = (
-                "ssh answers on every worker"
-                if not outcome.ssh_failed
-                else "ssh failed: " + "; ".join(outcome.ssh_failed)
-            )
-            self.notify(
-                f"{request.name} is READY ({ssh})" + (f"; {notes}" if notes else ""),
-                severity="information" if not outcome.ssh_failed else "warning",
-                timeout=15,
-            )
-        finally:
-            self._ops_done(key)
-            if self.query("#status"):  # not when the app is closing
-                self.action_refresh()
+        self.lifecycle.create()
 
     def action_change(self, verb: str) -> None:
-        from console.ui.confirm_screen import ConfirmScreen
-
-        if verb == "delete" and self._requests_chosen():
-            self._delete_with_requests()
-            return
-        chosen = self._chosen_nodes()
-        if not chosen:
-            return
-        nodes = [n for n in chosen if not stop_refusal(n, verb)]
-        if not nodes:  # the key is greyed then; a click on it lands here
-            self.notify(stop_refusal(chosen[0], verb), severity="warning")
-            return
-        lines = [f"{verb} {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
-        lines += [f"skipped: {stop_refusal(n, verb)}" for n in chosen if n not in nodes]
-        if verb == "delete":
-            lines.append("Deleting cannot be undone; local logs and history stay.")
-
-        def go(yes: bool | None) -> None:
-            if yes:
-                self.marked.clear()
-                for node in nodes:
-                    self._run_change(verb, node)
-
-        self.app.push_screen(ConfirmScreen(f"{verb.capitalize()} {len(nodes)} node(s)?", lines), go)
-
-    def _requests_chosen(self) -> dict[str, tuple[Node | None, QueuedResource]]:
-        """The queued resources a delete takes: those of the chosen nodes, or the request
-        under the cursor (a request's row); request key -> (the node chosen, the request)."""
-        out: dict[str, tuple[Node | None, QueuedResource]] = {}
-        for node in self._chosen_nodes():
-            group = self.groups.get(node.queued_key)
-            if group is not None:
-                out.setdefault(group.key, (node, group.request))
-        if not self.marked and not out and (group := self.cursor_group()) is not None:
-            out[group.key] = (None, group.request)
-        return out
-
-    def _delete_with_requests(self) -> None:
-        """A node of a queued resource is deleted with its request (force: every node of it),
-        after a question that says so; a request's own row deletes the request."""
-        from console.ui.confirm_screen import ConfirmScreen
-
-        requests = self._requests_chosen()
-        nodes = [n for n in self._chosen_nodes() if n.queued_key not in requests]
-        lines = [f"delete {n.name} ({n.zone}, {n.accelerator_type}, now {n.state})" for n in nodes]
-        lines += [self.queued.delete_question(node, qr) for node, qr in requests.values()]
-        lines.append("Deleting cannot be undone; local logs and history stay.")
-        what = [f"{len(nodes)} node(s)"] if nodes else []
-        if len(requests) == 1 and not nodes:
-            what.append(f"queued resource {next(iter(requests.values()))[1].name}")
-        else:
-            what.append(f"{len(requests)} queued resource(s)")
-
-        def go(yes: bool | None) -> None:
-            if yes:
-                self.marked.clear()
-                for node in nodes:
-                    self._run_change("delete", node)
-                for _node, qr in requests.values():
-                    self._run_queued_delete(qr)
-
-        self.app.push_screen(ConfirmScreen(f"Delete {' and '.join(what)}?", lines), go)
-
-    @work(group="lifecycle")
-    async def _run_queued_delete(self, qr: QueuedResource) -> None:
-        key = ROW_PREFIX + qr.key
-        try:
-            await self.queued.delete(qr.zone, qr.name, self._progress(key), force=True)
-        except FleetError as exc:
-            code = f" [{exc.code}]" if exc.code else ""
-            self.notify(
-                f"Delete queued resource {qr.name}: {exc.reason} {exc.remedy}{code}",
-                severity="error",
-                timeout=30,
-            )
-        else:
-            gone = ", ".join(qr.node_names)
-            self.notify(f"Queued resource {qr.name}: deleted, with its nodes ({gone}).")
-        finally:
-            self._ops_done(key)
-            if self.query("#status"):  # not when the app is closing
-                self.action_refresh()
+        self.lifecycle.change(verb)
 
     def action_delete_zone(self) -> None:
-        from console.ui.confirm_screen import TypedConfirmScreen
-
-        node = self.cursor_node()
-        if node is None or self.snapshot is None:
-            return
-        zone = node.zone
-        nodes = [n for n in self.snapshot.nodes if n.zone == zone]
-        lines = [f"delete {n.name} ({n.accelerator_type}, {n.state})" for n in nodes]
-
-        def go(yes: bool | None) -> None:
-            if yes:
-                for n in nodes:
-                    self._run_change("delete", n)
-
-        self.app.push_screen(
-            TypedConfirmScreen(f"Delete ALL {len(nodes)} nodes in {zone}?", lines, zone), go
-        )
-
-    @work(group="lifecycle")
-    async def _run_change(self, verb: str, node: Node) -> None:
-        try:
-            after = await self.services.lifecycle.change(verb, node, self._progress(node.key))
-        except FleetError as exc:
-            code = f" [{exc.code}]" if exc.code else ""
-            self.notify(
-                f"{verb.capitalize()} {node.name}: {exc.reason} {exc.remedy}{code}",
-                severity="error",
-                timeout=30,
-            )
-        else:
-            self.notify(f"{node.name}: {after.state if after else 'deleted'}")
-        finally:
-            self._ops_done(node.key)
-            if self.query("#status"):  # not when the app is closing
-                self.action_refresh()
+        self.lifecycle.delete_zone()
 
     # ----- launching jobs ----------------------------------------------------------------------
     def action_launch(self) -> None:
-        from console.ui.launch_screen import LaunchScreen
-
-        node = self.cursor_node()
-        group = self.cursor_group()
-        if group is not None and (group.request.multislice or node is None):
-            self._launch_on_group(group)
-            return
-        if node is None:
-            return
-        if node.state != "READY":
-            self.notify(
-                f"{node.name} is {node.state}; launching needs a READY node.", severity="warning"
-            )
-            return
-        self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
-
-    def _launch_on_group(self, group: QueuedGroup) -> None:
-        """A multislice request's node or row: the form launches on every slice at once
-        (preflight refuses a part of it); a one-node request's row: on its node."""
-        from console.ui.launch_screen import LaunchScreen
-
-        qr = group.request
-        if not group.nodes:
-            self.notify(
-                f"Queued resource {qr.name} is {qr.state} and has no node yet to launch on.",
-                severity="warning",
-            )
-            return
-        if not group.ready:
-            missing = ", ".join(group.missing) or ", ".join(
-                f"{n.name} ({n.state})" for n in group.nodes if n.state != "READY"
-            )
-            self.notify(
-                f"Multislice group {qr.name} is not whole ({missing}); a launch needs every "
-                "slice READY.",
-                severity="warning",
-            )
-            return
-        node = sorted(group.nodes, key=group.slice_of)[0]
-        if not qr.multislice:
-            self.app.push_screen(LaunchScreen(node), lambda choice: self._launch(node, choice))
-            return
-        self.app.push_screen(
-            LaunchScreen(node, group), lambda choice: self._launch(node, choice, group)
-        )
-
-    async def _run_managed(self, node: Node, choice: LaunchChoice) -> None:
-        """The form's choice as a managed job on this node (adopted: its spec is the node's)."""
-        from console.services.managed import ManagedSpec, NodeSpec, Step
-        from console.ui.log_screen import LogScreen
-
-        spec = ManagedSpec(
-            NodeSpec(node.name, (node.zone,)),
-            Step(choice.kind, values=dict(choice.params)),
-            selection=choice.selection,
-        )
-        try:
-            assert self.app.managed is not None
-            job = await self.app.managed.launch(spec)
-        except FleetError as exc:
-            self.notify(f"Managed launch on {node.name}: {exc}", severity="error", timeout=30)
-            return
-        self.notify(f"Managed job {job.job_id} started; recovered after a preemption.")
-        self.app.push_screen(LogScreen(job))
-
-    def _launch(
-        self, node: Node, choice: LaunchChoice | None, group: QueuedGroup | None = None
-    ) -> None:
-        if choice is not None and group is not None:
-            self._run_group_launch(group, choice)
-        elif choice is not None:
-            self._run_launch(node, choice)
-
-    @work(group="launch")
-    async def _run_group_launch(self, group: QueuedGroup, choice: LaunchChoice) -> None:
-        """Every worker of every slice, one fan-out, each slice with its MEGASCALE values;
-        clean each slice first if the form offered; the first slice's logs open."""
-        from console.models import LaunchPlan
-        from console.ui.log_screen import LogScreen
-
-        name = group.request.name
-        if choice.managed or choice.rendered.upload is not None:
-            what = "a managed job" if choice.managed else "an upload"
-            self.notify(
-                f"Launch on group {name}: {what} goes to one node; launch it per slice, or "
-                "untick Managed.",
-                severity="error",
-            )
-            return
-        try:
-            if choice.clean_first:
-                for node in group.nodes:
-                    plan = LaunchPlan(node, "all", choice.kind, choice.rendered, choice.params)
-                    cleanup = await self.services.launcher.plan_cleanup(plan)
-                    done = await self.services.prober.clean(cleanup) if cleanup.todo else None
-                    if done is not None and not done.done:
-                        self.notify(
-                            f"Cleanup on {node.name} left the TPU held ({done.status}); "
-                            f"nothing launched on group {name}. K shows the plan.",
-                            severity="error",
-                            timeout=30,
-                        )
-                        return
-            jobs = await self.queued.launch_group(
-                self.services.jobs,
-                group,
-                choice.rendered.shell(),
-                kind=choice.kind,
-                env=choice.rendered.env,
-                params=choice.params,
-                ship_runners=choice.rendered.ship_runners,
-            )
-        except FleetError as exc:
-            self.notify(f"Launch on group {name}: {exc}", severity="error", timeout=30)
-            return
-        ids = ", ".join(f"{j.node} {j.job_id}" for j in jobs)
-        self.notify(f"Launched on every slice of {name}: {ids}.", timeout=10)
-        if jobs:
-            self.app.push_screen(LogScreen(jobs[0]))
-
-    @work(group="launch")
-    async def _run_launch(self, node: Node, choice: LaunchChoice) -> None:
-        """The form's choice through the launch service: clean first if it offered, then the
-        upload or the job (its logs open); any failure is one notification."""
-        from console.models import LaunchPlan
-        from console.present.launch import not_started, upload_lines
-        from console.ui.log_screen import LogScreen
-
-        if getattr(choice, "managed", False) and self.app.managed is not None:
-            await self._run_managed(node, choice)
-            return
-        launcher = self.services.launcher
-        plan = LaunchPlan(node, choice.selection, choice.kind, choice.rendered, choice.params)
-        if plan.rendered.upload is not None:
-            self.notify(f"Uploading {plan.rendered.upload[0]} on {node.name}…")
-        fanout = FanoutOps(self, node)
-        try:
-            cleanup = await launcher.plan_cleanup(plan) if choice.clean_first else None
-            launched = await launcher.start(plan, cleanup=cleanup, on_progress=fanout.report)
-        except FleetError as exc:
-            self.notify(f"Launch on {node.name}: {exc}", severity="error", timeout=30)
-            return
-        finally:
-            fanout.end()
-        if launched.cleanup is not None and not launched.cleanup.done:
-            self.notify(
-                f"Cleanup on {node.name} left the TPU held ({launched.cleanup.status}); "
-                "nothing launched. K shows the plan.",
-                severity="error",
-                timeout=30,
-            )
-            return
-        if plan.rendered.upload is not None:
-            said = upload_lines(*plan.rendered.upload, launched.uploads)
-            self.notify(
-                "\n".join(line for line, _ in said),
-                severity="error" if launched.failed else "information",
-                timeout=15 if launched.failed else 6,
-            )
-            return
-        assert launched.job is not None
-        if launched.failed:
-            self.notify(not_started(launched), severity="error")
-            return
-        self.app.push_screen(LogScreen(launched.job))
-
-
-class FanoutOps:
-    """A launch's fan-out in the operations panel: `⟳ launch NODE: starting: 17/32 done,
-    slowest: w5 (12 s)` while it runs (ticking), then its closing line, the slowest and any
-    failed workers named, kept a while (a failure longer) before it goes."""
-
-    KEEP_OK_S = 8.0
-    KEEP_FAILED_S = 60.0
-
-    def __init__(self, screen: FleetScreen, node: Node) -> None:
-        self.screen = screen
-        self.node = node
-        self.key = f"launch:{node.key}"
-        self.stage = ""
-        self.progress: FanoutProgress | None = None
-        self._ticker = screen.set_interval(0.5, self._show)
-        self._failed = False
-
-    def report(self, stage: str, progress: FanoutProgress) -> None:
-        if self.progress is not None and progress is not self.progress and self.progress.finished:
-            self._closing()  # the stage before ended: its line stays
-        self.stage, self.progress = stage, progress
-        if progress.finished:
-            self._closing()
-        else:
-            self._show()
-
-    def _elapsed(self) -> float:
-        return 0.0 if self.progress is None else self.progress.clock() - self.progress.started_at
-
-    def _show(self) -> None:
-        if self.progress is None or self.progress.finished:
-            return
-        self.screen.ops_report(
-            self.key,
-            Progress(
-                self.node.name,
-                "launch",
-                "RUNNING",
-                self._elapsed(),
-                f"{self.stage}: {self.progress.line()}",
-            ),
-        )
-
-    def _closing(self) -> None:
-        assert self.progress is not None
-        failed = bool(self.progress.failures)
-        self._failed |= failed
-        self.screen.ops_report(
-            self.key,
-            Progress(
-                self.node.name,
-                "launch",
-                "FAILED" if failed else "DONE",
-                self._elapsed(),
-                f"{self.stage}: {self.progress.closing()}",
-            ),
-        )
-
-    def end(self) -> None:
-        self._ticker.stop()
-        keep = self.KEEP_FAILED_S if self._failed else self.KEEP_OK_S
-        if self.progress is None:
-            self.screen._ops_done(self.key)
-        else:
-            self.screen.set_timer(keep, lambda: self.screen._ops_done(self.key))
+        self.launching.launch()

@@ -160,14 +160,14 @@ class HealthScreen(ConsoleScreen[None]):
             await fleet.queued.cleanup(finding, lambda p: fleet.ops_report(key, p))
         except FleetError as exc:
             self._cleaning.discard(qr.key)
-            self.notify(f"Delete queued resource {qr.name}: {exc}", severity="error", timeout=30)
+            self.show_error(f"Delete queued resource {qr.name}", exc)
         else:
             self.notify(
                 f"Queued resource {qr.name} deleted: its {qr.chips} chips of "
                 f"{qr.provisioning} quota are free."
             )
         finally:
-            fleet._ops_done(key)
+            fleet.ops_done(key)
             if fleet.query("#status"):  # not when the app is closing
                 fleet.action_refresh()
             if self.is_attached:

@@ -210,7 +210,7 @@ class JobsScreen(ConsoleScreen[None]):
             node = await self.services.fleet.get_node(job.zone, job.node)
             outcome = await self.services.jobs.stop(job, node)
         except FleetError as exc:
-            self.notify(f"Stop {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
+            self.show_error(f"Stop {job.job_id}", exc)
             return
         self.notify(
             f"Job {job.job_id}: " + ", ".join(f"w{w} {v}" for w, v in sorted(outcome.items()))
@@ -228,7 +228,7 @@ class JobsScreen(ConsoleScreen[None]):
             node = await self.services.fleet.get_node(job.zone, job.node)
             again = await self.services.jobs.rerun(job, node)
         except FleetError as exc:
-            self.notify(f"Re-run {job.job_id}: {exc.reason} {exc.remedy}", severity="error")
+            self.show_error(f"Re-run {job.job_id}", exc)
             return
         self.action_reload()
         self.app.push_screen(LogScreen(again))
