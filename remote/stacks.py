@@ -24,6 +24,8 @@ SETTLE_S = 0.2  # a dump is written in one burst: this long without growth means
 PY_SPY_TIMEOUT_S = 20.0
 
 
+# proc_stat, cmdline and uid_of read /proc as remote/probe.py's do: each script is fed alone to
+# the VM's python3 on stdin (nothing is installed there), so neither can import the other.
 def proc_stat(pid):
     try:
         with open("/proc/%d/stat" % pid) as fh:
