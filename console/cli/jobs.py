@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import re
@@ -17,6 +18,7 @@ from console.models import (
     Job,
     LaunchPlan,
     ManagedState,
+    Node,
     NodeGone,
     StopResult,
     WorkerSelectionError,
@@ -28,6 +30,7 @@ from console.present.launch import plan_lines, started_line
 from console.services import log_bucket
 from console.services.jobs import check_command
 from console.services.lines import copy_lines
+from console.services.queued_resources import QueuedGroup, QueuedResourceService, group_of
 from console.services.remote import command_from_argv
 from console.services.templates import parse_sets
 from console.wiring import Wiring
@@ -62,6 +65,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     async def body(services: Wiring) -> int:
         launcher = services.launcher
         node = await services.fleet.find_node(args.target[-1], zone_of(args))
+        group = await multislice_group(services, node) if args.group else None
         if len(args.target) == 2:
             plan = await launcher.plan_template(
                 node,
@@ -69,6 +73,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                 preset=args.preset,
                 overrides=parse_sets(args.sets),
                 selection=args.worker,
+                group=group,
             )
             for line in plan_lines(plan):
                 print(line)
@@ -82,8 +87,22 @@ def cmd_launch(args: argparse.Namespace) -> int:
             if args.dry_run:
                 print(command)
                 return 0
-            plan = launcher.plan_command(node, command, args.remote_argv, args.worker)
+            plan = launcher.plan_command(node, command, args.remote_argv, args.worker, group)
+            if plan.refused:
+                for line in plan_lines(plan):
+                    print(line)
+                say("refused by preflight; nothing launched")
+                return 1
             check_stale = not args.force
+        if group is not None:  # each slice's stale state shown, and cleared only if asked
+            stale = False
+            for each in sorted(group.nodes, key=group.slice_of) if check_stale else ():
+                one = dataclasses.replace(plan, node=each, selection="all")
+                found = await _stale_cleared(services, one, args.clean_first)
+                if found is False:
+                    return 1
+                stale |= found is not True
+            return await launch_on_group(services, plan, group, stale)
         cleanup = await _stale_cleared(services, plan, args.clean_first) if check_stale else True
         if cleanup is False:
             return 1
@@ -105,6 +124,38 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return await _stream_job(services, launched.job, "all", True)
 
     return run(args, body)
+
+
+async def multislice_group(services: Wiring, node: Node) -> QueuedGroup:
+    """The multislice group `--group` names by one of its slices, as the fleet lists it."""
+    snapshot = await services.fleet.list_nodes((node.zone,))
+    group = group_of(snapshot, node)
+    if group is None or not group.request.multislice:
+        raise FleetError(
+            f"{node.name} is not a slice of a multislice queued resource.",
+            "Launch without --group.",
+        )
+    return group
+
+
+async def launch_on_group(
+    services: Wiring, plan: LaunchPlan, group: QueuedGroup, clean_first: bool
+) -> int:
+    """`launch --group`: every worker of every slice in one fan-out (the TUI's group launch)."""
+    refusal = QueuedResourceService.launch_refusal(group, plan.node, plan.selection)
+    if plan.selection.strip() not in {"", "all"}:
+        return fail(refusal)
+    queued = QueuedResourceService(services.fleet, services.lifecycle)
+    jobs, held = await services.launcher.start_group(plan, group, queued, clean_first)
+    if held is not None:
+        for entry in result_entries(held):
+            print(entry.line())
+        say(f"{held.node.name} is still held; nothing launched on group {group.request.name}")
+        return 1
+    for job in jobs:
+        pids = " ".join(f"w{w.worker}:pid {w.pid}" for w in job.workers)
+        print(f"job {job.job_id} {job.status} on {job.node}: {pids}", flush=True)
+    return 0 if all(all(w.pid for w in job.workers) for job in jobs) else 1
 
 
 async def _stale_cleared(

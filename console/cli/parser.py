@@ -181,6 +181,12 @@ def _job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="show preflight and the exact command, launch nothing",
     )
     launch.add_argument("--worker", default="all", help="all (default), 0, 1,3 or 0-2")
+    launch.add_argument(
+        "--group",
+        action="store_true",
+        help="NODE is a slice of a multislice queued resource: run on every worker of every "
+        "slice, each with its MEGASCALE_* environment",
+    )
     launch.add_argument("--follow", "-f", action="store_true", help="stream its logs until done")
     launch.add_argument(
         "--clean-first",

@@ -15,7 +15,10 @@ from typing import Any
 
 from console.models import (
     Check,
+    CleanupDone,
     CleanupPlan,
+    FleetError,
+    Job,
     Launched,
     LaunchPlan,
     Node,
@@ -25,7 +28,7 @@ from console.models import (
 )
 from console.services.fanout_progress import ProgressSink, StageSink, staged
 from console.services.jobs import JobService, check_command
-from console.services.preflight import preflight
+from console.services.preflight import one_slice_refusal, preflight
 from console.services.probe import ProbeService
 from console.services.queued_resources import QueuedGroup, QueuedResourceService
 from console.services.shipping import Shipper
@@ -71,20 +74,36 @@ class LaunchService:
         preset: str = "",
         overrides: Mapping[str, Any] | None = None,
         selection: str = "all",
+        group: QueuedGroup | None = None,
     ) -> LaunchPlan:
-        """A template's values, its rendering and preflight over a fresh probe of the node."""
+        """A template's values, its rendering and preflight over a fresh probe of the node
+        (`group`: the launch is on the node's multislice group)."""
         chosen = template(name)
         values = chosen.values(preset, overrides)
         rendered = chosen.render(values)  # a bad value is refused before any ssh
         probes = await self.prober.probe(node, selection) if node.state == "READY" else []
-        _, checks = self.checks(chosen, values, node, selection, probes)
+        _, checks = self.checks(chosen, values, node, selection, probes, group)
         return LaunchPlan(node, selection, chosen.name, rendered, values, checks)
 
-    def plan_command(self, node: Node, command: str, argv: list[str], selection: str) -> LaunchPlan:
-        """A command given as is (`launch NODE -- cmd`): no template, no preflight."""
+    def plan_command(
+        self,
+        node: Node,
+        command: str,
+        argv: list[str],
+        selection: str,
+        group: QueuedGroup | None = None,
+    ) -> LaunchPlan:
+        """A command given as is (`launch NODE -- cmd`): no template, and of preflight only
+        the one-slice refusal (a slice's program would wait forever for the other slices)."""
         check_command(command)
+        part = one_slice_refusal(node, group is not None)
         return LaunchPlan(
-            node, selection, "custom", Rendered((), {}, script=command), {"argv": argv}
+            node,
+            selection,
+            "custom",
+            Rendered((), {}, script=command),
+            {"argv": argv},
+            (part,) if part is not None else (),
         )
 
     async def plan_cleanup(self, plan: LaunchPlan) -> CleanupPlan:
@@ -123,6 +142,35 @@ class LaunchService:
             on_progress=on_progress,
         )
         return Launched(plan, done, job=job)
+
+    async def start_group(
+        self, plan: LaunchPlan, group: QueuedGroup, queued: QueuedResourceService, clean_first: bool
+    ) -> tuple[list[Job], CleanupDone | None]:
+        """A multislice group's launch: the plan's command on every worker of every slice in
+        one fan-out, each slice with its MEGASCALE values; with `clean_first`, each slice's
+        stale state cleared first, and nothing started if any slice stays held (that slice's
+        outcome is returned). Uploads and managed jobs go to one node, not to a group."""
+        if plan.rendered.upload is not None:
+            raise FleetError(
+                f"An upload goes to one node, not to multislice group {group.request.name}.",
+                "Upload to each slice by its name.",
+            )
+        for node in sorted(group.nodes, key=group.slice_of) if clean_first else ():
+            each = LaunchPlan(node, "all", plan.kind, plan.rendered, plan.params)
+            cleanup = await self.plan_cleanup(each)
+            done = await self.prober.clean(cleanup) if cleanup.todo else None
+            if done is not None and not done.done:
+                return [], done
+        jobs = await queued.launch_group(
+            self.jobs,
+            group,
+            plan.rendered.shell(),
+            kind=plan.kind,
+            env=plan.rendered.env,
+            params=plan.params,
+            ship_runners=plan.rendered.ship_runners,
+        )
+        return jobs, None
 
     async def upload(
         self,

@@ -28,6 +28,20 @@ def _value(template: Template, values: Mapping[str, Any], name: str) -> Any:
     return given if given is not None else template.param(name).runner_default
 
 
+def one_slice_refusal(node: Node, in_group: bool) -> Check | None:
+    """A launch on one slice of a multislice group, which no command escapes: templates and
+    commands given as is alike."""
+    if not node.multislice_node or in_group:
+        return None
+    return Check(
+        "refuse",
+        f"{node.name} is one slice of multislice request {node.queued_resource}: a "
+        "program on one slice waits forever for the others.",
+        "Launch on the group (every worker of every slice, with the MEGASCALE "
+        "environment): choose the group's row, or `launch --group`.",
+    )
+
+
 def preflight(
     template: Template,
     values: Mapping[str, Any],
@@ -48,16 +62,8 @@ def preflight(
             )
         )
         return checks
-    if node.multislice_node and not in_group:
-        checks.append(
-            Check(
-                "refuse",
-                f"{node.name} is one slice of multislice request {node.queued_resource}: a "
-                "program on one slice waits forever for the others.",
-                "Launch on the group (every worker of every slice, with the MEGASCALE "
-                "environment): choose the group's row, or `launch --group`.",
-            )
-        )
+    if (part := one_slice_refusal(node, in_group)) is not None:
+        checks.append(part)
         return checks
     shape = node.shape
     if _runs_sglang(template, values) and shape.version in {"v2", "v3"}:

@@ -119,33 +119,22 @@ class LaunchActions:
                 severity="error",
             )
             return
+        plan = LaunchPlan(group.nodes[0], "all", choice.kind, choice.rendered, choice.params)
+        launcher = self.screen.services.launcher
         try:
-            if choice.clean_first:
-                for node in group.nodes:
-                    plan = LaunchPlan(node, "all", choice.kind, choice.rendered, choice.params)
-                    cleanup = await self.screen.services.launcher.plan_cleanup(plan)
-                    done = (
-                        await self.screen.services.prober.clean(cleanup) if cleanup.todo else None
-                    )
-                    if done is not None and not done.done:
-                        self.screen.notify(
-                            f"Cleanup on {node.name} left the TPU held ({done.status}); "
-                            f"nothing launched on group {name}. K shows the plan.",
-                            severity="error",
-                            timeout=30,
-                        )
-                        return
-            jobs = await self.screen.queued.launch_group(
-                self.screen.services.jobs,
-                group,
-                choice.rendered.shell(),
-                kind=choice.kind,
-                env=choice.rendered.env,
-                params=choice.params,
-                ship_runners=choice.rendered.ship_runners,
+            jobs, held = await launcher.start_group(
+                plan, group, self.screen.queued, choice.clean_first
             )
         except FleetError as exc:
             self.screen.show_error(f"Launch on group {name}", exc)
+            return
+        if held is not None:
+            self.screen.notify(
+                f"Cleanup on {held.node.name} left the TPU held ({held.status}); "
+                f"nothing launched on group {name}. K shows the plan.",
+                severity="error",
+                timeout=30,
+            )
             return
         ids = ", ".join(f"{j.node} {j.job_id}" for j in jobs)
         self.screen.notify(f"Launched on every slice of {name}: {ids}.", timeout=10)

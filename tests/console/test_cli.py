@@ -657,3 +657,26 @@ def test_create_in_an_unknown_zone_or_with_a_bogus_version_says_what_google_said
         assert 'The field "RuntimeVersion" cannot be "bogus"' in err
         assert "Choose a version the zone offers" in err
         assert not {"nowhere-9/lost", "us-central1-a/odd"} & set(sandbox.fleet.nodes)
+
+
+def test_launch_group_runs_on_both_slices_with_their_megascale_values_and_one_slice_is_refused(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    echo = ["sh", "-c", "echo slice $MEGASCALE_SLICE_ID of $MEGASCALE_NUM_SLICES"]
+    # One slice alone would wait forever for the other: refused, nothing started.
+    assert main(["launch", "demo-ms-1", "--", *echo]) == 1
+    captured = capsys.readouterr()
+    assert "REFUSE: demo-ms-1 is one slice of multislice request demo-multislice" in captured.out
+    assert "launch --group" in captured.out and "nothing launched" in captured.err
+    assert main(["launch", "demo-ms-1", "--group", "--worker", "0", "--", *echo]) == 2
+    assert "every worker of every slice must run the program" in capsys.readouterr().err
+
+    assert main(["launch", "demo-ms-1", "--group", "--", *echo]) == 0
+    started = re.findall(
+        r"^job (\S+) running on (\S+): w0:pid \d+ w1:pid \d+$", capsys.readouterr().out, re.M
+    )
+    assert [node for _, node in started] == ["demo-ms-0", "demo-ms-1"]
+    for slice_id, (job, _) in enumerate(started):
+        assert main(["logs", job, "-f"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert sorted(lines) == [f"[w0] slice {slice_id} of 2", f"[w1] slice {slice_id} of 2"]
