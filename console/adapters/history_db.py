@@ -5,15 +5,20 @@ So a console that crashes, or a VM that vanishes, never loses the record of what
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from console.models import (
     MANAGED_OPEN,
@@ -103,8 +108,33 @@ class JobNumberTaken(Exception):
     """A job number (the `17` of `17-3fa2c1`) another launch recorded first."""
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _holding_lock(method: _F) -> _F:
+    @functools.wraps(method)
+    def locked(self: HistoryStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
+def _one_thread_at_a_time(cls: type[HistoryStore]) -> type[HistoryStore]:
+    """Every method holds the store's lock. Writes run on threads (256 workers' ends at
+    once) as well as on the loop, and Python's sqlite3 connection is not safe to use from two
+    threads at once: unguarded, two set_worker calls crashed the process (a segfault in
+    `make test`) and two transactions would interleave."""
+    for name, value in list(vars(cls).items()):
+        if inspect.isfunction(value) and name != "__init__":
+            setattr(cls, name, _holding_lock(value))
+    return cls
+
+
+@_one_thread_at_a_time
 class HistoryStore:
-    """Small synchronous writes (WAL, one row at a time); callers run them between awaits.
+    """Small synchronous writes (WAL, one row at a time); callers run them between awaits or
+    on threads (one at a time: see _one_thread_at_a_time).
 
     Opening checks the file: one that is damaged, read-only or from a newer console is a
     FleetError saying so (never a sqlite traceback, never a file quietly replaced).
@@ -113,6 +143,7 @@ class HistoryStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -183,7 +214,8 @@ class HistoryStore:
 
     @property
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
