@@ -68,11 +68,14 @@ def probe_command(mode_args: list[str]) -> str:
         # The system's python3 first: a version manager's shim costs ~100 ms to start.
         "P=python3; [ -x /usr/bin/python3 ] && P=/usr/bin/python3; "
         f'D="$HOME/.tpuconsole/probe"; F="$D/{module}.py"; T="$D/.{module}.$$"; '
-        'if [ ! -s "$F" ] && mkdir -p "$D" 2>/dev/null && cat > "$T" 2>/dev/null; then '
-        'mv -f "$T" "$F" && "$P" -S -E -c '
+        'if [ ! -s "$F" ] && mkdir -p "$D" 2>/dev/null; then '
+        'if cat > "$T" 2>/dev/null && mv -f "$T" "$F"; then '
+        # Through sudo the import may not write its .pyc (it would be root's): compile it now.
+        '[ -z "$S" ] || "$P" -S -E -c '
         "'import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)' "
-        '"$F" >/dev/null 2>&1; fi; rm -f "$T" 2>/dev/null; '
-        f'if [ -s "$F" ]; then exec $S "$P" -S -E -B -c '
+        '"$F" >/dev/null 2>&1; else rm -f "$T"; fi; fi; '
+        'B=""; [ -z "$S" ] || B="-B"; '
+        f'if [ -s "$F" ]; then exec $S "$P" -S -E $B -c '
         f"'import sys; sys.path.insert(0, sys.argv.pop(1)); from {module} import main; "
         f'main(sys.argv[1:])\' "$D" {tail}; fi; '
         f'exec $S "$P" -S -E - {tail}'
