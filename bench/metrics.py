@@ -2,11 +2,12 @@
 
 The console side (this process) watches 16 v4-32 nodes through ChipMetricsService, as a fleet
 table showing HBM and DUTY would; the sandbox (a separate process, niced, standing for the VMs)
-serves each worker's stand-in RuntimeMetricService while one process holds all 256 stand-in
-chips. Measured over a steady window after a warm-up: the event loop's worst stall (a 10 ms
-sleeper's lateness), this process's CPU time (every thread: gRPC's and asyncssh's included),
-and how many of the expected worker readings arrived live. Once with the holders probed every
-10 s as the service does, once with metrics alone; an idle loop in the same run is the baseline.
+serves each worker's stand-in RuntimeMetricService while a process on each worker holds its
+four stand-in chips. Measured over a steady window after a warm-up: the event loop's worst
+stall (a 10 ms sleeper's lateness), this process's CPU time (every thread: gRPC's and
+asyncssh's included), and how many of the expected worker readings arrived live. Once with
+the holders probed every 10 s as the service does, once with metrics alone; an idle loop in
+the same run is the baseline.
 Goals (issue 18): no stall over 50 ms, under 10 % of a core.
 """
 
@@ -36,25 +37,30 @@ WARMUP_S = 12.0
 WINDOW_S = 30.0
 RUNS = 3
 SANDBOX_NICE = 10
-HOLDER = (
-    "import glob, sys, time\n"
-    "held = [open(p, 'rb') for p in sorted(glob.glob(sys.argv[1]))]\n"
-    "print(len(held), flush=True)\n"
-    "time.sleep(3600)\n"
-)
+# A stand-in TPU program on one worker: its four chips open, then nothing (sleep keeps them).
+HOLDER = 'exec 3<"$1" 4<"$2" 5<"$3" 6<"$4" && echo held && exec sleep 3600'
 
 
-def hold_every_chip(home: Path) -> subprocess.Popen:
-    """One stand-in TPU program holding all 256 chips, so every worker serves metrics."""
-    pattern = str(home / "sandbox" / "workers" / "*" / "w*" / "dev" / "accel*")
+def hold_every_chip(home: Path) -> list[subprocess.Popen]:
+    """A stand-in TPU program on every worker, so every worker serves metrics; each is started
+    in its worker's environment, as a job there would be: the probe and the chips' stand-in
+    count only a worker's own processes as holding its chips (worker_processes.py)."""
+    workers = home / "sandbox" / "workers"
+    pattern = str(workers / "*" / "w*" / "dev" / "accel*")
     deadline = time.monotonic() + 60
     while len(glob.glob(pattern)) < NODES * 4 * 4:
         assert time.monotonic() < deadline, "the sandbox's workers never appeared"
         time.sleep(0.1)
-    argv = ["nice", "-n", "19", sys.executable, "-c", HOLDER, pattern]
-    holder = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and int(holder.stdout.readline()) == NODES * 16
-    return holder
+    holders = []
+    for root in sorted(workers.glob("*/w*")):
+        chips = sorted(str(p) for p in (root / "dev").glob("accel*"))
+        env = {"PATH": os.environ["PATH"], "HOME": str(root), "TPUCONSOLE_SANDBOX": "1"}
+        argv = ["nice", "-n", "19", "sh", "-c", HOLDER, "holder", *chips]
+        holders.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env))
+    for holder in holders:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    assert len(holders) == NODES * 4
+    return holders
 
 
 async def idle_window() -> tuple[float, float]:
@@ -129,12 +135,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         with served_sandbox(home, NODES, "v4-32", nice=SANDBOX_NICE) as endpoint:
-            holder = hold_every_chip(home)
+            holders = hold_every_chip(home)
             try:
                 results = asyncio.run(measure(endpoint, home))
             finally:
-                holder.kill()
-                holder.wait()
+                for holder in holders:
+                    holder.kill()
+                    holder.wait()
     idle_stall = statistics.median(s for s, _ in results["idle"]) * 1000
     idle_cpu = statistics.median(c for _, c in results["idle"]) * 100
     load = os.getloadavg()[0]
@@ -157,9 +164,10 @@ def main() -> None:
         "",
         f"`python bench/metrics.py` — {machine_line()}, load average {load:.1f} at the end "
         "(the machine is shared with other helpers' test runs: figures taken under load). "
-        f"{NODES} v4-32 sandbox nodes (64 workers, 256 stand-in chips, one process holding "
-        "them all), every node watched through ChipMetricsService at a 1 s interval; each "
-        "worker's readings come over its pooled ssh connection and a UNIX-socket tunnel "
+        f"{NODES} v4-32 sandbox nodes (64 workers, 256 stand-in chips, a process on each "
+        "worker holding its four), every node watched through ChipMetricsService at a 1 s "
+        "interval, each node in its own slot of the second; each worker's readings come over "
+        "its pooled ssh connection and a UNIX-socket tunnel "
         "(2 gRPC calls a second: usage and duty; total every 30 s). Warm-up "
         f"{WARMUP_S:.0f} s, then a {WINDOW_S:.0f} s window; median of {RUNS} runs (each run's "
         "figures in brackets).",

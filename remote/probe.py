@@ -7,14 +7,13 @@ first. "Ours" is the ssh login user's (`--login-uid`, else sudo's SUDO_UID), nev
 merely because sudo made the probe root.
 """
 
+# Only modules that load in microseconds: the probe starts once per worker per look, 256 at a
+# time on a pod, and `json`, `glob`, `socket` and `signal` (through `re` and `enum`) cost more
+# than the rest of its run. `json` and `signal` are imported where cleanup needs them.
 import errno
 import fcntl
-import glob
-import json
 import os
 import pwd
-import signal
-import socket
 import stat as stat_mode
 import sys
 import time
@@ -200,33 +199,154 @@ def lockfile_report(path):
     return report
 
 
+def pattern_tokens(pattern):
+    """A file-name pattern, parsed as by fnmatch: "*", "?", ("=", c) or ("[", negated, ranges)."""
+    tokens, i = [], 0
+    while i < len(pattern):
+        c, i = pattern[i], i + 1
+        end = -1
+        if c == "[":
+            j = i + 1 if pattern[i : i + 1] == "!" else i
+            end = pattern.find("]", j + 1 if pattern[j : j + 1] == "]" else j)
+        if end < 0:  # a plain character, or "[" with no closing bracket
+            tokens.append(c if c in "*?" else ("=", c))
+            continue
+        negate = pattern[i : i + 1] == "!"
+        stuff, i, ranges, k = pattern[i + negate : end], end + 1, [], 0
+        while k < len(stuff):
+            span = 3 if k + 2 < len(stuff) and stuff[k + 1] == "-" else 1  # "a-z" or "a"
+            ranges.append((stuff[k], stuff[k + span - 1]))
+            k += span
+        tokens.append(("[", negate, ranges))
+    return tokens
+
+
+def token_matches(token, ch):
+    if token == "?":
+        return True
+    if token[0] == "=":
+        return token[1] == ch
+    return any(lo <= ch <= hi for lo, hi in token[2]) != token[1]
+
+
+def name_matches(name, pattern):
+    """fnmatch.fnmatchcase for one file name (`*`, `?`, `[seq]`, `[!seq]`), without `re`."""
+    tokens = pattern_tokens(pattern)
+    t = n = 0
+    star, mark = -1, 0
+    while n < len(name):  # two pointers, backing up to the last `*` on a mismatch
+        if t < len(tokens) and tokens[t] == "*":
+            star, mark, t = t, n, t + 1
+        elif t < len(tokens) and token_matches(tokens[t], name[n]):
+            t, n = t + 1, n + 1
+        elif star >= 0:
+            mark += 1
+            t, n = star + 1, mark
+        else:
+            return False
+    return all(token == "*" for token in tokens[t:])
+
+
+def glob_paths(pattern):
+    """glob.glob for a pattern whose wildcards are all in its last part (the usual case)."""
+    folder, base = os.path.split(pattern)
+    if any(c in folder for c in "*?["):
+        import glob  # wildcards in the folder too: rare enough to pay for the module
+
+        return glob.glob(pattern)
+    if not any(c in base for c in "*?["):
+        return [pattern] if os.path.lexists(pattern) else []
+    try:
+        names = os.listdir(folder or os.curdir)
+    except OSError:
+        return []
+    hidden_too = base.startswith(".")  # as glob: `*` skips names with a leading dot
+    return [
+        os.path.join(folder, name)
+        for name in names
+        if (hidden_too or not name.startswith(".")) and name_matches(name, base)
+    ]
+
+
 def device_paths(patterns):
     found = []
     for pattern in patterns:
-        found.extend(p for p in glob.glob(pattern) if not os.path.isdir(p))
+        found.extend(p for p in glob_paths(pattern) if not os.path.isdir(p))
     return sorted(set(os.path.realpath(p) for p in found))
 
 
-def device_holders(devices, me):
-    """Every process with a device open; unreadable processes are counted, not guessed."""
+def elsewhere(pid, home, lockfile):
+    """Whether a process is proven to run on another sandbox worker (or none), not this one.
+
+    A sandbox worker is a folder on a machine shared with every other worker, not a VM: its
+    processes are those carrying the sandbox's mark and the worker's HOME or lockfile, as
+    console/sandbox/worker_processes.py finds them when the "VM" goes away. A process whose
+    environment says otherwise is on no VM of this worker, and its open files are not read; one
+    whose environment cannot be read (a kernel thread, another user's) is looked at as before.
+    """
+    try:
+        fd = os.open("/proc/%d/environ" % pid, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        raw = chunk = os.read(fd, 65536)  # os.read, not open(): a third less per process
+        while chunk:
+            chunk = os.read(fd, 65536)
+            raw += chunk
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if b"HOME=" + home + b"\0" not in raw and b"TPUCONSOLE_LOCKFILE=" + lockfile + b"\0" not in raw:
+        return True  # the quick look: most processes here are other workers'
+    env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return not (
+        env.get(b"TPUCONSOLE_SANDBOX") == b"1"
+        and (env.get(b"HOME") == home or env.get(b"TPUCONSOLE_LOCKFILE") == lockfile)
+    )
+
+
+def open_devices(pid, wanted):
+    """The wanted devices a process has open, or None if its open files cannot be read."""
+    try:
+        fd_dir = os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    held = set()
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(fd, dir_fd=fd_dir)  # relative to the folder: no path walk
+            except OSError:
+                continue
+            if target in wanted:
+                held.add(target)
+    except OSError:
+        return None
+    finally:
+        os.close(fd_dir)
+    return held
+
+
+def device_holders(devices, me, sandbox=None):
+    """Every process with a device open; unreadable processes are counted, not guessed.
+
+    `sandbox` is (HOME, lockfile) as bytes on a sandbox worker: the other workers' processes
+    are left out (see elsewhere).
+    """
     wanted = set(devices)
     holders, unreadable = {}, 0
     for pid in all_pids():
         if pid == me:
             continue
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
+        if sandbox is not None and elsewhere(pid, *sandbox):
+            continue
+        held = open_devices(pid, wanted)
+        if held is None:
             if os.path.exists("/proc/%d" % pid):
                 unreadable += 1
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if target in wanted:
-                holders.setdefault(pid, set()).add(target)
+        elif held:
+            holders[pid] = held
     return holders, unreadable
 
 
@@ -271,7 +391,11 @@ def log_has_done(path):
 
 def jobs_report(jobs_dir):
     jobs = []
-    for path in sorted(glob.glob(os.path.join(jobs_dir, "*"))):
+    try:
+        names = sorted(n for n in os.listdir(jobs_dir) if not n.startswith("."))
+    except OSError:
+        names = []
+    for path in (os.path.join(jobs_dir, n) for n in names):
         pid_text, rc_text = (
             read_text(os.path.join(path, "pid")),
             read_text(os.path.join(path, "rc")),
@@ -383,11 +507,12 @@ def login_uid(given):
     return os.geteuid()
 
 
-def probe(lockfile, device_globs, jobs_dir, sudo_note, owner):
+def probe(lockfile, device_globs, jobs_dir, sudo_note, owner, sandbox_home=""):
     me = os.getpid()
     up = uptime_s()
     devices = device_paths(device_globs)
-    holding, unreadable = device_holders(devices, me)
+    sandbox = (os.fsencode(sandbox_home), os.fsencode(lockfile)) if sandbox_home else None
+    holding, unreadable = device_holders(devices, me, sandbox)
     lock = lockfile_report(lockfile)
     # A process holding the lock counts as holding the TPU even with no device open.
     for pid in lock.get("holders", []):
@@ -399,7 +524,7 @@ def probe(lockfile, device_globs, jobs_dir, sudo_note, owner):
     ]
     jobs = jobs_report(jobs_dir)
     return {
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,  # what gethostname() returns
         "time": time.time(),
         "root": os.geteuid() == 0,
         "uid": os.geteuid(),
@@ -451,6 +576,8 @@ def gone(step):
 
 
 def kill_step(step, protected, owner):
+    import signal
+
     pid = step["pid"]
     if pid in protected:
         return {"step": step, "done": False, "result": "refused: protected process"}
@@ -551,15 +678,49 @@ def remove_lock_step(step):
         os.close(fd)
 
 
-def clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner):
+def clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner, sandbox_home=""):
     protected = protected_pids()
     results = [kill_step(s, protected, owner) for s in plan.get("kills", [])]
     for step in plan.get("locks", []):
         results.append(remove_lock_step(step))
     return {
         "results": results,
-        "after": probe(lockfile, device_globs, jobs_dir, sudo_note, owner),
+        "after": probe(lockfile, device_globs, jobs_dir, sudo_note, owner, sandbox_home),
     }
+
+
+try:
+    from _json import encode_basestring_ascii as json_string  # what json.dumps uses
+except ImportError:  # another Python than CPython: the module, whatever it costs
+    from json.encoder import encode_basestring_ascii as json_string
+
+
+def to_json(value):
+    """json.dumps(value), byte for byte, for the report's plain types (see the imports)."""
+    if isinstance(value, str):
+        return json_string(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        return {INF: "Infinity", -INF: "-Infinity"}.get(value) or float.__repr__(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(json_key(k) + ": " + to_json(v) for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    raise TypeError("not in a probe report: %r" % (value,))
+
+
+def json_key(key):
+    if not isinstance(key, str):
+        raise TypeError("a probe report's keys are strings: %r" % (key,))
+    return json_string(key)
+
+
+INF = float("inf")
 
 
 def main(argv):
@@ -573,12 +734,15 @@ def main(argv):
     jobs_dir = opts.get("--jobs-dir") or os.path.expanduser("~/.tpuconsole/jobs")
     sudo_note = opts.get("--sudo", "not tried")
     owner = login_uid(opts.get("--login-uid"))
+    sandbox_home = opts.get("--sandbox-home", "")
     if mode == "clean":
+        import json
+
         plan = json.loads(argv[1])
-        out = clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner)
+        out = clean(plan, lockfile, device_globs, jobs_dir, sudo_note, owner, sandbox_home)
     else:
-        out = probe(lockfile, device_globs, jobs_dir, sudo_note, owner)
-    sys.stdout.write(json.dumps(out) + "\n")
+        out = probe(lockfile, device_globs, jobs_dir, sudo_note, owner, sandbox_home)
+    sys.stdout.write(to_json(out) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import asyncssh
 import grpc
 
 from console.adapters import runtime_metrics_proto as wire
+from console.sandbox.worker_processes import runs_on
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -65,6 +66,10 @@ def _scan(prefix: str) -> dict[str, tuple[int, ...]]:
             if target.startswith(prefix):
                 found.setdefault(target, set()).add(int(name))
     return {path: tuple(sorted(pids)) for path, pids in found.items()}
+
+
+def _on_worker(pids: tuple[int, ...], root: Path) -> tuple[int, ...]:
+    return tuple(pid for pid in pids if runs_on(pid, root))
 
 
 class DeviceHolders:
@@ -156,8 +161,12 @@ class WorkerMetricsStandIn:
         hostname: str,
         holders: DeviceHolders,
         hbm_total: int,
+        root: Path | None = None,
     ) -> None:
         self.devices = {os.path.realpath(d): chip_index(str(d)) for d in devices}
+        # The worker's folder: only the processes it started hold its chips, as the probe sees
+        # them (a process no worker started is on no VM); None: whoever opens the files.
+        self.root = root
         self.hostname = hostname
         self.holders = holders
         self.hbm_total = hbm_total
@@ -171,6 +180,9 @@ class WorkerMetricsStandIn:
         """The held chips' numbers now; empty when no process holds any of them."""
         held = await self.holders.current()
         mine = {self.devices[p]: pids for p, pids in held.items() if p in self.devices}
+        if self.root is not None:
+            root = self.root
+            mine = {c: kept for c, pids in mine.items() if (kept := _on_worker(pids, root))}
         if not mine:
             return []
         # A process's numbers are split over the chips of this worker it holds.

@@ -512,11 +512,13 @@ class Sandbox:
         if self._holders is None:
             self._holders = DeviceHolders(self.dir / "workers")
         version = accelerator_shape(node.accelerator_type).version
+        place = self.worker_place(node, worker)
         return WorkerMetricsStandIn(
-            self.worker_place(node, worker).devices,
+            place.devices,
             node.hostname(worker),
             self._holders,
             HBM_PER_CHIP.get(version, HBM_PER_CHIP["v4"]),
+            place.root,
         )
 
     def set_metrics_port_closed(self, zone: str, name: str, worker: int, closed: bool) -> None:

@@ -31,6 +31,19 @@ def _ours(pid: int) -> bool:
         return False
 
 
+def _marks(env: dict[bytes, bytes], root: Path) -> bool:
+    return env.get(b"TPUCONSOLE_SANDBOX") == b"1" and (
+        env.get(b"HOME") == str(root).encode()
+        or env.get(b"TPUCONSOLE_LOCKFILE") == str(root / "tmp" / "libtpu_lockfile").encode()
+    )
+
+
+def runs_on(pid: int, root: Path) -> bool:
+    """Whether a process is one the worker at `root` started (remote/probe.py's `elsewhere`
+    and the chips' stand-in agree with this on what is on a worker)."""
+    return _marks(_environ(pid), Path(root))
+
+
 def worker_processes(roots: Iterable[Path]) -> dict[int, Path]:
     """pid -> worker folder, for every live process of ours a sandbox worker started.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections import deque
@@ -33,6 +34,7 @@ NO_PROGRAM = "Libtpu metrics unavailable: no program is using the TPU."
 HISTORY_S = 900.0  # per-worker duty history kept for sparklines and hang verdicts
 Probe = Callable[[Node], Awaitable[list[WorkerProbe]]]
 SNAPSHOT_RETRIES = 3
+GOLDEN = (5**0.5 - 1) / 2
 _TRANSIENT = frozenset({"waiting", "closed", "timeout"})
 Listener = Callable[[ChipMetrics], None]
 
@@ -101,11 +103,21 @@ class _NodePoller:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        settings = self.service.settings
+        phase = self.service.next_phase()
         while True:
-            started = loop.time()
             await self.poll_once()
-            await asyncio.sleep(max(0.0, started + settings.interval_s - loop.time()))
+            await asyncio.sleep(max(0.0, self._next_due(loop.time(), phase) - loop.time()))
+
+    def _next_due(self, now: float, phase: float) -> float:
+        """The next time in this node's own slot of the interval, at least half of one away.
+
+        Each watched node polls at its own phase of the second, so sixteen nodes' 128 calls
+        come as sixteen small bursts, not one that holds the event loop up.
+        """
+        interval = self.service.settings.interval_s
+        slot = phase * interval
+        due = ((now - slot) // interval + 1) * interval + slot
+        return due + interval if due - now < interval / 2 else due
 
     # ----- one poll ----------------------------------------------------------------------------
     async def poll_once(self, *, wait_for_probe: bool = False) -> ChipMetrics:
@@ -378,6 +390,12 @@ class ChipMetricsService:
         self.settings = settings or PollSettings()
         self.standin = standin
         self._pollers: dict[str, _NodePoller] = {}
+        self._phases = itertools.count()
+
+    def next_phase(self) -> float:
+        """Where in each interval the next watched node polls: golden-ratio steps, so any
+        number of nodes lie spread over it, however many come and go."""
+        return (next(self._phases) * GOLDEN) % 1.0
 
     @classmethod
     def for_remote(cls, remote, prober, **kw) -> ChipMetricsService:

@@ -357,3 +357,130 @@ def test_a_lockfile_that_is_no_regular_file_is_reported_never_followed(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# ----- what keeps 256 probes at once cheap, finding what they always found ---------------------
+def _probe_namespace() -> dict:
+    namespace: dict = {"__name__": "probe_under_test"}
+    exec(compile(PROBE.read_text(), str(PROBE), "exec"), namespace)
+    return namespace
+
+
+def test_device_patterns_find_what_glob_finds(place: Path) -> None:
+    import fnmatch
+    import glob
+
+    (place / "dev" / ".accel9").touch()
+    (place / "dev" / "vfio").mkdir()
+    for name in ("0", "12", "devices"):
+        (place / "dev" / "vfio" / name).touch()
+    probe = _probe_namespace()
+    dev = str(place / "dev")
+    for pattern in [f"{dev}/accel*", f"{dev}/.accel*", f"{dev}/vfio/[0-9]*", f"{dev}/vfio/*",
+                    f"{place}/*/vfio/*", f"{dev}/accel0", f"{dev}/nothing", f"{dev}/nope/*",
+                    f"{dev}/accel[!0]", "/dev/accel*", "/dev/vfio/[0-9]*"]:  # fmt: skip
+        assert sorted(probe["glob_paths"](pattern)) == sorted(glob.glob(pattern)), pattern
+    names = ["accel0", "accel12", ".accel", "[x]", "a-b", "!", "]", ""]
+    patterns = ["accel*", "accel?", "[0-9]*", "[!0-9]*", "[]x]", "[!]x]", "[a-", "*[", "a[-]b",
+                "[z-a]", "*", "", "?*?", "[!]", "*]"]  # fmt: skip
+    for name in names:
+        for pattern in patterns:
+            assert probe["name_matches"](name, pattern) == fnmatch.fnmatchcase(name, pattern), (
+                name,
+                pattern,
+            )
+
+
+def test_the_report_is_written_as_json_dumps_writes_it(place: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-", *args_for(place)], input=PROBE.read_bytes(), capture_output=True
+    ).stdout.decode()
+    assert out == json.dumps(json.loads(out)) + "\n"
+    to_json = _probe_namespace()["to_json"]
+    for value in [1.5, -0.0, 10**30, float("nan"), float("inf"), -float("inf"), None, True,
+                  "é\"\\\n\x01\udcff", [], {}, {"a": [1, None, False, ("x",)]}]:  # fmt: skip
+        assert to_json(value) == json.dumps(value), value
+
+
+def test_the_probe_loads_nothing_that_pulls_in_re_or_enum(place: Path) -> None:
+    """The modules that made a probe's start cost more than its work (`json`, `glob`, `socket`
+    and `signal` bring `re` and `enum`) stay out of a probe's run."""
+    source = PROBE.read_bytes() + b"\nsys.stderr.write(' '.join(sorted(sys.modules)))\n"
+    out = subprocess.run(
+        [sys.executable, "-S", "-E", "-", *args_for(place)], input=source, capture_output=True
+    )
+    loaded = set(out.stderr.decode().split())
+    assert "os" in loaded and not loaded & {"re", "enum", "json", "glob", "socket", "signal"}
+
+
+def _hold(place: Path, env: dict[str, str], *what: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(HOLDER), *what],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=place,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_sandbox_worker_looks_only_at_its_own_processes_and_every_lock_holder(
+    place: Path,
+) -> None:
+    """A sandbox worker is a folder on a machine it shares with other workers; the processes
+    that are its own carry its HOME (or lockfile), as the sandbox marks them."""
+    devices = {"TPUCONSOLE_DEVICES": str(place / "dev" / "accel*")}
+    lock = {"TPUCONSOLE_LOCKFILE": str(place / "libtpu_lockfile")}
+    sandbox = {"TPUCONSOLE_SANDBOX": "1"}
+    procs = [
+        _hold(place, {**sandbox, **devices, "HOME": str(place)}, "chips"),  # its own job
+        _hold(place, {**sandbox, **devices, **lock, "HOME": "/elsewhere"}, "chips"),  # by lockfile
+        _hold(place, {**sandbox, **devices, "HOME": f"{place}-w1"}, "chips"),  # another worker's
+        _hold(place, {**lock}, "lock"),  # no worker's, but it holds this worker's lock
+    ]
+    try:
+        scoped = run_probe([*args_for(place), "--sandbox-home", str(place)])
+        whole = run_probe(args_for(place))
+        assert [h["pid"] for h in scoped["holders"]] == sorted(
+            p.pid for p in (procs[0], procs[1], procs[3])
+        )
+        assert [h["pid"] for h in whole["holders"]] == sorted(p.pid for p in procs)
+        assert scoped["lockfile"]["holders"] == whole["lockfile"]["holders"] == [procs[3].pid]
+        assert scoped["unreadable_processes"] == whole["unreadable_processes"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_console_keeps_the_probe_compiled_on_the_worker_and_it_finds_the_same(
+    place: Path,
+) -> None:
+    from console.services.probe import probe_command, probe_module
+
+    if not shutil.which("bash"):
+        pytest.skip("needs bash, the login shell of a TPU VM")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(place),
+           "TPUCONSOLE_LOCKFILE": str(place / "libtpu_lockfile"),
+           "TPUCONSOLE_DEVICES": str(place / "dev" / "accel*")}  # fmt: skip
+    holder = _hold(place, env, "chips")
+    try:
+        runs = [
+            subprocess.run(
+                ["bash", "-c", probe_command(["probe"])],
+                input=given,
+                env=env,
+                capture_output=True,
+                check=True,
+            )
+            for given in (PROBE.read_bytes(), b"")  # the second finds its copy, reads no stdin
+        ]
+        kept = place / ".tpuconsole" / "probe" / f"{probe_module()}.py"
+        assert kept.read_bytes() == PROBE.read_bytes()
+        assert list((kept.parent / "__pycache__").glob(f"{probe_module()}.*.pyc"))
+        for run in runs:
+            assert [h["pid"] for h in json.loads(run.stdout)["holders"]] == [holder.pid]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -182,3 +182,18 @@ async def test_a_multi_engine_run_moves_the_numbers_of_its_engines_devices(
         watching.cancel()
     after = await until_snapshot(chip_metrics, node, lambda s: s.workers[0].state == "no_program")
     assert after.workers[0].reason == NO_PROGRAM
+
+
+def test_watched_nodes_poll_in_slots_of_their_own_spread_over_the_second() -> None:
+    """Sixteen watched nodes make sixteen small bursts of calls a second, not one big one that
+    holds the console's event loop up (bench/metrics.py measures the stall)."""
+    from console.services.chip_metrics import _NodePoller
+
+    service = ChipMetricsService(None, None, None)  # type: ignore[arg-type]
+    phases = sorted(service.next_phase() for _ in range(16))
+    gaps = [b - a for a, b in zip(phases, [*phases[1:], phases[0] + 1], strict=True)]
+    assert min(gaps) > 1 / (3 * 16)
+    poller = _NodePoller(service, None)  # type: ignore[arg-type]
+    for now in (10.0, 10.2, 10.3, 10.7, 11.24, 11.26):
+        due = poller._next_due(now, 0.25)
+        assert round(due - 0.25, 9) == round(due - 0.25) and 0.5 <= due - now < 1.5, now

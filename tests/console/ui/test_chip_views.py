@@ -109,7 +109,12 @@ async def test_hbm_and_duty_fill_in_place_and_say_when_a_worker_has_no_numbers(
 
         def w1_says_why() -> bool:
             m = detail.chip_metrics
-            return m is not None and m.workers[1].state == "port_closed" and chips.row_count == 8
+            return (
+                m is not None
+                and m.workers[1].state == "port_closed"
+                and m.workers[0].state == "ok"  # its first reading may come a poll later
+                and chips.row_count == 8
+            )
 
         await until(pilot, w1_says_why)
         rows = [[str(c) for c in chips.get_row(k)] for k in chips.rows]
