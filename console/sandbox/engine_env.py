@@ -40,13 +40,23 @@ class EngineEnv:
         return self.root / "sglang-jax-0.0.2"
 
     def ready(self) -> bool:
-        return (self.root / ".installed").exists() and self.python.exists()
+        """Remembered once true: every command a sandbox worker runs asks (256 at once on a pod
+        slice's fan-out), and an environment that is there stays there for the session."""
+        if self.root in _READY:
+            return True
+        if (self.root / ".installed").exists() and self.python.exists():
+            _READY.add(self.root)
+            return True
+        return False
 
     def missing(self) -> str:
         """Why it cannot be used, in words for a log line; "" when it can."""
         if self.ready():
             return ""
         return f"no sgl-jax environment at {self.root}; `make` builds it where Python 3.12 exists"
+
+
+_READY: set[Path] = set()
 
 
 def engine_env() -> EngineEnv:

@@ -38,18 +38,17 @@ class LocalProcess:
         if not hasattr(os, "pidfd_open"):
             return await _AsyncioFallback.spawn(argv, cwd=cwd, env=env)
         loop = asyncio.get_running_loop()
-        # The fork/exec blocks for a millisecond or two; off the loop, other channels go on.
-        popen = await loop.run_in_executor(
-            None,
-            lambda: subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-            ),
+        # On the loop's own thread: the spawn is a vfork and an exec, a fifth of a millisecond
+        # the loop waits; handing it to an executor thread cost twice that in CPU (the handoff
+        # and the GIL), which a 256-worker fan-out in the sandbox paid 256 times.
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
         )
         readers = []
         for pipe in (popen.stdout, popen.stderr):

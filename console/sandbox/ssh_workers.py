@@ -103,10 +103,15 @@ class WorkerPlace:
         107 bytes, which the worker's folder under a deep TPUCONSOLE_HOME can.
         """
         workers_dir = self.root.parent.parent
-        short = short_name(workers_dir)
-        if short.is_symlink() and Path(os.readlink(short)) == workers_dir:
-            return short / self.root.relative_to(workers_dir) / "tmp"
-        return self.root / "tmp"
+        short = _SHORT_LINKS.get(workers_dir)
+        if short is None:
+            short = short_name(workers_dir)
+            if not (short.is_symlink() and Path(os.readlink(short)) == workers_dir):
+                return self.root / "tmp"
+            # Checked once per sandbox, not per command: only a sandbox whose folder is gone
+            # has its link removed (link_short_name), and then its workers are gone with it.
+            _SHORT_LINKS[workers_dir] = short
+        return short / self.root.relative_to(workers_dir) / "tmp"
 
     def _link_short_tmp(self) -> None:
         link_short_name(self.root.parent.parent)
@@ -165,6 +170,7 @@ class WorkerPlace:
 
 
 _SHORT_PREFIX = "tpuconsole-"
+_SHORT_LINKS: dict[Path, Path] = {}
 
 
 def short_name(workers_dir: Path) -> Path:
