@@ -99,7 +99,19 @@ class _LocalSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        tunnel = self._tunnel
+        if tunnel.opening or time.monotonic() < tunnel.quiet_until:
+            # gRPC reconnects on its own every few hundred ms while the port is closed (no TPU
+            # program): each try asked the worker for a channel, and on a pod slice whose VMs
+            # answered slowly those piled up by the thousand (13,000 opens in flight at 256
+            # workers, the loop's tasks and garbage with them). One open at a time, none for
+            # a second after one failed; gRPC sees a closed connection and the reading keeps
+            # the worker's last answer as its reason.
+            transport.close()
+            self.transport = None
+            return
         transport.pause_reading()  # type: ignore[attr-defined]
+        tunnel.opening += 1
         self._opening = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
@@ -113,9 +125,12 @@ class _LocalSide(asyncio.Protocol):
             )
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             tunnel.last_error = tunnel.explain(exc)
+            tunnel.quiet_until = time.monotonic() + QUIET_AFTER_FAILED_OPEN_S
             if self.transport is not None:
                 self.transport.close()
             return
+        finally:
+            tunnel.opening -= 1
         tunnel.last_error = None
         self._chan = chan
         if self.transport is not None and not self.transport.is_closing():
@@ -158,6 +173,8 @@ class _Tunnel:
         self.dest_port = dest_port
         self.open_timeout_s = open_timeout_s
         self.last_error: MetricsError | None = None
+        self.opening = 0  # ssh channels being opened for gRPC's connections
+        self.quiet_until = 0.0  # after a failed open: gRPC's reconnects are refused here
         self._server: asyncio.AbstractServer | None = None
         self.channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Any] = {}
@@ -232,6 +249,7 @@ class _Tunnel:
 
 
 _RESET_ON = frozenset({"closed", "unreachable"})
+QUIET_AFTER_FAILED_OPEN_S = 1.0  # about a poll: the next poll's call asks the worker again
 
 
 class RuntimeMetricsReader:

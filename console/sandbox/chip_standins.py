@@ -171,6 +171,7 @@ class WorkerMetricsStandIn:
         self.holders = holders
         self.hbm_total = hbm_total
         self.closed = False  # a fault: the chips may be held, but nothing listens on 8431
+        self.opens = 0  # channels asked for to localhost:8431, as the VM's sshd would log them
         self.usage = ProcessUsage()
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -204,6 +205,7 @@ class WorkerMetricsStandIn:
 
     async def open(self, conn: asyncssh.SSHServerConnection) -> asyncssh.SSHForwarder:
         """A direct-tcpip channel to localhost:8431: forwarded to this stand-in, or refused."""
+        self.opens += 1
         if self.closed or not await self.chips():
             raise refused()
         port = await self._ensure_server()

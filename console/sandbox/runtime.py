@@ -532,6 +532,13 @@ class Sandbox:
         if closed:
             self.call(server.metrics.stop())
 
+    def metrics_opens(self, zone: str, name: str, worker: int) -> int:
+        """How many channels to its localhost:8431 a worker's sshd was asked for."""
+        server = self._servers.get(self._worker_key(self.fleet.get(zone, name), worker))
+        if server is None or server.metrics is None:
+            raise KeyError(f"{name} w{worker} is not serving")
+        return server.metrics.opens
+
     def _publish_instances(self) -> None:
         """hostname -> [internal address, port]: what IAP would know, for a stand-in gcloud."""
         table = {}

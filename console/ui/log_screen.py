@@ -263,6 +263,12 @@ class LogScreen(ConsoleScreen[None]):
         self.ended[worker] = "ended, no rc" if rc is None else f"rc={rc}"
         self.index.mark_ended(worker)
         self._changed = True  # the indexer catches up in slices; no long catch-up here
+        if self._chips_watch is not None and all(self.ended.values()):
+            # The job's chips are free: the sparklines keep their last second. Polling on
+            # would ask every worker each second for a libtpu that no longer serves (256
+            # refused tunnels a second on a pod slice, for as long as the view stays open).
+            watch, self._chips_watch = self._chips_watch, None
+            self.app.run_worker(watch.close(), group="chip-watch")
 
     def _update_status(self) -> None:
         shown = (

@@ -134,6 +134,25 @@ async def test_a_closed_metrics_port_says_why_and_the_other_worker_still_shows(
     assert [p.worker for p in snapshot.problems()] == [1]
 
 
+async def test_a_closed_metrics_port_is_asked_at_most_once_a_poll(
+    chip_metrics: ChipMetricsService, sandbox: Sandbox, launch
+) -> None:
+    """gRPC reconnects by itself every few hundred ms while the port is closed; each try must
+    not become a channel the worker is asked for (on a pod slice they piled up by thousands)."""
+    node, _ = await launch("demo-v4-16", "all", "python3 busy_tpu.py")
+    await until_snapshot(chip_metrics, node, all_live)
+    sandbox.set_metrics_port_closed(ZONE, "demo-v4-16", 1, True)
+    await until_snapshot(chip_metrics, node, lambda s: s.workers[1].state == "port_closed")
+    before, polls = sandbox.metrics_opens(ZONE, "demo-v4-16", 1), 0
+    async for snapshot in chip_metrics.updates(node):
+        assert snapshot.workers[1].state == "port_closed" and snapshot.workers[0].state == "ok"
+        polls += 1
+        if polls == 8:
+            break
+    asked = sandbox.metrics_opens(ZONE, "demo-v4-16", 1) - before
+    assert 1 <= asked <= polls + 1, (asked, polls)
+
+
 async def test_an_unreachable_worker_keeps_its_last_numbers_marked_stale(
     chip_metrics: ChipMetricsService, sandbox: Sandbox, launch
 ) -> None:

@@ -192,3 +192,24 @@ async def test_a_deadlock_is_stuck_in_the_log_view_and_t_points_at_the_worker_th
             assert "Look at w0 first" in text
     finally:
         await jobs.stop(jobs.get(job.job_id), node, grace_s=1)
+
+
+async def test_the_log_view_stops_asking_for_the_chips_once_the_job_has_ended(
+    sandbox: Sandbox, quick: Services
+) -> None:
+    """The sparklines keep their last numbers; the workers are no longer polled (a pod slice's
+    256 would each be asked every second for a libtpu that no longer serves)."""
+    jobs = quick.jobs
+    node = await quick.fleet.find_node("demo-v4-8")
+    hold = "import jax, time; jax.devices(); print('holding', flush=True); time.sleep(3)"
+    job = await jobs.launch(node, "all", f"python3 -c {hold!r}")
+    app = TpuConsoleApp(quick, mode="SANDBOX", probe_interval_s=None)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await app.push_screen(LogScreen(jobs.get(job.job_id)))
+        log = app.screen
+        assert isinstance(log, LogScreen)
+        await until(pilot, lambda: "w0 duty" in screen_text(app), 6000)
+        assert quick.chips.latest(node.key) is not None  # polled while the job runs
+        await until(pilot, lambda: all(log.ended.values()), 6000)
+        await until(pilot, lambda: quick.chips.latest(node.key) is None)
+        assert "w0 duty" in screen_text(app)
