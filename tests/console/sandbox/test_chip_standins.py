@@ -8,13 +8,16 @@ from pathlib import Path
 
 from console.sandbox.chip_standins import DeviceHolders, WorkerMetricsStandIn
 
-HOLD = 'exec 3<"$1" && echo held && exec sleep 60'
+# Nothing execs after "held": a scan that reads the holder while it execs may see neither its
+# old nor its new files and environ (`exec sleep` here missed it once under make test).
+HOLD = "import sys; held = open(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
 
 
 def _holding(device: Path, env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        ["sh", "-c", HOLD, "holder", str(device)],
+        ["python3", "-c", HOLD, str(device)],
         env={"PATH": os.environ["PATH"], **env},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
