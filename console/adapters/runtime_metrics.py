@@ -99,19 +99,15 @@ class _LocalSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        tunnel = self._tunnel
-        if tunnel.opening or time.monotonic() < tunnel.quiet_until:
-            # gRPC reconnects on its own every few hundred ms while the port is closed (no TPU
-            # program): each try asked the worker for a channel, and on a pod slice whose VMs
-            # answered slowly those piled up by the thousand (13,000 opens in flight at 256
-            # workers, the loop's tasks and garbage with them). One open at a time, none for
-            # a second after one failed; gRPC sees a closed connection and the reading keeps
-            # the worker's last answer as its reason.
+        if time.monotonic() < self._tunnel.quiet_until:
+            # The worker just said nothing listens there (no TPU program). gRPC reconnects by
+            # itself every few hundred ms; each try was a channel asked of the worker, and on
+            # a pod slice those piled up by the thousand. gRPC sees a closed connection and the
+            # reading keeps the worker's own answer as its reason.
             transport.close()
             self.transport = None
             return
         transport.pause_reading()  # type: ignore[attr-defined]
-        tunnel.opening += 1
         self._opening = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
@@ -125,12 +121,11 @@ class _LocalSide(asyncio.Protocol):
             )
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             tunnel.last_error = tunnel.explain(exc)
-            tunnel.quiet_until = time.monotonic() + QUIET_AFTER_FAILED_OPEN_S
+            if tunnel.last_error.kind in _QUIET_AFTER:
+                tunnel.quiet_until = time.monotonic() + QUIET_AFTER_REFUSAL_S
             if self.transport is not None:
                 self.transport.close()
             return
-        finally:
-            tunnel.opening -= 1
         tunnel.last_error = None
         self._chan = chan
         if self.transport is not None and not self.transport.is_closing():
@@ -173,8 +168,7 @@ class _Tunnel:
         self.dest_port = dest_port
         self.open_timeout_s = open_timeout_s
         self.last_error: MetricsError | None = None
-        self.opening = 0  # ssh channels being opened for gRPC's connections
-        self.quiet_until = 0.0  # after a failed open: gRPC's reconnects are refused here
+        self.quiet_until = 0.0  # after a refusal: gRPC's own reconnects are not passed on
         self._server: asyncio.AbstractServer | None = None
         self.channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Any] = {}
@@ -249,7 +243,11 @@ class _Tunnel:
 
 
 _RESET_ON = frozenset({"closed", "unreachable"})
-QUIET_AFTER_FAILED_OPEN_S = 1.0  # about a poll: the next poll's call asks the worker again
+# Answers that stand until the VM's state changes (no TPU program, forwarding refused): for about
+# a poll, gRPC's reconnects are refused here instead of asking the worker again. A timeout is
+# not one of them: a one-off reading asks again at once.
+_QUIET_AFTER = frozenset({"refused", "prohibited"})
+QUIET_AFTER_REFUSAL_S = 1.0
 
 
 class RuntimeMetricsReader:
