@@ -18,7 +18,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from console.sandbox.fleet_state import (
     SANDBOX_ACCOUNT,
@@ -31,6 +31,9 @@ from console.sandbox.fleet_state import (
 from console.sandbox.oslogin_emulator import SERVICE as OSLOGIN_SERVICE
 from console.sandbox.oslogin_emulator import OsLoginEmulator
 from console.sandbox.tpu_emulator import TpuEmulator
+
+if TYPE_CHECKING:  # imported where first used: it pulls in grpc's server side
+    from console.sandbox.chip_standins import WorkerMetricsStandIn
 
 T = TypeVar("T")
 TICK_S = 0.1  # how often states advance and ssh servers follow them
@@ -524,20 +527,20 @@ class Sandbox:
     def set_metrics_port_closed(self, zone: str, name: str, worker: int, closed: bool) -> None:
         """Let a worker's chips be held while nothing answers on its localhost:8431 (a libtpu
         without runtime metrics, or one told to serve them elsewhere): fault tests."""
-        node = self.fleet.get(zone, name)
-        server = self._servers.get(self._worker_key(node, worker))
-        if server is None or server.metrics is None:
-            raise KeyError(f"{name} w{worker} is not serving")
-        server.metrics.closed = closed
+        metrics = self._serving_metrics(zone, name, worker)
+        metrics.closed = closed
         if closed:
-            self.call(server.metrics.stop())
+            self.call(metrics.stop())
 
     def metrics_opens(self, zone: str, name: str, worker: int) -> int:
         """How many channels to its localhost:8431 a worker's sshd was asked for."""
+        return self._serving_metrics(zone, name, worker).opens
+
+    def _serving_metrics(self, zone: str, name: str, worker: int) -> WorkerMetricsStandIn:
         server = self._servers.get(self._worker_key(self.fleet.get(zone, name), worker))
         if server is None or server.metrics is None:
             raise KeyError(f"{name} w{worker} is not serving")
-        return server.metrics.opens
+        return server.metrics
 
     def _publish_instances(self) -> None:
         """hostname -> [internal address, port]: what IAP would know, for a stand-in gcloud."""
